@@ -1,0 +1,49 @@
+# Set up, test and run steel-defect. `make test` on a fresh machine installs everything first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install system-deps test test-fast lint format bench clean
+
+install: $(STAMP)
+
+# pip < 24.1: newer pip rejects catalyst 22.4's (slightly malformed) package metadata.
+$(STAMP): setup.py pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q "pip>=23,<24.1"
+	$(PY) -m pip install -q -e ".[dev,web]"
+	touch $(STAMP)
+
+# jpeg4py needs libturbojpeg; without it images decode with OpenCV (slower, same pixels).
+system-deps:
+	@if ldconfig -p 2>/dev/null | grep -q 'libturbojpeg\.so\.0'; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing libturbojpeg0 (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libturbojpeg0 >/dev/null; \
+	else \
+		echo "note: libturbojpeg0 is missing, so JPEGs decode with OpenCV (slower)."; \
+		echo "      Install it with: sudo apt-get install libturbojpeg0"; \
+	fi
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(VENV)/bin/pytest
+
+# Everything but the slow training tests, for a quick local loop.
+test-fast: install
+	$(VENV)/bin/pytest -m "not slow and not e2e"
+
+bench: install
+	$(PY) bench/rle.py
+
+clean:
+	rm -rf $(VENV) work .pytest_cache .ruff_cache src/*.egg-info

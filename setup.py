@@ -1,0 +1,50 @@
+"""Install steel-defect: ``pip install -e .[dev]`` (``make install`` does it in ``.venv``)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+
+setup(
+    name="steel-defect",
+    version="0.1.0",
+    description="Find and classify surface defects in Severstal-format steel-sheet images",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    package_data={"steel_defect": ["webapp/static/*"]},
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "segmentation-models-pytorch==0.6.0",
+        "timm==1.0.31",
+        # catalyst 22.4 breaks with newer accelerate, and imports six without declaring it.
+        "catalyst==22.4",
+        "accelerate==0.34.2",
+        "six==1.17.0",
+        "albumentations==2.0.8",
+        "opencv-python-headless==5.0.0.93",
+        "jpeg4py==0.1.4",
+        "easydict==1.14",
+        "PyYAML==6.0.4",
+        "scikit-learn==1.9.1",
+        "pandas==3.1.1",
+        "numpy==2.4.6",
+        "iterative-stratification==0.1.9",
+        "torch-optimizer==0.3.0",
+        "matplotlib==3.11.2",
+        "tensorboard==2.21.0",
+        "tqdm==4.70.1",
+        "pillow==13.0.0",
+    ],
+    extras_require={
+        "dev": ["pytest==9.2.0", "ruff==0.17.6"],
+        "web": ["fastapi==0.165.0", "uvicorn==0.54.0", "python-multipart==0.0.34", "httpx==0.28.1"],
+    },
+    entry_points={"console_scripts": ["steel-defect=steel_defect.cli:main"]},
+)

@@ -1,0 +1,171 @@
+"""The ``steel-defect`` command line: one subcommand per step of the pipeline.
+
+    steel-defect synth --out data/synth --n 200 --seed 0
+    steel-defect split --config configs/seg/unet_resnet18_bcedice.yml
+    steel-defect evaluate --pred submission.csv --truth test_truth.csv [--json]
+    steel-defect validate submission.csv [--truth T.csv | --sample-submission S.csv]
+    steel-defect config --config CFG [--opts k=v ...]    # print the resolved config
+    steel-defect config --docs                            # every key with default and meaning
+
+``split_folds.py``, ``train.py`` and ``inference.py`` at the repository root call
+:func:`main` with their subcommand, so both spellings behave the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import otherwise calls the network
+
+log = logging.getLogger("steel_defect")
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one clear line, exit status 2."""
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="experiment YAML (merged onto its base)")
+    parser.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides such as train.epochs=2 paths.work_dir=work/x",
+    )
+
+
+def _cmd_synth(args) -> int:
+    from steel_defect.data.synth import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(
+        Path(args.out), n=args.n, seed=args.seed, test_fraction=args.test_fraction
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_split(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.data.folds import split_folds
+
+    cfg = load_config(args.config, args.opts, require=("paths.train_csv", "paths.train_images"))
+    table = split_folds(cfg)
+    counts = table.groupby("fold")[["defect_free", "class_1", "class_2", "class_3", "class_4"]].sum()
+    counts.insert(0, "images", table.groupby("fold").size())
+    print(counts.to_string())
+    print(f"wrote {cfg.paths.folds_csv}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from steel_defect.evaluation.metric import evaluate_files, format_report
+
+    result = evaluate_files(args.pred, args.truth)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from steel_defect.data.annotations import read_annotations
+    from steel_defect.evaluation.submission import read_sample_submission, read_submission
+
+    expected = None
+    if args.truth:
+        truth = read_annotations(args.truth)
+        expected = truth.image_ids if truth.layout == "wide" else None
+    elif args.sample_submission:
+        expected = read_sample_submission(args.sample_submission)
+    rows = read_submission(args.submission, expected_ids=expected)
+    print(f"{args.submission}: valid, {len(rows)} images")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from steel_defect.config import load_config, to_plain
+    from steel_defect.config.loader import schema_table
+
+    if args.docs:
+        print("| key | default | meaning |\n|---|---|---|")
+        for key, default, doc in schema_table():
+            print(f"| `{key}` | `{default}` | {doc} |")
+        return 0
+    cfg = load_config(args.config, args.opts)
+    print(yaml.safe_dump(to_plain(cfg), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steel-defect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic Severstal-layout data set")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=200, help="number of images (train + test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.25, help="share of images held out as test")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("split", help="multilabel-stratified k-fold split -> <work_dir>/folds.csv")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("evaluate", help="score a submission with the challenge metric")
+    p.add_argument("--pred", required=True, help="submission CSV (ImageId_ClassId,EncodedPixels)")
+    p.add_argument("--truth", required=True, help="truth CSV, wide or long layout")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("validate", help="check a submission's format, row by row")
+    p.add_argument("submission")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--truth", help="every image of this truth file must be present")
+    group.add_argument("--sample-submission", help="every image of this sample submission must be present")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("config", help="print the resolved config, or document every key")
+    _add_config_args(p, required=False)
+    p.add_argument("--docs", action="store_true", help="print a Markdown table of every key")
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; user errors print one line and return 2."""
+    from steel_defect.config import ConfigError
+    from steel_defect.data.annotations import AnnotationError
+    from steel_defect.data.images import ImageReadError
+    from steel_defect.evaluation.submission import SubmissionError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (
+        UserError,
+        ConfigError,
+        AnnotationError,
+        SubmissionError,
+        ImageReadError,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
+        if args.verbose:
+            raise
+        print(f"steel-defect {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

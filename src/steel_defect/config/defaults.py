@@ -1,0 +1,126 @@
+"""Every configuration key, its default, type and meaning: the one place to look them up.
+
+An experiment YAML is merged onto ``configs/base.yml`` and then onto these defaults;
+a key that is not declared here is an error, so a typo never silently does nothing.
+Sub-trees declared as ``Opt(dict, ...)`` (the ``params:`` of a named component) are
+passed straight to a constructor, which rejects what it does not accept.
+
+Print this table with ``steel-defect config --docs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One leaf key: default value, accepted type(s), a sentence of documentation."""
+
+    default: Any
+    type: type | tuple[type, ...]
+    doc: str
+    choices: tuple | None = None
+    nullable: bool = False
+    input_path: bool = False  # a file or folder that must exist when a command needs it
+
+
+_TRANSFORM_DOC = "albumentations pipeline: a list of {name, params} (see steel_defect.data.transforms)"
+
+SCHEMA: dict[str, Any] = {
+    "task": Opt(
+        "seg",
+        str,
+        "what to train: 'cls' (5-class classifier) or 'seg' (4-mask segmenter)",
+        choices=("cls", "seg"),
+    ),
+    "seed": Opt(42, int, "seed for folds, weights init, augmentation and data order"),
+    "paths": {
+        "data_dir": Opt(
+            "data/severstal", str, "Severstal-layout folder (train.csv, train_images/)", input_path=True
+        ),
+        "train_csv": Opt(
+            None,
+            str,
+            "labels, wide or long layout; default <data_dir>/train.csv",
+            nullable=True,
+            input_path=True,
+        ),
+        "train_images": Opt(
+            None, str, "training images; default <data_dir>/train_images", nullable=True, input_path=True
+        ),
+        "test_images": Opt(
+            None, str, "images to predict; default <data_dir>/test_images", nullable=True, input_path=True
+        ),
+        "sample_submission": Opt(
+            None, str, "row order for the submission; default none", nullable=True, input_path=True
+        ),
+        "work_dir": Opt("work/default", str, "where a run writes folds, logs, checkpoints, resolved config"),
+        "folds_csv": Opt(None, str, "fold split; default <work_dir>/folds.csv", nullable=True),
+        "encoder_weights": Opt(
+            None,
+            str,
+            "local file of pretrained encoder weights (offline clusters)",
+            nullable=True,
+            input_path=True,
+        ),
+    },
+    "data": {
+        "channels": Opt(3, int, "image channels fed to the model", choices=(1, 3)),
+        "batch_size": Opt(8, int, "training batch size"),
+        "valid_batch_size": Opt(None, int, "validation batch size; default batch_size", nullable=True),
+        "num_workers": Opt(0, int, "DataLoader worker processes"),
+    },
+    "folds": {
+        "n_splits": Opt(5, int, "number of folds of the multilabel-stratified split"),
+        "valid_fold": Opt(0, int, "fold used for validation; the others train"),
+    },
+    "transforms": {
+        "train": Opt(
+            [{"name": "HorizontalFlip", "params": {"p": 0.5}}, {"name": "Normalize"}], list, _TRANSFORM_DOC
+        ),
+        "valid": Opt([{"name": "Normalize"}], list, _TRANSFORM_DOC),
+    },
+    "model": {
+        "name": Opt("unet", str, "architecture from the model registry (steel_defect.models)"),
+        "encoder": Opt("resnet18", str, "backbone name (smp encoder or torchvision resnet)"),
+        "encoder_weights": Opt(
+            None, str, "null, 'imagenet', or use paths.encoder_weights for a file", nullable=True
+        ),
+        "params": Opt({}, dict, "extra constructor arguments of the architecture"),
+    },
+    "loss": {
+        "name": Opt("bce_dice", str, "loss from the loss registry (steel_defect.losses)"),
+        "params": Opt({}, dict, "loss constructor arguments"),
+    },
+    "optimizer": {
+        "name": Opt("radam", str, "optimizer: radam, adam, adamw or sgd"),
+        "lr": Opt(1e-3, float, "learning rate of the decoder / head"),
+        "encoder_lr": Opt(None, float, "learning rate of the encoder; default lr", nullable=True),
+        "params": Opt({}, dict, "further optimizer arguments (weight_decay, momentum, ...)"),
+    },
+    "scheduler": {
+        "name": Opt(None, str, "plateau, cosine or step; null for a constant rate", nullable=True),
+        "params": Opt({}, dict, "scheduler constructor arguments"),
+    },
+    "train": {
+        "epochs": Opt(10, int, "number of epochs"),
+        "accumulation_steps": Opt(1, int, "batches per optimizer step"),
+        "grad_clip": Opt(None, float, "max gradient norm; null for none", nullable=True),
+        "mixup_alpha": Opt(0.0, float, "mixup Beta(alpha, alpha) on train batches; 0 disables"),
+        "cutmix_alpha": Opt(0.0, float, "cutmix Beta(alpha, alpha) on train batches; 0 disables"),
+        "amp": Opt(
+            None,
+            str,
+            "mixed precision on GPU: fp16, bf16 or null",
+            choices=(None, "fp16", "bf16"),
+            nullable=True,
+        ),
+        "engine": Opt("cpu", str, "cpu, gpu, dp or ddp", choices=("cpu", "gpu", "dp", "ddp")),
+        "early_stopping": Opt(None, int, "epochs without improvement before stopping", nullable=True),
+        "save_top_k": Opt(1, int, "best checkpoints to keep"),
+        "max_train_batches": Opt(None, int, "cap batches per train epoch (quick runs)", nullable=True),
+        "max_valid_batches": Opt(None, int, "cap batches per valid epoch (quick runs)", nullable=True),
+    },
+}

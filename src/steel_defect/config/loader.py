@@ -1,0 +1,211 @@
+"""Load, merge, validate and save run configurations.
+
+``load_config("configs/seg/unet_resnet18_bcedice.yml", ["train.epochs=2"])`` reads the
+experiment file, follows its ``base:`` chain (paths relative to the file), merges it onto
+the defaults of :mod:`steel_defect.config.defaults`, applies ``key.sub=value`` overrides,
+fills derived paths, validates every key and returns an :class:`easydict.EasyDict`.
+Errors raise :class:`ConfigError` with the key path, the file and the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from easydict import EasyDict
+
+from steel_defect.atomic import atomic_write
+from steel_defect.config.defaults import SCHEMA, Opt
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and why."""
+
+
+def _defaults(schema: dict) -> dict:
+    return {
+        key: _defaults(node) if isinstance(node, dict) else copy.deepcopy(node.default)
+        for key, node in schema.items()
+    }
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML file and, recursively, the ``base:`` it names (base first, file on top)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    if not path.is_file():
+        where = f" (base of {seen[-1]})" if seen else ""
+        raise ConfigError(f"config file {path} does not exist{where}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / base, (*seen, path))
+    _merge(merged, data, SCHEMA, "", str(path))
+    return merged
+
+
+def _merge(target: dict, update: dict, schema: dict, prefix: str, source: str) -> None:
+    """Merge ``update`` into ``target`` in place, checking keys against ``schema``."""
+    for key, value in update.items():
+        key_path = f"{prefix}{key}"
+        if key not in schema:
+            valid = sorted(schema)
+            hint = difflib.get_close_matches(str(key), valid, n=1)
+            raise ConfigError(
+                f"unknown config key '{key_path}' in {source}"
+                + (f"; did you mean '{prefix}{hint[0]}'?" if hint else "")
+                + f" Valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
+            )
+        node = schema[key]
+        if isinstance(node, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"config key '{key_path}' in {source} must be a mapping with keys "
+                    f"{', '.join(sorted(node))}; got {value!r}"
+                )
+            _merge(target.setdefault(key, {}), value, node, f"{key_path}.", source)
+        elif node.type is dict and isinstance(value, dict) and isinstance(target.get(key), dict):
+            # params of a component: a later file or override adds to, or changes, single entries
+            target[key] = {**target[key], **copy.deepcopy(value)}
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _check_type(key_path: str, opt: Opt, value: Any) -> None:
+    if value is None:
+        if not opt.nullable:
+            raise ConfigError(f"config key '{key_path}' must not be null ({opt.doc})")
+        return
+    types = opt.type if isinstance(opt.type, tuple) else (opt.type,)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok and float in types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        names = " or ".join(t.__name__ for t in types)
+        raise ConfigError(
+            f"config key '{key_path}' must be {names}, got {type(value).__name__} {value!r} ({opt.doc})"
+        )
+    if opt.choices is not None and value not in opt.choices:
+        raise ConfigError(
+            f"config key '{key_path}' is {value!r}; valid choices: {', '.join(map(repr, opt.choices))}"
+        )
+
+
+def _validate(cfg: dict, schema: dict, prefix: str = "") -> None:
+    for key, node in schema.items():
+        key_path = f"{prefix}{key}"
+        if isinstance(node, dict):
+            _validate(cfg[key], node, f"{key_path}.")
+        else:
+            _check_type(key_path, node, cfg[key])
+            if node.type is float and isinstance(cfg[key], int):
+                cfg[key] = float(cfg[key])
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """``["train.epochs=2", "paths.work_dir=work/x"]`` -> nested dict (values parsed as YAML)."""
+    result: dict = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+        node = result
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of '{part}'")
+        node[leaf] = value
+    return result
+
+
+def _fill_paths(paths: dict) -> None:
+    data_dir = Path(paths["data_dir"])
+    if paths["train_csv"] is None:
+        paths["train_csv"] = str(data_dir / "train.csv")
+    if paths["train_images"] is None:
+        paths["train_images"] = str(data_dir / "train_images")
+    if paths["test_images"] is None:
+        paths["test_images"] = str(data_dir / "test_images")
+    if paths["folds_csv"] is None:
+        paths["folds_csv"] = str(Path(paths["work_dir"]) / "folds.csv")
+
+
+def check_inputs(cfg: dict, keys: tuple[str, ...]) -> None:
+    """Fail unless each ``paths.<key>`` in ``keys`` exists on disk (null entries are skipped)."""
+    for key in keys:
+        name = key.removeprefix("paths.")
+        opt = SCHEMA["paths"].get(name)
+        if opt is None:
+            raise KeyError(f"'{key}' is not a path key; valid: {', '.join(sorted(SCHEMA['paths']))}")
+        value = cfg["paths"][name]
+        if value is not None and not Path(value).exists():
+            raise ConfigError(
+                f"config key 'paths.{name}' points to {value}, which does not exist ({opt.doc}); "
+                f"set it in the YAML or with --opts paths.{name}=..."
+            )
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    require: tuple[str, ...] = (),
+) -> EasyDict:
+    """Resolved configuration: defaults <- base chain <- ``path`` <- ``overrides``.
+
+    ``require`` names path keys (``"paths.train_csv"``) that must exist for the caller.
+    """
+    cfg = _defaults(SCHEMA)
+    if path is not None:
+        _merge(cfg, _read_yaml(Path(path)), SCHEMA, "", str(path))
+    _merge(cfg, parse_overrides(overrides), SCHEMA, "", "--opts")
+    _validate(cfg, SCHEMA)
+    _fill_paths(cfg["paths"])
+    check_inputs(cfg, require)
+    return EasyDict(cfg)
+
+
+def to_plain(cfg: Any) -> Any:
+    """EasyDict (or nested dicts/lists) -> plain Python containers, safe for YAML and pickling."""
+    if isinstance(cfg, dict):
+        return {key: to_plain(value) for key, value in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_plain(value) for value in cfg]
+    return cfg
+
+
+def save_config(cfg: dict, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically; returns the path."""
+    path = Path(path)
+    with atomic_write(path) as handle:
+        yaml.safe_dump(to_plain(cfg), handle, sort_keys=False)
+    return path
+
+
+def schema_table(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Rows ``(key path, default, doc)`` for documentation."""
+    rows = []
+    for key, node in schema.items():
+        if isinstance(node, dict):
+            rows.extend(schema_table(node, f"{prefix}{key}."))
+        else:
+            default = node.default if not isinstance(node.default, list) else "(list)"
+            choices = f" Choices: {', '.join(map(str, node.choices))}." if node.choices else ""
+            rows.append(
+                (f"{prefix}{key}", repr(default) if default is not None else "null", node.doc + choices)
+            )
+    return rows

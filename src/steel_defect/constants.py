@@ -1,0 +1,15 @@
+"""Facts of the Severstal format that every module shares (one place, no scattered literals)."""
+
+IMAGE_HEIGHT = 256
+IMAGE_WIDTH = 1600
+IMAGE_SHAPE = (IMAGE_HEIGHT, IMAGE_WIDTH)
+
+CLASS_IDS = (1, 2, 3, 4)
+NUM_CLASSES = len(CLASS_IDS)
+# Names used in reports and the GUI; the challenge itself only numbers them.
+CLASS_NAMES = {
+    1: "pits and spots",
+    2: "fine vertical lines",
+    3: "scratches and streaks",
+    4: "large patches",
+}

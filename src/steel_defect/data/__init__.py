@@ -1,0 +1,1 @@
+"""Data layer: RLE, label files, image decoding, datasets, transforms, folds, synthetic data."""

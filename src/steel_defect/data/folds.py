@@ -1,0 +1,89 @@
+"""Multilabel-stratified k-fold split over images.
+
+Each image is described by five flags: defect-free, and the presence of classes 1..4.
+``MultilabelStratifiedKFold`` keeps each flag's share close to the whole in every fold,
+so a rare class (2, 4) is present in every validation fold. Run as
+``python split_folds.py --config configs/seg/unet_resnet18_bcedice.yml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+from steel_defect.atomic import atomic_write
+from steel_defect.config import save_config
+from steel_defect.constants import CLASS_IDS
+from steel_defect.data.annotations import read_annotations, resolve_image_ids
+
+FLAG_COLUMNS = ["defect_free", *(f"class_{c}" for c in CLASS_IDS)]
+
+
+def assign_folds(labels: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+    """Fold index (0..n_splits-1) per image, stratified on ``labels``.
+
+    ``labels``: bool (N, 4) class presence. Returns int (N,). Requires N >= n_splits.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    n = labels.shape[0]
+    if n_splits < 2:
+        raise ValueError(f"folds.n_splits must be at least 2, got {n_splits}")
+    if n < n_splits:
+        raise ValueError(f"cannot split {n} images into {n_splits} folds; lower folds.n_splits")
+    flags = np.column_stack([~labels.any(axis=1), labels]).astype(int)
+    folds = np.full(n, -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for fold, (_, valid_idx) in enumerate(splitter.split(np.zeros((n, 1)), flags)):
+        folds[valid_idx] = fold
+    return folds
+
+
+def make_folds_table(image_ids: list[str], labels: np.ndarray, n_splits: int, seed: int) -> pd.DataFrame:
+    """Table ``ImageId, fold, defect_free, class_1..class_4`` sorted by ImageId."""
+    labels = np.asarray(labels, dtype=bool)
+    table = pd.DataFrame({"ImageId": image_ids, "fold": assign_folds(labels, n_splits, seed)})
+    table["defect_free"] = (~labels.any(axis=1)).astype(int)
+    for i, class_id in enumerate(CLASS_IDS):
+        table[f"class_{class_id}"] = labels[:, i].astype(int)
+    return table.sort_values("ImageId").reset_index(drop=True)
+
+
+def write_folds(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write the fold table atomically."""
+    with atomic_write(path, newline="") as handle:
+        table.to_csv(handle, index=False, lineterminator="\n")
+    return Path(path)
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    """Read ``folds.csv``; a missing file or column is an error saying how to make one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"fold split {path} does not exist; run: python split_folds.py --config CFG")
+    table = pd.read_csv(path, dtype={"ImageId": str})
+    missing = {"ImageId", "fold"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected ImageId,fold,...")
+    return table
+
+
+def split_ids(table: pd.DataFrame, valid_fold: int) -> tuple[list[str], list[str]]:
+    """(train ids, valid ids): validate on ``valid_fold``, train on the other folds."""
+    folds = sorted(int(f) for f in table.fold.unique())
+    if valid_fold not in folds:
+        raise ValueError(f"fold {valid_fold} is not in the split; folds are {folds}")
+    is_valid = table.fold == valid_fold
+    return table.ImageId[~is_valid].tolist(), table.ImageId[is_valid].tolist()
+
+
+def split_folds(cfg) -> pd.DataFrame:
+    """Read the labels named by ``cfg.paths``, split, write ``paths.folds_csv`` and the config."""
+    annotations = read_annotations(cfg.paths.train_csv)
+    image_ids = resolve_image_ids(annotations, cfg.paths.train_images)
+    table = make_folds_table(image_ids, annotations.labels(image_ids), cfg.folds.n_splits, cfg.seed)
+    write_folds(table, cfg.paths.folds_csv)
+    save_config(cfg, Path(cfg.paths.work_dir) / "split_config.yml")
+    return table

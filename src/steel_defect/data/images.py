@@ -1,0 +1,94 @@
+"""Image decoding: jpeg4py (libjpeg-turbo) when it works, OpenCV otherwise.
+
+jpeg4py needs the system library ``libturbojpeg0``; when it is missing we decode with
+OpenCV and say so once, so a fresh laptop still works, only slower.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from steel_defect.constants import IMAGE_SHAPE
+
+log = logging.getLogger(__name__)
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_turbojpeg_ok: bool | None = None
+
+
+class ImageReadError(OSError):
+    """An image file that is missing, unreadable, corrupt or of the wrong size."""
+
+
+def turbojpeg_available() -> bool:
+    """Whether jpeg4py can decode (checked once per process; warns once when it cannot)."""
+    global _turbojpeg_ok
+    if _turbojpeg_ok is None:
+        try:
+            from jpeg4py import _cffi
+
+            _cffi.initialize()  # dlopen()s libturbojpeg; OSError when it is missing
+            _turbojpeg_ok = True
+        except (ImportError, OSError):
+            _turbojpeg_ok = False
+        if not _turbojpeg_ok:
+            log.warning(
+                "libturbojpeg is not available: decoding JPEGs with OpenCV (slower). "
+                "On Debian/Ubuntu: apt-get install libturbojpeg0"
+            )
+    return _turbojpeg_ok
+
+
+def decode_image(data: bytes, channels: int = 3, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to uint8 (H, W, channels); ``channels`` is 1 or 3.
+
+    Raises :class:`ImageReadError` naming ``name`` when the bytes are not a decodable image.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image = None
+    if data[:3] == _JPEG_MAGIC and turbojpeg_available():
+        import jpeg4py
+
+        try:
+            image = jpeg4py.JPEG(np.frombuffer(data, np.uint8)).decode()  # RGB
+        except Exception:
+            image = None  # a damaged JPEG: let OpenCV try, then report
+    if image is None:
+        flag = cv2.IMREAD_COLOR
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        if image is None:
+            raise ImageReadError(f"{name}: not a decodable image (corrupt or unsupported format)")
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    return np.ascontiguousarray(image)
+
+
+def read_image(
+    path: str | Path,
+    channels: int = 3,
+    expected_shape: tuple[int, int] | None = IMAGE_SHAPE,
+) -> np.ndarray:
+    """Read an image file as uint8 (H, W, channels).
+
+    ``expected_shape`` (H, W) is checked unless None; a mismatch, a missing file or a
+    corrupt one raises :class:`ImageReadError` with the path and the reason.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read ({err.strerror or err})") from err
+    image = decode_image(data, channels, name=str(path))
+    if expected_shape is not None and image.shape[:2] != tuple(expected_shape):
+        height, width = image.shape[:2]
+        raise ImageReadError(
+            f"{path}: image is {width}x{height}; expected {expected_shape[1]}x{expected_shape[0]} "
+            "(width x height) as in the Severstal data"
+        )
+    return image

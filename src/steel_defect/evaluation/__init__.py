@@ -1,0 +1,1 @@
+"""Scoring: the challenge metric and submission validation."""

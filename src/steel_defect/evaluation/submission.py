@@ -1,0 +1,126 @@
+"""Submission files: read, validate with row-level errors, and write atomically.
+
+A submission is ``ImageId_ClassId,EncodedPixels`` with 4 rows per image (classes 1..4)
+and RLE runs that are positive, sorted, non-overlapping and inside the 256x1600 frame.
+``steel-defect validate SUB.csv [--truth T.csv | --sample-submission S.csv]`` runs
+:func:`validate_submission` and prints every problem (up to a limit) by line.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
+from steel_defect.data.annotations import WIDE_HEADER, split_image_class, write_annotations
+from steel_defect.data.rle import RLEError, parse_rle
+
+MAX_REPORTED = 20
+
+
+class SubmissionError(ValueError):
+    """An invalid submission; ``problems`` lists one message per bad row or image."""
+
+    def __init__(self, path: Path, problems: list[str], total: int | None = None):
+        self.problems = problems
+        total = total if total is not None else len(problems)
+        more = f"\n  ... and {total - len(problems)} more" if total > len(problems) else ""
+        lines = "\n  ".join(problems)
+        super().__init__(f"{path}: invalid submission ({total} problem(s)):\n  {lines}{more}")
+
+
+def read_submission(
+    path: str | Path,
+    expected_ids: list[str] | None = None,
+    shape: tuple[int, int] = IMAGE_SHAPE,
+) -> dict[str, list[str]]:
+    """Validate and read a submission: ``{ImageId: [rle_1, rle_2, rle_3, rle_4]}`` in file order.
+
+    ``expected_ids``: when given, every one must be present and no other image may be.
+    Raises :class:`SubmissionError` listing the problems with their line numbers.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    total = 0
+
+    def problem(message: str) -> None:
+        nonlocal total
+        total += 1
+        if len(problems) < MAX_REPORTED:
+            problems.append(message)
+
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        raise SubmissionError(path, [f"cannot read as CSV: {err}"]) from None
+    if not rows or [c.strip() for c in rows[0]] != WIDE_HEADER:
+        header = rows[0] if rows else "nothing (empty file)"
+        raise SubmissionError(path, [f"line 1: header must be {','.join(WIDE_HEADER)}, got {header}"])
+    num_pixels = shape[0] * shape[1]
+    result: dict[str, list[str | None]] = {}
+    first_line: dict[str, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 2:
+            problem(f"line {line}: {len(row)} fields, expected 2: {row}")
+            continue
+        try:
+            image_id, class_id = split_image_class(row[0].strip())
+            rle = row[1].strip()
+            parse_rle(rle, num_pixels)
+        except (ValueError, RLEError) as err:
+            problem(f"line {line}: {err}")
+            continue
+        rles = result.setdefault(image_id, [None] * NUM_CLASSES)
+        first_line.setdefault(image_id, line)
+        if rles[class_id - 1] is not None:
+            problem(f"line {line}: second row for {image_id}_{class_id}")
+            continue
+        rles[class_id - 1] = rle
+    for image_id, rles in result.items():
+        missing = [str(c) for c, rle in zip(CLASS_IDS, rles, strict=True) if rle is None]
+        if missing:
+            problem(
+                f"line {first_line[image_id]}: image {image_id} has no row for class(es) {', '.join(missing)}"
+            )
+    if expected_ids is not None:
+        expected = set(expected_ids)
+        for image_id in [i for i in expected_ids if i not in result]:
+            problem(f"image {image_id} is missing (4 rows expected)")
+        for image_id in [i for i in result if i not in expected]:
+            problem(f"line {first_line[image_id]}: image {image_id} is not among the expected images")
+    if total:
+        raise SubmissionError(path, problems, total)
+    return result  # type: ignore[return-value]
+
+
+def read_sample_submission(path: str | Path) -> list[str]:
+    """Image ids of a sample submission, in its order.
+
+    Accepts the 2019 layout (``ImageId_ClassId,EncodedPixels``) and the later one with an
+    ``ImageId`` column (``ImageId,EncodedPixels,ClassId``).
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = [f.strip() for f in reader.fieldnames or []]
+            reader.fieldnames = fields
+            if "ImageId_ClassId" in fields:
+                keys = [row["ImageId_ClassId"].strip() for row in reader]
+                ids = [split_image_class(key)[0] for key in keys]
+            elif "ImageId" in fields:
+                ids = [row["ImageId"].strip() for row in reader]
+            else:
+                raise ValueError(f"header {fields} has neither ImageId_ClassId nor ImageId")
+    except OSError as err:
+        raise FileNotFoundError(f"sample submission {path}: cannot read ({err.strerror or err})") from err
+    except (ValueError, csv.Error) as err:
+        raise ValueError(f"sample submission {path}: {err}") from None
+    return list(dict.fromkeys(ids))
+
+
+def write_submission(path: str | Path, image_ids: list[str], rles_per_image: list[list[str]]) -> Path:
+    """Write ``ImageId_ClassId,EncodedPixels``, 4 rows per image, atomically."""
+    write_annotations(path, image_ids, rles_per_image, layout="wide")
+    return Path(path)

@@ -1,0 +1,29 @@
+"""Shared fixtures: paths to the real sample data and small hand-made label files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = REPO.parent / "shared" / "data" / "severstal_sample"
+
+
+@pytest.fixture
+def real_sample() -> Path:
+    """The real Severstal frames beside the repository; skips when a fresh clone lacks them."""
+    if not (REAL_SAMPLE / "train.csv").is_file():
+        pytest.skip(f"real sample data not found at {REAL_SAMPLE} (only present beside the team's checkout)")
+    return REAL_SAMPLE
+
+
+@pytest.fixture
+def repo_configs() -> list[Path]:
+    """Every experiment YAML shipped under configs/."""
+    paths = sorted((REPO / "configs").rglob("*.yml"))
+    assert paths, "no configs shipped"
+    return paths
