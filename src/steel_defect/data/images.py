@@ -17,6 +17,7 @@ from steel_defect.constants import IMAGE_SHAPE
 log = logging.getLogger(__name__)
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
 _turbojpeg_ok: bool | None = None
 
 
@@ -43,6 +44,20 @@ def turbojpeg_available() -> bool:
     return _turbojpeg_ok
 
 
+def _decode_turbojpeg(data: bytes) -> np.ndarray | None:
+    """RGB uint8 via libjpeg-turbo, or None when it refuses the data (OpenCV then tries)."""
+    import jpeg4py
+
+    jpeg = jpeg4py.JPEG(np.frombuffer(data, np.uint8))
+    try:
+        return jpeg.decode()
+    except jpeg4py.JPEGRuntimeError:
+        # jpeg4py returns the failed decompressor to its pool and reusing it segfaults
+        # (seen with jpeg4py 0.1.4): drop it so it is destroyed instead.
+        jpeg.decompressor = None
+        return None
+
+
 def decode_image(data: bytes, channels: int = 3, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to uint8 (H, W, channels); ``channels`` is 1 or 3.
 
@@ -51,16 +66,15 @@ def decode_image(data: bytes, channels: int = 3, name: str = "<bytes>") -> np.nd
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     image = None
-    if data[:3] == _JPEG_MAGIC and turbojpeg_available():
-        import jpeg4py
-
-        try:
-            image = jpeg4py.JPEG(np.frombuffer(data, np.uint8)).decode()  # RGB
-        except Exception:
-            image = None  # a damaged JPEG: let OpenCV try, then report
+    if data[:3] == _JPEG_MAGIC:
+        # Both decoders fill a truncated JPEG with grey instead of failing; the
+        # end-of-image marker tells a cut-off file from a whole one.
+        if _JPEG_END not in data[-4096:]:
+            raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
+        if turbojpeg_available():
+            image = _decode_turbojpeg(data)
     if image is None:
-        flag = cv2.IMREAD_COLOR
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise ImageReadError(f"{name}: not a decodable image (corrupt or unsupported format)")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

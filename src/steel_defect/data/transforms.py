@@ -1,0 +1,180 @@
+"""Build albumentations pipelines from the ``transforms`` section of a config.
+
+Each pipeline is a list of specs, applied in order::
+
+    train:
+      - {name: HorizontalFlip, params: {p: 0.5}}
+      - {name: CoarseDropout, params: {num_holes_range: [1, 4], hole_height_range: [16, 64],
+                                       hole_width_range: [16, 128], fill: 0, p: 0.5}}
+      - {name: OneOf, params: {p: 0.5}, transforms: [{name: RandomGamma}, {name: RandomBrightnessContrast}]}
+      - {name: Normalize, params: {}}
+
+A spec has ``name`` (a key of :data:`TRANSFORMS`), optional ``params`` passed straight
+to the albumentations constructor, and, for ``OneOf`` only, a nested ``transforms`` list.
+
+albumentations 2.x only *warns* about constructor arguments it does not know (such as the
+``Cutout``-era ``max_holes``), so a stale config would silently run with defaults. We check
+every parameter name against the constructor's signature and raise
+:class:`TransformConfigError` naming the key path (``transforms.train[1].params.max_holes``)
+and the valid names. Values are validated by albumentations itself (pydantic); its message
+is re-raised with the key path.
+
+Masks: the datasets pass the four class masks as ``mask`` of shape (H, W, 4), so every
+geometric transform moves them exactly like the image (nearest-neighbour interpolation,
+the albumentations default for masks). Pixel-level transforms (noise, brightness, gamma,
+Normalize) never touch masks. ``CoarseDropout`` also leaves masks unchanged, as the old
+``Cutout`` did: a hole hides the steel, it does not remove the defect, and zeroing the
+mask would teach the model that defects vanish under a black patch. ``fill_mask`` is
+therefore rejected for CoarseDropout.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import albumentations as A
+
+# One registry for every transform a config may name. ShiftScaleRotate is left out on
+# purpose: albumentations 2.x deprecates it in favour of Affine.
+TRANSFORMS: dict[str, type] = {
+    "HorizontalFlip": A.HorizontalFlip,
+    "VerticalFlip": A.VerticalFlip,
+    "CoarseDropout": A.CoarseDropout,
+    "RandomCrop": A.RandomCrop,
+    "CenterCrop": A.CenterCrop,
+    # Crop a random region (height in ``min_max_height``, width = height * ``w2h_ratio``)
+    # and scale it to ``size``; with w2h_ratio 6.25 it keeps the 1600/256 frame shape.
+    "RandomSizedCrop": A.RandomSizedCrop,
+    # Crop by area fraction and aspect ratio, then scale to ``size``.
+    "RandomResizedCrop": A.RandomResizedCrop,
+    "Resize": A.Resize,
+    "Affine": A.Affine,
+    "Normalize": A.Normalize,
+    "GaussNoise": A.GaussNoise,
+    "RandomBrightnessContrast": A.RandomBrightnessContrast,
+    "RandomGamma": A.RandomGamma,
+    "OneOf": A.OneOf,
+}
+
+# Transforms whose nested list comes from the spec's ``transforms`` key.
+_CONTAINERS = {"OneOf"}
+
+# Parameters the constructor accepts but this project forbids, with the reason.
+_FORBIDDEN_PARAMS: dict[str, dict[str, str]] = {
+    "CoarseDropout": {
+        "fill_mask": "masks are kept unchanged under dropout holes (a hole hides the steel, "
+        "not the defect); remove fill_mask",
+    },
+}
+
+# Hints for argument names that changed in albumentations 2.x, shown when a stale one is used.
+_RENAMED_HINTS: dict[str, str] = {
+    "CoarseDropout": " (albumentations 2.x replaced Cutout's and the old CoarseDropout's "
+    "max_holes/max_height/max_width/fill_value with num_holes_range/hole_height_range/"
+    "hole_width_range/fill)",
+}
+
+_SPEC_KEYS = ("name", "params", "transforms")
+
+
+class TransformConfigError(ValueError):
+    """A transform spec that cannot be built; the message names the key path and the fix."""
+
+
+def _valid_params(cls: type) -> list[str]:
+    """Names the constructor of ``cls`` accepts as keywords (``self`` and ``*args`` excluded)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        p.name for p in inspect.signature(cls).parameters.values() if p.kind in kinds and p.name != "self"
+    ]
+
+
+def _check_params(name: str, params: Mapping[str, Any], path: str) -> None:
+    cls = TRANSFORMS[name]
+    valid = [p for p in _valid_params(cls) if p not in _FORBIDDEN_PARAMS.get(name, {})]
+    if name in _CONTAINERS:
+        valid = [p for p in valid if p != "transforms"]
+    for key in params:
+        if not isinstance(key, str):
+            raise TransformConfigError(f"{path}: parameter names must be strings, got {key!r}")
+        reason = _FORBIDDEN_PARAMS.get(name, {}).get(key)
+        if reason:
+            raise TransformConfigError(f"{path}.{key}: not allowed for {name}: {reason}")
+        if name in _CONTAINERS and key == "transforms":
+            raise TransformConfigError(
+                f"{path}.transforms: give {name}'s nested transforms as the spec's own "
+                "'transforms:' list, beside 'params:'"
+            )
+        if key not in valid:
+            raise TransformConfigError(
+                f"{path}.{key}: {name} has no parameter {key!r}{_RENAMED_HINTS.get(name, '')}; "
+                f"valid parameters: {', '.join(valid)}"
+            )
+
+
+def build_transform(spec: Mapping[str, Any], key_path: str) -> A.BasicTransform | A.BaseCompose:
+    """Build one transform from ``{name, params?, transforms?}``; ``key_path`` locates it in errors."""
+    if not isinstance(spec, Mapping):
+        raise TransformConfigError(
+            f"{key_path}: expected a mapping like {{name: HorizontalFlip, params: {{p: 0.5}}}}, "
+            f"got {type(spec).__name__} {spec!r}"
+        )
+    unknown = [k for k in spec if k not in _SPEC_KEYS]
+    if unknown:
+        raise TransformConfigError(
+            f"{key_path}.{unknown[0]}: unknown key; a transform spec has only {', '.join(_SPEC_KEYS)}"
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or name not in TRANSFORMS:
+        where = f"{key_path}.name"
+        what = "missing" if name is None else f"unknown transform {name!r}"
+        raise TransformConfigError(f"{where}: {what}; valid names: {', '.join(sorted(TRANSFORMS))}")
+    params = spec.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise TransformConfigError(
+            f"{key_path}.params: expected a mapping of constructor arguments, got {params!r}"
+        )
+    _check_params(name, params, f"{key_path}.params")
+    kwargs = dict(params)
+    if name in _CONTAINERS:
+        if "transforms" not in spec:
+            raise TransformConfigError(f"{key_path}.transforms: {name} needs a list of nested transforms")
+        kwargs["transforms"] = _build_list(spec["transforms"], f"{key_path}.transforms")
+    elif "transforms" in spec:
+        raise TransformConfigError(
+            f"{key_path}.transforms: only {', '.join(sorted(_CONTAINERS))} take nested transforms"
+        )
+    try:
+        return TRANSFORMS[name](**kwargs)
+    except (ValueError, TypeError) as err:
+        raise TransformConfigError(f"{_error_path(err, key_path)}: invalid value for {name}: {err}") from err
+
+
+def _error_path(err: Exception, key_path: str) -> str:
+    """``<key_path>.params.<field>`` when pydantic says which field failed, else ``.params``."""
+    # albumentations re-raises pydantic's ValidationError as a plain ValueError "from" it.
+    for cause in (err, err.__cause__):
+        try:
+            loc = cause.errors()[0]["loc"]
+        except (AttributeError, IndexError, KeyError, TypeError):
+            continue
+        if loc and isinstance(loc[0], str):
+            return f"{key_path}.params.{loc[0]}"
+    return f"{key_path}.params"
+
+
+def _build_list(specs: Sequence[Mapping[str, Any]], key_path: str) -> list:
+    if isinstance(specs, (str, bytes, Mapping)) or not isinstance(specs, Sequence):
+        raise TransformConfigError(f"{key_path}: expected a list of transform specs, got {specs!r}")
+    return [build_transform(spec, f"{key_path}[{i}]") for i, spec in enumerate(specs)]
+
+
+def build_transforms(specs: Sequence[Mapping[str, Any]] | None, key_path: str = "transforms") -> A.Compose:
+    """Build an ``A.Compose`` from a list of specs (None or [] gives the identity).
+
+    Call the result as ``pipeline(image=image, mask=mask)`` with ``image`` uint8 (H, W, C)
+    and ``mask`` uint8 (H, W, 4); it returns a dict with the transformed ``image`` and ``mask``.
+    """
+    return A.Compose(_build_list(specs or [], key_path))
