@@ -86,13 +86,17 @@ def parse_rle(rle: str | float | None, num_pixels: int) -> tuple[np.ndarray, np.
 def rle_to_mask(rle: str | float | None, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
     """Decode an RLE string into a uint8 mask of ``shape`` (H, W) with values 0/1."""
     height, width = shape
-    starts, ends = parse_rle(rle, height * width)
-    # +1 at each run start, -1 after each run end, then a running sum marks the runs.
-    # Runs are validated sorted and disjoint, so each index appears once per array.
-    delta = np.zeros(height * width + 1, dtype=np.int8)
-    delta[starts] += 1
-    delta[ends] -= 1
-    flat = np.cumsum(delta[:-1], dtype=np.int8).astype(np.uint8)
+    num_pixels = height * width
+    starts, ends = parse_rle(rle, num_pixels)
+    # Alternating background/foreground segments laid down by one np.repeat: runs are
+    # validated sorted and disjoint, so the segment lengths are never negative.
+    bounds = np.empty(2 * starts.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, num_pixels
+    bounds[1:-1:2] = starts
+    bounds[2:-1:2] = ends
+    values = np.zeros(bounds.size - 1, dtype=np.uint8)
+    values[1::2] = 1
+    flat = np.repeat(values, np.diff(bounds))
     return flat.reshape((height, width), order="F")
 
 
