@@ -2,6 +2,7 @@
 
     steel-defect synth --out data/synth --n 200 --seed 0
     steel-defect split --config configs/seg/unet_resnet18_bcedice.yml
+    steel-defect train --config configs/seg/unet_resnet18_bcedice.yml [--fold K] [--resume]
     steel-defect evaluate --pred submission.csv --truth test_truth.csv [--json]
     steel-defect validate submission.csv [--truth T.csv | --sample-submission S.csv]
     steel-defect config --config CFG [--opts k=v ...]    # print the resolved config
@@ -63,6 +64,19 @@ def _cmd_split(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.training.runner import train
+
+    opts = list(args.opts)
+    if args.engine:
+        opts.append(f"train.engine={args.engine}")
+    cfg = load_config(args.config, opts, require=("paths.train_csv", "paths.train_images", "paths.folds_csv"))
+    result = train(cfg, fold=args.fold, resume=args.resume, nproc=args.nproc)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from steel_defect.evaluation.metric import evaluate_files, format_report
 
@@ -118,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_split)
 
+    p = sub.add_parser("train", help="train the classifier or segmenter that the config names")
+    _add_config_args(p)
+    p.add_argument("--fold", type=int, default=None, help="validation fold (default folds.valid_fold)")
+    p.add_argument("--resume", action="store_true", help="continue from <work_dir>/fold<K>/checkpoints/last.pth")
+    p.add_argument("--engine", choices=("cpu", "gpu", "dp", "ddp"), help="overrides train.engine")
+    p.add_argument("--nproc", type=int, default=1, help="DDP worker processes on this node")
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("evaluate", help="score a submission with the challenge metric")
     p.add_argument("--pred", required=True, help="submission CSV (ImageId_ClassId,EncodedPixels)")
     p.add_argument("--truth", required=True, help="truth CSV, wide or long layout")
@@ -145,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     from steel_defect.data.images import ImageReadError
     from steel_defect.evaluation.submission import SubmissionError
 
+    # CheckpointError and the model/loss config errors are ValueErrors: caught below without
+    # importing torch for commands that do not need it.
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

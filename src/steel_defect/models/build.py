@@ -1,0 +1,166 @@
+"""The model registry and the factory that turns ``cfg.task`` + ``cfg.model`` into a network.
+
+``build_model(cfg)`` is the one way the trainer, inference and the GUI create a model:
+``task: seg`` gives a segmentation architecture with four logit maps ``(N, 4, H, W)``,
+``task: cls`` gives :class:`Classifier` with five logits ``(N, 5)``. ``model.params`` go
+straight to the constructor and are checked against its signature first, because smp's
+models swallow unknown keyword arguments and a typo would otherwise do nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import timm
+from torch import nn
+
+from steel_defect.config import ConfigError
+from steel_defect.constants import NUM_CLASSES
+from steel_defect.models.classifier import NUM_CLS_OUTPUTS, Classifier
+from steel_defect.models.weights import check_downloadable, download_error, load_encoder_file
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "unet": smp.Unet,
+    "fpn": smp.FPN,
+    "pspnet": smp.PSPNet,
+    "linknet": smp.Linknet,
+    "deeplabv3plus": smp.DeepLabV3Plus,
+    "classifier": Classifier,
+}
+CLS_ARCHITECTURES = ("classifier",)
+SEG_ARCHITECTURES = tuple(name for name in ARCHITECTURES if name not in CLS_ARCHITECTURES)
+
+# Constructor arguments the factory sets from other keys; `model.params` may not override them.
+_RESERVED_PARAMS = {
+    "encoder_name": "it is model.encoder",
+    "encoder_weights": "use model.encoder_weights or paths.encoder_weights",
+    "in_channels": "it is data.channels",
+    "classes": "it follows from task (seg: 4 masks, cls: 5 labels)",
+    "activation": "the losses and post-processing expect logits",
+    "aux_params": "the trainer expects one output tensor; train a classifier with task=cls",
+}
+
+
+def _did_you_mean(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=3)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+def _architecture(task: str, name: str) -> type[nn.Module]:
+    if name not in ARCHITECTURES:
+        raise ConfigError(
+            f"model.name={name!r} is not a known architecture.{_did_you_mean(name, list(ARCHITECTURES))}"
+            f" Valid names: {', '.join(ARCHITECTURES)}"
+        )
+    allowed = CLS_ARCHITECTURES if task == "cls" else SEG_ARCHITECTURES
+    if name not in allowed:
+        raise ConfigError(
+            f"model.name={name!r} does not fit task={task!r}; for that task use one of: {', '.join(allowed)}"
+        )
+    return ARCHITECTURES[name]
+
+
+def check_encoder_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is an smp encoder or ``tu-<timm model>``."""
+    if name.startswith("tu-"):
+        if timm.is_model(name[3:]):
+            return
+        raise ConfigError(
+            f"model.encoder={name!r}: timm has no model {name[3:]!r}."
+            f"{_did_you_mean(name[3:], timm.list_models())} See timm.list_models() for the names"
+        )
+    valid = smp.encoders.get_encoder_names()
+    if name not in valid:
+        raise ConfigError(
+            f"model.encoder={name!r} is not a known encoder.{_did_you_mean(name, valid)}"
+            f" Valid names: {', '.join(valid)}, or 'tu-<timm model name>'"
+        )
+
+
+def _check_params(cls: type[nn.Module], params: dict[str, Any], encoder: str) -> None:
+    signature = inspect.signature(cls.__init__)
+    named = [
+        p.name
+        for p in signature.parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    valid = [name for name in named if name not in _RESERVED_PARAMS]
+    # smp forwards extra kwargs only to timm ("tu-") encoders; for the others they vanish
+    open_kwargs = encoder.startswith("tu-") and any(
+        p.kind is p.VAR_KEYWORD for p in signature.parameters.values()
+    )
+    for key in params:
+        if key in _RESERVED_PARAMS:
+            raise ConfigError(f"model.params.{key} cannot be set: {_RESERVED_PARAMS[key]}")
+        if key not in valid and not open_kwargs:
+            raise ConfigError(
+                f"model.params.{key} is not an argument of {cls.__name__}.{_did_you_mean(key, valid)}"
+                f" Valid keys: {', '.join(valid)}"
+            )
+
+
+def _instantiate(cls: type[nn.Module], kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        # a bad value (not name) in model.params; the constructor's message names the argument
+        raise ConfigError(f"{cls.__name__} rejected the model settings {kwargs}: {err}") from err
+
+
+def build_model(cfg: Any) -> nn.Module:
+    """A randomly initialised or pretrained network for ``cfg`` (reads task, model, data, paths).
+
+    Weights: ``model.encoder_weights`` (e.g. ``imagenet``, downloaded by smp) or
+    ``paths.encoder_weights`` (a local file loaded strictly into ``model.encoder``) or
+    neither (random init). Every architecture keeps its backbone at ``model.encoder``.
+    """
+    task, name, encoder = cfg.task, cfg.model.name, cfg.model.encoder
+    weights, weights_file = cfg.model.encoder_weights, cfg.paths.encoder_weights
+    cls = _architecture(task, name)
+    check_encoder_name(encoder)
+    params = dict(cfg.model.params or {})
+    _check_params(cls, params, encoder)
+    if weights is not None and weights_file is not None:
+        raise ConfigError(
+            f"model.encoder_weights={weights!r} and paths.encoder_weights={weights_file} are both set; "
+            "keep one (set model.encoder_weights=null to use the file)"
+        )
+    if weights is not None:
+        check_downloadable(encoder, weights)
+    kwargs = {
+        "encoder_name": encoder,
+        "encoder_weights": weights,
+        "in_channels": cfg.data.channels,
+        "classes": NUM_CLS_OUTPUTS if task == "cls" else NUM_CLASSES,
+        **params,
+    }
+    if task == "seg":
+        kwargs["activation"] = None
+    if weights is None:
+        model = _instantiate(cls, kwargs)
+    else:
+        try:
+            model = _instantiate(cls, kwargs)
+        except OSError as err:  # hub and urllib errors: the probe passed but the download failed
+            raise download_error(encoder, weights, str(err).splitlines()[0]) from err
+    if weights_file is not None:
+        load_encoder_file(model.encoder, weights_file, encoder)
+    return model
+
+
+def describe_model(cfg: Any, model: nn.Module | None = None) -> dict[str, Any]:
+    """Short summary for checkpoints, logs and the GUI; builds the model when not given."""
+    model = build_model(cfg) if model is None else model
+    return {
+        "task": cfg.task,
+        "architecture": cfg.model.name,
+        "encoder": cfg.model.encoder,
+        "in_channels": cfg.data.channels,
+        "outputs": NUM_CLS_OUTPUTS if cfg.task == "cls" else NUM_CLASSES,
+        "encoder_weights": cfg.paths.encoder_weights or cfg.model.encoder_weights,
+        "params": sum(p.numel() for p in model.parameters()),
+        "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+    }

@@ -1,0 +1,1 @@
+"""Training: one Catalyst runner for classifier and segmenter, callbacks, engines, checkpoints."""

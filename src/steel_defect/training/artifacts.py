@@ -1,0 +1,107 @@
+"""What a run leaves behind: checkpoints (last, best, top-k), metric history, curve plot.
+
+Layout of ``<work_dir>/fold<K>/``::
+
+    config.yml             resolved config of the run
+    checkpoints/last.pth   weights + optimizer + scheduler + history: ``--resume`` reads it
+    checkpoints/best.pth   weights of the best epoch by the monitored validation metric
+    checkpoints/epoch_NNN.pth   the top-k epochs (``train.save_top_k``)
+    history.json           per-epoch train/valid metrics
+    curves.png             loss and metric curves, drawn at the end of the run
+    logs/                  CSV and TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on clusters and CI
+import matplotlib.pyplot as plt  # noqa: E402
+from catalyst.core.callback import Callback, CallbackOrder  # noqa: E402
+
+from steel_defect.atomic import atomic_write  # noqa: E402
+from steel_defect.training.checkpoint import save_checkpoint, unwrap  # noqa: E402
+
+
+class CheckpointCallback(Callback):
+    """Saves ``last.pth`` every epoch and keeps the ``top_k`` best epochs plus ``best.pth``.
+
+    ``resume_state`` (a loaded ``last.pth``) carries the history and top-k list forward.
+    Only the main process writes.
+    """
+
+    def __init__(self, run_dir: Path, cfg, monitor: str, top_k: int, resume_state: dict | None = None):
+        super().__init__(order=CallbackOrder.Checkpoint)
+        self.run_dir, self.cfg, self.monitor, self.top_k = Path(run_dir), cfg, monitor, max(0, top_k)
+        resume_state = resume_state or {}
+        self.history: list[dict] = list(resume_state.get("history", []))
+        self.top: list[dict] = list(resume_state.get("top", []))  # [{"epoch", "score", "path"}]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def on_epoch_end(self, runner) -> None:
+        if not runner.engine.is_main_process:
+            return
+        epoch = runner.epoch_step
+        metrics = {loader: dict(values) for loader, values in runner.epoch_metrics.items() if loader != "_epoch_"}
+        self.history.append({"epoch": epoch, **metrics})
+        score = metrics["valid"][self.monitor]
+        model = unwrap(runner.model)
+        best_before = max((t["score"] for t in self.top), default=None)
+        if self.top_k and (len(self.top) < self.top_k or score > min(t["score"] for t in self.top)):
+            path = self.checkpoint_dir / f"epoch_{epoch:03d}.pth"
+            save_checkpoint(path, model, self.cfg, epoch, metrics)
+            self.top.append({"epoch": epoch, "score": score, "path": path.name})
+            self.top.sort(key=lambda t: -t["score"])
+            for dropped in self.top[self.top_k :]:
+                (self.checkpoint_dir / dropped["path"]).unlink(missing_ok=True)
+            del self.top[self.top_k :]
+        if best_before is None or score > best_before:
+            save_checkpoint(self.checkpoint_dir / "best.pth", model, self.cfg, epoch, metrics)
+        save_checkpoint(
+            self.checkpoint_dir / "last.pth",
+            model,
+            self.cfg,
+            epoch,
+            metrics,
+            optimizer_state=runner.optimizer.state_dict(),
+            scheduler_state=runner.scheduler.state_dict() if runner.scheduler is not None else None,
+            history=self.history,
+            top=self.top,
+        )
+        with atomic_write(self.run_dir / "history.json") as handle:
+            json.dump(self.history, handle, indent=1)
+
+    def on_experiment_end(self, runner) -> None:
+        if runner.engine.is_main_process and self.history:
+            plot_curves(self.history, self.monitor, self.run_dir / "curves.png")
+
+
+def plot_curves(history: list[dict], monitor: str, path: Path) -> Path:
+    """Loss (train and valid) and validation metrics per epoch, saved as a PNG."""
+    epochs = [h["epoch"] for h in history]
+    valid_keys = sorted(k for k in history[-1].get("valid", {}) if k.startswith(f"{monitor}_"))
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    for loader, style in (("train", "-o"), ("valid", "-s")):
+        values = [h.get(loader, {}).get("loss") for h in history]
+        if any(v is not None for v in values):
+            ax_loss.plot(epochs, values, style, label=f"{loader} loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_metric.plot(epochs, [h["valid"][monitor] for h in history], "-o", linewidth=2.5, label=f"valid {monitor}")
+    for key in valid_keys:
+        ax_metric.plot(epochs, [h["valid"].get(key) for h in history], "--", alpha=0.7, label=key)
+    ax_metric.set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor}")
+    ax_metric.legend(fontsize=8)
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+    return path

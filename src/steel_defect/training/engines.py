@@ -1,0 +1,91 @@
+"""Catalyst engines from config: cpu, gpu, dp (DataParallel) and ddp (gloo on CPU, NCCL on GPU).
+
+``train.engine: ddp`` with ``--nproc N`` spawns N local workers through Catalyst's
+``DistributedDataParallelEngine``. Several nodes: start the same command on every node with
+``MASTER_ADDR``/``MASTER_PORT`` of node 0, ``NNODES`` and ``NODE_RANK`` set; each node
+spawns ``--nproc`` workers and ranks are ``NODE_RANK * nproc + local_rank``.
+
+catalyst 22.4's ``all_gather`` helper moves every buffer to CUDA, so metric syncing under
+gloo fails on CPU; :func:`patch_catalyst_all_gather` swaps in a device-agnostic version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from catalyst import dl
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("cpu", "gpu", "dp", "ddp")
+_AMP = {None: "no", "fp16": "fp16", "bf16": "bf16"}
+
+
+def all_gather(data: Any) -> list[Any]:
+    """Gather any picklable object from every process (gloo or NCCL); ``[data]`` when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [data]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, data)
+    return gathered
+
+
+def patch_catalyst_all_gather() -> None:
+    """Replace catalyst's CUDA-only ``all_gather`` everywhere catalyst imported it by name."""
+    import catalyst.metrics._classification as classification
+    import catalyst.metrics._confusion_matrix as confusion
+    import catalyst.metrics._segmentation as segmentation
+    import catalyst.utils.distributed as distributed
+
+    for module in (distributed, classification, confusion, segmentation):
+        module.all_gather = all_gather
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for a single-node DDP rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_engine(name: str, nproc: int = 1, amp: str | None = None):
+    """Catalyst engine for ``name`` (one of :data:`ENGINES`).
+
+    ``amp`` (fp16 / bf16) needs a GPU; on CPU it is ignored with a note.
+    """
+    if name not in ENGINES:
+        raise ValueError(f"engine '{name}' is unknown; valid: {', '.join(ENGINES)}")
+    cuda = torch.cuda.is_available()
+    if name in ("gpu", "dp") and not cuda:
+        raise ValueError(f"engine '{name}' needs a CUDA device and none is visible; use --engine cpu")
+    on_gpu = cuda and name != "cpu"
+    if amp is not None and not on_gpu:
+        log.info("train.amp=%s ignored: mixed precision needs a GPU and this run is on the CPU", amp)
+        amp = None
+    kwargs = {"mixed_precision": _AMP[amp]}
+    if name == "cpu":
+        return dl.CPUEngine(**kwargs)
+    if name == "gpu":
+        return dl.GPUEngine(**kwargs)
+    if name == "dp":
+        return dl.DataParallelEngine(**kwargs)
+    patch_catalyst_all_gather()
+    nodes = int(os.environ.get("NNODES", "1"))
+    node_rank = int(os.environ.get("NODE_RANK", "0"))
+    port = os.environ.get("MASTER_PORT") or (str(free_port()) if nodes == 1 else "29500")
+    os.environ["MASTER_PORT"] = port  # spawned workers must agree on the port
+    return dl.DistributedDataParallelEngine(
+        address=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        port=port,
+        world_size=nodes * nproc,
+        workers_dist_rank=node_rank * nproc,
+        num_node_workers=nproc,
+        process_group_kwargs={"backend": "nccl" if cuda else "gloo"},
+        cpu=not cuda,
+        **kwargs,
+    )

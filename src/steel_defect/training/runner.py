@@ -1,0 +1,153 @@
+"""One Catalyst runner for both tasks: the 5-class classifier and the 4-mask segmenter.
+
+``python train.py --config configs/seg/unet_resnet18_bcedice.yml [--fold K] [--resume]``
+calls :func:`train`. The task (``cfg.task``) only changes which dataset, model, target key
+and metrics are used; the loop, optimisation, checkpoints and logging are shared.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+from catalyst import dl
+from catalyst.core.runner import IRunner
+
+from steel_defect.config import save_config
+from steel_defect.data.loaders import build_loaders
+from steel_defect.losses import build_loss
+from steel_defect.models import build_model
+from steel_defect.training.artifacts import CheckpointCallback
+from steel_defect.training.callbacks import (
+    BackwardStepCallback,
+    BatchLimitCallback,
+    ClassificationMetricsCallback,
+    MixCallback,
+    SchedulerCallback,
+    SegmentationMetricsCallback,
+)
+from steel_defect.training.checkpoint import CheckpointError, load_checkpoint
+from steel_defect.training.engines import build_engine, patch_catalyst_all_gather
+from steel_defect.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+# Per task: the batch key holding the targets, the metrics callback, the monitored metric.
+TASKS = {
+    "cls": ("targets", ClassificationMetricsCallback, "f1"),
+    "seg": ("mask", SegmentationMetricsCallback, "dice"),
+}
+
+
+def run_dir(cfg, fold: int) -> Path:
+    """Where the run of ``fold`` writes: ``<work_dir>/fold<K>``."""
+    return Path(cfg.paths.work_dir) / f"fold{fold}"
+
+
+class SteelRunner(IRunner):
+    """Catalyst runner built from a resolved config; ``resume_state`` is a loaded ``last.pth``."""
+
+    def __init__(self, cfg, fold: int, engine: str, nproc: int = 1, resume_state: dict | None = None):
+        super().__init__()
+        self.cfg, self.fold, self.engine_name, self.nproc = cfg, fold, engine, nproc
+        self.resume_state = resume_state
+        self.target_key, self.metrics_callback, self.monitor = TASKS[cfg.task]
+        self.run_dir = run_dir(cfg, fold)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    @property
+    def num_epochs(self) -> int:
+        return self.cfg.train.epochs
+
+    def get_engine(self):
+        return build_engine(self.engine_name, self.nproc, self.cfg.train.amp)
+
+    def get_loggers(self):
+        logs = self.run_dir / "logs"
+        return {
+            "console": dl.ConsoleLogger(),
+            "csv": dl.CSVLogger(logdir=str(logs)),
+            "tensorboard": dl.TensorboardLogger(logdir=str(logs / "tensorboard")),
+        }
+
+    def get_loaders(self):
+        return build_loaders(self.cfg, self.fold)
+
+    def get_model(self):
+        model = build_model(self.cfg)
+        if self.resume_state is not None:
+            model.load_state_dict(self.resume_state["model_state"])
+        return model
+
+    def get_criterion(self):
+        return build_loss(self.cfg.loss.name, self.cfg.loss.params)
+
+    def get_optimizer(self, model):
+        optimizer = build_optimizer(model, self.cfg)
+        if self.resume_state is not None:
+            optimizer.load_state_dict(self.resume_state["optimizer_state"])
+        return optimizer
+
+    def get_scheduler(self, optimizer):
+        scheduler = build_scheduler(optimizer, self.cfg)
+        if scheduler is not None and self.resume_state is not None and self.resume_state.get("scheduler_state"):
+            scheduler.load_state_dict(self.resume_state["scheduler_state"])
+        return scheduler
+
+    def get_callbacks(self):
+        train = self.cfg.train
+        callbacks = OrderedDict(
+            mix=MixCallback(train.mixup_alpha, train.cutmix_alpha, self.target_key, seed=self.cfg.seed),
+            loss=dl.CriterionCallback(input_key="logits", target_key=self.target_key, metric_key="loss"),
+            metrics=self.metrics_callback(),
+            backward=BackwardStepCallback(train.accumulation_steps, train.grad_clip),
+            scheduler=SchedulerCallback(self.monitor),
+            checkpoint=CheckpointCallback(self.run_dir, self.cfg, self.monitor, train.save_top_k, self.resume_state),
+            limits=BatchLimitCallback({"train": train.max_train_batches, "valid": train.max_valid_batches}),
+            progress=dl.TqdmCallback(),
+        )
+        if train.early_stopping:
+            callbacks["early_stopping"] = dl.EarlyStoppingCallback(
+                patience=train.early_stopping, loader_key="valid", metric_key=self.monitor, minimize=False
+            )
+        return callbacks
+
+    def on_experiment_start(self, runner) -> None:
+        if self.engine_name == "ddp":
+            patch_catalyst_all_gather()  # again here: spawned workers start from a fresh import
+        super().on_experiment_start(runner)
+        if self.resume_state is not None:
+            self.epoch_step = int(self.resume_state["epoch"])  # the epoch loop continues after it
+
+    def handle_batch(self, batch) -> None:
+        self.batch["logits"] = self.model(batch["image"])
+
+
+def train(cfg, fold: int | None = None, resume: bool = False, engine: str | None = None, nproc: int = 1) -> dict:
+    """Train ``cfg.task`` on one fold; returns ``{"run_dir", "best", "epochs"}``.
+
+    ``resume`` continues from ``<run_dir>/checkpoints/last.pth`` without repeating finished
+    epochs. ``engine`` / ``nproc`` override ``cfg.train.engine`` (ddp spawns ``nproc`` workers).
+    """
+    fold = cfg.folds.valid_fold if fold is None else fold
+    cfg.folds.valid_fold = fold
+    engine = engine or cfg.train.engine
+    cfg.train.engine = engine
+    directory = run_dir(cfg, fold)
+    resume_state = None
+    if resume:
+        last = directory / "checkpoints" / "last.pth"
+        if not last.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {last}; start the run without --resume")
+        resume_state = load_checkpoint(last)
+        log.info("resuming %s after epoch %d of %d", last, resume_state["epoch"], cfg.train.epochs)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, directory / "config.yml")
+    runner = SteelRunner(cfg, fold, engine, nproc, resume_state)
+    runner.run()
+    state = load_checkpoint(directory / "checkpoints" / "last.pth")
+    return {"run_dir": str(directory), "best": state["top"][0] if state["top"] else None, "epochs": state["epoch"]}
