@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torchvision
@@ -176,18 +174,7 @@ def test_both_weight_sources_is_an_error(resnet18_file):
 # ---- 'imagenet' without a network -----------------------------------------------------------
 
 
-def test_imagenet_offline_fails_fast_with_the_fix(monkeypatch):
-    """The real probe: in a sandbox without network it must fail within seconds."""
-    monkeypatch.setattr(weights_module, "_hub_files_cached", lambda *args: False)
-    if weights_module._hub_unreachable(weights_module.hf_constants.ENDPOINT) is None:
-        pytest.skip("the Hugging Face hub is reachable here; the offline path cannot be exercised")
-    start = time.monotonic()
-    with pytest.raises(
-        EncoderWeightsError, match=r"'resnet18' \(no network.*paths\.encoder_weights=/path"
-    ) as err:
-        build_model(seg_cfg("model.encoder_weights=imagenet"))
-    assert time.monotonic() - start < weights_module.PROBE_TIMEOUT_S + 2
-    assert "model.encoder_weights=null" in str(err.value)
+# Tests never contact the hub itself: the probe and the download are replaced.
 
 
 def test_imagenet_probe_failure_is_reported(monkeypatch):

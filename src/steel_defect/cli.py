@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the classifier or segmenter that the config names")
     _add_config_args(p)
     p.add_argument("--fold", type=int, default=None, help="validation fold (default folds.valid_fold)")
-    p.add_argument("--resume", action="store_true", help="continue from <work_dir>/fold<K>/checkpoints/last.pth")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from <work_dir>/fold<K>/checkpoints/last.pth"
+    )
     p.add_argument("--engine", choices=("cpu", "gpu", "dp", "ddp"), help="overrides train.engine")
     p.add_argument("--nproc", type=int, default=1, help="DDP worker processes on this node")
     p.set_defaults(func=_cmd_train)

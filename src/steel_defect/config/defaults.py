@@ -84,9 +84,15 @@ SCHEMA: dict[str, Any] = {
     },
     "model": {
         "name": Opt("unet", str, "architecture from the model registry (steel_defect.models)"),
-        "encoder": Opt("resnet18", str, "backbone name (smp encoder or torchvision resnet)"),
+        "encoder": Opt("resnet18", str, "backbone: an smp encoder name, or tu-<timm model>"),
         "encoder_weights": Opt(
             None, str, "null, 'imagenet', or use paths.encoder_weights for a file", nullable=True
+        ),
+        "output_prior": Opt(
+            0.01,
+            float,
+            "seg: initial output probability (head bias); null keeps the library's init",
+            nullable=True,
         ),
         "params": Opt({}, dict, "extra constructor arguments of the architecture"),
     },

@@ -43,7 +43,11 @@ def build_loaders(cfg, valid_fold: int | None = None) -> dict[str, DataLoader]:
     train_drop_last = len(datasets["train"]) > cfg.data.batch_size
     return {
         "train": DataLoader(
-            datasets["train"], batch_size=cfg.data.batch_size, shuffle=True, drop_last=train_drop_last, **common
+            datasets["train"],
+            batch_size=cfg.data.batch_size,
+            shuffle=True,
+            drop_last=train_drop_last,
+            **common,
         ),
         "valid": DataLoader(datasets["valid"], batch_size=valid_batch, shuffle=False, **common),
     }

@@ -19,11 +19,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters and CI
-import matplotlib.pyplot as plt  # noqa: E402
-from catalyst.core.callback import Callback, CallbackOrder  # noqa: E402
+import matplotlib.pyplot as plt
+from catalyst.core.callback import Callback, CallbackOrder
 
-from steel_defect.atomic import atomic_write  # noqa: E402
-from steel_defect.training.checkpoint import save_checkpoint, unwrap  # noqa: E402
+from steel_defect.atomic import atomic_write
+from steel_defect.training.checkpoint import save_checkpoint, unwrap
 
 
 class CheckpointCallback(Callback):
@@ -48,7 +48,9 @@ class CheckpointCallback(Callback):
         if not runner.engine.is_main_process:
             return
         epoch = runner.epoch_step
-        metrics = {loader: dict(values) for loader, values in runner.epoch_metrics.items() if loader != "_epoch_"}
+        metrics = {
+            loader: dict(values) for loader, values in runner.epoch_metrics.items() if loader != "_epoch_"
+        }
         self.history.append({"epoch": epoch, **metrics})
         score = metrics["valid"][self.monitor]
         model = unwrap(runner.model)
@@ -93,7 +95,9 @@ def plot_curves(history: list[dict], monitor: str, path: Path) -> Path:
             ax_loss.plot(epochs, values, style, label=f"{loader} loss")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
-    ax_metric.plot(epochs, [h["valid"][monitor] for h in history], "-o", linewidth=2.5, label=f"valid {monitor}")
+    ax_metric.plot(
+        epochs, [h["valid"][monitor] for h in history], "-o", linewidth=2.5, label=f"valid {monitor}"
+    )
     for key in valid_keys:
         ax_metric.plot(epochs, [h["valid"].get(key) for h in history], "--", alpha=0.7, label=key)
     ax_metric.set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor}")

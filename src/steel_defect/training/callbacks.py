@@ -40,15 +40,22 @@ class MixCallback(Callback):
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or self.rng.random() < 0.5)
         perm = torch.from_numpy(self.rng.permutation(batch["image"].shape[0]))
         if use_cutmix:
-            mix_cutmix(batch, self.target_key, perm, float(self.rng.beta(self.cutmix_alpha, self.cutmix_alpha)),
-                       self.rng)
+            mix_cutmix(
+                batch,
+                self.target_key,
+                perm,
+                float(self.rng.beta(self.cutmix_alpha, self.cutmix_alpha)),
+                self.rng,
+            )
         else:
             lam = float(self.rng.beta(self.mixup_alpha, self.mixup_alpha))
             for key in ("image", self.target_key):
                 batch[key] = lam * batch[key] + (1 - lam) * batch[key][perm]
 
 
-def mix_cutmix(batch: dict, target_key: str, perm: torch.Tensor, lam: float, rng: np.random.Generator) -> None:
+def mix_cutmix(
+    batch: dict, target_key: str, perm: torch.Tensor, lam: float, rng: np.random.Generator
+) -> None:
     """Paste a box covering about ``1 - lam`` of the frame from ``batch[perm]`` (in place).
 
     ``batch["image"]``: (N, C, H, W); targets (N, K, H, W) masks or (N, K) labels.
@@ -162,8 +169,9 @@ class SegmentationMetricsCallback(Callback):
     def on_loader_end(self, runner) -> None:
         if runner.is_train_loader:
             return
-        dice_sum, pairs, inter, union = (sum(x) for x in zip(*all_gather(
-            (self.dice_sum, self.pairs, self.inter, self.union)), strict=True))
+        dice_sum, pairs, inter, union = (
+            sum(x) for x in zip(*all_gather((self.dice_sum, self.pairs, self.inter, self.union)), strict=True)
+        )
         dice = dice_sum / max(pairs, 1)
         iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
         runner.loader_metrics["dice"] = float(dice.mean())
@@ -206,8 +214,9 @@ class ClassificationMetricsCallback(Callback):
     def on_loader_end(self, runner) -> None:
         if runner.is_train_loader:
             return
-        counts, correct, labels = (sum(x) for x in zip(*all_gather((self.counts, self.correct, self.labels)),
-                                                        strict=True))
+        counts, correct, labels = (
+            sum(x) for x in zip(*all_gather((self.counts, self.correct, self.labels)), strict=True)
+        )
         tp, fp, fn = counts
         denominator = 2 * tp + fp + fn
         f1 = np.where(denominator == 0, 1.0, 2 * tp / np.maximum(denominator, 1))

@@ -64,7 +64,9 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a steel-defect checkpoint (no '{FORMAT}' marker)")
     if state.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} has format version {state['version']}; this code reads up to {VERSION}")
+        raise CheckpointError(
+            f"{path} has format version {state['version']}; this code reads up to {VERSION}"
+        )
     return state
 
 

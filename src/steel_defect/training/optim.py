@@ -38,7 +38,10 @@ def param_groups(model: nn.Module, lr: float, encoder_lr: float | None) -> list[
     encoder_ids = {id(p) for p in encoder.parameters()}
     enc = [p for p in model.parameters() if p.requires_grad and id(p) in encoder_ids]
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
-    return [{"params": enc, "lr": encoder_lr, "name": "encoder"}, {"params": rest, "lr": lr, "name": "decoder"}]
+    return [
+        {"params": enc, "lr": encoder_lr, "name": "encoder"},
+        {"params": rest, "lr": lr, "name": "decoder"},
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:

@@ -94,7 +94,11 @@ class SteelRunner(IRunner):
 
     def get_scheduler(self, optimizer):
         scheduler = build_scheduler(optimizer, self.cfg)
-        if scheduler is not None and self.resume_state is not None and self.resume_state.get("scheduler_state"):
+        if (
+            scheduler is not None
+            and self.resume_state is not None
+            and self.resume_state.get("scheduler_state")
+        ):
             scheduler.load_state_dict(self.resume_state["scheduler_state"])
         return scheduler
 
@@ -106,7 +110,9 @@ class SteelRunner(IRunner):
             metrics=self.metrics_callback(),
             backward=BackwardStepCallback(train.accumulation_steps, train.grad_clip),
             scheduler=SchedulerCallback(self.monitor),
-            checkpoint=CheckpointCallback(self.run_dir, self.cfg, self.monitor, train.save_top_k, self.resume_state),
+            checkpoint=CheckpointCallback(
+                self.run_dir, self.cfg, self.monitor, train.save_top_k, self.resume_state
+            ),
             limits=BatchLimitCallback({"train": train.max_train_batches, "valid": train.max_valid_batches}),
             progress=dl.TqdmCallback(),
         )
@@ -127,7 +133,9 @@ class SteelRunner(IRunner):
         self.batch["logits"] = self.model(batch["image"])
 
 
-def train(cfg, fold: int | None = None, resume: bool = False, engine: str | None = None, nproc: int = 1) -> dict:
+def train(
+    cfg, fold: int | None = None, resume: bool = False, engine: str | None = None, nproc: int = 1
+) -> dict:
     """Train ``cfg.task`` on one fold; returns ``{"run_dir", "best", "epochs"}``.
 
     ``resume`` continues from ``<run_dir>/checkpoints/last.pth`` without repeating finished
@@ -150,4 +158,8 @@ def train(cfg, fold: int | None = None, resume: bool = False, engine: str | None
     runner = SteelRunner(cfg, fold, engine, nproc, resume_state)
     runner.run()
     state = load_checkpoint(directory / "checkpoints" / "last.pth")
-    return {"run_dir": str(directory), "best": state["top"][0] if state["top"] else None, "epochs": state["epoch"]}
+    return {
+        "run_dir": str(directory),
+        "best": state["top"][0] if state["top"] else None,
+        "epochs": state["epoch"],
+    }

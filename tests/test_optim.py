@@ -1,0 +1,80 @@
+"""Optimizers and schedules: encoder/decoder groups, hand-computed warm-up cosine, errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from steel_defect.config import load_config
+from steel_defect.training.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 1)
+
+
+def test_encoder_and_decoder_get_their_own_rates():
+    cfg = load_config(
+        None,
+        [
+            "optimizer.name=adamw",
+            "optimizer.lr=0.01",
+            "optimizer.encoder_lr=0.001",
+            "optimizer.params={weight_decay: 0.1}",
+        ],
+    )
+    optimizer = build_optimizer(Tiny(), cfg)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [(g["name"], g["lr"], len(g["params"])) for g in optimizer.param_groups] == [
+        ("encoder", 0.001, 2),
+        ("decoder", 0.01, 2),
+    ]
+    assert optimizer.param_groups[0]["weight_decay"] == 0.1
+    assert [g["name"] for g in param_groups(Tiny(), 0.01, None)] == ["all"]
+
+
+def test_default_is_radam():
+    assert isinstance(build_optimizer(Tiny(), load_config(None)), torch.optim.RAdam)
+
+
+def test_warmup_cosine_values():
+    factor = warmup_cosine(epochs=6, warmup_epochs=2, min_factor=0.1)
+    # warm-up: 1/3, 2/3; then cosine over 4 epochs from 1 down towards 0.1
+    expected = [1 / 3, 2 / 3, 1.0, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)), 0.55]
+    assert [factor(e) for e in range(5)] == pytest.approx(expected)
+
+
+def test_schedulers_step_the_rate():
+    model = Tiny()
+    cfg = load_config(None, ["scheduler.name=step", "scheduler.params={step_size: 1, gamma: 0.5}"])
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0005)
+    cfg = load_config(None, ["scheduler.name=plateau", "scheduler.params={patience: 0, factor: 0.1}"])
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    scheduler.step(0.5)
+    scheduler.step(0.4)  # worse (the monitored metric is maximised): the rate drops
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert build_scheduler(optimizer, load_config(None)) is None
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (["optimizer.name=lion"], r"optimizer.name 'lion' is unknown; valid: radam, adam, adamw, sgd"),
+        (["optimizer.params={momentum_x: 1}"], r"optimizer.params.momentum_x: radam does not accept"),
+        (["scheduler.name=cyclic"], r"scheduler.name 'cyclic' is unknown"),
+        (["scheduler.name=cosine", "scheduler.params={warmup: 1}"], r"scheduler.params.warmup: cosine"),
+    ],
+)
+def test_errors_name_the_key(opts, message):
+    cfg = load_config(None, opts)
+    with pytest.raises(ValueError, match=message):
+        build_scheduler(build_optimizer(Tiny(), cfg), cfg)

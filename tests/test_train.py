@@ -1,0 +1,199 @@
+"""Training end to end on tiny synthetic data: artifacts, checkpoints, resume after a kill, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from steel_defect.config import load_config
+from steel_defect.data.folds import split_folds
+from steel_defect.data.loaders import build_loaders
+from steel_defect.data.synth import write_synthetic_dataset
+from steel_defect.losses import build_loss
+from steel_defect.models import build_model
+from steel_defect.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from steel_defect.training.optim import build_optimizer
+from steel_defect.training.runner import train
+from tests.conftest import REPO
+
+# Quarter-resolution frames keep each step well under a second on a 2-core CPU.
+SMALL = [
+    "transforms.train=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
+    "transforms.valid=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "folds.n_splits=3",
+]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(root / "data", n=24, seed=5, test_fraction=0.25)
+    return root
+
+
+def _cfg(synth, config="configs/demo/synth_seg.yml", *opts, work="work"):
+    cfg = load_config(
+        REPO / config, [f"paths.data_dir={synth / 'data'}", f"paths.work_dir={synth / work}", *SMALL, *opts]
+    )
+    split_folds(cfg)
+    return cfg
+
+
+def test_every_shipped_config_trains_one_batch(synth, repo_configs):
+    for path in repo_configs:
+        if path.name == "base.yml":
+            continue
+        cfg = load_config(
+            path,
+            [
+                f"paths.data_dir={synth / 'data'}",
+                f"paths.work_dir={synth / 'cfgs'}",
+                "model.encoder_weights=null",
+                "data.batch_size=2",
+                "data.num_workers=0",
+                "folds.n_splits=3",
+            ],
+        )
+        split_folds(cfg)
+        model = build_model(cfg)
+        optimizer = build_optimizer(model, cfg)
+        loss_fn = build_loss(cfg.loss.name, cfg.loss.params)
+        batch = next(iter(build_loaders(cfg)["train"]))
+        target = batch["mask" if cfg.task == "seg" else "targets"]
+        before = [p.detach().clone() for p in model.parameters()]
+        loss = loss_fn(model(batch["image"]), target)
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss), path
+        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)), path
+
+
+def test_train_leaves_checkpoints_logs_and_curves(synth):
+    cfg = _cfg(
+        synth,
+        "configs/demo/synth_seg.yml",
+        "train.epochs=2",
+        "train.save_top_k=1",
+        "train.max_train_batches=2",
+    )
+    result = train(cfg, fold=1)
+    run = synth / "work" / "fold1"
+    assert result["run_dir"] == str(run) and result["epochs"] == 2
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"loss", "dice", "dice_1", "iou_4"} <= set(history[-1]["valid"])
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["best.pth", result["best"]["path"], "last.pth"]  # top-1 kept, no temp files
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "logs" / "valid.csv").is_file()
+    assert yaml.safe_load((run / "config.yml").read_text())["folds"]["valid_fold"] == 1
+
+    state = load_checkpoint(run / "checkpoints" / "best.pth")
+    assert state["task"] == "seg" and state["class_names"]["3"] == "scratches and streaks"
+    assert state["metrics"]["valid"]["dice"] == result["best"]["score"]
+    model, model_cfg = model_from_checkpoint(run / "checkpoints" / "best.pth")
+    assert model_cfg.model.name == "unet"
+    image = torch.randn(1, 3, 64, 384)
+    reference = build_model(cfg)
+    reference.load_state_dict(state["model_state"])
+    torch.testing.assert_close(model(image), reference.eval()(image))
+
+
+def test_classifier_trains_on_the_same_path(synth):
+    cfg = _cfg(
+        synth, "configs/demo/synth_cls.yml", "train.epochs=1", "train.mixup_alpha=0.4", work="work_cls"
+    )
+    result = train(cfg)
+    state = load_checkpoint(result["run_dir"] + "/checkpoints/last.pth")
+    assert state["task"] == "cls"
+    assert {"accuracy", "f1", "f1_none", "f1_4"} <= set(state["metrics"]["valid"])
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, synth):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pth")
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"bad\.pth cannot be read"):
+        load_checkpoint(tmp_path / "bad.pth")
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a steel-defect checkpoint"):
+        load_checkpoint(tmp_path / "other.pth")
+    cfg = _cfg(synth, work="work_noresume")
+    with pytest.raises(CheckpointError, match="--resume: no checkpoint"):
+        train(cfg, resume=True)
+
+
+def _train_cmd(synth, work, *extra):
+    opts = [f"paths.data_dir={synth / 'data'}", f"paths.work_dir={synth / work}", *SMALL, *extra]
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        str(REPO / "configs/demo/synth_seg.yml"),
+        "--opts",
+        *opts,
+    ]
+
+
+def test_resume_after_a_kill_continues_without_repeating_epochs(synth):
+    _cfg(synth, work="work_resume")
+    history_path = synth / "work_resume" / "fold0" / "history.json"
+    process = subprocess.Popen(
+        _train_cmd(synth, "work_resume", "train.epochs=3"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while not history_path.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    if not history_path.is_file():
+        process.kill()
+        pytest.fail(f"no epoch finished: {process.communicate()[1].decode()[-2000:]}")
+    os.killpg(process.pid, signal.SIGKILL)  # mid epoch 2, as a cluster pre-emption would
+    process.wait()
+    first = json.loads(history_path.read_text())
+    assert [h["epoch"] for h in first] == [1]
+    last = load_checkpoint(synth / "work_resume" / "fold0" / "checkpoints" / "last.pth")
+    assert last["epoch"] == 1 and not list((synth / "work_resume" / "fold0" / "checkpoints").glob(".*tmp"))
+
+    done = subprocess.run(
+        [*_train_cmd(synth, "work_resume", "train.epochs=3"), "--resume"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr and "after epoch 1 of 3" in done.stderr
+    history = json.loads(history_path.read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0] == first[0]  # the finished epoch was kept, not repeated
+
+
+def test_ddp_two_cpu_processes(synth):
+    work = "work_ddp"
+    _cfg(synth, work=work)
+    done = subprocess.run(
+        [*_train_cmd(synth, work, "train.epochs=1"), "--engine", "ddp", "--nproc", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = synth / work / "fold0"
+    state = load_checkpoint(run / "checkpoints" / "last.pth")
+    assert state["epoch"] == 1 and state["config"]["train"]["engine"] == "ddp"
+    model, _ = model_from_checkpoint(run / "checkpoints" / "best.pth")
+    assert model(torch.zeros(1, 3, 64, 384)).shape == (1, 4, 64, 384)
+    assert 0.0 <= state["metrics"]["valid"]["dice"] <= 1.0
