@@ -1,0 +1,1 @@
+"""Inference: from model probabilities to masks (post-processing and its parameter search)."""

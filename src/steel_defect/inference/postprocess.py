@@ -1,0 +1,230 @@
+"""Turn per-class probability maps into the binary masks that are submitted.
+
+The last step of the winning pipeline, per class: a classifier gate, a pixel probability
+threshold, removal of small connected components and removal of masks with a small total
+area. An empty mask on a defect-free image scores a full Dice point, so these steps mostly
+fight false positives. Parameters live in a YAML file
+(``{"classes": {1: {threshold, min_component, min_area, cls_threshold}, ...}}``) written by
+:func:`steel_defect.inference.search.search_all` and read by inference::
+
+    params = PostProcessing.load("runs/exp/postprocess.yml")
+    masks = postprocess(probs, params, cls_probs)  # (4, H, W) uint8 0/1
+
+Probabilities may be float in [0, 1] or uint8 0..255 (probability * 255, rounded): a uint8
+value ``u`` is foreground when ``u / 255 >= threshold``, i.e. ``u >= uint8_threshold(t)``.
+Minimum sizes are pixel counts at the resolution of the maps they are applied to; for maps
+downsampled by ``f`` per side use :meth:`PostProcessing.downscaled` (counts divide by f**2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from steel_defect.atomic import atomic_write
+from steel_defect.constants import CLASS_IDS, NUM_CLASSES
+
+# 255 * t is computed in floating point (0.2 * 255 = 51.00000000000001); without the slack
+# ceil would move such thresholds one step up and break u / 255 >= t.
+_EPS = 1e-9
+
+
+def _check_probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ValueError(f"{name} must be a whole number of pixels >= 0 (0 disables it), got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ClassParams:
+    """Post-processing of one class.
+
+    threshold: pixel probability; a pixel is foreground when ``p >= threshold``.
+    min_component: 8-connected components with fewer pixels are removed (0 or 1: keep all).
+    min_area: after component removal, a mask with fewer pixels in total becomes empty.
+    cls_threshold: the mask is empty when the classifier probability of the class is below
+        it; None disables the gate.
+    """
+
+    threshold: float = 0.5
+    min_component: int = 0
+    min_area: int = 0
+    cls_threshold: float | None = None
+
+    def __post_init__(self):
+        # normalise numpy scalars to Python numbers so YAML can dump them
+        object.__setattr__(self, "threshold", _check_probability("threshold", self.threshold))
+        object.__setattr__(self, "min_component", _check_count("min_component", self.min_component))
+        object.__setattr__(self, "min_area", _check_count("min_area", self.min_area))
+        if self.cls_threshold is not None:
+            value = _check_probability("cls_threshold (or null to disable the gate)", self.cls_threshold)
+            object.__setattr__(self, "cls_threshold", value)
+
+    def downscaled(self, factor: int) -> ClassParams:
+        """The same parameters for maps downsampled by ``factor`` per side.
+
+        Pixel counts scale by the area factor: a count ``m`` becomes ``ceil(m / factor**2)``,
+        which keeps exactly the components whose full-resolution size ``s * factor**2`` is
+        at least ``m``.
+        """
+        if isinstance(factor, bool) or not isinstance(factor, Integral) or factor < 1:
+            raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
+        area = int(factor) ** 2
+        return ClassParams(
+            self.threshold, -(-self.min_component // area), -(-self.min_area // area), self.cls_threshold
+        )
+
+
+_FIELDS = tuple(f.name for f in fields(ClassParams))
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """Parameters of all four classes; ``classes[i]`` is class ``CLASS_IDS[i]``."""
+
+    classes: tuple[ClassParams, ClassParams, ClassParams, ClassParams] = tuple(
+        ClassParams() for _ in CLASS_IDS
+    )
+
+    def __post_init__(self):
+        classes = tuple(self.classes)
+        if len(classes) != NUM_CLASSES or not all(isinstance(c, ClassParams) for c in classes):
+            raise ValueError(f"classes must be {NUM_CLASSES} ClassParams (classes {list(CLASS_IDS)})")
+        object.__setattr__(self, "classes", classes)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "post-processing config") -> PostProcessing:
+        """Build from ``{"classes": {1: {...}, ...}}``; a missing class gets default params."""
+        if not isinstance(data, dict) or set(data) - {"classes"}:
+            extra = sorted(map(str, set(data) - {"classes"})) if isinstance(data, dict) else data
+            raise ValueError(f"{source}: expected a mapping with the single key 'classes', got {extra!r}")
+        classes = data.get("classes") or {}
+        if not isinstance(classes, dict):
+            raise ValueError(f"{source}: 'classes' must map class ids {list(CLASS_IDS)} to parameters")
+        params = {c: ClassParams() for c in CLASS_IDS}
+        for key, values in classes.items():
+            class_id = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+            if class_id not in CLASS_IDS or isinstance(class_id, bool):
+                raise ValueError(
+                    f"{source}: unknown class key {key!r} in 'classes'; valid: {list(CLASS_IDS)}"
+                )
+            values = values or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: classes.{key} must be a mapping of {list(_FIELDS)}")
+            unknown = sorted(map(str, set(values) - set(_FIELDS)))
+            if unknown:
+                raise ValueError(
+                    f"{source}: unknown key(s) {unknown} in classes.{key}; valid: {list(_FIELDS)}"
+                )
+            try:
+                params[class_id] = ClassParams(**values)
+            except ValueError as err:
+                raise ValueError(f"{source}: classes.{key}: {err}") from None
+        return cls(tuple(params[c] for c in CLASS_IDS))
+
+    def to_dict(self) -> dict:
+        """``{"classes": {1: {...}, ...}}`` with plain Python values (YAML-safe)."""
+        return {"classes": {c: asdict(p) for c, p in zip(CLASS_IDS, self.classes, strict=True)}}
+
+    @classmethod
+    def load(cls, path: str | Path) -> PostProcessing:
+        """Read a YAML file written by :meth:`save`; errors name the file and the key."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"post-processing file {path} does not exist; create it with the threshold search "
+                "(steel_defect.inference.search.search_all) or write one by hand"
+            )
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from None
+        return cls.from_dict(data if data is not None else {}, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        """Write YAML atomically, so a crash never leaves a half-written file."""
+        with atomic_write(path) as handle:
+            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
+
+    def downscaled(self, factor: int) -> PostProcessing:
+        """Parameters for maps downsampled by ``factor`` per side (see ClassParams.downscaled)."""
+        return PostProcessing(tuple(p.downscaled(factor) for p in self.classes))
+
+
+def uint8_threshold(threshold: float) -> int:
+    """The smallest uint8 value ``u`` with ``u / 255 >= threshold``: ``ceil(255 * threshold)``.
+
+    With ``u = round(255 * p)`` this disagrees with the float rule ``p >= threshold`` only for
+    ``p`` within half a quantisation step (0.5 / 255) of the threshold; at 0.5 they agree.
+    """
+    return math.ceil(255.0 * threshold - _EPS)
+
+
+def binarize(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Foreground where ``probs >= threshold`` (float) or ``probs >= uint8_threshold`` (uint8).
+
+    probs: any shape, float in [0, 1] or uint8 0..255. Returns bool of the same shape.
+    """
+    probs = np.asarray(probs)
+    if probs.dtype == np.uint8:
+        return probs >= uint8_threshold(threshold)
+    if not np.issubdtype(probs.dtype, np.floating):
+        raise TypeError(
+            f"probabilities must be float in [0, 1] or uint8 0..255 (p * 255), got dtype {probs.dtype}"
+        )
+    return probs >= threshold
+
+
+def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop 8-connected components with fewer than ``min_size`` pixels.
+
+    mask: (H, W) bool or uint8 (non-zero is foreground). Returns bool (H, W).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected one (H, W) mask, got shape {mask.shape}")
+    if min_size <= 1 or not mask.any():
+        return mask.astype(bool)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (mask != 0).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_size
+    keep[0] = False  # label 0 is the background
+    return keep[labels]
+
+
+def postprocess(probs: np.ndarray, params: PostProcessing, cls_probs: np.ndarray | None = None) -> np.ndarray:
+    """Masks of all classes from their probability maps.
+
+    probs: (4, H, W) float in [0, 1] or uint8 0..255. cls_probs: (4,) classifier
+    probabilities or None (no gating). Returns uint8 (4, H, W) with values 0/1.
+    Per class: gate (cls_prob < cls_threshold -> empty), threshold, component removal,
+    then min_area (fewer pixels in total -> empty).
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[0] != len(params.classes):
+        raise ValueError(f"expected probabilities (4, H, W) (one map per class), got shape {probs.shape}")
+    if cls_probs is not None:
+        cls_probs = np.asarray(cls_probs, dtype=np.float64)
+        if cls_probs.shape != (len(params.classes),):
+            raise ValueError(f"expected classifier probabilities of shape (4,), got {cls_probs.shape}")
+    out = np.zeros(probs.shape, dtype=np.uint8)
+    for i, p in enumerate(params.classes):
+        if cls_probs is not None and p.cls_threshold is not None and cls_probs[i] < p.cls_threshold:
+            continue
+        mask = remove_small_components(binarize(probs[i], p.threshold), p.min_component)
+        if mask.sum() >= max(p.min_area, 1):
+            out[i] = mask
+    return out

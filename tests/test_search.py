@@ -1,0 +1,178 @@
+"""Threshold search on constructed cases with a known optimum, and against brute force."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from steel_defect.evaluation.metric import dice_pairs
+from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
+from steel_defect.inference.search import downsample_mask, downsample_probs, search_all, search_class
+
+N, H, W = 8, 16, 48  # images 0-3 have a defect, 4-7 do not
+BLOB = (slice(2, 12), slice(2, 12))  # 100 pixels
+SPECKLES = [(0, 20, 3), (6, 30, 5), (12, 40, 8)]  # (row, col, pixels), far apart
+
+
+def _u8(p: float) -> int:
+    return round(p * 255)
+
+
+def _blobs(prob_true: float, prob_false: float):
+    """True blobs on images 0-3 and, at the same place, false-positive blobs on 4-7."""
+    probs = np.full((N, H, W), _u8(0.05), np.uint8)
+    truth = np.zeros((N, H, W), bool)
+    for j in range(N):
+        probs[j][BLOB] = _u8(prob_true if j < 4 else prob_false)
+        truth[j][BLOB] = j < 4
+    return probs, truth
+
+
+def _speckle_case():
+    """True blobs at 0.9 on 0-3; confident (0.95) speckles of 3, 5, 8 pixels on images 2-7."""
+    probs, truth = _blobs(0.9, 0.05)
+    for j in range(2, N):
+        for row, col, size in SPECKLES:
+            for k in range(size):  # a staircase: only 8-connectivity makes it one component
+                probs[j, row + k // 2, col + k] = _u8(0.95)
+    return probs, truth
+
+
+# 4 and 6 would clean the speckles if they fell apart into 4-connected pieces
+COMPONENTS, AREAS = (0, 4, 6, 9, 200), (0, 20, 500)
+
+
+def test_speckles_need_component_removal():
+    probs, truth = _speckle_case()
+    params, best, table = search_class(probs, truth, min_components=COMPONENTS, min_areas=AREAS)
+    # any threshold and any min_component in (8, 100] score 1; the simplest is chosen
+    assert params == ClassParams(0.5, 9, 0, None)
+    assert best == pytest.approx(1.0)
+    assert table["scores"].shape == (11, 5, 3, 1)
+    baseline = table["scores"][table["thresholds"].index(0.5), 0, 0, 0]
+    # images 0-1: 1; 2-3: blob plus 16 speckle pixels 2*100/216; 4-7: false positives 0
+    assert baseline == pytest.approx((2 + 2 * 200 / 216) / 8)
+    # min_area 20 alone cleans the empty images but not the speckles beside the defects
+    assert table["scores"][:, 0, 1, 0].max() == pytest.approx((6 + 2 * 200 / 216) / 8)
+
+
+def test_false_positive_blobs_need_the_classifier_gate():
+    probs, truth = _blobs(0.9, 0.9)
+    cls = np.where(np.arange(N) < 4, 0.9, 0.1)
+    params, best, table = search_class(probs, truth, cls, min_components=COMPONENTS, min_areas=AREAS)
+    assert best == pytest.approx(1.0)
+    assert params.cls_threshold is not None and 0.1 < params.cls_threshold <= 0.9
+    assert params == ClassParams(0.5, 0, 0, 0.3)  # lowest gate that works, nothing else
+    assert table["scores"][:, :, :, 0].max() == pytest.approx(0.5)  # without the gate
+
+
+def test_weak_false_positives_need_a_higher_threshold():
+    probs, truth = _blobs(0.9, 0.6)
+    params, best, _ = search_class(probs, truth, min_components=COMPONENTS, min_areas=AREAS)
+    assert best == pytest.approx(1.0)
+    assert params == ClassParams(0.65, 0, 0, None)  # the threshold above 0.6 closest to 0.5
+
+
+def test_search_all_reports_and_beats_baseline():
+    speckle, speckle_truth = _speckle_case()
+    gate, gate_truth = _blobs(0.9, 0.9)
+    weak, weak_truth = _blobs(0.9, 0.6)
+    probs = np.stack([speckle, gate, weak, np.zeros_like(weak)], axis=1)
+    truth = np.stack([speckle_truth, gate_truth, weak_truth, np.zeros_like(weak_truth)], axis=1)
+    cls = np.full((N, 4), 0.95)
+    cls[4:, 1] = 0.1
+    found, report = search_all(probs, truth, cls, min_components=COMPONENTS, min_areas=AREAS)
+    assert found.classes == (
+        ClassParams(0.5, 9, 0, None),
+        ClassParams(0.5, 0, 0, 0.3),
+        ClassParams(0.65, 0, 0, None),
+        ClassParams(),
+    )
+    classes = report["classes"]
+    assert [classes[c]["best_dice"] for c in (1, 2, 3, 4)] == pytest.approx([1.0] * 4)
+    assert classes[1]["baseline_dice"] == pytest.approx((2 + 2 * 200 / 216) / 8)
+    assert [classes[c]["baseline_dice"] for c in (2, 3, 4)] == pytest.approx([0.5, 0.5, 1.0])
+    assert [classes[c]["empty_dice"] for c in (1, 2, 3, 4)] == pytest.approx([0.5, 0.5, 0.5, 1.0])
+    assert report["mean"]["best_dice"] > report["mean"]["baseline_dice"]
+    assert classes[2]["params"] == {
+        "threshold": 0.5,
+        "min_component": 0,
+        "min_area": 0,
+        "cls_threshold": 0.3,
+    }
+
+
+def test_scale_converts_min_sizes_to_full_resolution():
+    probs, truth = _speckle_case()
+    stacked = np.repeat(probs[:, None], 4, axis=1)
+    stacked_truth = np.repeat(truth[:, None], 4, axis=1)
+    # full-resolution grid searched at factor 4: 64 -> 4, 144 -> 9, 3200 -> 200 reduced pixels
+    found, report = search_all(
+        stacked, stacked_truth, scale=4, min_components=(0, 64, 144, 3200), min_areas=(0, 320, 8000)
+    )
+    assert found.classes[0] == ClassParams(0.5, 144, 0, None)
+    assert report["tables"][1]["min_components"] == [0, 64, 144, 3200]
+    # sizes that are not multiples of 16 round up when searched (130 -> 9) and come back as given
+    found, _ = search_all(stacked, stacked_truth, scale=4, min_components=(0, 60, 130, 3200))
+    assert found.classes[0].min_component == 130
+
+
+def test_vectorised_search_equals_brute_force():
+    rng = np.random.default_rng(1)
+    n, h, w = 6, 8, 12
+    # smooth-ish random maps so that components of several sizes appear
+    noise = rng.random((n, h + 2, w + 2))
+    smooth = sum(noise[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9
+    probs = np.rint(smooth.clip(0, 1) * 255).astype(np.uint8)
+    truth = rng.random((n, h, w)) < 0.3
+    truth[:2] = False
+    cls = rng.random(n)
+    grids = {
+        "thresholds": (0.45, 0.5, 0.55),
+        "min_components": (0, 2, 5),
+        "min_areas": (0, 4, 10),
+        "cls_thresholds": (None, 0.5),
+    }
+    _, best, table = search_class(probs, truth, cls, **grids)
+
+    brute = np.zeros(table["scores"].shape)
+    for idx in itertools.product(*(range(len(g)) for g in grids.values())):
+        values = [grid[i] for grid, i in zip(grids.values(), idx, strict=True)]
+        params = PostProcessing((ClassParams(*values), ClassParams(), ClassParams(), ClassParams()))
+        pred = np.stack(
+            [
+                postprocess(np.stack([p, p * 0, p * 0, p * 0]), params, [c, 1, 1, 1])
+                for p, c in zip(probs, cls, strict=True)
+            ]
+        )
+        brute[idx] = dice_pairs(pred[:, :1], truth[:, None])[:, 0].mean()
+    np.testing.assert_allclose(table["scores"], brute, atol=1e-12)
+    assert best == pytest.approx(brute.max())
+    assert len(np.unique(brute)) > 5  # the grid actually changes the outcome
+
+
+def test_downsample_helpers():
+    probs = np.zeros((1, 4, 8))
+    probs[0, :2, :2] = [[1.0, 1.0], [1.0, 0.0]]  # mean 0.75
+    probs[0, 2:, 6:] = 0.5
+    small = downsample_probs(probs, 2)
+    assert small.dtype == np.uint8 and small.shape == (1, 2, 4)
+    np.testing.assert_array_equal(small, [[[191, 0, 0, 0], [0, 0, 0, 128]]])  # rint(0.75*255)=191
+    mask = np.zeros((1, 4, 8), bool)
+    mask[0, :2, :2] = [[1, 1], [0, 0]]  # half of the block: positive
+    mask[0, 2:, 6:] = [[1, 0], [0, 0]]  # a quarter: negative
+    np.testing.assert_array_equal(downsample_mask(mask, 2), [[[1, 0, 0, 0], [0, 0, 0, 0]]])
+    with pytest.raises(ValueError, match="divisor"):
+        downsample_probs(probs, 3)
+
+
+def test_input_errors():
+    probs, truth = _speckle_case()
+    with pytest.raises(ValueError, match="cls_probs"):
+        search_class(probs, truth, cls_thresholds=(None, 0.5))
+    with pytest.raises(ValueError, match="equal shapes"):
+        search_class(probs, truth[:, :8])
+    with pytest.raises(ValueError, match="threshold"):
+        search_class(probs, truth, thresholds=(0.5, 1.5))
+    with pytest.raises(ValueError, match="scale"):
+        search_all(probs[:, None].repeat(4, 1), truth[:, None].repeat(4, 1), scale=0)
