@@ -3,6 +3,8 @@
     steel-defect synth --out data/synth --n 200 --seed 0
     steel-defect split --config configs/seg/unet_resnet18_bcedice.yml
     steel-defect train --config configs/seg/unet_resnet18_bcedice.yml [--fold K] [--resume]
+    steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]
+    steel-defect predict --checkpoints A.pth [B.pth ...] --images DIR --out submission.csv
     steel-defect evaluate --pred submission.csv --truth test_truth.csv [--json]
     steel-defect validate submission.csv [--truth T.csv | --sample-submission S.csv]
     steel-defect config --config CFG [--opts k=v ...]    # print the resolved config
@@ -77,6 +79,73 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _postprocessing(cfg, override: str | None):
+    from steel_defect.inference.postprocess import PostProcessing
+
+    path = override or cfg.paths.postprocessing
+    default = Path(cfg.paths.work_dir) / "postprocessing.yml"
+    if path is None and default.is_file():
+        path = default
+    if path is None:
+        log.info("no post-processing YAML (paths.postprocessing): threshold 0.5, no size filters, no gates")
+        return PostProcessing()
+    log.info("post-processing from %s", path)
+    return PostProcessing.load(path)
+
+
+def _cmd_predict(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.inference.predictor import Predictor
+    from steel_defect.inference.run import predict_folder, summary_text
+
+    cfg = load_config(args.config, args.opts)
+    predictor = Predictor(
+        args.checkpoints,
+        _postprocessing(cfg, args.postprocessing),
+        tta=tuple(cfg.inference.tta),
+        device=_device(cfg.inference.device),
+    )
+    summary = predict_folder(
+        predictor,
+        args.images or cfg.paths.test_images,
+        args.out,
+        args.sample_submission or cfg.paths.sample_submission,
+        batch_size=cfg.inference.batch_size,
+        num_workers=cfg.inference.num_workers,
+    )
+    print(summary_text(summary), file=sys.stderr)
+    print(f"wrote {args.out}")
+    return 1 if summary.failed else 0
+
+
+def _cmd_thresholds(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.inference.oof import search_thresholds
+
+    need = ("paths.train_csv", "paths.train_images", "paths.folds_csv")
+    seg_cfg = load_config(args.config, args.opts, require=need)
+    cls_cfg = load_config(args.cls_config, args.opts) if args.cls_config else None
+    summary = search_thresholds(seg_cfg, cls_cfg, args.out, device=_device(seg_cfg.inference.device))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from steel_defect.demo import format_summary, run_demo
+
+    summary = run_demo(args.data_dir, args.work_dir, n_images=args.n, seed=args.seed, epochs=args.epochs)
+    print(format_summary(summary))
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from steel_defect.evaluation.metric import evaluate_files, format_report
 
@@ -141,6 +210,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("cpu", "gpu", "dp", "ddp"), help="overrides train.engine")
     p.add_argument("--nproc", type=int, default=1, help="DDP worker processes on this node")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="images -> submission CSV (classifier gate, TTA, post-processing)")
+    _add_config_args(p, required=False)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="segmenter and classifier checkpoints")
+    p.add_argument("--images", help="folder of images (default paths.test_images)")
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--sample-submission", help="predict its images, in its order")
+    p.add_argument("--postprocessing", help="per-class thresholds YAML (default paths.postprocessing)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("thresholds", help="search per-class thresholds on out-of-fold predictions")
+    _add_config_args(p)
+    p.add_argument("--cls-config", help="classifier config: its folds gate the segmenter in the search")
+    p.add_argument(
+        "--out", help="YAML to write (default paths.postprocessing or <work_dir>/postprocessing.yml)"
+    )
+    p.set_defaults(func=_cmd_thresholds)
+
+    p = sub.add_parser("demo", help="the main job: data, folds, training, thresholds, submission, score")
+    p.add_argument("--data-dir", help="real Severstal-layout folder (default: synthetic data)")
+    p.add_argument("--work-dir", default="work/demo", help="where everything is written")
+    p.add_argument("--n", type=int, default=240, help="synthetic images (train + test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="override the demo configs' train.epochs")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("evaluate", help="score a submission with the challenge metric")
     p.add_argument("--pred", required=True, help="submission CSV (ImageId_ClassId,EncodedPixels)")

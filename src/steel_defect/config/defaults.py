@@ -58,6 +58,13 @@ SCHEMA: dict[str, Any] = {
         ),
         "work_dir": Opt("work/default", str, "where a run writes folds, logs, checkpoints, resolved config"),
         "folds_csv": Opt(None, str, "fold split; default <work_dir>/folds.csv", nullable=True),
+        "postprocessing": Opt(
+            None,
+            str,
+            "per-class thresholds YAML from `steel-defect thresholds`; default "
+            "<work_dir>/postprocessing.yml when it exists",
+            nullable=True,
+        ),
         "encoder_weights": Opt(
             None,
             str,
@@ -128,5 +135,14 @@ SCHEMA: dict[str, Any] = {
         "save_top_k": Opt(1, int, "best checkpoints to keep"),
         "max_train_batches": Opt(None, int, "cap batches per train epoch (quick runs)", nullable=True),
         "max_valid_batches": Opt(None, int, "cap batches per valid epoch (quick runs)", nullable=True),
+    },
+    "inference": {
+        "tta": Opt(["hflip"], list, "flip views averaged with the plain prediction: hflip, vflip, hvflip"),
+        "batch_size": Opt(4, int, "images per forward pass"),
+        "num_workers": Opt(0, int, "image-decoding worker processes"),
+        "device": Opt(
+            "auto", str, "auto (cuda when available), cpu or cuda", choices=("auto", "cpu", "cuda")
+        ),
+        "search_downsample": Opt(4, int, "threshold search keeps OOF maps this many times smaller per side"),
     },
 }

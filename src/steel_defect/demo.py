@@ -1,0 +1,144 @@
+"""The main job, end to end: data -> folds -> classifier + segmenter -> OOF thresholds ->
+submission -> score against held-out truth.
+
+``make demo`` (or ``steel-defect demo``) runs it on synthetic data; ``steel-defect demo
+--data-dir DIR`` runs the same recipe on a real Severstal-layout folder, holding out a
+stratified quarter of its labelled images as the test set. Everything lands in
+``--work-dir`` (default ``work/demo``): ``submission.csv``, ``test_truth.csv``, the runs,
+``postprocessing.yml`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from steel_defect.atomic import atomic_write
+from steel_defect.config import load_config
+from steel_defect.data.annotations import read_annotations, resolve_image_ids, write_annotations
+from steel_defect.data.folds import make_folds_table, split_folds
+from steel_defect.data.synth import write_synthetic_dataset
+from steel_defect.evaluation.metric import evaluate_files
+from steel_defect.evaluation.submission import write_submission
+from steel_defect.inference.oof import search_thresholds
+from steel_defect.inference.postprocess import PostProcessing
+from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.run import predict_folder, summary_text
+from steel_defect.training.runner import train
+
+log = logging.getLogger(__name__)
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
+
+
+def _holdout_real(data_dir: Path, work: Path, seed: int) -> tuple[Path, Path, list[str]]:
+    """Split a real labelled folder into train (3/4) and test (1/4) label files in ``work``."""
+    annotations = read_annotations(data_dir / "train.csv")
+    ids = resolve_image_ids(annotations, data_dir / "train_images")
+    table = make_folds_table(ids, annotations.labels(ids), n_splits=4, seed=seed)
+    test_ids = table.ImageId[table.fold == 0].tolist()
+    train_ids = table.ImageId[table.fold != 0].tolist()
+    write_annotations(work / "train.csv", train_ids, [annotations.rles(i) for i in train_ids])
+    write_annotations(work / "test_truth.csv", test_ids, [annotations.rles(i) for i in test_ids])
+    return work / "train.csv", data_dir / "train_images", test_ids
+
+
+def run_demo(
+    data_dir: str | Path | None = None,
+    work_dir: str | Path = "work/demo",
+    n_images: int = 240,
+    seed: int = 0,
+    epochs: int | None = None,
+) -> dict:
+    """Run the whole recipe; returns (and writes to ``summary.json``) the scores and paths."""
+    start = time.perf_counter()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if data_dir is None:
+        data = work / "data"
+        if not (data / "train.csv").is_file():
+            log.info("writing %d synthetic frames to %s", n_images, data)
+            write_synthetic_dataset(data, n=n_images, seed=seed)
+        train_csv, train_images = data / "train.csv", data / "train_images"
+        test_images, test_ids = data / "test_images", None
+        (work / "test_truth.csv").write_bytes((data / "test_truth.csv").read_bytes())
+    else:
+        data = Path(data_dir)
+        train_csv, train_images, test_ids = _holdout_real(data, work, seed)
+        test_images = train_images
+    paths = [
+        f"paths.train_csv={train_csv}",
+        f"paths.train_images={train_images}",
+        f"paths.folds_csv={work / 'folds.csv'}",
+        f"seed={seed}",
+    ]
+    extra = [f"train.epochs={epochs}"] if epochs else []
+    seg_cfg = load_config(CONFIGS / "synth_seg.yml", [*paths, f"paths.work_dir={work / 'seg'}", *extra])
+    cls_cfg = load_config(CONFIGS / "synth_cls.yml", [*paths, f"paths.work_dir={work / 'cls'}", *extra])
+    split_folds(seg_cfg)
+    timings = {}
+    for name, cfg in (("classifier", cls_cfg), ("segmenter", seg_cfg)):
+        t0 = time.perf_counter()
+        train(cfg, fold=0)
+        timings[f"train_{name}_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    search = search_thresholds(seg_cfg, cls_cfg, work / "postprocessing.yml")
+    timings["threshold_search_s"] = round(time.perf_counter() - t0, 1)
+
+    checkpoints = [
+        work / "seg" / "fold0" / "checkpoints" / "best.pth",
+        work / "cls" / "fold0" / "checkpoints" / "best.pth",
+    ]
+    predictor = Predictor(checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=("hflip",))
+    sample = None
+    if test_ids is not None:  # real data: predict exactly the held-out images
+        sample = work / "sample_submission.csv"
+        write_submission(sample, test_ids, [["1 1"] * 4 for _ in test_ids])
+    else:
+        sample = data / "sample_submission.csv"
+    run = predict_folder(
+        predictor, test_images, work / "submission.csv", sample, batch_size=4, progress=False
+    )
+    timings["predict_s"] = round(run.seconds, 1)
+    log.info("%s", summary_text(run))
+    score = evaluate_files(work / "submission.csv", work / "test_truth.csv")
+    empty = work / "empty_submission.csv"
+    truth_ids = read_annotations(work / "test_truth.csv").image_ids
+    write_submission(empty, truth_ids, [[""] * 4 for _ in truth_ids])
+    baseline = evaluate_files(empty, work / "test_truth.csv")
+    summary = {
+        "mean_dice": score["mean_dice"],
+        "per_class": score["per_class"],
+        "empty_baseline": baseline["mean_dice"],
+        "empty_per_class": baseline["per_class"],
+        "test_images": score["images"],
+        "oof_search": search["mean"],
+        "postprocessing": str(work / "postprocessing.yml"),
+        "submission": str(work / "submission.csv"),
+        "test_truth": str(work / "test_truth.csv"),
+        "checkpoints": [str(c) for c in checkpoints],
+        "timings": {**timings, "total_s": round(time.perf_counter() - start, 1)},
+        "gui": f"steel-defect serve --checkpoints {' '.join(str(c) for c in checkpoints)}",
+    }
+    with atomic_write(work / "summary.json") as handle:
+        json.dump(summary, handle, indent=2)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"test images: {summary['test_images']}",
+        f"{'':10}{'model':>8}{'empty':>8}",
+        f"{'mean':10}{summary['mean_dice']:>8.4f}{summary['empty_baseline']:>8.4f}",
+    ]
+    for class_id, value in summary["per_class"].items():
+        lines.append(f"{'class ' + class_id:10}{value:>8.4f}{summary['empty_per_class'][class_id]:>8.4f}")
+    lines += [
+        f"submission:      {summary['submission']}",
+        f"truth:           {summary['test_truth']}",
+        f"post-processing: {summary['postprocessing']}",
+        f"timings (s):     {summary['timings']}",
+        f"open the GUI:    {summary['gui']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""The predictor shared by ``inference.py``, the threshold search, the demo and the web app.
+
+    predictor = Predictor(["seg_fold0.pth", "seg_fold1.pth", "cls_fold0.pth"], post, tta=("hflip",))
+    result = predictor.predict(images)   # list of uint8 (256, 1600, 3) frames
+
+Each checkpoint rebuilds its model and its validation transforms (resize + normalize) from
+the file alone; the task stored in it says whether it segments or classifies. Probabilities
+are averaged over checkpoints of the same task (fold or architecture ensembles) and over
+flip TTA, then brought back to full resolution. With a classifier, images whose every class
+is gated off skip the segmenter entirely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from steel_defect.constants import IMAGE_SHAPE, NUM_CLASSES
+from steel_defect.data.datasets import image_to_tensor
+from steel_defect.data.transforms import build_transforms
+from steel_defect.inference.postprocess import PostProcessing, postprocess
+from steel_defect.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+# Each TTA view is its own inverse: flip the input, predict, flip the output back.
+TTA_DIMS = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
+# Validation transforms that keep every pixel in place (or only rescale the frame).
+_INVERTIBLE = (A.Resize, A.Normalize)
+
+
+@dataclass
+class Prediction:
+    """One image: probabilities (4, H, W) float32 (None if the segmenter was skipped),
+    classifier probabilities (4,) for classes 1..4 (None without a classifier), masks (4, H, W) uint8."""
+
+    probs: np.ndarray | None
+    cls_probs: np.ndarray | None
+    masks: np.ndarray
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    task: str
+    model: torch.nn.Module
+    transform: A.Compose
+    channels: int
+    name: str
+
+
+def load_model(path: str | Path, device: torch.device) -> LoadedModel:
+    """Model, task and validation transform of one checkpoint."""
+    state = load_checkpoint(path)
+    model, cfg = model_from_checkpoint(state)
+    transform = build_transforms(cfg.transforms.valid, f"{path}: transforms.valid")
+    for step in transform.transforms:
+        if not isinstance(step, _INVERTIBLE):
+            raise ValueError(
+                f"{path}: validation transform {type(step).__name__} moves pixels; inference can only "
+                "undo Resize (use Resize and Normalize in transforms.valid)"
+            )
+    name = f"{cfg.model.name}-{cfg.model.encoder}"
+    return LoadedModel(str(path), state["task"], model.to(device), transform, cfg.data.channels, name)
+
+
+class Predictor:
+    """Ensemble of segmenters (and optional classifiers) with flip TTA and post-processing."""
+
+    def __init__(
+        self,
+        checkpoints: list[str | Path],
+        postprocessing: PostProcessing | None = None,
+        tta: tuple[str, ...] = ("hflip",),
+        device: str | torch.device = "cpu",
+    ):
+        unknown = [t for t in tta if t not in TTA_DIMS]
+        if unknown:
+            raise ValueError(f"unknown TTA {unknown}; valid: {', '.join(TTA_DIMS)}")
+        if not checkpoints:
+            raise ValueError("no checkpoints given; pass at least one segmentation checkpoint")
+        self.device = torch.device(device)
+        models = [load_model(path, self.device) for path in checkpoints]
+        self.segmenters = [m for m in models if m.task == "seg"]
+        self.classifiers = [m for m in models if m.task == "cls"]
+        if not self.segmenters:
+            raise ValueError(f"none of {[str(c) for c in checkpoints]} is a segmentation checkpoint")
+        self.post = postprocessing or PostProcessing()
+        self.tta = tuple(tta)
+        gates = [c.cls_threshold for c in self.post.classes]
+        # Skip the segmenter only when every class has a gate to consult.
+        self.can_skip = bool(self.classifiers) and all(g is not None for g in gates)
+
+    def describe(self) -> dict:
+        return {
+            "segmenters": [m.name for m in self.segmenters],
+            "classifiers": [m.name for m in self.classifiers],
+            "tta": list(self.tta),
+            "device": str(self.device),
+        }
+
+    def _batch(self, loaded: LoadedModel, images: list[np.ndarray]) -> torch.Tensor:
+        tensors = []
+        for image in images:
+            if loaded.channels == 1 and image.shape[-1] == 3:
+                image = image[..., :1]
+            tensors.append(image_to_tensor(loaded.transform(image=image)["image"]))
+        return torch.stack(tensors).to(self.device)
+
+    @torch.no_grad()
+    def _forward(self, loaded: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
+        """Sigmoid output averaged over the identity view and the TTA views."""
+        out = torch.sigmoid(loaded.model(batch).float())
+        for view in self.tta:
+            dims = TTA_DIMS[view]
+            flipped = torch.sigmoid(loaded.model(batch.flip(dims)).float())
+            out += flipped.flip(dims) if loaded.task == "seg" else flipped
+        return out / (1 + len(self.tta))
+
+    def classify(self, images: list[np.ndarray]) -> np.ndarray | None:
+        """Probabilities of classes 1..4, (N, 4), averaged over classifiers; None without one."""
+        if not self.classifiers:
+            return None
+        probs = sum(self._forward(m, self._batch(m, images)) for m in self.classifiers) / len(
+            self.classifiers
+        )
+        return probs[:, 1:].cpu().numpy()  # output 0 is "no defect"
+
+    def segment(self, images: list[np.ndarray], shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+        """Probabilities (N, 4, H, W) float32 at ``shape``, averaged over segmenters."""
+        total = torch.zeros((len(images), NUM_CLASSES, *shape), device=self.device)
+        for loaded in self.segmenters:
+            probs = self._forward(loaded, self._batch(loaded, images))
+            if probs.shape[-2:] != shape:
+                probs = F.interpolate(probs, size=shape, mode="bilinear", align_corners=False)
+            total += probs
+        return (total / len(self.segmenters)).cpu().numpy()
+
+    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Predict a batch of uint8 (H, W, C) frames of one size."""
+        if not images:
+            return []
+        shape = images[0].shape[:2]
+        cls_probs = self.classify(images)
+        run = list(range(len(images)))
+        if self.can_skip:
+            gates = np.array([c.cls_threshold for c in self.post.classes])
+            run = [i for i in run if (cls_probs[i] >= gates).any()]
+        probs = self.segment([images[i] for i in run], shape) if run else None
+        position = {image_index: row for row, image_index in enumerate(run)}
+        results = []
+        for i in range(len(images)):
+            image_cls = None if cls_probs is None else cls_probs[i]
+            if i in position:
+                p = probs[position[i]]
+                results.append(Prediction(p, image_cls, postprocess(p, self.post, image_cls)))
+            else:
+                results.append(Prediction(None, image_cls, np.zeros((NUM_CLASSES, *shape), np.uint8)))
+        return results

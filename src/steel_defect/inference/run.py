@@ -1,0 +1,174 @@
+"""Folder of images -> submission CSV, streaming, with per-image error reporting and sharding.
+
+``python inference.py --config CFG --checkpoints A.pth [B.pth ...] --images DIR --out sub.csv``
+runs :func:`predict_folder`. Images are decoded in a DataLoader (workers overlap decoding
+with the network), predicted batch by batch and reduced to RLE strings at once, so memory
+stays flat however many images there are. An unreadable image is reported with its reason,
+gets empty rows, and the run goes on; the caller exits non-zero at the end.
+
+Sharding: under ``torchrun --nproc_per_node N inference.py ...`` each rank predicts every
+N-th image into ``<out>.shard<R>-of-<N>.csv``; after a barrier (gloo process group) rank 0
+merges them into the same CSV a single process writes and removes the shards.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
+from steel_defect.data.images import ImageReadError, read_image
+from steel_defect.data.rle import mask_to_rle
+from steel_defect.evaluation.submission import read_sample_submission, write_submission
+from steel_defect.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class RunSummary:
+    images: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # image id -> reason
+    skipped_segmenter: int = 0
+    seconds: float = 0.0
+
+
+class _Frames(Dataset):
+    """Decoded frames; a failure is returned as its message instead of raised."""
+
+    def __init__(self, images_dir: Path, image_ids: list[str]):
+        self.images_dir, self.image_ids = images_dir, image_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.image_ids[index]
+        try:
+            return (
+                image_id,
+                read_image(self.images_dir / image_id, channels=3, expected_shape=IMAGE_SHAPE),
+                None,
+            )
+        except ImageReadError as err:
+            return image_id, None, str(err)
+
+
+def list_images(images_dir: str | Path, sample_submission: str | Path | None = None) -> list[str]:
+    """Image ids to predict: the sample submission's, in its order, or every image file sorted."""
+    if sample_submission is not None:
+        return read_sample_submission(sample_submission)
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"image folder {images_dir} does not exist")
+    ids = sorted(p.name for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not ids:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images_dir}")
+    return ids
+
+
+def predict_rows(
+    predictor: Predictor,
+    images_dir: str | Path,
+    image_ids: list[str],
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, list[str]], RunSummary]:
+    """``{image_id: [rle_1..rle_4]}`` for ``image_ids``, plus a summary of failures and timing."""
+    summary = RunSummary(images=len(image_ids))
+    start = time.perf_counter()
+    loader = DataLoader(
+        _Frames(Path(images_dir), image_ids),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=list,  # frames stay numpy; failures pass through as messages
+    )
+    rows: dict[str, list[str]] = {}
+    for batch in tqdm(loader, total=len(loader), desc="predict", unit="batch", disable=not progress):
+        good = [(image_id, image) for image_id, image, error in batch if error is None]
+        for image_id, _, error in batch:
+            if error is not None:
+                log.error("%s", error)
+                summary.failed[image_id] = error
+                rows[image_id] = [""] * len(CLASS_IDS)
+        predictions = predictor.predict([image for _, image in good])
+        for (image_id, _), prediction in zip(good, predictions, strict=True):
+            rows[image_id] = [mask_to_rle(mask) for mask in prediction.masks]
+            summary.skipped_segmenter += prediction.probs is None
+    summary.seconds = time.perf_counter() - start
+    return rows, summary
+
+
+def _shard_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _shard_path(out: Path, rank: int, world: int) -> Path:
+    return out.with_name(f"{out.name}.shard{rank}-of-{world}.csv")
+
+
+def predict_folder(
+    predictor: Predictor,
+    images_dir: str | Path,
+    out: str | Path,
+    sample_submission: str | Path | None = None,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> RunSummary:
+    """Predict every image and write the submission CSV atomically (merging shards on rank 0)."""
+    out = Path(out)
+    image_ids = list_images(images_dir, sample_submission)
+    rank, world = _shard_env()
+    mine = image_ids[rank::world]
+    rows, summary = predict_rows(predictor, images_dir, mine, batch_size, num_workers, progress)
+    if world == 1:
+        write_submission(out, image_ids, [rows[i] for i in image_ids])
+        return summary
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")  # torchrun provides MASTER_ADDR/PORT, RANK, WORLD_SIZE
+    write_submission(_shard_path(out, rank, world), mine, [rows[i] for i in mine])
+    dist.barrier()  # every shard is complete before rank 0 reads them
+    if rank == 0:
+        merged: dict[str, list[str]] = {}
+        for other in range(world):
+            merged.update(_read_shard(_shard_path(out, other, world)))
+        missing = [i for i in image_ids if i not in merged]
+        if missing:
+            raise RuntimeError(f"{len(missing)} images missing after merging shards, e.g. {missing[0]}")
+        write_submission(out, image_ids, [merged[i] for i in image_ids])
+        for other in range(world):
+            _shard_path(out, other, world).unlink(missing_ok=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    return summary
+
+
+def _read_shard(path: Path) -> dict[str, list[str]]:
+    rows: dict[str, list[str]] = {}
+    with open(path, newline="") as handle:
+        for key, rle in list(csv.reader(handle))[1:]:
+            image_id, _, class_id = key.rpartition("_")
+            rows.setdefault(image_id, [""] * len(CLASS_IDS))[int(class_id) - 1] = rle
+    return rows
+
+
+def summary_text(summary: RunSummary) -> str:
+    rate = summary.images / summary.seconds if summary.seconds else float("nan")
+    text = f"{summary.images} images in {summary.seconds:.1f} s ({rate:.2f} images/s)"
+    if summary.skipped_segmenter:
+        text += f"; segmenter skipped on {summary.skipped_segmenter} (classifier gate)"
+    if summary.failed:
+        text += f"; {len(summary.failed)} FAILED (empty rows written):"
+        text += "".join(f"\n  {image_id}: {reason}" for image_id, reason in summary.failed.items())
+    return text

@@ -1,0 +1,200 @@
+"""Inference end to end: predictor, CSV format, bad images, sharding, threshold search, demo pieces."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from steel_defect.cli import main
+from steel_defect.config import load_config
+from steel_defect.data.folds import split_folds
+from steel_defect.data.synth import write_synthetic_dataset
+from steel_defect.evaluation.submission import read_sample_submission, read_submission
+from steel_defect.inference.oof import collect_oof, search_thresholds
+from steel_defect.inference.postprocess import ClassParams, PostProcessing
+from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.run import predict_folder
+from steel_defect.training.runner import train
+from tests.conftest import REPO
+
+SMALL = [
+    "transforms.train=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
+    "transforms.valid=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
+    "data.batch_size=4",
+    "folds.n_splits=3",
+    "train.epochs=1",
+    "train.max_train_batches=2",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A synthetic set with one briefly trained segmenter and classifier (fold 0)."""
+    root = tmp_path_factory.mktemp("infer")
+    write_synthetic_dataset(root / "data", n=20, seed=9, test_fraction=0.3)
+    common = [f"paths.data_dir={root / 'data'}", f"paths.folds_csv={root / 'folds.csv'}", *SMALL]
+    seg = load_config(REPO / "configs/demo/synth_seg.yml", [*common, f"paths.work_dir={root / 'seg'}"])
+    cls = load_config(REPO / "configs/demo/synth_cls.yml", [*common, f"paths.work_dir={root / 'cls'}"])
+    split_folds(seg)
+    train(seg, fold=0)
+    train(cls, fold=0)
+    return {
+        "root": root,
+        "seg_cfg": seg,
+        "cls_cfg": cls,
+        "seg": root / "seg/fold0/checkpoints/best.pth",
+        "cls": root / "cls/fold0/checkpoints/best.pth",
+    }
+
+
+def _frames(trained, n=3):
+    from steel_defect.data.images import read_image
+
+    paths = sorted((trained["root"] / "data/test_images").glob("*.jpg"))[:n]
+    return [read_image(p) for p in paths]
+
+
+def test_flip_tta_is_undone_exactly(trained):
+    """With a horizontally mirrored frame, hflip TTA output is the mirror of the plain output."""
+    frame = _frames(trained, 1)[0]
+    predictor = Predictor([trained["seg"]], tta=("hflip",))
+    probs = predictor.segment([frame, frame[:, ::-1].copy()])
+    assert probs.shape == (2, 4, 256, 1600) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs[0], probs[1][:, :, ::-1], atol=1e-5)
+
+
+def test_ensemble_averages_checkpoints(trained, tmp_path):
+    frames = _frames(trained, 2)
+    single = Predictor([trained["seg"]], tta=()).segment(frames)
+    double = Predictor([trained["seg"], trained["seg"]], tta=()).segment(frames)
+    np.testing.assert_allclose(single, double, atol=1e-6)
+
+
+def test_gate_skips_the_segmenter_and_empties_masks(trained):
+    frames = _frames(trained, 2)
+    closed = PostProcessing(tuple(ClassParams(cls_threshold=1.0) for _ in range(4)))  # no class passes
+    results = Predictor([trained["seg"], trained["cls"]], closed).predict(frames)
+    assert all(r.probs is None and r.masks.sum() == 0 for r in results)
+    assert all(r.cls_probs.shape == (4,) for r in results)
+    open_gate = PostProcessing(tuple(ClassParams(threshold=0.0, cls_threshold=0.0) for _ in range(4)))
+    results = Predictor([trained["seg"], trained["cls"]], open_gate).predict(frames)
+    assert all(r.probs is not None and r.masks.all() for r in results)  # threshold 0 marks every pixel
+
+
+def test_predict_cli_writes_a_valid_submission_in_sample_order(trained, tmp_path):
+    data = trained["root"] / "data"
+    out = tmp_path / "sub.csv"
+    code = main(
+        [
+            "predict",
+            "--checkpoints",
+            str(trained["seg"]),
+            str(trained["cls"]),
+            "--images",
+            str(data / "test_images"),
+            "--out",
+            str(out),
+            "--sample-submission",
+            str(data / "sample_submission.csv"),
+        ]
+    )
+    assert code == 0
+    expected = read_sample_submission(data / "sample_submission.csv")
+    rows = read_submission(out, expected_ids=expected)
+    assert list(rows) == expected
+    assert main(["evaluate", "--pred", str(out), "--truth", str(data / "test_truth.csv")]) == 0
+
+
+def test_unreadable_image_gets_empty_rows_and_a_nonzero_exit(trained, tmp_path, capsys):
+    images = tmp_path / "images"
+    shutil.copytree(trained["root"] / "data/test_images", images)
+    broken = sorted(images.iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:500])
+    out = tmp_path / "sub.csv"
+    code = main(["predict", "--checkpoints", str(trained["seg"]), "--images", str(images), "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"{broken.name}: " in err and "truncated JPEG" in err and "1 FAILED" in err
+    rows = read_submission(out)
+    assert rows[broken.name] == ["", "", "", ""]
+    assert len(rows) == len(list(images.iterdir()))
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    code = main(
+        [
+            "predict",
+            "--checkpoints",
+            str(tmp_path / "nope.pth"),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "x.csv"),
+        ]
+    )
+    assert code == 2 and "nope.pth does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_sharded_inference_equals_single_process(trained, tmp_path):
+    data = trained["root"] / "data"
+    single = tmp_path / "single.csv"
+    predictor = Predictor([trained["seg"]], tta=("hflip",))
+    predict_folder(predictor, data / "test_images", single, progress=False)
+    sharded = tmp_path / "sharded.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",  # a free local rendezvous port
+            "--nproc_per_node",
+            "2",
+            str(REPO / "inference.py"),
+            "--checkpoints",
+            str(trained["seg"]),
+            "--images",
+            str(data / "test_images"),
+            "--out",
+            str(sharded),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sharded.read_text() == single.read_text()
+    assert not list(tmp_path.glob("*.shard*"))
+
+
+def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
+    oof = collect_oof(trained["seg_cfg"], trained["cls_cfg"])
+    n_valid = len(oof["ids"])
+    assert oof["probs"].shape == (n_valid, 4, 64, 400) and oof["probs"].dtype == np.uint8
+    assert oof["truth"].dtype == bool and oof["cls"].shape == (n_valid, 4)
+    summary = search_thresholds(trained["seg_cfg"], trained["cls_cfg"], tmp_path / "pp.yml")
+    params = PostProcessing.load(tmp_path / "pp.yml")
+    assert (
+        summary["mean"]["best_dice"]
+        >= max(summary["mean"]["baseline_dice"], summary["mean"]["empty_dice"]) - 1e-9
+    )
+    assert len(params.classes) == 4 and (tmp_path / "pp.report.json").is_file()
+
+
+@pytest.mark.gpu
+def test_predictor_gives_the_same_on_gpu(trained):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    frames = _frames(trained, 1)
+    cpu = Predictor([trained["seg"]], tta=()).segment(frames)
+    gpu = Predictor([trained["seg"]], tta=(), device="cuda").segment(frames)
+    np.testing.assert_allclose(cpu, gpu, atol=1e-3)
