@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install system-deps test test-fast lint format bench clean
+.PHONY: install system-deps test test-fast lint format bench demo clean
 
 install: $(STAMP)
 
@@ -35,15 +35,22 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The default suite, then the slow "it learns" tests (CI runs both).
 test: lint
 	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m slow
 
-# Everything but the slow training tests, for a quick local loop.
+# The default suite only, for a quick local loop.
 test-fast: install
-	$(VENV)/bin/pytest -m "not slow and not e2e"
+	$(VENV)/bin/pytest
 
 bench: install
 	$(PY) bench/rle.py
+	$(PY) bench/inference.py
+
+# The main job on synthetic data (about 10 minutes on a 2-core CPU); see README.
+demo: install
+	$(VENV)/bin/steel-defect demo --work-dir work/demo
 
 clean:
 	rm -rf $(VENV) work .pytest_cache .ruff_cache src/*.egg-info
