@@ -12,6 +12,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "severstal_sample"
 
+# Config overrides for quick runs: quarter-resolution frames keep a CPU step well under a second.
+SMALL_OPTS = [
+    "transforms.train=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
+    "transforms.valid=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "folds.n_splits=3",
+]
+
 
 @pytest.fixture
 def real_sample() -> Path:

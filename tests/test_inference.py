@@ -21,16 +21,7 @@ from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.run import predict_folder
 from steel_defect.training.runner import train
-from tests.conftest import REPO
-
-SMALL = [
-    "transforms.train=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
-    "transforms.valid=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
-    "data.batch_size=4",
-    "folds.n_splits=3",
-    "train.epochs=1",
-    "train.max_train_batches=2",
-]
+from tests.conftest import REPO, SMALL_OPTS
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,13 @@ def trained(tmp_path_factory):
     """A synthetic set with one briefly trained segmenter and classifier (fold 0)."""
     root = tmp_path_factory.mktemp("infer")
     write_synthetic_dataset(root / "data", n=20, seed=9, test_fraction=0.3)
-    common = [f"paths.data_dir={root / 'data'}", f"paths.folds_csv={root / 'folds.csv'}", *SMALL]
+    common = [
+        f"paths.data_dir={root / 'data'}",
+        f"paths.folds_csv={root / 'folds.csv'}",
+        *SMALL_OPTS,
+        "train.epochs=1",
+        "train.max_train_batches=2",
+    ]
     seg = load_config(REPO / "configs/demo/synth_seg.yml", [*common, f"paths.work_dir={root / 'seg'}"])
     cls = load_config(REPO / "configs/demo/synth_cls.yml", [*common, f"paths.work_dir={root / 'cls'}"])
     split_folds(seg)

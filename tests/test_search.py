@@ -7,7 +7,7 @@ import pytest
 
 from steel_defect.evaluation.metric import dice_pairs
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
-from steel_defect.inference.search import downsample_mask, downsample_probs, search_all, search_class
+from steel_defect.inference.search import NEVER, downsample_mask, downsample_probs, search_all, search_class
 
 N, H, W = 8, 16, 48  # images 0-3 have a defect, 4-7 do not
 BLOB = (slice(2, 12), slice(2, 12))  # 100 pixels
@@ -86,8 +86,16 @@ def test_search_all_reports_and_beats_baseline():
         ClassParams(0.5, 9, 0, None),
         ClassParams(0.5, 0, 0, 0.3),
         ClassParams(0.65, 0, 0, None),
-        ClassParams(),
+        ClassParams(0.5, 0, NEVER, None),  # no defects at all: nothing beats predicting nothing
     )
+    assert [
+        classes_disabled for classes_disabled in (report["classes"][c]["disabled"] for c in (1, 2, 3, 4))
+    ] == [
+        False,
+        False,
+        False,
+        True,
+    ]
     classes = report["classes"]
     assert [classes[c]["best_dice"] for c in (1, 2, 3, 4)] == pytest.approx([1.0] * 4)
     assert classes[1]["baseline_dice"] == pytest.approx((2 + 2 * 200 / 216) / 8)
@@ -176,3 +184,15 @@ def test_input_errors():
         search_class(probs, truth, thresholds=(0.5, 1.5))
     with pytest.raises(ValueError, match="scale"):
         search_all(probs[:, None].repeat(4, 1), truth[:, None].repeat(4, 1), scale=0)
+
+
+def test_a_tie_with_empty_masks_disables_the_class():
+    """Masks that score no better than predicting nothing are not trusted on new images."""
+    truth = np.zeros((4, 4, 8, 8), bool)
+    truth[0, :, 2:6, 2:6] = True  # one defective image per class, the rest defect-free
+    probs = np.zeros((4, 4, 8, 8), np.uint8)
+    probs[0, :, 2:6, 2:6] = 230  # found exactly ...
+    probs[1, :, 0:2, 0:2] = 230  # ... plus a false positive of its own: 3/4 either way
+    found, report = search_all(probs, truth, min_components=(0,), min_areas=(0,))
+    assert all(c.min_area == NEVER for c in found.classes)
+    assert report["classes"][1]["best_dice"] == pytest.approx(0.75) == report["classes"][1]["empty_dice"]

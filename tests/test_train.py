@@ -22,16 +22,7 @@ from steel_defect.models import build_model
 from steel_defect.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from steel_defect.training.optim import build_optimizer
 from steel_defect.training.runner import train
-from tests.conftest import REPO
-
-# Quarter-resolution frames keep each step well under a second on a 2-core CPU.
-SMALL = [
-    "transforms.train=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
-    "transforms.valid=[{name: Resize, params: {height: 64, width: 384}}, {name: Normalize}]",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "folds.n_splits=3",
-]
+from tests.conftest import REPO, SMALL_OPTS
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,8 @@ def synth(tmp_path_factory):
 
 def _cfg(synth, config="configs/demo/synth_seg.yml", *opts, work="work"):
     cfg = load_config(
-        REPO / config, [f"paths.data_dir={synth / 'data'}", f"paths.work_dir={synth / work}", *SMALL, *opts]
+        REPO / config,
+        [f"paths.data_dir={synth / 'data'}", f"paths.work_dir={synth / work}", *SMALL_OPTS, *opts],
     )
     split_folds(cfg)
     return cfg
@@ -100,7 +92,7 @@ def test_train_leaves_checkpoints_logs_and_curves(synth):
 
     state = load_checkpoint(run / "checkpoints" / "best.pth")
     assert state["task"] == "seg" and state["class_names"]["3"] == "scratches and streaks"
-    assert state["metrics"]["valid"]["dice"] == result["best"]["score"]
+    assert state["metrics"]["valid"]["iou"] == result["best"]["score"]
     model, model_cfg = model_from_checkpoint(run / "checkpoints" / "best.pth")
     assert model_cfg.model.name == "unet"
     image = torch.randn(1, 3, 64, 384)
@@ -134,7 +126,7 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, synth):
 
 
 def _train_cmd(synth, work, *extra):
-    opts = [f"paths.data_dir={synth / 'data'}", f"paths.work_dir={synth / work}", *SMALL, *extra]
+    opts = [f"paths.data_dir={synth / 'data'}", f"paths.work_dir={synth / work}", *SMALL_OPTS, *extra]
     return [
         sys.executable,
         str(REPO / "train.py"),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from steel_defect.constants import CLASS_IDS, NUM_CLASSES
+from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLASSES
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, binarize
 
 DEFAULT_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80
@@ -32,6 +32,10 @@ DEFAULT_MIN_COMPONENTS = (0, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_MIN_AREAS = (0, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192)
 DEFAULT_CLS_THRESHOLDS = (None, *DEFAULT_THRESHOLDS)
 _TIE = 1e-12
+
+
+# min_area that no 256x1600 mask reaches: the class is never predicted.
+NEVER = IMAGE_HEIGHT * IMAGE_WIDTH + 1
 
 
 def downsample_probs(probs: np.ndarray, factor: int) -> np.ndarray:
@@ -216,7 +220,13 @@ def search_all(
         p, score, table = search_class(
             probs[:, i], truth[:, i], cls_i, thresholds, tuple(comp_map), tuple(area_map), cls_thresholds
         )
-        full = ClassParams(p.threshold, comp_map[p.min_component], area_map[p.min_area], p.cls_threshold)
+        empty = float(np.mean(~truth[:, i].any(axis=(1, 2))))
+        if score <= empty + 1e-12:
+            # Nothing beats predicting nothing: a tie on these images is no evidence that the
+            # masks help on others, and a false positive costs a whole point there.
+            full = ClassParams(0.5, 0, NEVER, None)
+        else:
+            full = ClassParams(p.threshold, comp_map[p.min_component], area_map[p.min_area], p.cls_threshold)
         found.append(full)
         _, baseline, _ = search_class(probs[:, i], truth[:, i], None, (0.5,), (0,), (0,), (None,))
         table["min_components"] = list(comp_map.values())
@@ -225,7 +235,8 @@ def search_all(
         report["classes"][class_id] = {
             "best_dice": score,
             "baseline_dice": baseline,
-            "empty_dice": float(np.mean(~truth[:, i].any(axis=(1, 2)))),
+            "empty_dice": empty,
+            "disabled": full.min_area == NEVER,
             "params": {
                 "threshold": full.threshold,
                 "min_component": full.min_component,
