@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -195,3 +196,18 @@ def test_predictor_gives_the_same_on_gpu(trained):
     cpu = Predictor([trained["seg"]], tta=()).segment(frames)
     gpu = Predictor([trained["seg"]], tta=(), device="cuda").segment(frames)
     np.testing.assert_allclose(cpu, gpu, atol=1e-3)
+
+
+def test_demo_recipe_end_to_end_on_a_tiny_set(tmp_path, capsys):
+    assert main(["demo", "--work-dir", str(tmp_path / "demo"), "--n", "24", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "empty" in out and "class 4" in out
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["test_images"] == 6
+    read_submission(
+        tmp_path / "demo" / "submission.csv",
+        expected_ids=read_sample_submission(tmp_path / "demo" / "data" / "sample_submission.csv"),
+    )
+    truth_empty = summary["empty_baseline"]
+    assert 0.0 < truth_empty <= 1.0 and 0.0 <= summary["mean_dice"] <= 1.0
+    assert PostProcessing.load(summary["postprocessing"]).classes

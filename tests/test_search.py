@@ -196,3 +196,12 @@ def test_a_tie_with_empty_masks_disables_the_class():
     found, report = search_all(probs, truth, min_components=(0,), min_areas=(0,))
     assert all(c.min_area == NEVER for c in found.classes)
     assert report["classes"][1]["best_dice"] == pytest.approx(0.75) == report["classes"][1]["empty_dice"]
+    # a gain of 2/3 of an image (mean 11/12 vs 3/4) stays below the default 1/N = 1/4 ...
+    probs[1] = 0  # the false positive is gone
+    probs[0, :, 2:6, 2:4] = 0  # half the defect found: Dice 2/3 on image 0
+    found, report = search_all(probs, truth, min_components=(0,), min_areas=(0,))
+    assert report["classes"][1]["best_dice"] > report["classes"][1]["empty_dice"]
+    assert all(c.min_area == NEVER for c in found.classes)
+    # ... and is kept when the caller accepts any gain
+    found, _ = search_all(probs, truth, min_components=(0,), min_areas=(0,), min_gain=0.0)
+    assert all(c.min_area != NEVER for c in found.classes)

@@ -119,7 +119,9 @@ def run_demo(
         "test_truth": str(work / "test_truth.csv"),
         "checkpoints": [str(c) for c in checkpoints],
         "timings": {**timings, "total_s": round(time.perf_counter() - start, 1)},
-        "gui": f"steel-defect serve --checkpoints {' '.join(str(c) for c in checkpoints)}",
+        # The web GUI is not built yet; until then this predicts any folder with the same models.
+        "next": f"steel-defect predict --checkpoints {' '.join(str(c) for c in checkpoints)} "
+        f"--postprocessing {work / 'postprocessing.yml'} --images DIR --out submission.csv",
     }
     with atomic_write(work / "summary.json") as handle:
         json.dump(summary, handle, indent=2)
@@ -139,6 +141,6 @@ def format_summary(summary: dict) -> str:
         f"truth:           {summary['test_truth']}",
         f"post-processing: {summary['postprocessing']}",
         f"timings (s):     {summary['timings']}",
-        f"open the GUI:    {summary['gui']}",
+        f"predict more:    {summary['next']}",
     ]
     return "\n".join(lines)

@@ -193,8 +193,12 @@ def search_all(
     min_components=DEFAULT_MIN_COMPONENTS,
     min_areas=DEFAULT_MIN_AREAS,
     cls_thresholds=None,
+    min_gain: float | None = None,
 ) -> tuple[PostProcessing, dict]:
     """Search every class and collect a report.
+
+    A class whose best mean Dice beats all-empty masks by less than ``min_gain`` (default
+    one image's worth, 1/N) is disabled: its params never predict (``min_area`` = :data:`NEVER`).
 
     probs: (N, 4, h, w) uint8 (p * 255) or float, maps downsampled by ``scale`` per side.
     truth: (N, 4, h, w) bool at the same resolution. cls_probs: (N, 4) or None.
@@ -221,9 +225,11 @@ def search_all(
             probs[:, i], truth[:, i], cls_i, thresholds, tuple(comp_map), tuple(area_map), cls_thresholds
         )
         empty = float(np.mean(~truth[:, i].any(axis=(1, 2))))
-        if score <= empty + 1e-12:
-            # Nothing beats predicting nothing: a tie on these images is no evidence that the
-            # masks help on others, and a false positive costs a whole point there.
+        gain = 1.0 / len(probs) if min_gain is None else min_gain
+        if score < empty + gain - _TIE:
+            # Masks that beat predicting nothing by less than one image's worth of Dice are
+            # noise on these images, not evidence they help on others, and a false positive
+            # costs a whole point on a defect-free image.
             full = ClassParams(0.5, 0, NEVER, None)
         else:
             full = ClassParams(p.threshold, comp_map[p.min_component], area_map[p.min_area], p.cls_threshold)
