@@ -49,7 +49,10 @@ def _images(folder: Path, n: int, seed: int = 0) -> None:
 def _checkpoints(work: Path, given: list[str] | None) -> list[str]:
     if given:
         return given
-    demo = [REPO / "work/demo/seg/fold0/checkpoints/best.pth", REPO / "work/demo/cls/fold0/checkpoints/best.pth"]
+    demo = [
+        REPO / "work/demo/seg/fold0/checkpoints/best.pth",
+        REPO / "work/demo/cls/fold0/checkpoints/best.pth",
+    ]
     if all(p.is_file() for p in demo):
         return [str(p) for p in demo]
     paths = []
@@ -69,8 +72,19 @@ def _child(args) -> None:
 
 
 def _rss(checkpoints, images: Path, out: Path, batch: int) -> float:
-    cmd = [sys.executable, __file__, "--child", "--images", str(images), "--out", str(out),
-           "--batch", str(batch), "--checkpoints", *checkpoints]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--batch",
+        str(batch),
+        "--checkpoints",
+        *checkpoints,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])["max_rss_mb"]
 
@@ -112,16 +126,20 @@ def main() -> None:
                 plain._forward(seg, batch)
 
         model_rate = _rate(model_only, len(frames))
-        pipe_rate = _rate(lambda: predict_folder(plain, small, work / "a.csv", batch_size=args.batch,
-                                                 progress=False), len(frames))
+        pipe_rate = _rate(
+            lambda: predict_folder(plain, small, work / "a.csv", batch_size=args.batch, progress=False),
+            len(frames),
+        )
         rss_n = _rss(checkpoints[:1], small, work / "b.csv", args.batch)
         rss_4n = _rss(checkpoints[:1], large, work / "c.csv", args.batch)
-        rows = [("model-only forward (images/s)", f"{model_rate:.2f}"),
-                ("full pipeline, decode to CSV (images/s)", f"{pipe_rate:.2f}"),
-                ("pipeline / model-only (target >= 0.85)", f"{pipe_rate / model_rate:.2f}"),
-                (f"peak RSS, {args.n} images (MB)", f"{rss_n:.0f}"),
-                (f"peak RSS, {4 * args.n} images (MB)", f"{rss_4n:.0f}"),
-                ("RSS 4N / N (target <= 1.1)", f"{rss_4n / rss_n:.3f}")]
+        rows = [
+            ("model-only forward (images/s)", f"{model_rate:.2f}"),
+            ("full pipeline, decode to CSV (images/s)", f"{pipe_rate:.2f}"),
+            ("pipeline / model-only (target >= 0.85)", f"{pipe_rate / model_rate:.2f}"),
+            (f"peak RSS, {args.n} images (MB)", f"{rss_n:.0f}"),
+            (f"peak RSS, {4 * args.n} images (MB)", f"{rss_4n:.0f}"),
+            ("RSS 4N / N (target <= 1.1)", f"{rss_4n / rss_n:.3f}"),
+        ]
         if len(checkpoints) > 1:
             gated = Predictor(checkpoints, tta=("hflip",))
             scores = gated.classify(frames).max(axis=1)
@@ -129,13 +147,19 @@ def main() -> None:
             gated.post = PostProcessing(tuple(ClassParams(cls_threshold=gate) for _ in range(4)))
             gated.can_skip = True
             ungated = Predictor(checkpoints, tta=("hflip",))
-            rate_off = _rate(lambda: predict_folder(ungated, small, work / "d.csv", batch_size=args.batch,
-                                                    progress=False), len(frames))
-            rate_on = _rate(lambda: predict_folder(gated, small, work / "e.csv", batch_size=args.batch,
-                                                   progress=False), len(frames))
-            rows += [("pipeline with classifier, no gate (images/s)", f"{rate_off:.2f}"),
-                     ("pipeline with classifier gate (images/s)", f"{rate_on:.2f}"),
-                     ("gated / ungated", f"{rate_on / rate_off:.2f}")]
+            rate_off = _rate(
+                lambda: predict_folder(ungated, small, work / "d.csv", batch_size=args.batch, progress=False),
+                len(frames),
+            )
+            rate_on = _rate(
+                lambda: predict_folder(gated, small, work / "e.csv", batch_size=args.batch, progress=False),
+                len(frames),
+            )
+            rows += [
+                ("pipeline with classifier, no gate (images/s)", f"{rate_off:.2f}"),
+                ("pipeline with classifier gate (images/s)", f"{rate_on:.2f}"),
+                ("gated / ungated", f"{rate_on / rate_off:.2f}"),
+            ]
         width = max(len(name) for name, _ in rows)
         for name, value in rows:
             print(f"{name:<{width}}  {value:>8}")
