@@ -92,7 +92,7 @@ def test_train_leaves_checkpoints_logs_and_curves(synth):
 
     state = load_checkpoint(run / "checkpoints" / "best.pth")
     assert state["task"] == "seg" and state["class_names"]["3"] == "scratches and streaks"
-    assert state["metrics"]["valid"]["iou"] == result["best"]["score"]
+    assert state["metrics"]["valid"]["iou"] == result["best"]["value"] == result["best"]["score"]
     model, model_cfg = model_from_checkpoint(run / "checkpoints" / "best.pth")
     assert model_cfg.model.name == "unet"
     image = torch.randn(1, 3, 64, 384)

@@ -33,9 +33,18 @@ class CheckpointCallback(Callback):
     Only the main process writes.
     """
 
-    def __init__(self, run_dir: Path, cfg, monitor: str, top_k: int, resume_state: dict | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg,
+        monitor: str,
+        top_k: int,
+        resume_state: dict | None = None,
+        minimize: bool = False,
+    ):
         super().__init__(order=CallbackOrder.Checkpoint)
         self.run_dir, self.cfg, self.monitor, self.top_k = Path(run_dir), cfg, monitor, max(0, top_k)
+        self.sign = -1.0 if minimize else 1.0  # scores are kept higher-is-better
         resume_state = resume_state or {}
         self.history: list[dict] = list(resume_state.get("history", []))
         self.top: list[dict] = list(resume_state.get("top", []))  # [{"epoch", "score", "path"}]
@@ -52,13 +61,21 @@ class CheckpointCallback(Callback):
             loader: dict(values) for loader, values in runner.epoch_metrics.items() if loader != "_epoch_"
         }
         self.history.append({"epoch": epoch, **metrics})
-        score = metrics["valid"][self.monitor]
+        score = self.sign * metrics["valid"][self.monitor]
         model = unwrap(runner.model)
         best_before = max((t["score"] for t in self.top), default=None)
         if self.top_k and (len(self.top) < self.top_k or score > min(t["score"] for t in self.top)):
             path = self.checkpoint_dir / f"epoch_{epoch:03d}.pth"
             save_checkpoint(path, model, self.cfg, epoch, metrics)
-            self.top.append({"epoch": epoch, "score": score, "path": path.name})
+            self.top.append(
+                {
+                    "epoch": epoch,
+                    "score": score,
+                    "metric": self.monitor,
+                    "value": metrics["valid"][self.monitor],
+                    "path": path.name,
+                }
+            )
             self.top.sort(key=lambda t: -t["score"])
             for dropped in self.top[self.top_k :]:
                 (self.checkpoint_dir / dropped["path"]).unlink(missing_ok=True)

@@ -121,15 +121,15 @@ class BackwardStepCallback(IBackwardCallback, IOptimizerCallback):
 class SchedulerCallback(ISchedulerCallback):
     """Steps the scheduler once per epoch; ReduceLROnPlateau gets the monitored valid metric."""
 
-    def __init__(self, monitor: str):
+    def __init__(self, monitor: str, minimize: bool = False):
         super().__init__()
-        self.monitor = monitor
+        self.monitor, self.sign = monitor, -1.0 if minimize else 1.0
 
     def on_epoch_end(self, runner) -> None:
         if runner.scheduler is None:
             return
         if isinstance(runner.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            runner.scheduler.step(runner.epoch_metrics["valid"][self.monitor])
+            runner.scheduler.step(self.sign * runner.epoch_metrics["valid"][self.monitor])  # mode="max"
         else:
             runner.scheduler.step()
 

@@ -33,13 +33,15 @@ from steel_defect.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
-# Per task: the batch key holding the targets, the metrics callback, the monitored metric.
-# Not the challenge Dice for seg: it is highest for a model that predicts nothing at all
-# (empty pairs score 1), so it would keep the untrained first epoch. The dataset-level IoU
-# rewards found defects and punishes false positives; thresholds are tuned afterwards.
+# Per task: the batch key holding the targets, the metrics callback, the monitored metric and
+# whether lower is better. Not the challenge Dice for seg: it is highest for a model that
+# predicts nothing (empty pairs score 1), so it would keep the untrained first epoch; the
+# dataset-level IoU rewards found defects and punishes false positives (thresholds are tuned
+# afterwards). Not macro F1 for cls: predicting every class everywhere scores well early on;
+# the validation loss measures calibrated probabilities, which the per-class gates need.
 TASKS = {
-    "cls": ("targets", ClassificationMetricsCallback, "f1"),
-    "seg": ("mask", SegmentationMetricsCallback, "iou"),
+    "cls": ("targets", ClassificationMetricsCallback, "loss", True),
+    "seg": ("mask", SegmentationMetricsCallback, "iou", False),
 }
 
 
@@ -55,7 +57,7 @@ class SteelRunner(IRunner):
         super().__init__()
         self.cfg, self.fold, self.engine_name, self.nproc = cfg, fold, engine, nproc
         self.resume_state = resume_state
-        self.target_key, self.metrics_callback, self.monitor = TASKS[cfg.task]
+        self.target_key, self.metrics_callback, self.monitor, self.minimize = TASKS[cfg.task]
         self.run_dir = run_dir(cfg, fold)
 
     @property
@@ -112,16 +114,19 @@ class SteelRunner(IRunner):
             loss=dl.CriterionCallback(input_key="logits", target_key=self.target_key, metric_key="loss"),
             metrics=self.metrics_callback(),
             backward=BackwardStepCallback(train.accumulation_steps, train.grad_clip),
-            scheduler=SchedulerCallback(self.monitor),
+            scheduler=SchedulerCallback(self.monitor, self.minimize),
             checkpoint=CheckpointCallback(
-                self.run_dir, self.cfg, self.monitor, train.save_top_k, self.resume_state
+                self.run_dir, self.cfg, self.monitor, train.save_top_k, self.resume_state, self.minimize
             ),
             limits=BatchLimitCallback({"train": train.max_train_batches, "valid": train.max_valid_batches}),
             progress=dl.TqdmCallback(),
         )
         if train.early_stopping:
             callbacks["early_stopping"] = dl.EarlyStoppingCallback(
-                patience=train.early_stopping, loader_key="valid", metric_key=self.monitor, minimize=False
+                patience=train.early_stopping,
+                loader_key="valid",
+                metric_key=self.monitor,
+                minimize=self.minimize,
             )
         return callbacks
 
