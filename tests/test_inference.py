@@ -21,6 +21,7 @@ from steel_defect.inference.oof import collect_oof, search_thresholds
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.run import predict_folder
+from steel_defect.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from steel_defect.training.runner import train
 from tests.conftest import REPO, SMALL_OPTS
 
@@ -68,10 +69,19 @@ def test_flip_tta_is_undone_exactly(trained):
 
 
 def test_ensemble_averages_checkpoints(trained, tmp_path):
+    """Two different segmenters: the ensemble is the mean of their probability maps."""
+    state = load_checkpoint(trained["seg"])
+    model, cfg = model_from_checkpoint(state)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    other = save_checkpoint(tmp_path / "other.pth", model, cfg, epoch=1, metrics={})
     frames = _frames(trained, 2)
-    single = Predictor([trained["seg"]], tta=()).segment(frames)
-    double = Predictor([trained["seg"], trained["seg"]], tta=()).segment(frames)
-    np.testing.assert_allclose(single, double, atol=1e-6)
+    first = Predictor([trained["seg"]], tta=()).segment(frames)
+    second = Predictor([other], tta=()).segment(frames)
+    assert np.abs(first - second).max() > 1e-3  # the two models really differ
+    both = Predictor([trained["seg"], other], tta=()).segment(frames)
+    np.testing.assert_allclose(both, (first + second) / 2, atol=1e-6)
 
 
 def test_gate_skips_the_segmenter_and_empties_masks(trained):

@@ -13,7 +13,6 @@ merges them into the same CSV a single process writes and removes the shards.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
 from steel_defect.data.images import ImageReadError, read_image
 from steel_defect.data.rle import mask_to_rle
-from steel_defect.evaluation.submission import read_sample_submission, write_submission
+from steel_defect.evaluation.submission import read_sample_submission, read_submission, write_submission
 from steel_defect.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ def predict_folder(
     if rank == 0:
         merged: dict[str, list[str]] = {}
         for other in range(world):
-            merged.update(_read_shard(_shard_path(out, other, world)))
+            merged.update(read_submission(_shard_path(out, other, world)))
         missing = [i for i in image_ids if i not in merged]
         if missing:
             raise RuntimeError(f"{len(missing)} images missing after merging shards, e.g. {missing[0]}")
@@ -152,15 +151,6 @@ def predict_folder(
     dist.barrier()
     dist.destroy_process_group()
     return summary
-
-
-def _read_shard(path: Path) -> dict[str, list[str]]:
-    rows: dict[str, list[str]] = {}
-    with open(path, newline="") as handle:
-        for key, rle in list(csv.reader(handle))[1:]:
-            image_id, _, class_id = key.rpartition("_")
-            rows.setdefault(image_id, [""] * len(CLASS_IDS))[int(class_id) - 1] = rle
-    return rows
 
 
 def summary_text(summary: RunSummary) -> str:

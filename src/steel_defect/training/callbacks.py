@@ -134,6 +134,11 @@ class SchedulerCallback(ISchedulerCallback):
             runner.scheduler.step()
 
 
+def gather_sum(*values):
+    """Each value summed over all processes (itself when not distributed)."""
+    return tuple(sum(parts) for parts in zip(*all_gather(values), strict=True))
+
+
 class SegmentationMetricsCallback(Callback):
     """Validation Dice and IoU at a 0.5 probability threshold, per class and mean.
 
@@ -169,9 +174,7 @@ class SegmentationMetricsCallback(Callback):
     def on_loader_end(self, runner) -> None:
         if runner.is_train_loader:
             return
-        dice_sum, pairs, inter, union = (
-            sum(x) for x in zip(*all_gather((self.dice_sum, self.pairs, self.inter, self.union)), strict=True)
-        )
+        dice_sum, pairs, inter, union = gather_sum(self.dice_sum, self.pairs, self.inter, self.union)
         dice = dice_sum / max(pairs, 1)
         iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
         runner.loader_metrics["dice"] = float(dice.mean())
@@ -214,9 +217,7 @@ class ClassificationMetricsCallback(Callback):
     def on_loader_end(self, runner) -> None:
         if runner.is_train_loader:
             return
-        counts, correct, labels = (
-            sum(x) for x in zip(*all_gather((self.counts, self.correct, self.labels)), strict=True)
-        )
+        counts, correct, labels = gather_sum(self.counts, self.correct, self.labels)
         tp, fp, fn = counts
         denominator = 2 * tp + fp + fn
         f1 = np.where(denominator == 0, 1.0, 2 * tp / np.maximum(denominator, 1))
