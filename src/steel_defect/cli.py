@@ -6,6 +6,7 @@
     steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]
     steel-defect predict --checkpoints A.pth [B.pth ...] --images DIR --out submission.csv
     steel-defect evaluate --pred submission.csv --truth test_truth.csv [--json]
+    steel-defect serve [--checkpoints A.pth ...] [--host 127.0.0.1] [--port 8000]   # web GUI + API
     steel-defect validate submission.csv [--truth T.csv | --sample-submission S.csv]
     steel-defect config --config CFG [--opts k=v ...]    # print the resolved config
     steel-defect config --docs                            # every key with default and meaning
@@ -126,6 +127,33 @@ def _cmd_predict(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_serve(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.inference.postprocess import PostProcessing
+    from steel_defect.inference.predictor import Predictor
+    from steel_defect.webapp.app import Limits, create_app
+    from steel_defect.webapp.server import demo_model, serve
+    from steel_defect.webapp.service import InferenceService
+
+    cfg = load_config(args.config, args.opts)
+    checkpoints, post_path = args.checkpoints, args.postprocessing
+    if not checkpoints:
+        checkpoints, demo_post = demo_model(args.demo_dir)
+        post_path = post_path or demo_post
+        log.info("serving the demo model: %s", " ".join(checkpoints))
+    post = PostProcessing.load(post_path) if post_path else _postprocessing(cfg, None)
+    device = _device(args.device or cfg.inference.device)
+    predictor = Predictor(checkpoints, post, tta=tuple(cfg.inference.tta), device=device)
+    limits = Limits(
+        max_file_bytes=int(args.max_file_mb * 2**20),
+        max_files=args.max_files,
+        max_request_bytes=int(args.max_file_mb * 2**20) * args.max_files + 2**20,
+    )
+    service = InferenceService(predictor, keep=args.keep, batch_size=cfg.inference.batch_size)
+    serve(create_app(service, limits), args.host, args.port)
+    return 0
+
+
 def _cmd_thresholds(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.inference.oof import search_thresholds
@@ -219,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-submission", help="predict its images, in its order")
     p.add_argument("--postprocessing", help="per-class thresholds YAML (default paths.postprocessing)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("serve", help="web GUI and REST API on the predictor (http://127.0.0.1:8000)")
+    _add_config_args(p, required=False)
+    p.add_argument("--checkpoints", nargs="+", help="default: the model `make demo` trained")
+    p.add_argument("--postprocessing", help="per-class thresholds YAML (default: the demo's / config's)")
+    p.add_argument("--demo-dir", default="work/demo", help="where `make demo` wrote its summary.json")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default inference.device)")
+    p.add_argument("--keep", type=int, default=256, help="results kept for re-thresholding (1.6 MB each)")
+    p.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted upload")
+    p.add_argument("--max-files", type=int, default=32, help="most images in one request")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("thresholds", help="search per-class thresholds on out-of-fold predictions")
     _add_config_args(p)

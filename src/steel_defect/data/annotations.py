@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -181,17 +182,18 @@ def resolve_image_ids(annotations: Annotations, images_dir: str | Path) -> list[
 def write_annotations(path: str | Path, image_ids, rles_per_image, layout: str = "wide") -> None:
     """Write labels atomically. ``rles_per_image[i]`` holds the 4 RLEs of ``image_ids[i]``."""
     with atomic_write(path, newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        if layout == "wide":
-            writer.writerow(WIDE_HEADER)
-            for image_id, rles in zip(image_ids, rles_per_image, strict=True):
-                for class_id, rle in zip(CLASS_IDS, rles, strict=True):
-                    writer.writerow([f"{image_id}_{class_id}", rle])
-        elif layout == "long":
-            writer.writerow(LONG_HEADER)
-            for image_id, rles in zip(image_ids, rles_per_image, strict=True):
-                for class_id, rle in zip(CLASS_IDS, rles, strict=True):
-                    if rle:
-                        writer.writerow([image_id, class_id, rle])
-        else:
-            raise ValueError(f"layout must be 'wide' or 'long', got {layout!r}")
+        write_rows(handle, image_ids, rles_per_image, layout)
+
+
+def write_rows(handle: TextIO, image_ids, rles_per_image, layout: str = "wide") -> None:
+    """Write the CSV of :func:`write_annotations` to an open text handle (a file or StringIO)."""
+    if layout not in ("wide", "long"):
+        raise ValueError(f"layout must be 'wide' or 'long', got {layout!r}")
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(WIDE_HEADER if layout == "wide" else LONG_HEADER)
+    for image_id, rles in zip(image_ids, rles_per_image, strict=True):
+        for class_id, rle in zip(CLASS_IDS, rles, strict=True):
+            if layout == "wide":
+                writer.writerow([f"{image_id}_{class_id}", rle])
+            elif rle:
+                writer.writerow([image_id, class_id, rle])

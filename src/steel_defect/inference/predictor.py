@@ -50,6 +50,7 @@ class LoadedModel:
     transform: A.Compose
     channels: int
     name: str
+    info: dict  # epoch, validation metrics and resolved config stored in the checkpoint
 
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
@@ -64,7 +65,8 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
                 "undo Resize (use Resize and Normalize in transforms.valid)"
             )
     name = f"{cfg.model.name}-{cfg.model.encoder}"
-    return LoadedModel(str(path), state["task"], model.to(device), transform, cfg.data.channels, name)
+    info = {"epoch": state["epoch"], "metrics": state["metrics"], "config": state["config"]}
+    return LoadedModel(str(path), state["task"], model.to(device), transform, cfg.data.channels, name, info)
 
 
 class Predictor:

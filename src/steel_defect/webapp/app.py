@@ -1,0 +1,185 @@
+"""The FastAPI app: the page, the JSON API and its limits.
+
+    app = create_app(InferenceService(predictor), Limits(max_file_bytes=10 * 2**20))
+    uvicorn.run(app, host="127.0.0.1", port=8000)      # what ``steel-defect serve`` does
+
+Routes (OpenAPI docs at ``/docs``): ``GET /`` the page; ``GET /api/health``; ``GET /api/model``;
+``POST /api/predict`` (multipart ``files``); ``POST /api/results/{id}/postprocess``
+(re-threshold without the network); ``POST /api/results/{id}/mask.png``; ``POST
+/api/submission`` (CSV of several results); ``GET /api/examples[/{name}]``.
+
+Every error is ``{"detail": "<message>"}`` with its status: 400 malformed request, 404
+unknown result, 413 too large, 415 not an image, 422 corrupt image or invalid value. In a
+batch, a bad file fails only its own item (``"error"`` in its entry, status 200 overall);
+when no file of a request could be predicted the request fails with their status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from steel_defect.webapp.examples import example_images
+from steel_defect.webapp.limits import BodySizeLimit
+from steel_defect.webapp.service import InferenceService, ResultNotFound
+from steel_defect.webapp.uploads import UploadError, decode_upload, display_name
+
+STATIC = Path(__file__).with_name("static")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int = 10 * 2**20
+    max_files: int = 32
+    max_request_bytes: int = 64 * 2**20
+
+
+class ClassOverride(BaseModel):
+    """Fields of one class's post-processing to replace for this request only."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: float | None = Field(None, ge=0, le=1, description="pixel probability threshold")
+    min_component: int | None = Field(None, ge=0, description="drop components with fewer pixels")
+    min_area: int | None = Field(None, ge=0, description="empty the mask below this many pixels")
+    cls_threshold: float | None = Field(
+        None, ge=0, le=1, description="classifier gate; send null explicitly to disable it"
+    )
+
+
+class PostOverrides(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    classes: dict[int, ClassOverride] = Field(default_factory=dict, examples=[{"3": {"threshold": 0.3}}])
+
+
+class SubmissionRequest(PostOverrides):
+    ids: list[str] = Field(min_length=1, description="result ids from /api/predict, in CSV order")
+
+
+def _error(status: int, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status)
+
+
+def create_app(service: InferenceService, limits: Limits = Limits()) -> FastAPI:
+    app = FastAPI(
+        title="steel-defect",
+        summary="Find and classify surface defects in 1600x256 steel-sheet frames (Severstal format).",
+        version="1.0",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        return _error(err.status_code, str(err.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError):
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in err.errors()
+        ]
+        hint = " (send images as multipart form field 'files')" if request.url.path == "/api/predict" else ""
+        return _error(422, "; ".join(problems) + hint)
+
+    def overrides(body: PostOverrides | None):
+        if body is None:
+            return None
+        try:
+            return service.post_with({c: o.model_dump(exclude_unset=True) for c, o in body.classes.items()})
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+
+    def stored(result_id: str):
+        try:
+            return service.get(result_id)
+        except ResultNotFound as err:
+            raise HTTPException(404, err.args[0]) from None
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "device": service.predictor.describe()["device"]}
+
+    @app.get("/api/model")
+    def model() -> dict:
+        """Models, device, checkpoints (epoch, metrics, config), post-processing, classes, limits."""
+        return {**service.model_info(), "limits": asdict(limits)}
+
+    @app.post("/api/predict")
+    def predict(files: Annotated[list[UploadFile], File(description="one or more images")]) -> dict:
+        """Predict each uploaded image; a bad file gets an ``error`` entry and the rest go on."""
+        if len(files) > limits.max_files:
+            raise HTTPException(413, f"{len(files)} files in one request; the limit is {limits.max_files}")
+        entries: list[dict] = []
+        good = []
+        for index, upload in enumerate(files):
+            name = display_name(upload.filename, index + 1)
+            try:
+                data = upload.file.read(limits.max_file_bytes + 1)
+                good.append((len(entries), name, decode_upload(data, name, limits.max_file_bytes)))
+                entries.append({})
+            except UploadError as err:
+                entries.append({"file_name": name, "error": {"status": err.status, "message": err.message}})
+        if not good:
+            statuses = {e["error"]["status"] for e in entries}
+            status = statuses.pop() if len(statuses) == 1 else 422
+            message = "no image could be predicted: " + "; ".join(e["error"]["message"] for e in entries)
+            return _error(status, message, images=entries)
+        # Frames of one request share a size (checked by decode_upload), so they batch together.
+        results = service.predict([(name, frame) for _, name, frame in good])
+        for (position, _, _), result in zip(good, results, strict=True):
+            entries[position] = service.report(result)
+        return {"images": entries}
+
+    @app.post("/api/results/{result_id}/postprocess")
+    def postprocess(result_id: str, body: PostOverrides | None = None) -> dict:
+        """The result's masks and report again under other thresholds; the network does not run."""
+        return service.report(stored(result_id), overrides(body))
+
+    @app.post("/api/results/{result_id}/mask.png", response_class=Response)
+    def mask(result_id: str, body: PostOverrides | None = None) -> Response:
+        """Indexed PNG: pixel value = sum of 2**(k-1) over the classes k present there."""
+        result = stored(result_id)
+        stem = result.file_name.rsplit(".", 1)[0]
+        return Response(
+            service.mask_png(result, overrides(body)),
+            media_type="image/png",
+            headers={"Content-Disposition": f'attachment; filename="{stem}_mask.png"'},
+        )
+
+    @app.post("/api/submission", response_class=Response)
+    def submission(body: SubmissionRequest) -> Response:
+        """Submission CSV (``ImageId_ClassId,EncodedPixels``, 4 rows an image) of these results."""
+        post = overrides(body)
+        try:
+            text = service.submission_csv(body.ids, post)
+        except ResultNotFound as err:
+            raise HTTPException(404, err.args[0]) from None
+        return Response(
+            text,
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="submission.csv"'},
+        )
+
+    @app.get("/api/examples")
+    def examples() -> list[str]:
+        return list(example_images())
+
+    @app.get("/api/examples/{name}", response_class=Response)
+    def example(name: str) -> Response:
+        data = example_images().get(name)
+        if data is None:
+            raise HTTPException(404, f"no example {name!r}; valid: {', '.join(example_images())}")
+        return Response(data, media_type="image/jpeg")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

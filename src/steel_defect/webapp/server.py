@@ -1,0 +1,46 @@
+"""``steel-defect serve``: pick the model, build the app, run it under uvicorn.
+
+    steel-defect serve                                   # the model `make demo` trained
+    steel-defect serve --checkpoints seg.pth cls.pth --postprocessing post.yml --port 8000
+
+Bound to 127.0.0.1 unless ``--host`` says otherwise (the Docker image passes 0.0.0.0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+DEMO_DIR = Path("work/demo")
+
+
+class NoModelError(FileNotFoundError):
+    """No checkpoints given and none left by ``make demo``."""
+
+
+def demo_model(demo_dir: str | Path = DEMO_DIR) -> tuple[list[str], str | None]:
+    """Checkpoints and post-processing YAML that ``make demo`` recorded in its summary.json."""
+    summary_path = Path(demo_dir) / "summary.json"
+    if not summary_path.is_file():
+        raise NoModelError(
+            f"no --checkpoints given and no trained demo model at {summary_path}: run `make demo` "
+            "(about 6 minutes on a CPU) or pass --checkpoints SEG.pth [CLS.pth ...]"
+        )
+    summary = json.loads(summary_path.read_text())
+    checkpoints = [str(c) for c in summary["checkpoints"]]
+    missing = [c for c in checkpoints if not Path(c).is_file()]
+    if missing:
+        raise NoModelError(f"{summary_path} names checkpoints that do not exist: {missing}; run `make demo`")
+    post = summary.get("postprocessing")
+    return checkpoints, post if post and Path(post).is_file() else None
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this address can use the model", host)
+    log.info("open http://%s:%d/ in a browser (API docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,175 @@
+"""The web app's model: one :class:`Predictor` behind a lock, and the recent results.
+
+The page re-thresholds without running the network again, so each prediction keeps its
+probability maps (uint8, p * 255, 1.6 MB a frame: the quantisation the threshold search
+tunes on) in a bounded store, oldest dropped first. Masks, reports, the submission CSV and
+the mask PNGs are all computed from those maps with the same :func:`postprocess` as
+``inference.py``; per-request post-processing overrides never change the server's defaults.
+
+    service = InferenceService(Predictor([...], post), keep=256)
+    results = service.predict([("a.jpg", frame), ...])   # serialised across threads
+    service.report(results[0].id, service.post_with({3: {"threshold": 0.3}}))
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from steel_defect.constants import CLASS_IDS, CLASS_NAMES
+from steel_defect.data.annotations import write_rows
+from steel_defect.data.rle import masks_to_rles
+from steel_defect.inference.postprocess import PostProcessing, postprocess
+from steel_defect.inference.predictor import Predictor
+from steel_defect.webapp.reports import CLASS_COLORS, class_report, mask_png
+
+
+class ResultNotFound(KeyError):
+    """A result id that never existed or was dropped from the store to make room."""
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    id: str
+    file_name: str
+    probs: np.ndarray  # uint8 (4, H, W): probability * 255
+    cls_probs: np.ndarray | None  # (4,) or None without a classifier
+    seconds: float  # network time per image of its batch
+
+
+def _quantise(probs: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class InferenceService:
+    """Thread-safe predictions and post-processing for the API."""
+
+    def __init__(self, predictor: Predictor, keep: int = 256, batch_size: int = 4, checkpoints=()):
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 result, got {keep}")
+        self.predictor = predictor
+        self.post = predictor.post
+        self.keep = keep
+        self.batch_size = max(1, batch_size)
+        self._network = threading.Lock()  # one forward pass at a time: CPU threads are shared anyway
+        self._store_lock = threading.Lock()
+        self._store: OrderedDict[str, StoredResult] = OrderedDict()
+
+    def model_info(self) -> dict:
+        """Names, device, checkpoints with their epochs and configs, post-processing, class colours."""
+        models = self.predictor.segmenters + self.predictor.classifiers
+        return {
+            **self.predictor.describe(),
+            "checkpoints": [
+                {
+                    "path": m.path,
+                    "file": Path(m.path).name,
+                    "task": m.task,
+                    "name": m.name,
+                    "epoch": m.info["epoch"],
+                    "metrics": m.info["metrics"],
+                    "config": m.info["config"],
+                }
+                for m in models
+            ],
+            "postprocessing": self.post.to_dict(),
+            "classes": [{"class_id": c, "name": CLASS_NAMES[c], "color": CLASS_COLORS[c]} for c in CLASS_IDS],
+        }
+
+    def predict(self, items: list[tuple[str, np.ndarray]]) -> list[StoredResult]:
+        """Run the network on ``(file_name, frame)`` pairs of one size and store the maps.
+
+        Unlike the batch CLI the segmenter runs even where the classifier gate is closed, so
+        the page can still show and re-threshold its maps; the gate is applied by
+        :func:`postprocess`, which gives the same masks as :meth:`Predictor.predict`.
+        """
+        results = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            frames = [frame for _, frame in chunk]
+            with self._network:
+                t0 = time.perf_counter()
+                cls_probs = self.predictor.classify(frames)
+                probs = self.predictor.segment(frames, frames[0].shape[:2])
+                seconds = (time.perf_counter() - t0) / len(chunk)
+            for i, (name, _) in enumerate(chunk):
+                results.append(
+                    StoredResult(
+                        uuid.uuid4().hex,
+                        name,
+                        _quantise(probs[i]),
+                        None if cls_probs is None else cls_probs[i].astype(np.float32),
+                        seconds,
+                    )
+                )
+        with self._store_lock:
+            for result in results:
+                self._store[result.id] = result
+            while len(self._store) > self.keep:
+                self._store.popitem(last=False)
+        return results
+
+    def get(self, result_id: str) -> StoredResult:
+        with self._store_lock:
+            result = self._store.get(result_id)
+        if result is None:
+            raise ResultNotFound(
+                f"no result {result_id!r}: unknown, or dropped to make room (the server keeps the "
+                f"last {self.keep} images); upload the image again"
+            )
+        return result
+
+    def post_with(self, overrides: dict[int, dict] | None) -> PostProcessing:
+        """The server's post-processing with some per-class fields replaced.
+
+        ``{3: {"threshold": 0.3, "min_area": 0}}``; a bad value raises ValueError naming it.
+        """
+        classes = list(self.post.classes)
+        for class_id, fields in (overrides or {}).items():
+            if class_id not in CLASS_IDS:
+                raise ValueError(f"unknown class {class_id!r}; valid: {list(CLASS_IDS)}")
+            try:
+                classes[class_id - 1] = replace(classes[class_id - 1], **fields)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"class {class_id}: {err}") from None
+        return PostProcessing(tuple(classes))
+
+    def masks(self, result: StoredResult, post: PostProcessing | None = None) -> np.ndarray:
+        return postprocess(result.probs, post or self.post, result.cls_probs)
+
+    def report(self, result: StoredResult, post: PostProcessing | None = None) -> dict:
+        height, width = result.probs.shape[1:]
+        return {
+            "id": result.id,
+            "file_name": result.file_name,
+            "width": width,
+            "height": height,
+            "seconds": round(result.seconds, 4),
+            "classes": class_report(self.masks(result, post), result.probs, result.cls_probs),
+        }
+
+    def mask_png(self, result: StoredResult, post: PostProcessing | None = None) -> bytes:
+        return mask_png(self.masks(result, post))
+
+    def submission_csv(self, result_ids: list[str], post: PostProcessing | None = None) -> str:
+        """``ImageId_ClassId,EncodedPixels`` for these results, in order; repeated names get a suffix."""
+        results = [self.get(i) for i in result_ids]
+        names: list[str] = []
+        for result in results:
+            name, n = result.file_name, 1
+            while name in names:
+                n += 1
+                stem, dot, suffix = result.file_name.rpartition(".")
+                name = f"{stem}-{n}.{suffix}" if dot else f"{result.file_name}-{n}"
+            names.append(name)
+        buffer = io.StringIO()
+        rles = [masks_to_rles(self.masks(result, post)) for result in results]
+        write_rows(buffer, names, rles, layout="wide")
+        return buffer.getvalue()

@@ -1,0 +1,85 @@
+"""Checking uploaded files before the network sees them: size, kind (by content), frame size.
+
+Every check raises :class:`UploadError` carrying the HTTP status the API answers with:
+413 for a file over the size limit, 415 for bytes that are no image format we decode,
+422 for an image that is corrupt or not a 1600x256 Severstal frame. A client's file name is
+only ever a label: :func:`display_name` strips any folders and odd characters from it, and
+nothing is written to disk under it.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import numpy as np
+
+from steel_defect.constants import IMAGE_SHAPE
+from steel_defect.data.images import ImageReadError, decode_image
+
+# Leading bytes of the formats OpenCV decodes for us; judged by content, not by extension.
+SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+ACCEPTED = "JPEG, PNG, BMP or TIFF"
+_UNSAFE = re.compile(r"[^\w.\- ()+]")
+
+
+class UploadError(ValueError):
+    """An uploaded item that cannot be predicted; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def display_name(name: str | None, index: int) -> str:
+    """A safe label for an uploaded file: its last path part, no control or CSV characters.
+
+    ``"../../etc/passwd"`` -> ``"passwd"``; ``"C:\\\\x\\\\a,b.jpg"`` -> ``"a_b.jpg"``;
+    empty -> ``"upload-<index>"``.
+    """
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = unicodedata.normalize("NFKC", base)
+    base = _UNSAFE.sub("_", base).strip(" .")[:120]
+    return base or f"upload-{index}"
+
+
+def image_format(data: bytes) -> str | None:
+    """The format named by the file's leading bytes, or None for anything else."""
+    for magic, name in SIGNATURES.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def decode_upload(
+    data: bytes, name: str, max_bytes: int, expected_shape: tuple[int, int] = IMAGE_SHAPE
+) -> np.ndarray:
+    """Decode one uploaded file to an RGB uint8 (H, W, 3) frame or raise :class:`UploadError`."""
+    if len(data) > max_bytes:
+        raise UploadError(
+            413, f"{name}: file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
+        )
+    if not data:
+        raise UploadError(422, f"{name}: the file is empty")
+    kind = image_format(data)
+    if kind is None:
+        raise UploadError(415, f"{name}: not an image (its content is not {ACCEPTED})")
+    try:
+        image = decode_image(data, channels=3, name=name)
+    except ImageReadError as err:
+        raise UploadError(422, f"{err} ({kind} header, but the data cannot be decoded)") from None
+    if image.shape[:2] != tuple(expected_shape):
+        height, width = image.shape[:2]
+        raise UploadError(
+            422,
+            f"{name}: image is {width}x{height}; expected a {expected_shape[1]}x{expected_shape[0]} "
+            "(width x height) steel frame as in the Severstal data",
+        )
+    return image
