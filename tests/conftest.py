@@ -36,3 +36,26 @@ def repo_configs() -> list[Path]:
     paths = sorted((REPO / "configs").rglob("*.yml"))
     assert paths, "no configs shipped"
     return paths
+
+
+def random_checkpoints(out_dir: Path, seg_prior: float = 0.3) -> dict[str, Path]:
+    """An untrained segmenter and classifier saved as checkpoints (seconds, no training).
+
+    The segmenter starts at ``model.output_prior=seg_prior``, so its maps vary around it
+    and moving a threshold visibly changes the masks.
+    """
+    import torch
+
+    from steel_defect.config import load_config
+    from steel_defect.models import build_model
+    from steel_defect.training.checkpoint import save_checkpoint
+
+    paths = {}
+    for task, config, extra in (
+        ("seg", "synth_seg.yml", [f"model.output_prior={seg_prior}"]),
+        ("cls", "synth_cls.yml", []),
+    ):
+        torch.manual_seed(0)
+        cfg = load_config(REPO / "configs" / "demo" / config, [*SMALL_OPTS, *extra])
+        paths[task] = save_checkpoint(out_dir / f"{task}.pth", build_model(cfg), cfg, epoch=0, metrics={})
+    return paths

@@ -3,10 +3,16 @@
     app = create_app(InferenceService(predictor), Limits(max_file_bytes=10 * 2**20))
     uvicorn.run(app, host="127.0.0.1", port=8000)      # what ``steel-defect serve`` does
 
-Routes (OpenAPI docs at ``/docs``): ``GET /`` the page; ``GET /api/health``; ``GET /api/model``;
-``POST /api/predict`` (multipart ``files``); ``POST /api/results/{id}/postprocess``
-(re-threshold without the network); ``POST /api/results/{id}/mask.png``; ``POST
-/api/submission`` (CSV of several results); ``GET /api/examples[/{name}]``.
+Routes (OpenAPI docs at ``/docs``):
+
+    GET  /                                  the page
+    GET  /api/health, /api/model            liveness; models, config, device, limits
+    POST /api/predict                       multipart ``files`` -> per-image classes, RLE, boxes
+    POST /api/results/{id}/postprocess      the same report under other thresholds, no network
+    GET  /api/results/{id}/image.jpg        the frame the page draws under the overlay
+    POST /api/results/{id}/mask.png         indexed PNG of the masks
+    POST /api/submission                    submission CSV of several results
+    GET  /api/examples[/{name}]             synthetic example frames
 
 Every error is ``{"detail": "<message>"}`` with its status: 400 malformed request, 404
 unknown result, 413 too large, 415 not an image, 422 corrupt image or invalid value. In a
@@ -81,9 +87,10 @@ def create_app(service: InferenceService, limits: Limits = Limits()) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in err.errors()
-        ]
+        errors = err.errors()
+        if any(e["type"] == "json_invalid" for e in errors):
+            return _error(400, "request body is not valid JSON")
+        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in errors]
         hint = " (send images as multipart form field 'files')" if request.url.path == "/api/predict" else ""
         return _error(422, "; ".join(problems) + hint)
 
@@ -124,8 +131,9 @@ def create_app(service: InferenceService, limits: Limits = Limits()) -> FastAPI:
         for index, upload in enumerate(files):
             name = display_name(upload.filename, index + 1)
             try:
-                data = upload.file.read(limits.max_file_bytes + 1)
-                good.append((len(entries), name, decode_upload(data, name, limits.max_file_bytes)))
+                data = upload.file.read(limits.max_file_bytes + 1)  # bounded whatever the client says
+                frame = decode_upload(data, name, limits.max_file_bytes, declared_size=upload.size)
+                good.append((len(entries), name, frame))
                 entries.append({})
             except UploadError as err:
                 entries.append({"file_name": name, "error": {"status": err.status, "message": err.message}})
@@ -144,6 +152,11 @@ def create_app(service: InferenceService, limits: Limits = Limits()) -> FastAPI:
     def postprocess(result_id: str, body: PostOverrides | None = None) -> dict:
         """The result's masks and report again under other thresholds; the network does not run."""
         return service.report(stored(result_id), overrides(body))
+
+    @app.get("/api/results/{result_id}/image.jpg", response_class=Response)
+    def image(result_id: str) -> Response:
+        """The uploaded frame as JPEG (what the page shows under the overlay)."""
+        return Response(stored(result_id).preview, media_type="image/jpeg")
 
     @app.post("/api/results/{result_id}/mask.png", response_class=Response)
     def mask(result_id: str, body: PostOverrides | None = None) -> Response:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from steel_defect.webapp.uploads import megabytes
+
 
 class _TooLarge(Exception):
     pass
@@ -23,7 +25,7 @@ class BodySizeLimit:
     async def _reject(self, send) -> None:
         body = json.dumps(
             {
-                "detail": f"request body is over the limit of {self.max_bytes / 2**20:.0f} MB; send fewer "
+                "detail": f"request body is over the limit of {megabytes(self.max_bytes)}; send fewer "
                 "or smaller files per request"
             }
         ).encode()

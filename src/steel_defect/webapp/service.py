@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS, CLASS_NAMES
@@ -42,10 +43,18 @@ class StoredResult:
     probs: np.ndarray  # uint8 (4, H, W): probability * 255
     cls_probs: np.ndarray | None  # (4,) or None without a classifier
     seconds: float  # network time per image of its batch
+    preview: bytes  # the frame as JPEG, for the page (browsers do not all show TIFF or BMP)
 
 
 def _quantise(probs: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the preview JPEG")
+    return data.tobytes()
 
 
 class InferenceService:
@@ -99,7 +108,7 @@ class InferenceService:
                 cls_probs = self.predictor.classify(frames)
                 probs = self.predictor.segment(frames, frames[0].shape[:2])
                 seconds = (time.perf_counter() - t0) / len(chunk)
-            for i, (name, _) in enumerate(chunk):
+            for i, (name, frame) in enumerate(chunk):
                 results.append(
                     StoredResult(
                         uuid.uuid4().hex,
@@ -107,6 +116,7 @@ class InferenceService:
                         _quantise(probs[i]),
                         None if cls_probs is None else cls_probs[i].astype(np.float32),
                         seconds,
+                        _jpeg(frame),
                     )
                 )
         with self._store_lock:

@@ -38,6 +38,11 @@ class UploadError(ValueError):
         self.message = message
 
 
+def megabytes(size: int) -> str:
+    """``1536000`` -> ``"1.46 MB"``: enough digits to tell a size from a limit near it."""
+    return f"{size / 2**20:.3g} MB"
+
+
 def display_name(name: str | None, index: int) -> str:
     """A safe label for an uploaded file: its last path part, no control or CSV characters.
 
@@ -59,13 +64,20 @@ def image_format(data: bytes) -> str | None:
 
 
 def decode_upload(
-    data: bytes, name: str, max_bytes: int, expected_shape: tuple[int, int] = IMAGE_SHAPE
+    data: bytes,
+    name: str,
+    max_bytes: int,
+    expected_shape: tuple[int, int] = IMAGE_SHAPE,
+    declared_size: int | None = None,
 ) -> np.ndarray:
-    """Decode one uploaded file to an RGB uint8 (H, W, 3) frame or raise :class:`UploadError`."""
-    if len(data) > max_bytes:
-        raise UploadError(
-            413, f"{name}: file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
-        )
+    """Decode one uploaded file to an RGB uint8 (H, W, 3) frame or raise :class:`UploadError`.
+
+    ``data`` may be cut at ``max_bytes + 1``; ``declared_size`` (the whole upload's size, when
+    known) makes the 413 message say how large the file was.
+    """
+    if len(data) > max_bytes or (declared_size or 0) > max_bytes:
+        size = f"is {megabytes(declared_size)}" if declared_size else "is larger"
+        raise UploadError(413, f"{name}: file {size}; the limit is {megabytes(max_bytes)}")
     if not data:
         raise UploadError(422, f"{name}: the file is empty")
     kind = image_format(data)

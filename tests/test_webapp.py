@@ -1,0 +1,316 @@
+"""REST API of the web app: reports, limits, errors, re-thresholding, downloads, concurrency."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from steel_defect.cli import main
+from steel_defect.data.images import decode_image
+from steel_defect.data.rle import rle_to_mask
+from steel_defect.evaluation.submission import read_submission
+from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
+from steel_defect.inference.predictor import Predictor
+from steel_defect.webapp.app import Limits, create_app
+from steel_defect.webapp.examples import example_images
+from steel_defect.webapp.reports import bounding_boxes, mask_png
+from steel_defect.webapp.service import InferenceService
+from steel_defect.webapp.uploads import display_name
+from tests.conftest import random_checkpoints
+
+LIMITS = Limits(max_file_bytes=600_000, max_files=4, max_request_bytes=1_000_000)
+# Class 2 carries a classifier gate, class 4 a size filter: both must reach the web answers.
+POST = PostProcessing(
+    (
+        ClassParams(0.5),
+        ClassParams(0.5, cls_threshold=0.5),
+        ClassParams(0.45),
+        ClassParams(0.5, min_component=50, min_area=2000),
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    paths = random_checkpoints(tmp_path_factory.mktemp("web"))
+    return Predictor([paths["seg"], paths["cls"]], POST, tta=("hflip",))
+
+
+@pytest.fixture(scope="module")
+def service(model):
+    return InferenceService(model, keep=16, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    return TestClient(create_app(service, LIMITS))
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> dict[str, bytes]:
+    return example_images()
+
+
+def _files(*items):
+    return [("files", (name, data, "application/octet-stream")) for name, data in items]
+
+
+def _predict(client, *items) -> list[dict]:
+    response = client.post("/api/predict", files=_files(*items))
+    assert response.status_code == 200, response.text
+    return response.json()["images"]
+
+
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def test_report_matches_the_shared_predictor(client, model, jpegs):
+    names = list(jpegs)[:3]
+    entries = _predict(client, *[(n, jpegs[n]) for n in names])
+    frames = [decode_image(jpegs[n]) for n in names]
+    reference = model.predict(frames)
+    probs = model.segment(frames)
+    cls_probs = model.classify(frames)
+    for entry, name, ref, p, c in zip(entries, names, reference, probs, cls_probs, strict=True):
+        assert (entry["file_name"], entry["width"], entry["height"]) == (name, 1600, 256)
+        assert [k["class_id"] for k in entry["classes"]] == [1, 2, 3, 4]
+        for k, report in enumerate(entry["classes"]):
+            mask = rle_to_mask(report["rle"])
+            assert report["area"] == mask.sum()
+            assert report["area_percent"] == pytest.approx(100 * mask.sum() / (1600 * 256), abs=1e-4)
+            assert report["probability"] == pytest.approx(c[k], abs=1e-4)
+            assert report["probability_source"] == "classifier"
+            # Web maps are quantised to 1/255 like the threshold search's: a pixel may differ from
+            # the CLI only within half a step of the threshold.
+            differ = mask != ref.masks[k]
+            near = np.abs(p[k] - POST.classes[k].threshold) <= 0.5 / 255 + 1e-6
+            if POST.classes[k].min_component == 0 and POST.classes[k].min_area == 0:
+                assert not (differ & ~near).any(), f"{name} class {k + 1}"
+            if c[k] < (POST.classes[k].cls_threshold or 0):
+                assert report["area"] == 0 and report["rle"] == ""
+        assert entry["seconds"] > 0
+
+
+def test_boxes_cover_every_component():
+    mask = np.zeros((256, 1600), np.uint8)
+    mask[10:20, 30:35] = 1  # 50 px
+    mask[100:140, 200:300] = 1  # 4000 px
+    mask[250, 1599] = 1  # 1 px in the corner
+    assert bounding_boxes(mask) == [[200, 100, 100, 40], [30, 10, 5, 10], [1599, 250, 1, 1]]
+    assert bounding_boxes(np.zeros((4, 4), np.uint8)) == []
+
+
+def test_corrupt_image_fails_only_its_own_item(client, jpegs):
+    good = jpegs["example-1-c2.jpg"]
+    cut = good[: len(good) // 2]
+    garbled = good[:20] + bytes(5000) + good[-2:]  # JPEG markers around zeros: no frame header
+    entries = _predict(client, ("cut.jpg", cut), ("ok.jpg", good), ("garbled.jpg", garbled))
+    assert entries[0]["error"]["status"] == 422 and "cut.jpg" in entries[0]["error"]["message"]
+    assert entries[1]["file_name"] == "ok.jpg" and len(entries[1]["classes"]) == 4
+    assert entries[2]["error"]["status"] == 422
+    assert client.get("/api/health").json()["status"] == "ok"  # the server is still up
+
+
+def test_kind_is_judged_by_content_not_by_name(client, jpegs):
+    response = client.post("/api/predict", files=_files(("frame.jpg", b"ImageId,EncodedPixels\nx,1 2\n")))
+    assert response.status_code == 415
+    assert "not an image" in response.json()["detail"]
+    frame = np.broadcast_to((np.arange(1600) % 256).astype(np.uint8)[None, :, None], (256, 1600, 3))
+    entries = _predict(client, ("notes.txt", _png(frame)))  # a PNG with a misleading name
+    assert entries[0]["file_name"] == "notes.txt" and "classes" in entries[0]
+
+
+def test_wrong_frame_size_is_422_with_the_expected_size(client):
+    response = client.post(
+        "/api/predict", files=_files(("small.png", _png(np.zeros((256, 1599, 3), np.uint8))))
+    )
+    assert response.status_code == 422
+    assert "1599x256" in response.json()["detail"] and "1600x256" in response.json()["detail"]
+
+
+def test_size_and_count_limits_are_413(client, jpegs):
+    big = _png(np.random.default_rng(0).integers(0, 255, (256, 1600, 3), np.uint8))  # ~1.2 MB
+    assert len(big) > LIMITS.max_file_bytes
+    # over the per-request body limit: refused before parsing
+    response = client.post("/api/predict", files=_files(("big.png", big)))
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    # over the per-file limit but under the request limit: that item fails, the rest goes on
+    medium = big[: LIMITS.max_file_bytes + 10]
+    entries = _predict(client, ("medium.png", medium), ("ok.jpg", jpegs["example-3-c3.jpg"]))
+    assert entries[0]["error"]["status"] == 413 and "classes" in entries[1]
+    assert "0.572 MB" in entries[0]["error"]["message"]  # the limit, readable
+    # more files than allowed
+    small = jpegs["example-6-clean.jpg"][:100]
+    response = client.post("/api/predict", files=_files(*[(f"{i}.jpg", small) for i in range(5)]))
+    assert response.status_code == 413 and "limit is 4" in response.json()["detail"]
+
+
+def test_request_errors_are_json_with_a_message(client):
+    response = client.post("/api/predict", data={"image": "x"})
+    assert response.status_code == 422 and "files" in response.json()["detail"]
+    response = client.post("/api/submission", content=b"{oops", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "JSON" in response.json()["detail"]
+    response = client.get("/api/results/0123/image.jpg")
+    assert response.status_code == 404 and "upload the image again" in response.json()["detail"]
+    assert client.get("/api/examples/../../etc/passwd").status_code == 404
+
+
+def test_client_file_names_are_labels_not_paths(client, jpegs):
+    assert display_name("../../etc/passwd", 1) == "passwd"
+    assert display_name("C:\\Users\\me\\a,b.jpg", 1) == "a_b.jpg"
+    assert display_name("", 3) == "upload-3"
+    assert display_name("..", 4) == "upload-4"
+    entries = _predict(client, ("../../../tmp/evil.jpg", jpegs["example-1-c2.jpg"]))
+    assert entries[0]["file_name"] == "evil.jpg"
+
+
+def test_thresholds_rerender_without_the_network(client, service, jpegs, monkeypatch):
+    entry = _predict(client, ("a.jpg", jpegs["example-4-c3c4.jpg"]))[0]
+    stored = service.get(entry["id"])
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran again")
+
+    monkeypatch.setattr(service.predictor, "segment", no_network)
+    monkeypatch.setattr(service.predictor, "classify", no_network)
+    body = {"classes": {"1": {"threshold": 0.6}, "4": {"min_area": 0, "min_component": 0}}}
+    response = client.post(f"/api/results/{entry['id']}/postprocess", json=body)
+    assert response.status_code == 200, response.text
+    changed = response.json()
+    expected = postprocess(
+        stored.probs,
+        PostProcessing((ClassParams(0.6), POST.classes[1], POST.classes[2], ClassParams(0.5))),
+        stored.cls_probs,
+    )
+    for k in range(4):
+        assert (rle_to_mask(changed["classes"][k]["rle"]) == expected[k]).all()
+    assert changed["classes"][0]["area"] < entry["classes"][0]["area"]
+    # the overrides were for that request only
+    again = client.post(f"/api/results/{entry['id']}/postprocess").json()
+    assert [c["rle"] for c in again["classes"]] == [c["rle"] for c in entry["classes"]]
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ({"classes": {"1": {"threshold": 1.5}}}, "less than or equal to 1"),
+        ({"classes": {"7": {"threshold": 0.5}}}, "unknown class 7"),
+        ({"classes": {"1": {"thresh": 0.5}}}, "thresh"),
+        ({"classes": {"2": {"min_area": -1}}}, "min_area"),
+    ],
+)
+def test_bad_overrides_are_422_naming_the_field(client, jpegs, body, needle):
+    entry = _predict(client, ("a.jpg", jpegs["example-1-c2.jpg"]))[0]
+    response = client.post(f"/api/results/{entry['id']}/postprocess", json=body)
+    assert response.status_code == 422
+    assert needle in response.json()["detail"]
+
+
+def test_submission_csv_and_mask_png_follow_the_thresholds(client, jpegs, tmp_path):
+    one, two = _predict(
+        client, ("same.jpg", jpegs["example-1-c2.jpg"]), ("same.jpg", jpegs["example-5-c1c3.jpg"])
+    )
+    body = {"classes": {"1": {"threshold": 0.55}}}
+    reports = [client.post(f"/api/results/{e['id']}/postprocess", json=body).json() for e in (one, two)]
+    response = client.post("/api/submission", json={"ids": [one["id"], two["id"]], **body})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    path = tmp_path / "submission.csv"
+    path.write_bytes(response.content)
+    rows = read_submission(path, expected_ids=["same.jpg", "same-2.jpg"])  # repeated name suffixed
+    assert rows["same.jpg"] == [c["rle"] for c in reports[0]["classes"]]
+    assert rows["same-2.jpg"] == [c["rle"] for c in reports[1]["classes"]]
+
+    png = client.post(f"/api/results/{two['id']}/mask.png", json=body)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    index = np.array(Image.open(io.BytesIO(png.content)))
+    assert index.shape == (256, 1600)
+    for k, report in enumerate(reports[1]["classes"]):
+        assert ((index >> k & 1) == rle_to_mask(report["rle"])).all()
+    assert client.post("/api/submission", json={"ids": ["nope"]}).status_code == 404
+
+
+def test_mask_png_bits_round_trip():
+    masks = np.zeros((4, 8, 6), np.uint8)
+    masks[0, 1, 1] = masks[2, 1, 1] = masks[3, 7, 5] = 1
+    index = np.array(Image.open(io.BytesIO(mask_png(masks))))
+    assert index[1, 1] == 0b0101 and index[7, 5] == 0b1000 and index.sum() == 13
+
+
+def test_model_health_docs_and_examples(client):
+    info = client.get("/api/model").json()
+    assert info["segmenters"] == ["unet-resnet18"] and info["device"] == "cpu"
+    assert {c["task"] for c in info["checkpoints"]} == {"seg", "cls"}
+    assert info["checkpoints"][0]["config"]["model"]["name"] == "unet"
+    assert info["postprocessing"]["classes"]["4"]["min_area"] == 2000
+    assert info["limits"]["max_files"] == 4
+    assert [c["color"] for c in info["classes"]] == ["#F0E442", "#56B4E9", "#D55E00", "#CC79A7"]
+    assert client.get("/docs").status_code == 200
+    assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+    names = client.get("/api/examples").json()
+    assert len(names) == 6
+    image = client.get(f"/api/examples/{names[0]}")
+    assert decode_image(image.content).shape == (256, 1600, 3)
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="dropzone"' in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_old_results_are_dropped_with_a_clear_message(model, jpegs):
+    service = InferenceService(model, keep=2)
+    client = TestClient(create_app(service, LIMITS))
+    entries = _predict(client, *[(f"{i}.jpg", jpegs["example-6-clean.jpg"]) for i in range(3)])
+    assert client.get(f"/api/results/{entries[2]['id']}/image.jpg").status_code == 200
+    response = client.post(f"/api/results/{entries[0]['id']}/postprocess")
+    assert response.status_code == 404 and "last 2 images" in response.json()["detail"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_concurrent_requests_get_their_own_answers(service, jpegs):
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service, LIMITS), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/api/predict"
+        names = list(jpegs)
+
+        def ask(name: str) -> list[str]:
+            response = httpx.post(url, files=_files((name, jpegs[name])), timeout=120)
+            assert response.status_code == 200, response.text
+            entry = response.json()["images"][0]
+            assert entry["file_name"] == name
+            return [c["rle"] for c in entry["classes"]]
+
+        alone = {name: ask(name) for name in names}
+        assert len({tuple(v) for v in alone.values()}) > 1  # the images give different answers
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(ask, names * 2))
+        assert together == [alone[name] for name in names * 2]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_serve_without_a_model_says_how_to_get_one(tmp_path, capsys):
+    assert main(["serve", "--demo-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "make demo" in err and "--checkpoints" in err
