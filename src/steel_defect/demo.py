@@ -119,8 +119,8 @@ def run_demo(
         "test_truth": str(work / "test_truth.csv"),
         "checkpoints": [str(c) for c in checkpoints],
         "timings": {**timings, "total_s": round(time.perf_counter() - start, 1)},
-        # The web GUI is not built yet; until then this predicts any folder with the same models.
-        "next": f"steel-defect predict --checkpoints {' '.join(str(c) for c in checkpoints)} "
+        "serve": f"steel-defect serve --demo-dir {work}",
+        "predict": f"steel-defect predict --checkpoints {' '.join(str(c) for c in checkpoints)} "
         f"--postprocessing {work / 'postprocessing.yml'} --images DIR --out submission.csv",
     }
     with atomic_write(work / "summary.json") as handle:
@@ -141,6 +141,7 @@ def format_summary(summary: dict) -> str:
         f"truth:           {summary['test_truth']}",
         f"post-processing: {summary['postprocessing']}",
         f"timings (s):     {summary['timings']}",
-        f"predict more:    {summary['next']}",
+        f"web GUI:         {summary['serve']}   (then open http://127.0.0.1:8000)",
+        f"predict a folder: {summary['predict']}",
     ]
     return "\n".join(lines)
