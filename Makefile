@@ -16,28 +16,26 @@ $(STAMP): setup.py pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,web]"
 	touch $(STAMP)
 
+# $(call apt_or_note,TEST,PACKAGE,NOTE): when TEST fails, apt-get install PACKAGE as root, else print NOTE.
+define apt_or_note
+	@if $(1); then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(2) (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	else \
+		echo "note: $(3)"; \
+		echo "      Install it with: sudo apt-get install $(2)"; \
+	fi
+endef
+
 # jpeg4py needs libturbojpeg; without it images decode with OpenCV (slower, same pixels).
 system-deps:
-	@if ldconfig -p 2>/dev/null | grep -q 'libturbojpeg\.so\.0'; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing libturbojpeg0 (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libturbojpeg0 >/dev/null; \
-	else \
-		echo "note: libturbojpeg0 is missing, so JPEGs decode with OpenCV (slower)."; \
-		echo "      Install it with: sudo apt-get install libturbojpeg0"; \
-	fi
+	$(call apt_or_note,ldconfig -p 2>/dev/null | grep -q 'libturbojpeg\.so\.0',libturbojpeg0,libturbojpeg0 is missing so JPEGs decode with OpenCV (slower).)
 
 # Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser).
 CHROMIUM ?= /usr/bin/chromium
 browser:
-	@if [ -x "$(CHROMIUM)" ]; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium (apt-get) for the browser test"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else \
-		echo "note: no Chromium at $(CHROMIUM): the browser test will be skipped."; \
-		echo "      Install it with: sudo apt-get install chromium"; \
-	fi
+	$(call apt_or_note,[ -x "$(CHROMIUM)" ],chromium,no Chromium at $(CHROMIUM) so the browser test will be skipped.)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -60,6 +58,7 @@ test-fast: install
 bench: install
 	$(PY) bench/rle.py
 	$(PY) bench/inference.py
+	$(PY) bench/webapp.py
 
 # The main job on synthetic data (about 10 minutes on a 2-core CPU); see README.
 demo: install

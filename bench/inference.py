@@ -26,42 +26,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from benchdata import bench_checkpoints, synthetic_images
 
-from steel_defect.config import load_config
-from steel_defect.data.synth import generate_frame
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.run import predict_folder
-from steel_defect.models import build_model
-from steel_defect.training.checkpoint import save_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _images(folder: Path, n: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        image, _ = generate_frame(rng, defect_free=i % 2 == 0)
-        cv2.imwrite(str(folder / f"{i:09x}.jpg"), np.dstack([image] * 3), [cv2.IMWRITE_JPEG_QUALITY, 95])
-
-
-def _checkpoints(work: Path, given: list[str] | None) -> list[str]:
-    if given:
-        return given
-    demo = [
-        REPO / "work/demo/seg/fold0/checkpoints/best.pth",
-        REPO / "work/demo/cls/fold0/checkpoints/best.pth",
-    ]
-    if all(p.is_file() for p in demo):
-        return [str(p) for p in demo]
-    paths = []
-    for config in ("configs/seg/unet_resnet18_bcedice.yml", "configs/cls/resnet34_5class.yml"):
-        cfg = load_config(REPO / config, ["model.encoder_weights=null"])
-        path = work / f"{cfg.task}.pth"
-        save_checkpoint(path, build_model(cfg), cfg, epoch=0, metrics={})
-        paths.append(str(path))
-    return paths
 
 
 def _child(args) -> None:
@@ -111,9 +80,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         small, large = work / "n", work / "4n"
-        _images(small, args.n)
-        _images(large, 4 * args.n)
-        checkpoints = _checkpoints(work, args.checkpoints)
+        synthetic_images(small, args.n)
+        synthetic_images(large, 4 * args.n)
+        checkpoints = bench_checkpoints(work, args.checkpoints)
         print(f"checkpoints: {checkpoints}; batch {args.batch}; TTA hflip; {args.n} images, half defect-free")
         plain = Predictor(checkpoints[:1], tta=("hflip",))
         frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(small.iterdir())]

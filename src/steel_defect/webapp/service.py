@@ -60,7 +60,7 @@ def _jpeg(frame: np.ndarray) -> bytes:
 class InferenceService:
     """Thread-safe predictions and post-processing for the API."""
 
-    def __init__(self, predictor: Predictor, keep: int = 256, batch_size: int = 4, checkpoints=()):
+    def __init__(self, predictor: Predictor, keep: int = 256, batch_size: int = 4):
         if keep < 1:
             raise ValueError(f"keep must be at least 1 result, got {keep}")
         self.predictor = predictor
