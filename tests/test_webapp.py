@@ -128,8 +128,13 @@ def test_kind_is_judged_by_content_not_by_name(client, jpegs):
     assert response.status_code == 415
     assert "not an image" in response.json()["detail"]
     frame = np.broadcast_to((np.arange(1600) % 256).astype(np.uint8)[None, :, None], (256, 1600, 3))
-    entries = _predict(client, ("notes.txt", _png(frame)))  # a PNG with a misleading name
+    tiff = cv2.imencode(".tiff", frame[:, :, 0])[1].tobytes()  # greyscale TIFF, no extension
+    entries = _predict(client, ("notes.txt", _png(frame)), ("scan", tiff))  # misleading names
     assert entries[0]["file_name"] == "notes.txt" and "classes" in entries[0]
+    assert entries[1]["file_name"] == "scan" and "classes" in entries[1]
+    preview = client.get(f"/api/results/{entries[1]['id']}/image.jpg")
+    assert preview.headers["content-type"] == "image/jpeg"  # browsers cannot all show TIFF
+    assert decode_image(preview.content).shape == (256, 1600, 3)
 
 
 def test_wrong_frame_size_is_422_with_the_expected_size(client):
