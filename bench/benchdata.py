@@ -45,3 +45,10 @@ def bench_checkpoints(work: Path, given: list[str] | None) -> list[str]:
         save_checkpoint(path, build_model(cfg), cfg, epoch=0, metrics={})
         paths.append(str(path))
     return paths
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    """One aligned ``name  value`` line per measured figure."""
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:>8}")

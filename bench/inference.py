@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from benchdata import bench_checkpoints, synthetic_images
+from benchdata import bench_checkpoints, print_rows, synthetic_images
 
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor
@@ -129,9 +129,7 @@ def main() -> None:
                 ("pipeline with classifier gate (images/s)", f"{rate_on:.2f}"),
                 ("gated / ungated", f"{rate_on / rate_off:.2f}"),
             ]
-        width = max(len(name) for name, _ in rows)
-        for name, value in rows:
-            print(f"{name:<{width}}  {value:>8}")
+        print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -15,21 +15,19 @@ batch 4, hflip TTA, a real uvicorn server on localhost:
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
-from benchdata import bench_checkpoints, synthetic_images
+from benchdata import bench_checkpoints, print_rows, synthetic_images
 
 from steel_defect.data.images import read_image
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import create_app
+from steel_defect.webapp.server import serve_in_thread
 from steel_defect.webapp.service import InferenceService
 
 BATCH = 4
@@ -39,17 +37,6 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def _server(service: InferenceService) -> tuple[uvicorn.Server, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}"
 
 
 def main() -> None:
@@ -64,7 +51,7 @@ def main() -> None:
         print(f"checkpoints: {checkpoints}; {args.n} images; {BATCH} a batch / request; TTA hflip")
         predictor = Predictor(checkpoints, tta=("hflip",))
         service = InferenceService(predictor, batch_size=BATCH)
-        server, url = _server(service)
+        server, url = serve_in_thread(create_app(service))
         files = [(p.name, p.read_bytes()) for p in paths]
         client = httpx.Client(base_url=url, timeout=600)
 
@@ -107,9 +94,7 @@ def main() -> None:
             ("1-image requests, 4 threads at once (images/s)", f"{n / together_s:.2f}"),
             ("concurrent / sequential", f"{one_by_one_s / together_s:.2f}"),
         ]
-        width = max(len(name) for name, _ in rows)
-        for name, value in rows:
-            print(f"{name:<{width}}  {value:>8}")
+        print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -2,26 +2,22 @@
 
 Serves the app in this process on a free port, drives Debian's Chromium with Playwright
 (no browser download) and saves a full-page screenshot. Run from the repository root
-after ``make demo``::
+after ``make demo`` (it borrows the Chromium flags of the browser test, hence PYTHONPATH)::
 
-    .venv/bin/python docs/make_gui_screenshot.py [--demo-dir work/demo] [--out docs/gui.png]
+    PYTHONPATH=. .venv/bin/python docs/make_gui_screenshot.py [--demo-dir work/demo] [--out docs/gui.png]
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
-import threading
-import time
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 from tests.test_webapp_e2e import CHROMIUM, CHROMIUM_ARGS
 
 from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import create_app
-from steel_defect.webapp.server import demo_model
+from steel_defect.webapp.server import demo_model, serve_in_thread
 from steel_defect.webapp.service import InferenceService
 
 EXAMPLES = ["example-5-c1c3.jpg", "example-2-c4.jpg", "example-6-clean.jpg", "example-4-c3c4.jpg"]
@@ -35,19 +31,11 @@ def main() -> None:
 
     checkpoints, post = demo_model(args.demo_dir)
     predictor = Predictor(checkpoints, PostProcessing.load(post) if post else None)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(InferenceService(predictor)), port=port, log_level="warning")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    server, url = serve_in_thread(create_app(InferenceService(predictor)))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(url)
         page.wait_for_selector('#model-line[data-state="ready"]')
         for n, name in enumerate(EXAMPLES, 1):
             page.click(f'button[data-example="{name}"]')

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -25,6 +21,7 @@ from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import Limits, create_app
 from steel_defect.webapp.examples import example_images
 from steel_defect.webapp.reports import bounding_boxes, mask_png
+from steel_defect.webapp.server import serve_in_thread
 from steel_defect.webapp.service import InferenceService
 from steel_defect.webapp.uploads import display_name
 from tests.conftest import random_checkpoints
@@ -281,25 +278,13 @@ def test_old_results_are_dropped_with_a_clear_message(model, jpegs):
     assert response.status_code == 404 and "last 2 images" in response.json()["detail"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_concurrent_requests_get_their_own_answers(service, jpegs):
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, LIMITS), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server, base = serve_in_thread(create_app(service, LIMITS))
     try:
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}/api/predict"
         names = list(jpegs)
 
         def ask(name: str) -> list[str]:
-            response = httpx.post(url, files=_files((name, jpegs[name])), timeout=120)
+            response = httpx.post(f"{base}/api/predict", files=_files((name, jpegs[name])), timeout=120)
             assert response.status_code == 200, response.text
             entry = response.json()["images"][0]
             assert entry["file_name"] == name
@@ -312,7 +297,6 @@ def test_concurrent_requests_get_their_own_answers(service, jpegs):
         assert together == [alone[name] for name in names * 2]
     finally:
         server.should_exit = True
-        thread.join(10)
 
 
 def test_serve_without_a_model_says_how_to_get_one(tmp_path, capsys):

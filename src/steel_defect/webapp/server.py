@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -44,3 +47,24 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000) -> None:
         log.warning("serving on %s: anyone who can reach this address can use the model", host)
     log.info("open http://%s:%d/ in a browser (API docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0):
+    """Run ``app`` on a free port in a daemon thread (tests, benchmarks, notebooks).
+
+    Returns ``(server, url)``; ``server.should_exit = True`` stops it.
+    """
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server on {host}:{port} did not start")
+        time.sleep(0.05)
+    return server, f"http://{host}:{port}"
