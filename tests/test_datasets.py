@@ -133,6 +133,38 @@ def test_dataloader_collates_dict_batches(severstal):
     assert batch["image_id"] == ["clean.jpg", "defect.jpg"]
 
 
+def _crop_batches(dataset, workers: int, epochs: int = 2) -> list[torch.Tensor]:
+    from steel_defect.data.loaders import seed_worker_transforms
+
+    torch.manual_seed(0)  # catalyst seeds torch at the start of a run
+    loader = DataLoader(
+        dataset,
+        batch_size=2,
+        num_workers=workers,
+        worker_init_fn=seed_worker_transforms if workers else None,
+    )
+    return [batch["image"] for _ in range(epochs) for batch in loader]
+
+
+def test_seeded_augmentations_repeat_across_runs_and_differ_across_workers(severstal):
+    images_dir, annotations = severstal
+    crop = [{"name": "RandomCrop", "params": {"height": 64, "width": 64}}]
+
+    def dataset(seed):
+        transforms = build_transforms(crop, seed=seed)
+        return SegmentationDataset(["defect.jpg"] * 4, images_dir, annotations, transforms=transforms)
+
+    first, again, other = (_crop_batches(dataset(seed), workers=0) for seed in (5, 5, 6))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    # Two workers: the same crops on a second run, yet not one worker's draws copied to the other
+    # or repeated in the next epoch.
+    run1, run2 = _crop_batches(dataset(5), workers=2), _crop_batches(dataset(5), workers=2)
+    assert all(torch.equal(a, b) for a, b in zip(run1, run2, strict=True))
+    assert not torch.equal(run1[0], run1[1])  # worker 0 vs worker 1, same image, same position
+    assert not torch.equal(run1[0], run1[2])  # epoch 1 vs epoch 2 of worker 0
+
+
 def test_corrupt_image_raises_with_its_path(severstal):
     images_dir, annotations = severstal
     (images_dir / "defect.jpg").write_bytes(b"\xff\xd8\xff this is not really a JPEG")

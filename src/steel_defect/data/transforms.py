@@ -171,10 +171,14 @@ def _build_list(specs: Sequence[Mapping[str, Any]], key_path: str) -> list:
     return [build_transform(spec, f"{key_path}[{i}]") for i, spec in enumerate(specs)]
 
 
-def build_transforms(specs: Sequence[Mapping[str, Any]] | None, key_path: str = "transforms") -> A.Compose:
+def build_transforms(
+    specs: Sequence[Mapping[str, Any]] | None, key_path: str = "transforms", seed: int | None = None
+) -> A.Compose:
     """Build an ``A.Compose`` from a list of specs (None or [] gives the identity).
 
     Call the result as ``pipeline(image=image, mask=mask)`` with ``image`` uint8 (H, W, C)
     and ``mask`` uint8 (H, W, 4); it returns a dict with the transformed ``image`` and ``mask``.
+    ``seed`` fixes the random draws: albumentations keeps its own generator, which neither
+    numpy's nor torch's global seed reaches (None: a fresh random sequence every run).
     """
-    return A.Compose(_build_list(specs or [], key_path))
+    return A.Compose(_build_list(specs or [], key_path), seed=seed)
