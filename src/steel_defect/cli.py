@@ -129,7 +129,6 @@ def _cmd_predict(args) -> int:
 
 def _cmd_serve(args) -> int:
     from steel_defect.config import load_config
-    from steel_defect.inference.postprocess import PostProcessing
     from steel_defect.inference.predictor import Predictor
     from steel_defect.webapp.app import Limits, create_app
     from steel_defect.webapp.server import demo_model, serve
@@ -141,7 +140,7 @@ def _cmd_serve(args) -> int:
         checkpoints, demo_post = demo_model(args.demo_dir)
         post_path = post_path or demo_post
         log.info("serving the demo model: %s", " ".join(checkpoints))
-    post = PostProcessing.load(post_path) if post_path else _postprocessing(cfg, None)
+    post = _postprocessing(cfg, post_path)
     device = _device(args.device or cfg.inference.device)
     predictor = Predictor(checkpoints, post, tta=tuple(cfg.inference.tta), device=device)
     limits = Limits(

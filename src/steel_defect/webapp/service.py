@@ -64,12 +64,16 @@ class InferenceService:
         if keep < 1:
             raise ValueError(f"keep must be at least 1 result, got {keep}")
         self.predictor = predictor
-        self.post = predictor.post
         self.keep = keep
         self.batch_size = max(1, batch_size)
         self._network = threading.Lock()  # one forward pass at a time: CPU threads are shared anyway
         self._store_lock = threading.Lock()
         self._store: OrderedDict[str, StoredResult] = OrderedDict()
+
+    @property
+    def post(self) -> PostProcessing:
+        """The server's default post-processing: the predictor's, as ``inference.py`` uses it."""
+        return self.predictor.post
 
     def model_info(self) -> dict:
         """Names, device, checkpoints with their epochs and configs, post-processing, class colours."""

@@ -227,8 +227,7 @@ async function refresh(everyImage) {
   for (const item of targets.filter(Boolean)) {
     if (state.refreshing !== token) return; // a newer slider position took over
     try {
-      const response = await api(`/api/results/${item.result.id}/postprocess`, jsonBody(postOverrides()));
-      setResult(item, await response.json());
+      await reapply(item);
     } catch (error) {
       item.status = "error";
       item.error = error.message;
