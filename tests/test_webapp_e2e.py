@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from steel_defect.data.rle import rle_to_mask
 from steel_defect.data.synth import generate_frame
@@ -38,6 +40,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT_DIR = os.environ.get("STEEL_DEFECT_SCREENSHOTS")  # keep the screenshot (CI artifacts)
+# Real Severstal test frames beside the checkout (never copied into the repository).
+REAL_FRAMES = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "severstal_unlabeled" / "test_images"
+)
 
 
 def _browser_or_skip():
@@ -57,18 +63,24 @@ def _browser_or_skip():
     return sync_playwright
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`steel-defect serve` in a subprocess on a free port, with an untrained model."""
-    root = tmp_path_factory.mktemp("e2e")
-    paths = random_checkpoints(root)
+@contextmanager
+def _serve(root: Path, *args: str):
+    """`steel-defect serve ARGS` in a subprocess on a free port; yields its URL once it answers."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = open(root / "serve.log", "w")  # closed after the server stops
-    command = [sys.executable, "-m", "steel_defect.cli", "serve", "--port", str(port)]
-    command += ["--checkpoints", str(paths["seg"]), str(paths["cls"]), "--demo-dir", str(root)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    command = [
+        sys.executable,
+        "-m",
+        "steel_defect.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--demo-dir",
+        str(root),
+    ]
+    process = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -83,10 +95,21 @@ def server(tmp_path_factory):
             process.kill()
             pytest.fail(f"serve did not answer in 120 s:\n{(root / 'serve.log').read_text()}")
         time.sleep(0.3)
-    yield url
-    process.terminate()
-    process.wait(20)
-    log.close()
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`steel-defect serve` with an untrained model."""
+    root = tmp_path_factory.mktemp("e2e")
+    paths = random_checkpoints(root)
+    with _serve(root, "--checkpoints", str(paths["seg"]), str(paths["cls"])) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -210,4 +233,64 @@ def test_drag_and_drop_adds_files(server, browser, tmp_path):
     )
     page.wait_for_selector('#thumbs li[data-status="ready"]')
     assert page.text_content("#image-title") == "dropped.jpg"
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def real_frames_server(tmp_path_factory):
+    """`steel-defect serve --examples REAL_FRAMES` with an untrained model recorded as synthetic-trained."""
+    if not REAL_FRAMES.is_dir():
+        pytest.skip(
+            f"real Severstal frames not found at {REAL_FRAMES} (only present beside the team's checkout)"
+        )
+    root = tmp_path_factory.mktemp("e2e_real")
+    paths = random_checkpoints(root)
+    state = torch.load(paths["seg"], map_location="cpu", weights_only=True)
+    state["trained_on"] = {"source": "synthetic", "train_frames": 160, "valid_frames": 40, "fold": 0}
+    torch.save(state, root / "seg_synth.pth")
+    args = ["--checkpoints", str(root / "seg_synth.pth"), str(paths["cls"]), "--examples", str(REAL_FRAMES)]
+    with _serve(root, *args) as url:
+        yield url
+
+
+@pytest.mark.realdata
+def test_real_example_frames_and_the_synthetic_model_warning(real_frames_server, browser):
+    server = real_frames_server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server)
+    page.wait_for_selector('#model-line[data-state="ready"]')
+
+    # The served checkpoint says it learnt synthetic frames: the page warns, in an alert.
+    info = httpx.get(f"{server}/api/model").json()
+    assert info["checkpoints"][0]["trained_on"]["source"] == "synthetic"
+    banner = page.locator("#model-warning")
+    assert banner.is_visible() and banner.get_attribute("role") == "alert"
+    assert "Demo model trained on synthetic frames only — not for real steel" in banner.text_content()
+    assert page.text_content("#model-trained") == info["provenance"]["summary"]
+    assert info["provenance"]["summary"].startswith("trained on 160 synthetic frames")
+
+    # The example buttons are the folder's first frames by name, not the synthetic ones.
+    names = httpx.get(f"{server}/api/examples").json()
+    usable = sorted(p.name for p in REAL_FRAMES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    assert 0 < len(names) <= 12 and names == usable[: len(names)]
+    buttons = page.locator("#example-buttons button")
+    assert buttons.count() == len(names) and buttons.nth(0).get_attribute("data-example") == names[0]
+
+    page.click("#example-buttons button >> nth=0")
+    page.wait_for_selector('#viewer[data-state="ready"]')
+    assert page.text_content("#image-title") == names[0]
+    assert page.evaluate("document.getElementById('frame').naturalWidth") == 1600
+
+    # The class table shows the API's answer for that frame.
+    result = page.evaluate("state.items[0].result")
+    answer = httpx.post(f"{server}/api/results/{result['id']}/postprocess", timeout=60).json()
+    assert answer["file_name"] == names[0] and (answer["width"], answer["height"]) == (1600, 256)
+    for c in answer["classes"]:
+        row = f'#classes tr[data-class="{c["class_id"]}"]'
+        assert _row_area(page, c["class_id"]) == c["area"]
+        assert page.text_content(f"{row} .prob .num") == f"{c['probability']:.3f}"
+        assert page.text_content(f"{row} td.regions") == str(c["components"])
+    assert errors == [], errors
     page.close()

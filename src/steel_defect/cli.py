@@ -6,7 +6,7 @@
     steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]
     steel-defect predict --checkpoints A.pth [B.pth ...] --images DIR --out submission.csv
     steel-defect evaluate --pred submission.csv --truth test_truth.csv [--json]
-    steel-defect serve [--checkpoints A.pth ...] [--host 127.0.0.1] [--port 8000]   # web GUI + API
+    steel-defect serve [--checkpoints A.pth ...] [--examples DIR] [--port 8000]   # web GUI + API
     steel-defect validate submission.csv [--truth T.csv | --sample-submission S.csv]
     steel-defect config --config CFG [--opts k=v ...]    # print the resolved config
     steel-defect config --docs                            # every key with default and meaning
@@ -131,10 +131,14 @@ def _cmd_serve(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.inference.predictor import Predictor
     from steel_defect.webapp.app import Limits, create_app
+    from steel_defect.webapp.examples import folder_examples
     from steel_defect.webapp.server import demo_model, serve
     from steel_defect.webapp.service import InferenceService
 
     cfg = load_config(args.config, args.opts)
+    max_file_bytes = int(args.max_file_mb * 2**20)
+    # Read before the model loads, so a wrong folder fails in a second.
+    examples = folder_examples(args.examples, max_file_bytes) if args.examples else None
     checkpoints, post_path = args.checkpoints, args.postprocessing
     if not checkpoints:
         checkpoints, demo_post = demo_model(args.demo_dir)
@@ -144,12 +148,12 @@ def _cmd_serve(args) -> int:
     device = _device(args.device or cfg.inference.device)
     predictor = Predictor(checkpoints, post, tta=tuple(cfg.inference.tta), device=device)
     limits = Limits(
-        max_file_bytes=int(args.max_file_mb * 2**20),
+        max_file_bytes=max_file_bytes,
         max_files=args.max_files,
-        max_request_bytes=int(args.max_file_mb * 2**20) * args.max_files + 2**20,
+        max_request_bytes=max_file_bytes * args.max_files + 2**20,
     )
     service = InferenceService(predictor, keep=args.keep, batch_size=cfg.inference.batch_size)
-    serve(create_app(service, limits), args.host, args.port)
+    serve(create_app(service, limits, examples), args.host, args.port)
     return 0
 
 
@@ -168,7 +172,15 @@ def _cmd_thresholds(args) -> int:
 def _cmd_demo(args) -> int:
     from steel_defect.demo import format_summary, run_demo
 
-    summary = run_demo(args.data_dir, args.work_dir, n_images=args.n, seed=args.seed, epochs=args.epochs)
+    summary = run_demo(
+        args.data_dir,
+        args.work_dir,
+        n_images=args.n,
+        seed=args.seed,
+        epochs=args.epochs,
+        recipe=args.recipe,
+        opts=args.opts,
+    )
     print(format_summary(summary))
     return 0
 
@@ -258,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=256, help="results kept for re-thresholding (1.6 MB each)")
     p.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted upload")
     p.add_argument("--max-files", type=int, default=32, help="most images in one request")
+    p.add_argument(
+        "--examples",
+        metavar="DIR",
+        help="offer the first 12 frames of DIR (jpg/png/bmp/tif, 1600x256, by name) as the page's "
+        "examples instead of the synthetic ones; other files are skipped with a warning",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("thresholds", help="search per-class thresholds on out-of-fold predictions")
@@ -274,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=240, help="synthetic images (train + test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override the demo configs' train.epochs")
+    p.add_argument(
+        "--recipe",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="synthetic: the small demo configs, fold 0; real: ImageNet-pretrained recipe for real "
+        "steel (configs/real/), every fold (use with --data-dir)",
+    )
+    p.add_argument("--opts", nargs="*", default=[], help="key=value overrides of the segmenter config")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("evaluate", help="score a submission with the challenge metric")

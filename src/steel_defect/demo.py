@@ -2,10 +2,14 @@
 submission -> score against held-out truth.
 
 ``make demo`` (or ``steel-defect demo``) runs it on synthetic data; ``steel-defect demo
---data-dir DIR`` runs the same recipe on a real Severstal-layout folder, holding out a
-stratified quarter of its labelled images as the test set. Everything lands in
-``--work-dir`` (default ``work/demo``): ``submission.csv``, ``test_truth.csv``, the runs,
-``postprocessing.yml`` and ``summary.json``.
+--data-dir DIR`` runs on a real Severstal-layout folder, holding out a stratified quarter of
+its labelled images as the test set, which neither training nor the threshold search sees.
+``--recipe`` picks the configs (:data:`RECIPES`): ``synthetic`` (the default, sized for the
+synthetic frames, trains fold 0 only) or ``real`` (``make demo-real``: the ImageNet-pretrained
+recipe for real steel, which trains every fold so the thresholds are tuned on all training
+images out of fold and the held-out frames are predicted by the fold ensemble). Everything
+lands in ``--work-dir`` (default ``work/demo``): ``submission.csv``, ``test_truth.csv``, the
+runs, ``postprocessing.yml`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from steel_defect.atomic import atomic_write
 from steel_defect.config import load_config
 from steel_defect.data.annotations import read_annotations, resolve_image_ids, write_annotations
 from steel_defect.data.folds import make_folds_table, split_folds
-from steel_defect.data.synth import write_synthetic_dataset
+from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.submission import write_submission
 from steel_defect.inference.oof import search_thresholds
@@ -29,7 +34,22 @@ from steel_defect.inference.run import predict_folder, summary_text
 from steel_defect.training.runner import train
 
 log = logging.getLogger(__name__)
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The configs of one demo recipe and which folds it trains."""
+
+    seg: str  # relative to configs/
+    cls: str | None  # None: no classifier (the threshold search gates on the segmenter alone)
+    all_folds: bool  # False: fold 0 only
+
+
+RECIPES = {
+    "synthetic": Recipe("demo/synth_seg.yml", "demo/synth_cls.yml", all_folds=False),
+    "real": Recipe("real/unet_effnet_lite0.yml", None, all_folds=True),
+}
 
 
 def _holdout_real(data_dir: Path, work: Path, seed: int) -> tuple[Path, Path, list[str]]:
@@ -50,8 +70,16 @@ def run_demo(
     n_images: int = 240,
     seed: int = 0,
     epochs: int | None = None,
+    recipe: str = "synthetic",
+    opts: list[str] | None = None,
 ) -> dict:
-    """Run the whole recipe; returns (and writes to ``summary.json``) the scores and paths."""
+    """Run the whole recipe; returns (and writes to ``summary.json``) the scores and paths.
+
+    ``opts`` are ``key=value`` overrides for the recipe's segmenter config.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
+    steps = RECIPES[recipe]
     start = time.perf_counter()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -60,6 +88,7 @@ def run_demo(
         if not (data / "train.csv").is_file():
             log.info("writing %d synthetic frames to %s", n_images, data)
             write_synthetic_dataset(data, n=n_images, seed=seed)
+        mark_synthetic(data)  # folders written before the marker existed
         train_csv, train_images = data / "train.csv", data / "train_images"
         test_images, test_ids = data / "test_images", None
         (work / "test_truth.csv").write_bytes((data / "test_truth.csv").read_bytes())
@@ -74,22 +103,29 @@ def run_demo(
         f"seed={seed}",
     ]
     extra = [f"train.epochs={epochs}"] if epochs else []
-    seg_cfg = load_config(CONFIGS / "synth_seg.yml", [*paths, f"paths.work_dir={work / 'seg'}", *extra])
-    cls_cfg = load_config(CONFIGS / "synth_cls.yml", [*paths, f"paths.work_dir={work / 'cls'}", *extra])
+    seg_cfg = load_config(
+        CONFIGS / steps.seg, [*paths, f"paths.work_dir={work / 'seg'}", *extra, *(opts or [])]
+    )
+    cls_cfg = None
+    if steps.cls is not None:
+        cls_cfg = load_config(CONFIGS / steps.cls, [*paths, f"paths.work_dir={work / 'cls'}", *extra])
     split_folds(seg_cfg)
+    folds = range(seg_cfg.folds.n_splits) if steps.all_folds else (0,)
     timings = {}
     for name, cfg in (("classifier", cls_cfg), ("segmenter", seg_cfg)):
+        if cfg is None:
+            continue
         t0 = time.perf_counter()
-        train(cfg, fold=0)
+        for fold in folds:
+            train(cfg, fold=fold)
         timings[f"train_{name}_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     search = search_thresholds(seg_cfg, cls_cfg, work / "postprocessing.yml")
     timings["threshold_search_s"] = round(time.perf_counter() - t0, 1)
 
-    checkpoints = [
-        work / "seg" / "fold0" / "checkpoints" / "best.pth",
-        work / "cls" / "fold0" / "checkpoints" / "best.pth",
-    ]
+    checkpoints = [work / "seg" / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds]
+    if cls_cfg is not None:
+        checkpoints += [work / "cls" / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds]
     predictor = Predictor(checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=("hflip",))
     sample = None
     if test_ids is not None:  # real data: predict exactly the held-out images
@@ -113,7 +149,9 @@ def run_demo(
         "empty_baseline": baseline["mean_dice"],
         "empty_per_class": baseline["per_class"],
         "test_images": score["images"],
+        "recipe": recipe,
         "oof_search": search["mean"],
+        "out_of_fold": search["out_of_fold"],
         "postprocessing": str(work / "postprocessing.yml"),
         "submission": str(work / "submission.csv"),
         "test_truth": str(work / "test_truth.csv"),
@@ -130,12 +168,18 @@ def run_demo(
 
 def format_summary(summary: dict) -> str:
     lines = [
-        f"test images: {summary['test_images']}",
+        f"recipe: {summary.get('recipe', 'synthetic')}, test images: {summary['test_images']}",
         f"{'':10}{'model':>8}{'empty':>8}",
         f"{'mean':10}{summary['mean_dice']:>8.4f}{summary['empty_baseline']:>8.4f}",
     ]
     for class_id, value in summary["per_class"].items():
         lines.append(f"{'class ' + class_id:10}{value:>8.4f}{summary['empty_per_class'][class_id]:>8.4f}")
+    oof = summary.get("out_of_fold")
+    if oof:
+        lines.append(
+            f"out-of-fold ({oof['images']} images, thresholds tuned there): "
+            f"{oof['mean_dice']:.4f} vs {oof['empty']:.4f} empty"
+        )
     lines += [
         f"submission:      {summary['submission']}",
         f"truth:           {summary['test_truth']}",

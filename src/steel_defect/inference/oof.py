@@ -23,6 +23,7 @@ from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.search import downsample_mask, downsample_probs, search_all
+from steel_defect.training.checkpoint import update_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,26 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu") -> dict:
         "cls": np.stack(cls_probs) if use_cls else None,
         "folds": sorted(seg_folds),
         "factor": factor,
+        "checkpoints": [str(p) for p in seg_folds.values()]
+        + ([str(cls_folds[k]) for k in seg_folds] if use_cls else []),
+    }
+
+
+def out_of_fold_score(report: dict, images: int) -> dict:
+    """Mean and per-class OOF Dice with the searched parameters, beside all-empty masks.
+
+    A class the search switched off predicts nothing, so it scores what empty masks score.
+    """
+    per_class = {
+        str(c): r["empty_dice"] if r["disabled"] else r["best_dice"] for c, r in report["classes"].items()
+    }
+    empty = {str(c): r["empty_dice"] for c, r in report["classes"].items()}
+    return {
+        "mean_dice": sum(per_class.values()) / len(per_class),
+        "empty": sum(empty.values()) / len(empty),
+        "images": images,
+        "per_class": per_class,
+        "empty_per_class": empty,
     }
 
 
@@ -102,6 +123,11 @@ def search_thresholds(seg_cfg, cls_cfg=None, out: str | Path | None = None, devi
         "mean": report["mean"],
         "classes": {str(c): {k: v for k, v in r.items()} for c, r in report["classes"].items()},
     }
+    summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
     with atomic_write(out.with_suffix(".report.json")) as handle:
         json.dump(summary, handle, indent=2, default=str)
+    # the models carry the score their thresholds earned, for the web page and for whoever
+    # finds the checkpoint later without its report
+    for path in oof["checkpoints"]:
+        update_checkpoint(path, out_of_fold=summary["out_of_fold"])
     return summary

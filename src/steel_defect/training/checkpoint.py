@@ -45,11 +45,21 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg, epoch: int, metrics
         "epoch": int(epoch),
         "metrics": to_plain(metrics),
         "model_state": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        # where the encoder's starting weights came from (package, hub, file or random)
+        "weights_source": getattr(unwrap(model), "weights_source", None),
         **extra,
     }
     with atomic_write(path, "wb") as handle:
         torch.save(state, handle)
     return Path(path)
+
+
+def update_checkpoint(path: str | Path, **keys: Any) -> None:
+    """Add or replace top-level entries of a checkpoint, atomically (e.g. its out-of-fold score)."""
+    state = load_checkpoint(path)
+    state.update(keys)
+    with atomic_write(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: str | Path) -> dict:

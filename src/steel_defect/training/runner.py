@@ -15,7 +15,9 @@ from catalyst import dl
 from catalyst.core.runner import IRunner
 
 from steel_defect.config import save_config
+from steel_defect.data.folds import read_folds, split_ids
 from steel_defect.data.loaders import build_loaders
+from steel_defect.data.synth import images_source
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
 from steel_defect.training.artifacts import CheckpointCallback
@@ -43,6 +45,18 @@ TASKS = {
     "cls": ("targets", ClassificationMetricsCallback, "loss", True),
     "seg": ("mask", SegmentationMetricsCallback, "iou", False),
 }
+
+
+def training_data(cfg, fold: int) -> dict:
+    """What a run learns from, recorded in its checkpoints (the web page shows it)."""
+    train_ids, valid_ids = split_ids(read_folds(cfg.paths.folds_csv), fold)
+    return {
+        "source": images_source(cfg.paths.train_images),
+        "train_frames": len(train_ids),
+        "valid_frames": len(valid_ids),
+        "train_csv": str(cfg.paths.train_csv),
+        "fold": fold,
+    }
 
 
 def run_dir(cfg, fold: int) -> Path:
@@ -116,7 +130,13 @@ class SteelRunner(IRunner):
             backward=BackwardStepCallback(train.accumulation_steps, train.grad_clip),
             scheduler=SchedulerCallback(self.monitor, self.minimize),
             checkpoint=CheckpointCallback(
-                self.run_dir, self.cfg, self.monitor, train.save_top_k, self.resume_state, self.minimize
+                self.run_dir,
+                self.cfg,
+                self.monitor,
+                train.save_top_k,
+                self.resume_state,
+                self.minimize,
+                trained_on=training_data(self.cfg, self.fold),
             ),
             limits=BatchLimitCallback({"train": train.max_train_batches, "valid": train.max_valid_batches}),
             progress=dl.TqdmCallback(),

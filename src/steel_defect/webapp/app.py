@@ -12,7 +12,7 @@ Routes (OpenAPI docs at ``/docs``):
     GET  /api/results/{id}/image.jpg        the frame the page draws under the overlay
     POST /api/results/{id}/mask.png         indexed PNG of the masks
     POST /api/submission                    submission CSV of several results
-    GET  /api/examples[/{name}]             synthetic example frames
+    GET  /api/examples[/{name}]             example frames: synthetic, or ``--examples DIR``'s
 
 Every error is ``{"detail": "<message>"}`` with its status: 400 malformed request, 404
 unknown result, 413 too large, 415 not an image, 422 corrupt image or invalid value. In a
@@ -36,9 +36,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from steel_defect.webapp.examples import example_images
 from steel_defect.webapp.limits import BodySizeLimit
 from steel_defect.webapp.service import InferenceService, ResultNotFound
-from steel_defect.webapp.uploads import UploadError, decode_upload, display_name
+from steel_defect.webapp.uploads import UploadError, decode_upload, display_name, image_format
 
 STATIC = Path(__file__).with_name("static")
+MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,12 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
 
-def create_app(service: InferenceService, limits: Limits = Limits()) -> FastAPI:
+def create_app(
+    service: InferenceService, limits: Limits = Limits(), examples: dict[str, bytes] | None = None
+) -> FastAPI:
+    """The app; ``examples`` (``{file name: image bytes}``, see ``folder_examples``) replaces the
+    synthetic example frames."""
+    examples = example_images() if examples is None else dict(examples)
     app = FastAPI(
         title="steel-defect",
         summary="Find and classify surface defects in 1600x256 steel-sheet frames (Severstal format).",
@@ -184,15 +190,17 @@ def create_app(service: InferenceService, limits: Limits = Limits()) -> FastAPI:
         )
 
     @app.get("/api/examples")
-    def examples() -> list[str]:
-        return list(example_images())
+    def example_names() -> list[str]:
+        """File names of the example frames, in the order the page shows them."""
+        return list(examples)
 
     @app.get("/api/examples/{name}", response_class=Response)
     def example(name: str) -> Response:
-        data = example_images().get(name)
+        # Only ever a key of the listing, never a path: ``../x`` is simply not found.
+        data = examples.get(name)
         if data is None:
-            raise HTTPException(404, f"no example {name!r}; valid: {', '.join(example_images())}")
-        return Response(data, media_type="image/jpeg")
+            raise HTTPException(404, f"no example {name!r}; valid: {', '.join(examples)}")
+        return Response(data, media_type=MEDIA_TYPES[image_format(data)])
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -29,6 +29,7 @@ from steel_defect.data.annotations import write_rows
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.inference.postprocess import PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
+from steel_defect.webapp.provenance import model_warning, provenance_line, training_warning
 from steel_defect.webapp.reports import CLASS_COLORS, class_report, mask_png
 
 
@@ -76,11 +77,17 @@ class InferenceService:
         return self.predictor.post
 
     def model_info(self) -> dict:
-        """Names, device, checkpoints with their epochs and configs, post-processing, class colours."""
+        """Names, device, checkpoints (epoch, metrics, config, provenance), post-processing, class colours.
+
+        ``provenance`` is the first segmenter's line (it paints the masks) and the most severe
+        training warning of all checkpoints; see :mod:`steel_defect.webapp.provenance`.
+        """
         models = self.predictor.segmenters + self.predictor.classifiers
-        return {
-            **self.predictor.describe(),
-            "checkpoints": [
+        checkpoints = []
+        for m in models:
+            trained_on, out_of_fold = m.info.get("trained_on"), m.info.get("out_of_fold")
+            weights_source = m.info.get("weights_source")
+            checkpoints.append(
                 {
                     "path": m.path,
                     "file": Path(m.path).name,
@@ -89,9 +96,17 @@ class InferenceService:
                     "epoch": m.info["epoch"],
                     "metrics": m.info["metrics"],
                     "config": m.info["config"],
+                    "trained_on": trained_on,
+                    "weights_source": weights_source,
+                    "out_of_fold": out_of_fold,
+                    "summary": provenance_line(trained_on, out_of_fold, weights_source),
+                    "warning": training_warning(trained_on, out_of_fold),
                 }
-                for m in models
-            ],
+            )
+        return {
+            **self.predictor.describe(),
+            "checkpoints": checkpoints,
+            "provenance": {"summary": checkpoints[0]["summary"], "warning": model_warning(checkpoints)},
             "postprocessing": self.post.to_dict(),
             "classes": [{"class_id": c, "name": CLASS_NAMES[c], "color": CLASS_COLORS[c]} for c in CLASS_IDS],
         }

