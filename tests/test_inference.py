@@ -196,6 +196,15 @@ def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
         >= max(summary["mean"]["baseline_dice"], summary["mean"]["empty_dice"]) - 1e-9
     )
     assert len(params.classes) == 4 and (tmp_path / "pp.report.json").is_file()
+    # every model the search used now carries the score its thresholds earned
+    oof_score = summary["out_of_fold"]
+    assert oof_score["images"] == n_valid
+    for class_id, entry in summary["classes"].items():
+        expected = entry["empty_dice"] if entry["disabled"] else entry["best_dice"]
+        assert oof_score["per_class"][class_id] == expected
+    assert oof_score["mean_dice"] >= oof_score["empty"] - 1e-9
+    for path in (trained["seg"], trained["cls"]):
+        assert load_checkpoint(path)["out_of_fold"] == oof_score
 
 
 @pytest.mark.gpu

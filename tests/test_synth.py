@@ -14,7 +14,7 @@ from steel_defect.data import synth
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
-from steel_defect.data.synth import generate_frame, write_synthetic_dataset
+from steel_defect.data.synth import generate_frame, images_source, write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +181,10 @@ def test_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "stale.jpg").write_bytes(b"")
     with pytest.raises(FileExistsError, match="not empty"):
         write_synthetic_dataset(tmp_path, n=2, seed=0)
+
+
+def test_synthetic_folders_are_marked_and_real_ones_are_not(tmp_path):
+    write_synthetic_dataset(tmp_path / "synth", n=4, seed=1)
+    assert images_source(tmp_path / "synth" / "train_images") == "synthetic"
+    (tmp_path / "real" / "train_images").mkdir(parents=True)
+    assert images_source(tmp_path / "real" / "train_images") == "real"

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from steel_defect.config import load_config
-from steel_defect.data.folds import split_folds
+from steel_defect.data.folds import read_folds, split_folds
 from steel_defect.data.loaders import build_loaders
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.losses import build_loss
@@ -92,6 +92,16 @@ def test_train_leaves_checkpoints_logs_and_curves(synth):
 
     state = load_checkpoint(run / "checkpoints" / "best.pth")
     assert state["task"] == "seg" and state["class_names"]["3"] == "scratches and streaks"
+    # what it learnt from: the synthetic folder's marker, fold 1's split of the 18 train frames
+    folds = read_folds(cfg.paths.folds_csv)
+    assert state["trained_on"] == {
+        "source": "synthetic",
+        "train_frames": int((folds.fold != 1).sum()),
+        "valid_frames": int((folds.fold == 1).sum()),
+        "train_csv": cfg.paths.train_csv,
+        "fold": 1,
+    }
+    assert state["weights_source"] == {"encoder": "resnet18", "kind": "random"}
     assert state["metrics"]["valid"]["iou"] == result["best"]["value"] == result["best"]["score"]
     model, model_cfg = model_from_checkpoint(run / "checkpoints" / "best.pth")
     assert model_cfg.model.name == "unet"

@@ -126,7 +126,9 @@ def run_demo(
     checkpoints = [work / "seg" / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds]
     if cls_cfg is not None:
         checkpoints += [work / "cls" / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds]
-    predictor = Predictor(checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=("hflip",))
+    predictor = Predictor(
+        checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=tuple(seg_cfg.inference.tta)
+    )
     sample = None
     if test_ids is not None:  # real data: predict exactly the held-out images
         sample = work / "sample_submission.csv"
