@@ -104,7 +104,21 @@ def _fits(value: torch.Tensor, want: torch.Tensor) -> bool:
     """Same shape, or a 3-channel stem for a 1-channel encoder (summed over RGB later)."""
     if value.shape == want.shape:
         return True
-    return value.ndim == 4 and value.shape[1] == 3 and want.shape[1] == 1 and value.shape[0] == want.shape[0]
+    return (
+        value.ndim == 4
+        and value.shape[1] == 3
+        and want.shape[1] == 1
+        and value.shape[0] == want.shape[0]
+        and value.shape[2:] == want.shape[2:]
+    )
+
+
+def sum_rgb_stem(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> None:
+    """A 3-channel stem into a 1-channel encoder: sum the filters over RGB, as smp does."""
+    for key, value in state.items():
+        want = target.get(key)
+        if want is not None and value.shape != want.shape and _fits(value, want):
+            state[key] = value.sum(dim=1, keepdim=True)
 
 
 def remap_by_order(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], name: str) -> dict:
@@ -156,9 +170,7 @@ def load_packaged_weights(encoder: nn.Module, encoder_name: str) -> dict:
     state = {key: value for key, value in state.items() if not key.startswith(entry.drop)}
     target = encoder.state_dict()
     mapped = remap_by_order(state, target, f"{path}")
-    for key, value in mapped.items():
-        if value.shape != target[key].shape:  # the 3 -> 1 channel stem
-            mapped[key] = value.sum(dim=1, keepdim=True)
+    sum_rgb_stem(mapped, target)
     encoder.load_state_dict(mapped, strict=True)
     return {
         "kind": "package",

@@ -22,7 +22,7 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from torch import nn
 
 from steel_defect.config import ConfigError
-from steel_defect.models.packaged import PACKAGED
+from steel_defect.models.packaged import PACKAGED, sum_rgb_stem
 
 # Keys that wrap the state dict in common checkpoint layouts (ours, Lightning, catalyst).
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -79,21 +79,6 @@ def _match_keys(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor])
     return {key: value for key, value in state.items() if key in target or not key.startswith(_HEAD_PREFIXES)}
 
 
-def _adapt_first_conv(state: dict, target: dict) -> None:
-    """A 3-channel stem into a 1-channel encoder: sum over input channels, as smp does."""
-    for key, value in state.items():
-        want = target.get(key)
-        if (
-            want is not None
-            and value.ndim == 4
-            and value.shape[1] == 3
-            and want.shape[1] == 1
-            and value.shape[0] == want.shape[0]
-            and value.shape[2:] == want.shape[2:]
-        ):
-            state[key] = value.sum(dim=1, keepdim=True)
-
-
 def _first(items: list, n: int = 5) -> str:
     more = f", ... ({len(items)} in all)" if len(items) > n else ""
     return ", ".join(map(str, items[:n])) + more
@@ -103,7 +88,7 @@ def load_encoder_file(encoder: nn.Module, path: str | Path, encoder_name: str) -
     """Load ``path`` into ``encoder`` strictly (only a classification head may be dropped)."""
     target = encoder.state_dict()
     state = _match_keys(read_state_dict(path), target)
-    _adapt_first_conv(state, target)
+    sum_rgb_stem(state, target)
     # checkpoints from before torch 0.4.1 have no BatchNorm counters; they start at zero anyway
     for key, value in target.items():
         if key.endswith("num_batches_tracked") and key not in state:
