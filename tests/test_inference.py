@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -205,6 +206,15 @@ def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
     assert oof_score["mean_dice"] >= oof_score["empty"] - 1e-9
     for path in (trained["seg"], trained["cls"]):
         assert load_checkpoint(path)["out_of_fold"] == oof_score
+    # the top gate is tuned on full-resolution maxima (block averaging could only lower them)
+    assert oof["top"].shape == (n_valid, 4)
+    assert (oof["top"] >= oof["probs"].max(axis=(2, 3)) / 255 - 0.5 / 255).all()
+    cfg = copy.deepcopy(trained["seg_cfg"])
+    cfg.inference.search_top_threshold = True
+    topped = search_thresholds(cfg, trained["cls_cfg"], tmp_path / "top.yml")
+    assert topped["top_threshold_searched"] and not summary["top_threshold_searched"]
+    for class_id, entry in topped["classes"].items():  # a larger grid never scores lower
+        assert entry["best_dice"] >= summary["classes"][class_id]["best_dice"] - 1e-12
 
 
 @pytest.mark.gpu

@@ -67,6 +67,20 @@ def test_gate_empties_class_below_classifier_threshold():
     assert ungated.sum() == 36  # cls_threshold None: never gated
 
 
+def test_top_gate_needs_a_confident_pixel_before_the_low_threshold_paints():
+    probs = np.zeros((4, 3, 3))
+    probs[:, :, :2] = 0.4  # faint area ...
+    probs[1, 1, 1] = probs[3, 1, 1] = 0.75  # ... with a confident core on classes 2 and 4
+    params = PostProcessing(tuple(ClassParams(threshold=0.3, top_threshold=0.7) for _ in range(4)))
+    out = postprocess(probs, params)
+    assert out.sum(axis=(1, 2)).tolist() == [0, 6, 0, 6]  # the core lets the whole area through
+    quantised = np.rint(probs * 255).astype(np.uint8)
+    np.testing.assert_array_equal(postprocess(quantised, params), out)
+    assert postprocess(probs, _params(threshold=0.3)).sum(axis=(1, 2))[0] == 6  # None: no gate
+    at_max = _params(threshold=0.3, top_threshold=0.4)  # reached exactly: kept
+    assert postprocess(probs, at_max).sum(axis=(1, 2))[0] == 6
+
+
 def test_uint8_rule_is_u_over_255_at_least_threshold():
     assert uint8_threshold(0.5) == 128  # 127.5 -> 128, exactly p >= 0.5 after rounding
     assert uint8_threshold(0.2) == 51  # 51 / 255 == 0.2 despite 0.2 * 255 = 51.00000000000001
@@ -97,7 +111,7 @@ def test_yaml_round_trip(tmp_path):
             ClassParams(0.55, 600, 800, 0.5),
             ClassParams(np.float64(0.6), np.int64(100)),
             ClassParams(),
-            ClassParams(0.4, 0, 2000, None),
+            ClassParams(0.4, 0, 2000, None, 0.8),
         )
     )
     path = tmp_path / "sub" / "postprocess.yml"

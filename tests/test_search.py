@@ -48,12 +48,12 @@ def test_speckles_need_component_removal():
     # any threshold and any min_component in (8, 100] score 1; the simplest is chosen
     assert params == ClassParams(0.5, 9, 0, None)
     assert best == pytest.approx(1.0)
-    assert table["scores"].shape == (11, 5, 3, 1)
-    baseline = table["scores"][table["thresholds"].index(0.5), 0, 0, 0]
+    assert table["scores"].shape == (11, 5, 3, 1, 1)
+    baseline = table["scores"][table["thresholds"].index(0.5), 0, 0, 0, 0]
     # images 0-1: 1; 2-3: blob plus 16 speckle pixels 2*100/216; 4-7: false positives 0
     assert baseline == pytest.approx((2 + 2 * 200 / 216) / 8)
     # min_area 20 alone cleans the empty images but not the speckles beside the defects
-    assert table["scores"][:, 0, 1, 0].max() == pytest.approx((6 + 2 * 200 / 216) / 8)
+    assert table["scores"][:, 0, 1, 0, 0].max() == pytest.approx((6 + 2 * 200 / 216) / 8)
 
 
 def test_false_positive_blobs_need_the_classifier_gate():
@@ -107,6 +107,7 @@ def test_search_all_reports_and_beats_baseline():
         "min_component": 0,
         "min_area": 0,
         "cls_threshold": 0.3,
+        "top_threshold": None,
     }
 
 
@@ -140,8 +141,9 @@ def test_vectorised_search_equals_brute_force():
         "min_components": (0, 2, 5),
         "min_areas": (0, 4, 10),
         "cls_thresholds": (None, 0.5),
+        "top_thresholds": (None, 0.62),
     }
-    _, best, table = search_class(probs, truth, cls, **grids)
+    _, best, table = search_class(probs, truth, cls, top_probs=probs.max(axis=(1, 2)) / 255, **grids)
 
     brute = np.zeros(table["scores"].shape)
     for idx in itertools.product(*(range(len(g)) for g in grids.values())):
@@ -157,6 +159,30 @@ def test_vectorised_search_equals_brute_force():
     np.testing.assert_allclose(table["scores"], brute, atol=1e-12)
     assert best == pytest.approx(brute.max())
     assert len(np.unique(brute)) > 5  # the grid actually changes the outcome
+
+
+def test_top_threshold_gate_keeps_faint_false_positives_out():
+    """A low pixel threshold paints a defect's full extent; the gate asks for a confident core."""
+    truth = np.zeros((4, 8, 8), bool)
+    truth[:2, 1:7, 1:7] = True
+    probs = np.zeros((4, 8, 8), np.uint8)
+    probs[:2, 1:7, 1:7] = 100  # the defect's faint extent (p = 0.39) ...
+    probs[:2, 3:5, 3:5] = 240  # ... around a confident core
+    probs[2:, 0:6, 0:6] = 110  # faint false positives without a core, on defect-free images
+    top = probs.max(axis=(1, 2)) / 255
+    grids = {"thresholds": (0.35, 0.5), "min_components": (0,), "min_areas": (0,)}
+    without, score_without, _ = search_class(probs, truth, **grids)
+    params, score, table = search_class(probs, truth, top_probs=top, **grids)
+    assert without.threshold == 0.5 and without.top_threshold is None
+    assert score_without == pytest.approx(0.5 + 2 * 4 / (4 + 36) / 2)  # core only: Dice 0.2 on 2 images
+    assert score == 1.0 and params.threshold == 0.35 and params.top_threshold == 0.5
+    assert table["scores"].shape == (2, 1, 1, 1, len(table["top_thresholds"]))
+    # the tuned parameters give the same masks in post-processing
+    post = PostProcessing((params, ClassParams(), ClassParams(), ClassParams()))
+    masks = [postprocess(np.stack([p, p * 0, p * 0, p * 0]), post)[0] for p in probs]
+    np.testing.assert_array_equal(np.stack(masks).astype(bool), truth)
+    with pytest.raises(ValueError, match="top_probs"):
+        search_class(probs, truth, top_thresholds=(None, 0.5))
 
 
 def test_downsample_helpers():

@@ -204,6 +204,12 @@ def test_thresholds_rerender_without_the_network(client, service, jpegs, monkeyp
     for k in range(4):
         assert (rle_to_mask(changed["classes"][k]["rle"]) == expected[k]).all()
     assert changed["classes"][0]["area"] < entry["classes"][0]["area"]
+    # a top gate above the map's maximum empties a class the plain settings paint
+    painted = next(k for k in range(4) if entry["classes"][k]["area"])
+    peak = float(stored.probs[painted].max()) / (255 if stored.probs.dtype == np.uint8 else 1)
+    body = {"classes": {str(painted + 1): {"top_threshold": min(1.0, peak + 0.01)}}}
+    gated = client.post(f"/api/results/{entry['id']}/postprocess", json=body).json()
+    assert gated["classes"][painted]["area"] == 0 and peak < 0.99
     # the overrides were for that request only
     again = client.post(f"/api/results/{entry['id']}/postprocess").json()
     assert [c["rle"] for c in again["classes"]] == [c["rle"] for c in entry["classes"]]
@@ -216,6 +222,7 @@ def test_thresholds_rerender_without_the_network(client, service, jpegs, monkeyp
         ({"classes": {"7": {"threshold": 0.5}}}, "unknown class 7"),
         ({"classes": {"1": {"thresh": 0.5}}}, "thresh"),
         ({"classes": {"2": {"min_area": -1}}}, "min_area"),
+        ({"classes": {"3": {"top_threshold": 2}}}, "less than or equal to 1"),
     ],
 )
 def test_bad_overrides_are_422_naming_the_field(client, jpegs, body, needle):

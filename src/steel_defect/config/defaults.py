@@ -144,5 +144,11 @@ SCHEMA: dict[str, Any] = {
             "auto", str, "auto (cuda when available), cpu or cuda", choices=("auto", "cpu", "cuda")
         ),
         "search_downsample": Opt(4, int, "threshold search keeps OOF maps this many times smaller per side"),
+        "search_top_threshold": Opt(
+            False,
+            bool,
+            "threshold search also tunes a per-class top-threshold gate: a mask is kept only if its "
+            "maximum pixel probability reaches it (needs no classifier)",
+        ),
     },
 }

@@ -42,7 +42,8 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu") -> dict:
     """Compact out-of-fold predictions of every trained fold.
 
     Returns ``{"ids": [...], "probs": uint8 (N, 4, h, w), "truth": bool (N, 4, h, w),
-    "cls": float (N, 4) or None, "folds": [...], "factor": int}``.
+    "cls": float (N, 4) or None, "top": float (N, 4) maximum of each full-resolution map,
+    "folds": [...], "factor": int}``.
     """
     seg_folds = trained_folds(seg_cfg.paths.work_dir)
     if not seg_folds:
@@ -55,7 +56,7 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu") -> dict:
     annotations = read_annotations(seg_cfg.paths.train_csv)
     folds = read_folds(seg_cfg.paths.folds_csv)
     images_dir = Path(seg_cfg.paths.train_images)
-    ids, probs, truth, cls_probs = [], [], [], []
+    ids, probs, truth, cls_probs, top = [], [], [], [], []
     use_cls = bool(cls_folds) and all(k in cls_folds for k in seg_folds)
     if cls_folds and not use_cls:
         log.warning(
@@ -78,12 +79,14 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu") -> dict:
             for image_id, p in zip(chunk, seg, strict=True):
                 ids.append(image_id)
                 probs.append(downsample_probs(p, factor))
+                top.append(p.max(axis=(1, 2)))  # before block averaging lowers it
                 truth.append(downsample_mask(rles_to_masks(annotations.rles(image_id)), factor))
     return {
         "ids": ids,
         "probs": np.stack(probs),
         "truth": np.stack(truth),
         "cls": np.stack(cls_probs) if use_cls else None,
+        "top": np.stack(top),
         "folds": sorted(seg_folds),
         "factor": factor,
         "checkpoints": [str(p) for p in seg_folds.values()]
@@ -112,7 +115,8 @@ def out_of_fold_score(report: dict, images: int) -> dict:
 def search_thresholds(seg_cfg, cls_cfg=None, out: str | Path | None = None, device: str = "cpu") -> dict:
     """Collect OOF predictions, search per-class parameters, write YAML + JSON report."""
     oof = collect_oof(seg_cfg, cls_cfg, device)
-    params, report = search_all(oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"])
+    top = oof["top"] if seg_cfg.inference.search_top_threshold else None
+    params, report = search_all(oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top)
     out = Path(out or seg_cfg.paths.postprocessing or Path(seg_cfg.paths.work_dir) / "postprocessing.yml")
     params.save(out)
     summary = {
@@ -120,6 +124,7 @@ def search_thresholds(seg_cfg, cls_cfg=None, out: str | Path | None = None, devi
         "images": len(oof["ids"]),
         "folds": oof["folds"],
         "gated": oof["cls"] is not None,
+        "top_threshold_searched": top is not None,
         "mean": report["mean"],
         "classes": {str(c): {k: v for k, v in r.items()} for c, r in report["classes"].items()},
     }

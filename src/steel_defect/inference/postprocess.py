@@ -1,10 +1,11 @@
 """Turn per-class probability maps into the binary masks that are submitted.
 
-The last step of the winning pipeline, per class: a classifier gate, a pixel probability
-threshold, removal of small connected components and removal of masks with a small total
-area. An empty mask on a defect-free image scores a full Dice point, so these steps mostly
-fight false positives. Parameters live in a YAML file
-(``{"classes": {1: {threshold, min_component, min_area, cls_threshold}, ...}}``) written by
+The last step of the winning pipeline, per class: a classifier gate, a "top threshold" gate
+on the map's maximum probability, a pixel probability threshold, removal of small connected
+components and removal of masks with a small total area. An empty mask on a defect-free
+image scores a full Dice point, so these steps mostly fight false positives. Parameters live
+in a YAML file (``{"classes": {1: {threshold, min_component, min_area, cls_threshold,
+top_threshold}, ...}}``) written by
 :func:`steel_defect.inference.search.search_all` and read by inference::
 
     params = PostProcessing.load("runs/exp/postprocess.yml")
@@ -19,7 +20,7 @@ downsampled by ``f`` per side use :meth:`PostProcessing.downscaled` (counts divi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -56,12 +57,17 @@ class ClassParams:
     min_area: after component removal, a mask with fewer pixels in total becomes empty.
     cls_threshold: the mask is empty when the classifier probability of the class is below
         it; None disables the gate.
+    top_threshold: the mask is empty when no pixel of the class's map reaches it (the 2019
+        winners' "top threshold": a confident core is required before the lower pixel
+        threshold may paint the defect's full extent); works without a classifier. None
+        disables it.
     """
 
     threshold: float = 0.5
     min_component: int = 0
     min_area: int = 0
     cls_threshold: float | None = None
+    top_threshold: float | None = None
 
     def __post_init__(self):
         # normalise numpy scalars to Python numbers so YAML can dump them
@@ -71,6 +77,9 @@ class ClassParams:
         if self.cls_threshold is not None:
             value = _check_probability("cls_threshold (or null to disable the gate)", self.cls_threshold)
             object.__setattr__(self, "cls_threshold", value)
+        if self.top_threshold is not None:
+            value = _check_probability("top_threshold (or null to disable the gate)", self.top_threshold)
+            object.__setattr__(self, "top_threshold", value)
 
     def downscaled(self, factor: int) -> ClassParams:
         """The same parameters for maps downsampled by ``factor`` per side.
@@ -82,9 +91,7 @@ class ClassParams:
         if isinstance(factor, bool) or not isinstance(factor, Integral) or factor < 1:
             raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
         area = int(factor) ** 2
-        return ClassParams(
-            self.threshold, -(-self.min_component // area), -(-self.min_area // area), self.cls_threshold
-        )
+        return replace(self, min_component=-(-self.min_component // area), min_area=-(-self.min_area // area))
 
 
 _FIELDS = tuple(f.name for f in fields(ClassParams))
@@ -210,8 +217,8 @@ def postprocess(probs: np.ndarray, params: PostProcessing, cls_probs: np.ndarray
 
     probs: (4, H, W) float in [0, 1] or uint8 0..255. cls_probs: (4,) classifier
     probabilities or None (no gating). Returns uint8 (4, H, W) with values 0/1.
-    Per class: gate (cls_prob < cls_threshold -> empty), threshold, component removal,
-    then min_area (fewer pixels in total -> empty).
+    Per class: gates (cls_prob < cls_threshold or max pixel probability < top_threshold ->
+    empty), threshold, component removal, then min_area (fewer pixels in total -> empty).
     """
     probs = np.asarray(probs)
     if probs.ndim != 3 or probs.shape[0] != len(params.classes):
@@ -223,6 +230,8 @@ def postprocess(probs: np.ndarray, params: PostProcessing, cls_probs: np.ndarray
     out = np.zeros(probs.shape, dtype=np.uint8)
     for i, p in enumerate(params.classes):
         if cls_probs is not None and p.cls_threshold is not None and cls_probs[i] < p.cls_threshold:
+            continue
+        if p.top_threshold is not None and not binarize(probs[i].max(), p.top_threshold):
             continue
         mask = remove_small_components(binarize(probs[i], p.threshold), p.min_component)
         if mask.sum() >= max(p.min_area, 1):

@@ -14,11 +14,18 @@ Units: :func:`search_class` works in pixels of the maps it is given. :func:`sear
 and returns every minimum size in full-resolution pixels; with ``scale=f`` the maps are
 ``f`` times smaller per side and a size ``m`` is searched as ``ceil(m / f**2)``.
 
+The top-threshold gate is searched from each image's maximum probability per class at full
+resolution (``top_probs``, recorded before downsampling, because block averages lower the
+maximum), so the tuned value means the same at inference.
+
 Ties (scores within 1e-12) go to the simplest parameters, compared in this order: lower
-min_component, lower min_area, no gate, lower gate, threshold closest to 0.5, lower threshold.
+min_component, lower min_area, no classifier gate, lower classifier gate, no top gate, lower
+top gate, threshold closest to 0.5, lower threshold.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, replace
 
 import cv2
 import numpy as np
@@ -31,6 +38,8 @@ DEFAULT_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.30 
 DEFAULT_MIN_COMPONENTS = (0, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_MIN_AREAS = (0, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192)
 DEFAULT_CLS_THRESHOLDS = (None, *DEFAULT_THRESHOLDS)
+# A top gate at or below the pixel threshold changes nothing, so the grid reaches higher.
+DEFAULT_TOP_THRESHOLDS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)
 _TIE = 1e-12
 
 
@@ -91,21 +100,32 @@ def _areas(probs, truth, thresholds, min_components):
     return area, inter
 
 
-def _scores(area, inter, truth_area, cls_probs, min_areas, cls_thresholds):
-    """Mean Dice over images, float64 (T, M, A, G), from the (T, M, N) areas."""
+def _gate(values, thresholds, n):
+    """(len(thresholds), n) float: 1 where an image passes the gate; None always passes."""
+    gate = np.ones((len(thresholds), n))
+    for g, value in enumerate(thresholds):
+        if value is not None:
+            gate[g] = values >= value
+    return gate
+
+
+def _scores(area, inter, truth_area, min_areas, cls_gate, top_gate):
+    """Mean Dice over images, float64 (T, M, A, G, K), from the (T, M, N) areas.
+
+    cls_gate (G, N) and top_gate (K, N): 1 where the image's mask may be kept.
+    """
     empty = (truth_area == 0).astype(np.float64)  # Dice of an empty prediction
     with np.errstate(invalid="ignore", divide="ignore"):
         kept = np.where(area > 0, 2.0 * inter / (area + truth_area), empty)
     gain = kept - empty  # what keeping the mask adds over emptying it
     keep_area = area[:, :, None, :] >= np.asarray(min_areas, dtype=np.int64)[:, None]  # (T, M, A, N)
-    gate = np.ones((len(cls_thresholds), len(truth_area)))
-    for g, value in enumerate(cls_thresholds):
-        if value is not None:
-            gate[g] = cls_probs >= value
-    return empty.mean() + np.einsum("tman,gn->tmag", keep_area * gain[:, :, None, :], gate) / len(truth_area)
+    both = (cls_gate[:, None, :] * top_gate[None, :, :]).reshape(-1, len(truth_area))  # (G*K, N)
+    gained = (keep_area * gain[:, :, None, :]) @ both.T  # (T, M, A, G*K), a matmul over images
+    shape = (*gained.shape[:3], len(cls_gate), len(top_gate))
+    return empty.mean() + gained.reshape(shape) / len(truth_area)
 
 
-def _check(probs, truth, cls_probs, ndim):
+def _check(probs, truth, cls_probs, top_probs, ndim):
     probs, truth = np.asarray(probs), np.asarray(truth).astype(bool)
     if probs.ndim != ndim or probs.shape != truth.shape:
         raise ValueError(
@@ -113,11 +133,24 @@ def _check(probs, truth, cls_probs, ndim):
         )
     if probs.dtype != np.uint8 and not np.issubdtype(probs.dtype, np.floating):
         raise TypeError(f"probabilities must be uint8 (p * 255) or float, got {probs.dtype}")
-    if cls_probs is not None:
-        cls_probs = np.asarray(cls_probs, dtype=np.float64)
-        if cls_probs.shape != probs.shape[: ndim - 2]:
-            raise ValueError(f"classifier probabilities {cls_probs.shape} must be {probs.shape[: ndim - 2]}")
-    return probs, truth, cls_probs
+    checked = []
+    for name, values in (("classifier probabilities", cls_probs), ("top probabilities", top_probs)):
+        if values is not None:
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != probs.shape[: ndim - 2]:
+                raise ValueError(f"{name} {values.shape} must be {probs.shape[: ndim - 2]}")
+        checked.append(values)
+    return probs, truth, *checked
+
+
+def _gate_grid(name, values, grid, default):
+    """The gate's grid: ``default`` when ``values`` are given and (None,) otherwise."""
+    if grid is None:
+        grid = default if values is not None else (None,)
+    grid = tuple(grid)
+    if values is None and any(g is not None for g in grid):
+        raise ValueError(f"{name}_thresholds other than None need {name}_probs")
+    return grid
 
 
 def search_class(
@@ -128,52 +161,58 @@ def search_class(
     min_components=DEFAULT_MIN_COMPONENTS,
     min_areas=DEFAULT_MIN_AREAS,
     cls_thresholds=None,
+    top_probs: np.ndarray | None = None,
+    top_thresholds=None,
 ) -> tuple[ClassParams, float, dict]:
     """Best parameters of one class by its mean Dice over the images.
 
     probs: (N, h, w) uint8 (p * 255) or float. truth: (N, h, w) bool. cls_probs: (N,) or None.
+    top_probs: (N,) maximum probability of each image's full-resolution map, or None.
     Minimum sizes are pixels at this (h, w) (the default grids suit full resolution; at
-    reduced resolution call :func:`search_all` with ``scale``). ``cls_thresholds`` defaults to None plus
-    0.30..0.80 when ``cls_probs`` is given and to (None,) otherwise.
+    reduced resolution call :func:`search_all` with ``scale``). ``cls_thresholds`` defaults to
+    None plus 0.30..0.80 when ``cls_probs`` is given and to (None,) otherwise;
+    ``top_thresholds`` likewise to :data:`DEFAULT_TOP_THRESHOLDS` when ``top_probs`` is given.
     Returns (params, best mean Dice, table) where table holds the grids and ``scores``,
-    float64 (T, M, A, G) indexed like the grids.
+    float64 (T, M, A, G, K) indexed like the grids.
     """
-    probs, truth, cls_probs = _check(probs, truth, cls_probs, 3)
-    if cls_thresholds is None:
-        cls_thresholds = DEFAULT_CLS_THRESHOLDS if cls_probs is not None else (None,)
-    cls_thresholds = tuple(cls_thresholds)
-    if cls_probs is None and any(g is not None for g in cls_thresholds):
-        raise ValueError("cls_thresholds other than None need cls_probs (classifier probabilities)")
+    probs, truth, cls_probs, top_probs = _check(probs, truth, cls_probs, top_probs, 3)
+    cls_thresholds = _gate_grid("cls", cls_probs, cls_thresholds, DEFAULT_CLS_THRESHOLDS)
+    top_thresholds = _gate_grid("top", top_probs, top_thresholds, DEFAULT_TOP_THRESHOLDS)
     grids = {"threshold": thresholds, "min_component": min_components, "min_area": min_areas}
-    for name, grid in {**grids, "cls_threshold": cls_thresholds}.items():
+    gates = {"cls_threshold": cls_thresholds, "top_threshold": top_thresholds}
+    for name, grid in {**grids, **gates}.items():
         if len(grid) == 0:
             raise ValueError(f"the {name} grid is empty; give at least one value")
         for value in grid:
-            if value is not None or name != "cls_threshold":
+            if value is not None or name not in gates:
                 ClassParams(**{name: value})  # validates the range with a clear message
 
     area, inter = _areas(probs, truth, tuple(thresholds), tuple(min_components))
     truth_area = truth.sum(axis=(1, 2), dtype=np.int64)
-    scores = _scores(area, inter, truth_area, cls_probs, min_areas, cls_thresholds)
+    n = len(truth_area)
+    cls_gate, top_gate = _gate(cls_probs, cls_thresholds, n), _gate(top_probs, top_thresholds, n)
+    scores = _scores(area, inter, truth_area, min_areas, cls_gate, top_gate)
 
     best = scores.max()
     candidates = [tuple(int(i) for i in idx) for idx in np.argwhere(scores >= best - _TIE)]
 
     def simplicity(idx):
-        t, m, a, g = thresholds[idx[0]], min_components[idx[1]], min_areas[idx[2]], cls_thresholds[idx[3]]
+        t, m, a = thresholds[idx[0]], min_components[idx[1]], min_areas[idx[2]]
+        g, k = cls_thresholds[idx[3]], top_thresholds[idx[4]]
         # rounded so that 0.45 and 0.55 tie on distance and the lower one wins
-        return (m, a, g is not None, g or 0.0, round(abs(t - 0.5), 9), t)
+        return (m, a, g is not None, g or 0.0, k is not None, k or 0.0, round(abs(t - 0.5), 9), t)
 
-    t, m, a, g = min(candidates, key=simplicity)
-    params = ClassParams(thresholds[t], min_components[m], min_areas[a], cls_thresholds[g])
+    t, m, a, g, k = min(candidates, key=simplicity)
+    params = ClassParams(thresholds[t], min_components[m], min_areas[a], cls_thresholds[g], top_thresholds[k])
     table = {
         "thresholds": list(thresholds),
         "min_components": list(min_components),
         "min_areas": list(min_areas),
         "cls_thresholds": list(cls_thresholds),
+        "top_thresholds": list(top_thresholds),
         "scores": scores,
     }
-    return params, float(scores[t, m, a, g]), table
+    return params, float(scores[t, m, a, g, k]), table
 
 
 def _to_reduced(full_sizes, scale):
@@ -194,6 +233,8 @@ def search_all(
     min_areas=DEFAULT_MIN_AREAS,
     cls_thresholds=None,
     min_gain: float | None = None,
+    top_probs: np.ndarray | None = None,
+    top_thresholds=None,
 ) -> tuple[PostProcessing, dict]:
     """Search every class and collect a report.
 
@@ -201,14 +242,16 @@ def search_all(
     one image's worth, 1/N) is disabled: its params never predict (``min_area`` = :data:`NEVER`).
 
     probs: (N, 4, h, w) uint8 (p * 255) or float, maps downsampled by ``scale`` per side.
-    truth: (N, 4, h, w) bool at the same resolution. cls_probs: (N, 4) or None.
+    truth: (N, 4, h, w) bool at the same resolution. cls_probs: (N, 4) or None. top_probs:
+    (N, 4) maximum probability per image and class of the full-resolution maps, or None (no
+    top-threshold gate).
     ``min_components`` / ``min_areas`` are full-resolution pixels, and so are the sizes in
     the returned parameters (the grid value that was searched, not a rounded-up multiple).
     Report: ``classes[c]`` with best / baseline (0.5, 0, 0, no gate) / all-empty mean Dice
     and the params; ``mean`` of those over classes (= mean over all pairs); ``tables[c]``
     from :func:`search_class` with sizes in full-resolution pixels (holds numpy arrays).
     """
-    probs, truth, cls_probs = _check(probs, truth, cls_probs, 4)
+    probs, truth, cls_probs, top_probs = _check(probs, truth, cls_probs, top_probs, 4)
     if probs.shape[1] != NUM_CLASSES:
         raise ValueError(f"expected {NUM_CLASSES} classes on axis 1, got shape {probs.shape}")
     if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or scale < 1:
@@ -221,8 +264,17 @@ def search_all(
     found, report = [], {"classes": {}, "mean": {}, "tables": {}}
     for i, class_id in enumerate(CLASS_IDS):
         cls_i = None if cls_probs is None else cls_probs[:, i]
+        top_i = None if top_probs is None else top_probs[:, i]
         p, score, table = search_class(
-            probs[:, i], truth[:, i], cls_i, thresholds, tuple(comp_map), tuple(area_map), cls_thresholds
+            probs[:, i],
+            truth[:, i],
+            cls_i,
+            thresholds,
+            tuple(comp_map),
+            tuple(area_map),
+            cls_thresholds,
+            top_i,
+            top_thresholds,
         )
         empty = float(np.mean(~truth[:, i].any(axis=(1, 2))))
         gain = 1.0 / len(probs) if min_gain is None else min_gain
@@ -230,11 +282,11 @@ def search_all(
             # Masks that beat predicting nothing by less than one image's worth of Dice are
             # noise on these images, not evidence they help on others, and a false positive
             # costs a whole point on a defect-free image.
-            full = ClassParams(0.5, 0, NEVER, None)
+            full = ClassParams(0.5, 0, NEVER)
         else:
-            full = ClassParams(p.threshold, comp_map[p.min_component], area_map[p.min_area], p.cls_threshold)
+            full = replace(p, min_component=comp_map[p.min_component], min_area=area_map[p.min_area])
         found.append(full)
-        _, baseline, _ = search_class(probs[:, i], truth[:, i], None, (0.5,), (0,), (0,), (None,))
+        _, baseline, _ = search_class(probs[:, i], truth[:, i], None, (0.5,), (0,), (0,))
         table["min_components"] = list(comp_map.values())
         table["min_areas"] = list(area_map.values())
         report["tables"][class_id] = table
@@ -243,12 +295,7 @@ def search_all(
             "baseline_dice": baseline,
             "empty_dice": empty,
             "disabled": full.min_area == NEVER,
-            "params": {
-                "threshold": full.threshold,
-                "min_component": full.min_component,
-                "min_area": full.min_area,
-                "cls_threshold": full.cls_threshold,
-            },
+            "params": asdict(full),
         }
     for key in ("best_dice", "baseline_dice", "empty_dice"):
         report["mean"][key] = float(np.mean([c[key] for c in report["classes"].values()]))

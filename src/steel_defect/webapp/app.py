@@ -59,6 +59,9 @@ class ClassOverride(BaseModel):
     cls_threshold: float | None = Field(
         None, ge=0, le=1, description="classifier gate; send null explicitly to disable it"
     )
+    top_threshold: float | None = Field(
+        None, ge=0, le=1, description="keep the mask only if a pixel reaches it; null disables it"
+    )
 
 
 class PostOverrides(BaseModel):

@@ -9,7 +9,7 @@ const UPLOAD_CHUNK = 4; // files per request: progress shows early, requests sta
 const state = {
   model: null,
   classes: [], // [{class_id, name, color}]
-  defaults: {}, // class_id -> {threshold, min_component, min_area, cls_threshold}
+  defaults: {}, // class_id -> {threshold, min_component, min_area, cls_threshold, top_threshold}
   overrides: {}, // class_id -> fields that differ from the defaults
   visible: {}, // class_id -> bool
   items: [], // [{key, name, status: "pending"|"ready"|"error", result, error, masks}]
@@ -190,7 +190,8 @@ function buildClassRows() {
       el("td", {}, el("span", { class: "swatch", style: `background:${c.color}` }), String(id)),
       el("td", {}, number("min_component", "1", false)),
       el("td", {}, number("min_area", "1", false)),
-      el("td", {}, gate)));
+      el("td", {}, gate),
+      el("td", {}, number("top_threshold", "0.01", true))));
   }
   updateControls();
 }
