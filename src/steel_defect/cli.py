@@ -127,6 +127,25 @@ def _cmd_predict(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_pseudo_label(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.inference.predictor import Predictor
+    from steel_defect.inference.pseudo import PseudoRules, extra_opt, pseudo_label
+
+    cfg = load_config(args.config, args.opts)
+    rules = PseudoRules(upper=args.upper, lower=args.lower, agree=not args.no_agree)
+    predictor = Predictor(
+        args.checkpoints,
+        _postprocessing(cfg, args.postprocessing),
+        tta=tuple(cfg.inference.tta),
+        device=_device(cfg.inference.device),
+    )
+    summary = pseudo_label(predictor, args.images, args.out, rules, batch_size=cfg.inference.batch_size)
+    print(json.dumps(summary, indent=2))
+    print(f"train on them with: --opts '{extra_opt(summary)}'", file=sys.stderr)
+    return 0
+
+
 def _cmd_serve(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.inference.predictor import Predictor
@@ -180,6 +199,7 @@ def _cmd_demo(args) -> int:
         epochs=args.epochs,
         recipe=args.recipe,
         opts=args.opts,
+        pseudo_images=args.pseudo_images,
     )
     print(format_summary(summary))
     return 0
@@ -259,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--postprocessing", help="per-class thresholds YAML (default paths.postprocessing)")
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser(
+        "pseudo-label", help="label unlabelled frames with an ensemble, keeping only confident ones"
+    )
+    _add_config_args(p, required=False)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="the ensemble: segmenters, classifiers")
+    p.add_argument("--postprocessing", help="per-class thresholds YAML (default paths.postprocessing)")
+    p.add_argument("--images", required=True, help="folder of unlabelled frames")
+    p.add_argument("--out", required=True, help="folder for train.csv and pseudo_labels.csv")
+    p.add_argument("--upper", type=float, default=0.8, help="a painted class needs a pixel this sure")
+    p.add_argument("--lower", type=float, default=0.2, help="an empty class needs every pixel below")
+    p.add_argument("--no-agree", action="store_true", help="do not require the classifier to agree")
+    p.set_defaults(func=_cmd_pseudo_label)
+
     p = sub.add_parser("serve", help="web GUI and REST API on the predictor (http://127.0.0.1:8000)")
     _add_config_args(p, required=False)
     p.add_argument("--checkpoints", nargs="+", help="default: the model `make demo` trained")
@@ -300,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
         "steel (configs/real/), every fold (use with --data-dir)",
     )
     p.add_argument("--opts", nargs="*", default=[], help="key=value overrides of the segmenter config")
+    p.add_argument(
+        "--pseudo-images",
+        metavar="DIR",
+        help="unlabelled frames: pseudo-label them with the first round's ensemble, train a second "
+        "round with them and report both rounds",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("evaluate", help="score a submission with the challenge metric")

@@ -30,6 +30,7 @@ from steel_defect.evaluation.submission import write_submission
 from steel_defect.inference.oof import search_thresholds
 from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.pseudo import extra_opt, pseudo_label
 from steel_defect.inference.run import predict_folder, summary_text
 from steel_defect.training.runner import train
 
@@ -64,6 +65,46 @@ def _holdout_real(data_dir: Path, work: Path, seed: int) -> tuple[Path, Path, li
     return work / "train.csv", data_dir / "train_images", test_ids
 
 
+def _train_round(seg_cfg, cls_cfg, folds, work: Path, timings: dict) -> tuple[list[Path], dict]:
+    """Train every fold of both models, search thresholds out of fold; (checkpoints, search)."""
+    for name, cfg in (("classifier", cls_cfg), ("segmenter", seg_cfg)):
+        if cfg is None:
+            continue
+        t0 = time.perf_counter()
+        for fold in folds:
+            train(cfg, fold=fold)
+        timings[f"train_{name}_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    search = search_thresholds(seg_cfg, cls_cfg, work / "postprocessing.yml")
+    timings["threshold_search_s"] = round(time.perf_counter() - t0, 1)
+    checkpoints = [
+        Path(seg_cfg.paths.work_dir) / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds
+    ]
+    if cls_cfg is not None:
+        checkpoints += [
+            Path(cls_cfg.paths.work_dir) / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds
+        ]
+    return checkpoints, search
+
+
+def _predict_and_score(predictor, test_images, sample, work: Path, timings: dict) -> dict:
+    """Write ``work/submission.csv`` for the test frames and score it against ``work/test_truth.csv``."""
+    run = predict_folder(
+        predictor, test_images, work / "submission.csv", sample, batch_size=4, progress=False
+    )
+    timings["predict_s"] = round(run.seconds, 1)
+    log.info("%s", summary_text(run))
+    return evaluate_files(work / "submission.csv", work / "test_truth.csv")
+
+
+def _round_result(score: dict, search: dict) -> dict:
+    return {
+        "mean_dice": score["mean_dice"],
+        "per_class": score["per_class"],
+        "out_of_fold": search["out_of_fold"],
+    }
+
+
 def run_demo(
     data_dir: str | Path | None = None,
     work_dir: str | Path = "work/demo",
@@ -72,10 +113,15 @@ def run_demo(
     epochs: int | None = None,
     recipe: str = "synthetic",
     opts: list[str] | None = None,
+    pseudo_images: str | Path | None = None,
 ) -> dict:
     """Run the whole recipe; returns (and writes to ``summary.json``) the scores and paths.
 
-    ``opts`` are ``key=value`` overrides for the recipe's segmenter config.
+    ``opts`` are ``key=value`` overrides for the recipe's segmenter config. With
+    ``pseudo_images`` (a folder of unlabelled frames) a second round follows: the first
+    round's ensemble pseudo-labels those frames (:mod:`steel_defect.inference.pseudo`), the
+    segmenter trains again with them as ``data.extra`` (under ``round2/``), and the summary
+    gives both rounds' scores on the same test frames.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
@@ -90,12 +136,13 @@ def run_demo(
             write_synthetic_dataset(data, n=n_images, seed=seed)
         mark_synthetic(data)  # folders written before the marker existed
         train_csv, train_images = data / "train.csv", data / "train_images"
-        test_images, test_ids = data / "test_images", None
+        test_images, sample = data / "test_images", data / "sample_submission.csv"
         (work / "test_truth.csv").write_bytes((data / "test_truth.csv").read_bytes())
     else:
         data = Path(data_dir)
         train_csv, train_images, test_ids = _holdout_real(data, work, seed)
-        test_images = train_images
+        test_images, sample = train_images, work / "sample_submission.csv"
+        write_submission(sample, test_ids, [["1 1"] * 4 for _ in test_ids])  # predict exactly these
     paths = [
         f"paths.train_csv={train_csv}",
         f"paths.train_images={train_images}",
@@ -103,44 +150,35 @@ def run_demo(
         f"seed={seed}",
     ]
     extra = [f"train.epochs={epochs}"] if epochs else []
-    seg_cfg = load_config(
-        CONFIGS / steps.seg, [*paths, f"paths.work_dir={work / 'seg'}", *extra, *(opts or [])]
-    )
+    seg_opts = [*paths, f"paths.work_dir={work / 'seg'}", *extra, *(opts or [])]
+    seg_cfg = load_config(CONFIGS / steps.seg, seg_opts)
     cls_cfg = None
     if steps.cls is not None:
         cls_cfg = load_config(CONFIGS / steps.cls, [*paths, f"paths.work_dir={work / 'cls'}", *extra])
     split_folds(seg_cfg)
     folds = range(seg_cfg.folds.n_splits) if steps.all_folds else (0,)
-    timings = {}
-    for name, cfg in (("classifier", cls_cfg), ("segmenter", seg_cfg)):
-        if cfg is None:
-            continue
+    timings: dict = {}
+    checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, timings)
+    tta = tuple(seg_cfg.inference.tta)
+    predictor = Predictor(checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=tta)
+    score = _predict_and_score(predictor, test_images, sample, work, timings)
+    rounds = []
+    if pseudo_images is not None:
+        rounds.append(_round_result(score, search))
         t0 = time.perf_counter()
-        for fold in folds:
-            train(cfg, fold=fold)
-        timings[f"train_{name}_s"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    search = search_thresholds(seg_cfg, cls_cfg, work / "postprocessing.yml")
-    timings["threshold_search_s"] = round(time.perf_counter() - t0, 1)
-
-    checkpoints = [work / "seg" / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds]
-    if cls_cfg is not None:
-        checkpoints += [work / "cls" / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds]
-    predictor = Predictor(
-        checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=tuple(seg_cfg.inference.tta)
-    )
-    sample = None
-    if test_ids is not None:  # real data: predict exactly the held-out images
-        sample = work / "sample_submission.csv"
-        write_submission(sample, test_ids, [["1 1"] * 4 for _ in test_ids])
-    else:
-        sample = data / "sample_submission.csv"
-    run = predict_folder(
-        predictor, test_images, work / "submission.csv", sample, batch_size=4, progress=False
-    )
-    timings["predict_s"] = round(run.seconds, 1)
-    log.info("%s", summary_text(run))
-    score = evaluate_files(work / "submission.csv", work / "test_truth.csv")
+        pseudo = pseudo_label(predictor, pseudo_images, work / "pseudo", batch_size=4)
+        timings["pseudo_label_s"] = round(time.perf_counter() - t0, 1)
+        work = work / "round2"
+        seg_cfg = load_config(
+            CONFIGS / steps.seg, [*seg_opts, f"paths.work_dir={work / 'seg'}", extra_opt(pseudo)]
+        )
+        second: dict = {}
+        checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second)
+        (work / "test_truth.csv").write_bytes((work.parent / "test_truth.csv").read_bytes())
+        predictor = Predictor(checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=tta)
+        score = _predict_and_score(predictor, test_images, sample, work, second)
+        rounds.append({**_round_result(score, search), "pseudo": pseudo})
+        timings.update({f"round2_{key}": value for key, value in second.items()})
     empty = work / "empty_submission.csv"
     truth_ids = read_annotations(work / "test_truth.csv").image_ids
     write_submission(empty, truth_ids, [[""] * 4 for _ in truth_ids])
@@ -163,6 +201,8 @@ def run_demo(
         "predict": f"steel-defect predict --checkpoints {' '.join(str(c) for c in checkpoints)} "
         f"--postprocessing {work / 'postprocessing.yml'} --images DIR --out submission.csv",
     }
+    if rounds:
+        summary["rounds"] = rounds
     with atomic_write(work / "summary.json") as handle:
         json.dump(summary, handle, indent=2)
     return summary
@@ -176,6 +216,11 @@ def format_summary(summary: dict) -> str:
     ]
     for class_id, value in summary["per_class"].items():
         lines.append(f"{'class ' + class_id:10}{value:>8.4f}{summary['empty_per_class'][class_id]:>8.4f}")
+    for k, result in enumerate(summary.get("rounds", []), start=1):
+        pseudo = result.get("pseudo")
+        kept = f", + {pseudo['kept']} of {pseudo['images']} pseudo-labelled frames" if pseudo else ""
+        classes = " ".join(f"{c}:{v:.4f}" for c, v in result["per_class"].items())
+        lines.append(f"round {k}{kept}: {result['mean_dice']:.4f} (classes {classes})")
     oof = summary.get("out_of_fold")
     if oof:
         lines.append(

@@ -78,6 +78,13 @@ SCHEMA: dict[str, Any] = {
         "batch_size": Opt(8, int, "training batch size"),
         "valid_batch_size": Opt(None, int, "validation batch size; default batch_size", nullable=True),
         "num_workers": Opt(0, int, "DataLoader worker processes"),
+        "extra": Opt(
+            [],
+            list,
+            "extra labelled sets for training only, e.g. pseudo labels: a list of {train_csv, "
+            "train_images, weight}; weight w draws round(w * n) of a set's n images per epoch "
+            "(default 1.0: each once); images in the fold split are left out",
+        ),
     },
     "folds": {
         "n_splits": Opt(5, int, "number of folds of the multilabel-stratified split"),

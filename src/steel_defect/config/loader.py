@@ -112,6 +112,34 @@ def _validate(cfg: dict, schema: dict, prefix: str = "") -> None:
                 cfg[key] = float(cfg[key])
 
 
+_EXTRA_KEYS = {"train_csv", "train_images", "weight"}
+
+
+def _check_extra(entries: list) -> list[dict]:
+    """``data.extra`` entries with their weight filled in; errors name the entry and key."""
+    checked = []
+    for k, entry in enumerate(entries):
+        where = f"config key data.extra[{k}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping {{train_csv, train_images, weight}}, got {entry!r}")
+        unknown = sorted(map(str, set(entry) - _EXTRA_KEYS))
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], sorted(_EXTRA_KEYS), n=1)
+            raise ConfigError(
+                f"{where}: unknown key(s) {unknown}"
+                + (f"; did you mean '{hint[0]}'?" if hint else "")
+                + f" Valid keys: {', '.join(sorted(_EXTRA_KEYS))}"
+            )
+        for key in ("train_csv", "train_images"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ConfigError(f"{where}.{key} must be a path (string), got {entry.get(key)!r}")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise ConfigError(f"{where}.weight must be a number >= 0, got {weight!r}")
+        checked.append({**entry, "weight": float(weight)})
+    return checked
+
+
 def parse_overrides(overrides: list[str] | None) -> dict:
     """``["train.epochs=2", "paths.work_dir=work/x"]`` -> nested dict (values parsed as YAML)."""
     result: dict = {}
@@ -174,6 +202,7 @@ def load_config(
         _merge(cfg, _read_yaml(Path(path)), SCHEMA, "", str(path))
     _merge(cfg, parse_overrides(overrides), SCHEMA, "", "--opts")
     _validate(cfg, SCHEMA)
+    cfg["data"]["extra"] = _check_extra(cfg["data"]["extra"])
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
     return EasyDict(cfg)

@@ -2,37 +2,80 @@
 
 Training uses the split written by ``split_folds.py``: the images of ``folds.valid_fold``
 validate, the rest train. The same function serves the classifier and the segmenter.
+Extra labelled sets (``data.extra``, e.g. pseudo labels from ``steel-defect pseudo-label``)
+only ever join the training side: an extra image whose name is in the fold split is left
+out, so a pseudo label never stands in for a real one or reaches a validation fold.
 """
 
 from __future__ import annotations
 
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+import logging
 
-from steel_defect.data.annotations import read_annotations
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, get_worker_info
+
+from steel_defect.data.annotations import read_annotations, resolve_image_ids
 from steel_defect.data.datasets import ClassificationDataset, SegmentationDataset
 from steel_defect.data.folds import read_folds, split_ids
+from steel_defect.data.sampling import MixSampler
 from steel_defect.data.transforms import build_transforms
 
 DATASETS = {"cls": ClassificationDataset, "seg": SegmentationDataset}
+log = logging.getLogger(__name__)
+
+
+def extra_image_ids(cfg) -> list[list[str]]:
+    """Per ``data.extra`` entry, its images that are not in the fold split."""
+    in_split = set(read_folds(cfg.paths.folds_csv).ImageId)
+    found = []
+    for k, extra in enumerate(cfg.data.extra):
+        ids = resolve_image_ids(read_annotations(extra.train_csv), extra.train_images)
+        kept = [i for i in ids if i not in in_split]
+        if len(kept) < len(ids):
+            log.warning(
+                "data.extra[%d] (%s): %d of its %d images are in the fold split; their real labels win",
+                k,
+                extra.train_csv,
+                len(ids) - len(kept),
+                len(ids),
+            )
+        found.append(kept)
+    return found
 
 
 def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
-    """``{"train": ..., "valid": ...}`` datasets of ``cfg.task`` for one fold."""
+    """``{"train": ..., "valid": ...}`` datasets of ``cfg.task`` for one fold.
+
+    With ``data.extra`` the train dataset is a ConcatDataset: the fold's training images
+    first, then each extra set (see :class:`~steel_defect.data.sampling.MixSampler`).
+    """
     fold = cfg.folds.valid_fold if valid_fold is None else valid_fold
-    annotations = read_annotations(cfg.paths.train_csv)
     folds = read_folds(cfg.paths.folds_csv)
     train_ids, valid_ids = split_ids(folds, fold)
     dataset_cls = DATASETS[cfg.task]
-    return {
-        name: dataset_cls(
+
+    def dataset(name, ids, train_csv, images):
+        return dataset_cls(
             ids,
-            cfg.paths.train_images,
-            annotations,
-            transforms=build_transforms(cfg.transforms[name], f"transforms.{name}", seed=cfg.seed),
+            images,
+            read_annotations(train_csv),
+            transforms=transforms[name],
             channels=cfg.data.channels,
         )
-        for name, ids in (("train", train_ids), ("valid", valid_ids))
+
+    # one pipeline per side, so extra sets draw from the same seeded augmentation sequence
+    transforms = {
+        name: build_transforms(cfg.transforms[name], f"transforms.{name}", seed=cfg.seed)
+        for name in ("train", "valid")
     }
+    train = dataset("train", train_ids, cfg.paths.train_csv, cfg.paths.train_images)
+    valid = dataset("valid", valid_ids, cfg.paths.train_csv, cfg.paths.train_images)
+    if cfg.data.extra:
+        extras = [
+            dataset("train", ids, extra.train_csv, extra.train_images)
+            for extra, ids in zip(cfg.data.extra, extra_image_ids(cfg), strict=True)
+        ]
+        train = ConcatDataset([train, *extras])
+    return {"train": train, "valid": valid}
 
 
 def seed_worker_transforms(worker_id: int) -> None:
@@ -43,9 +86,10 @@ def seed_worker_transforms(worker_id: int) -> None:
     follows the global torch seed, so runs stay reproducible.
     """
     info = get_worker_info()
-    transforms = getattr(info.dataset, "transforms", None)
-    if hasattr(transforms, "set_random_seed"):
-        transforms.set_random_seed(info.seed % 2**32)
+    for dataset in getattr(info.dataset, "datasets", [info.dataset]):  # a ConcatDataset's parts
+        transforms = getattr(dataset, "transforms", None)
+        if hasattr(transforms, "set_random_seed"):
+            transforms.set_random_seed(info.seed % 2**32)
 
 
 def build_loaders(cfg, valid_fold: int | None = None) -> dict[str, DataLoader]:
@@ -59,13 +103,19 @@ def build_loaders(cfg, valid_fold: int | None = None) -> dict[str, DataLoader]:
     if cfg.data.num_workers > 0:
         common["worker_init_fn"] = seed_worker_transforms
     valid_batch = cfg.data.valid_batch_size or cfg.data.batch_size
-    train_drop_last = len(datasets["train"]) > cfg.data.batch_size
+    train = datasets["train"]
+    order = {"shuffle": True}
+    if isinstance(train, ConcatDataset):
+        sizes = [len(d) for d in train.datasets]
+        weights = [1.0] + [float(extra.weight) for extra in cfg.data.extra]
+        order = {"sampler": MixSampler(sizes, weights, cfg.seed)}
+    per_epoch = len(order["sampler"]) if "sampler" in order else len(train)
     return {
         "train": DataLoader(
-            datasets["train"],
+            train,
             batch_size=cfg.data.batch_size,
-            shuffle=True,
-            drop_last=train_drop_last,
+            drop_last=per_epoch > cfg.data.batch_size,
+            **order,
             **common,
         ),
         "valid": DataLoader(datasets["valid"], batch_size=valid_batch, shuffle=False, **common),

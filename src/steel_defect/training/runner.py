@@ -16,7 +16,7 @@ from catalyst.core.runner import IRunner
 
 from steel_defect.config import save_config
 from steel_defect.data.folds import read_folds, split_ids
-from steel_defect.data.loaders import build_loaders
+from steel_defect.data.loaders import build_loaders, extra_image_ids
 from steel_defect.data.synth import images_source
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
@@ -50,13 +50,24 @@ TASKS = {
 def training_data(cfg, fold: int) -> dict:
     """What a run learns from, recorded in its checkpoints (the web page shows it)."""
     train_ids, valid_ids = split_ids(read_folds(cfg.paths.folds_csv), fold)
-    return {
+    found = {
         "source": images_source(cfg.paths.train_images),
         "train_frames": len(train_ids),
         "valid_frames": len(valid_ids),
         "train_csv": str(cfg.paths.train_csv),
         "fold": fold,
     }
+    if cfg.data.extra:
+        found["extra"] = [
+            {
+                "train_csv": str(extra.train_csv),
+                "source": images_source(extra.train_images),
+                "frames": len(ids),
+                "weight": extra.weight,
+            }
+            for extra, ids in zip(cfg.data.extra, extra_image_ids(cfg), strict=True)
+        ]
+    return found
 
 
 def run_dir(cfg, fold: int) -> Path:

@@ -75,6 +75,10 @@ def provenance_line(trained_on: dict | None, out_of_fold: dict | None, weights_s
             if frames is not None
             else f"trained on {source} frames"
         ]
+        extra = [e for e in _dict(trained_on).get("extra") or [] if isinstance(e, dict)]
+        counts = [_number(e.get("frames")) for e in extra]
+        if extra and all(c is not None for c in counts):
+            parts[0] += f" + {int(sum(counts))} extra (pseudo-)labelled frames"
     scores = _oof_scores(out_of_fold)
     if scores is not None:
         parts.append(f"out-of-fold Dice {scores[0]:.3f} vs {scores[1]:.3f} empty masks")
