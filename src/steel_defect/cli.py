@@ -200,6 +200,8 @@ def _cmd_demo(args) -> int:
         recipe=args.recipe,
         opts=args.opts,
         pseudo_images=args.pseudo_images,
+        pseudo_weight=args.pseudo_weight,
+        pseudo_opts=args.pseudo_opts,
     )
     print(format_summary(summary))
     return 0
@@ -338,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="unlabelled frames: pseudo-label them with the first round's ensemble, train a second "
         "round with them and report both rounds",
+    )
+    p.add_argument("--pseudo-weight", type=float, default=1.0, help="data.extra weight of the pseudo labels")
+    p.add_argument(
+        "--pseudo-opts", nargs="*", default=[], help="key=value overrides of the second round only"
     )
     p.set_defaults(func=_cmd_demo)
 

@@ -114,6 +114,8 @@ def run_demo(
     recipe: str = "synthetic",
     opts: list[str] | None = None,
     pseudo_images: str | Path | None = None,
+    pseudo_weight: float = 1.0,
+    pseudo_opts: list[str] | None = None,
 ) -> dict:
     """Run the whole recipe; returns (and writes to ``summary.json``) the scores and paths.
 
@@ -121,7 +123,9 @@ def run_demo(
     ``pseudo_images`` (a folder of unlabelled frames) a second round follows: the first
     round's ensemble pseudo-labels those frames (:mod:`steel_defect.inference.pseudo`), the
     segmenter trains again with them as ``data.extra`` (under ``round2/``), and the summary
-    gives both rounds' scores on the same test frames.
+    gives both rounds' scores on the same test frames. ``pseudo_weight`` is the pseudo set's
+    ``data.extra`` weight; ``pseudo_opts`` override the second round's segmenter config only
+    (e.g. fewer epochs, since each epoch now holds more frames).
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
@@ -170,7 +174,13 @@ def run_demo(
         timings["pseudo_label_s"] = round(time.perf_counter() - t0, 1)
         work = work / "round2"
         seg_cfg = load_config(
-            CONFIGS / steps.seg, [*seg_opts, f"paths.work_dir={work / 'seg'}", extra_opt(pseudo)]
+            CONFIGS / steps.seg,
+            [
+                *seg_opts,
+                f"paths.work_dir={work / 'seg'}",
+                extra_opt(pseudo, pseudo_weight),
+                *(pseudo_opts or []),
+            ],
         )
         second: dict = {}
         checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second)
