@@ -160,3 +160,23 @@ def test_batch_limit_stops_and_clears_the_flag():
     assert runner.need_early_stop
     callback.on_loader_end(runner)
     assert not runner.need_early_stop
+
+
+def test_epoch_callback_sets_the_loss_stage_and_the_sampler_draw():
+    from torch.utils.data import DataLoader
+
+    from steel_defect.data.sampling import MixSampler
+    from steel_defect.losses import build_loss
+    from steel_defect.training.callbacks import EpochCallback
+
+    loss = build_loss("scheduled", {"stages": [{"epoch": 1, "name": "bce"}, {"epoch": 3, "name": "dice"}]})
+    sampler = MixSampler([4, 2], [1.0, 1.0], seed=0)
+    first_epoch = list(sampler)
+    loader = DataLoader(list(range(6)), sampler=sampler)
+    runner = SimpleNamespace(criterion=loss, loaders={"train": loader}, epoch_step=3)
+    EpochCallback().on_epoch_start(runner)
+    assert loss.current == 1  # epoch 3 is the second stage
+    assert sampler.epoch == 2  # 0-based: a resumed run draws what an uninterrupted one would
+    runner.epoch_step = 1
+    EpochCallback().on_epoch_start(runner)
+    assert loss.current == 0 and list(sampler) == first_epoch

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,15 +17,17 @@ import torch
 from steel_defect.cli import main
 from steel_defect.config import load_config
 from steel_defect.data.folds import split_folds
+from steel_defect.data.images import read_image
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.evaluation.submission import read_sample_submission, read_submission
 from steel_defect.inference.oof import collect_oof, search_thresholds
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.run import predict_folder
+from steel_defect.inference.search import downsample_probs
 from steel_defect.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from steel_defect.training.runner import train
-from tests.conftest import REPO, SMALL_OPTS
+from tests.conftest import REPO, SMALL_OPTS, random_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +243,25 @@ def test_demo_recipe_end_to_end_on_a_tiny_set(tmp_path, capsys):
     truth_empty = summary["empty_baseline"]
     assert 0.0 < truth_empty <= 1.0 and 0.0 <= summary["mean_dice"] <= 1.0
     assert PostProcessing.load(summary["postprocessing"]).classes
+
+
+def test_ensemble_oof_averages_every_members_fold_model(trained, tmp_path):
+    member = copy.deepcopy(trained["seg_cfg"])
+    member.paths.work_dir = str(tmp_path / "member")
+    other = random_checkpoints(tmp_path)["seg"]  # a different network on the same folds
+    (tmp_path / "member/fold0/checkpoints").mkdir(parents=True)
+    shutil.copy(other, tmp_path / "member/fold0/checkpoints/best.pth")
+    alone = collect_oof(trained["seg_cfg"])
+    both = collect_oof(trained["seg_cfg"], members=[member])
+    assert both["ids"] == alone["ids"] and len(both["checkpoints"]) == 2
+    predictor = Predictor([trained["seg"], other], tta=tuple(trained["seg_cfg"].inference.tta))
+    frames = [read_image(Path(trained["seg_cfg"].paths.train_images) / i) for i in both["ids"][:2]]
+    expected = downsample_probs(predictor.segment(frames), both["factor"])
+    assert np.abs(both["probs"][:2].astype(int) - expected).max() <= 1
+    assert np.abs(both["probs"].astype(int) - alone["probs"]).max() > 5  # the member counted
+    member.paths.folds_csv = str(tmp_path / "other_folds.csv")
+    shutil.copy(trained["seg_cfg"].paths.folds_csv, member.paths.folds_csv)
+    with open(member.paths.folds_csv, "a") as handle:
+        handle.write("extra.jpg,1,1,0,0,0,0\n")
+    with pytest.raises(ValueError, match="differs from"):
+        collect_oof(trained["seg_cfg"], members=[member])

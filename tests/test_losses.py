@@ -191,7 +191,11 @@ def test_lovasz_rejects_classifier_input():
 
 
 def _build(name, num_classes):
-    params = {"pos_weight": [1.0 + c for c in range(num_classes)]} if name == "weighted_bce" else None
+    params = {
+        "weighted_bce": {"pos_weight": [1.0 + c for c in range(num_classes)]},
+        "combo": {"terms": [{"name": "bce", "weight": 0.75}, {"name": "dice", "weight": 0.25}]},
+        "scheduled": {"stages": [{"epoch": 1, "name": "bce"}, {"epoch": 3, "name": "focal"}]},
+    }.get(name)
     return build_loss(name, params)
 
 
@@ -199,6 +203,57 @@ def _build(name, num_classes):
 _CASES = [(name, (2, 4, 8, 8)) for name in LOSSES] + [
     (name, (2, 5)) for name in LOSSES if name != "lovasz_hinge"
 ]
+
+
+# ---- Losses made of losses, label smoothing ------------------------------------------------
+
+
+def test_combo_is_the_weighted_sum_of_its_terms():
+    torch.manual_seed(5)
+    logits, target = torch.randn(2, 4, 8, 8), (torch.rand(2, 4, 8, 8) > 0.7).float()
+    combo = build_loss(
+        "combo",
+        {
+            "terms": [
+                {"name": "bce", "weight": 0.75},
+                {"name": "lovasz_hinge", "params": {"per_image": False}},
+            ]
+        },
+    )
+    expected = 0.75 * LF.bce(logits, target) + 1.0 * LF.lovasz_hinge(logits, target, per_image=False)
+    assert torch.allclose(combo(logits, target), expected)
+    with pytest.raises(ValueError, match=r"loss 'combo': terms\[1\]: unknown loss 'lovasz'"):
+        build_loss("combo", {"terms": [{"name": "bce"}, {"name": "lovasz"}]})
+    with pytest.raises(ValueError, match=r"terms\[0\].weight must be a number >= 0"):
+        build_loss("combo", {"terms": [{"name": "bce", "weight": -1}]})
+    with pytest.raises(ValueError, match=r"terms\[0\]: unknown key\(s\) \['wieght'\]"):
+        build_loss("combo", {"terms": [{"name": "bce", "wieght": 1}]})
+
+
+def test_scheduled_loss_switches_at_its_epochs():
+    torch.manual_seed(6)
+    logits, target = torch.randn(2, 4, 8, 8), (torch.rand(2, 4, 8, 8) > 0.7).float()
+    loss = build_loss(
+        "scheduled", {"stages": [{"epoch": 1, "name": "bce"}, {"epoch": 3, "name": "lovasz_hinge"}]}
+    )
+    values = []
+    for epoch in (1, 2, 3, 7):
+        loss.set_epoch(epoch)
+        values.append(loss(logits, target))
+    bce, lovasz = LF.bce(logits, target), LF.lovasz_hinge(logits, target)
+    assert torch.allclose(torch.stack(values), torch.stack([bce, bce, lovasz, lovasz]))
+    with pytest.raises(ValueError, match="must start at 1 and rise"):
+        build_loss("scheduled", {"stages": [{"epoch": 1, "name": "bce"}, {"epoch": 1, "name": "dice"}]})
+
+
+def test_label_smoothing_pulls_bce_targets_towards_one_half():
+    logits = torch.tensor([[3.0, -3.0]])
+    target = torch.tensor([[1.0, 0.0]])
+    smoothed = build_loss("bce", {"label_smoothing": 0.2})(logits, target)
+    assert torch.allclose(smoothed, F.binary_cross_entropy_with_logits(logits, torch.tensor([[0.9, 0.1]])))
+    assert smoothed > build_loss("bce")(logits, target)  # confident and right now costs more
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        build_loss("bce", {"label_smoothing": 1.0})
 
 
 @pytest.mark.parametrize(("name", "shape"), _CASES, ids=[f"{n}-{len(s)}d" for n, s in _CASES])

@@ -183,7 +183,9 @@ def _cmd_thresholds(args) -> int:
     need = ("paths.train_csv", "paths.train_images", "paths.folds_csv")
     seg_cfg = load_config(args.config, args.opts, require=need)
     cls_cfg = load_config(args.cls_config, args.opts) if args.cls_config else None
-    summary = search_thresholds(seg_cfg, cls_cfg, args.out, device=_device(seg_cfg.inference.device))
+    members = [load_config(path, args.opts) for path in args.ensemble]
+    device = _device(seg_cfg.inference.device)
+    summary = search_thresholds(seg_cfg, cls_cfg, args.out, device=device, members=members)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -316,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("thresholds", help="search per-class thresholds on out-of-fold predictions")
     _add_config_args(p)
     p.add_argument("--cls-config", help="classifier config: its folds gate the segmenter in the search")
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=[],
+        metavar="CFG",
+        help="more segmenter configs trained on the same folds: fold K's maps average every config's "
+        "fold-K model, as the ensemble predicts (--opts apply to them too)",
+    )
     p.add_argument(
         "--out", help="YAML to write (default paths.postprocessing or <work_dir>/postprocessing.yml)"
     )

@@ -38,8 +38,33 @@ def trained_folds(work_dir: str | Path) -> dict[int, Path]:
     return found
 
 
-def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu") -> dict:
+def _member_folds(seg_cfg, members, seg_folds: dict[int, Path]) -> list[dict[int, Path]]:
+    """Trained folds of each ensemble member; they must share the main config's split and folds."""
+    found = []
+    split = Path(seg_cfg.paths.folds_csv).read_bytes()
+    for member in members:
+        if Path(member.paths.folds_csv).read_bytes() != split:
+            raise ValueError(
+                f"ensemble member {member.paths.work_dir} uses the split {member.paths.folds_csv}, "
+                f"which differs from {seg_cfg.paths.folds_csv}; out-of-fold maps of different splits "
+                "cannot be averaged (give every member the same paths.folds_csv)"
+            )
+        folds = trained_folds(member.paths.work_dir)
+        missing = sorted(set(seg_folds) - set(folds))
+        if missing:
+            raise FileNotFoundError(
+                f"ensemble member {member.paths.work_dir} has no trained fold(s) {missing} "
+                f"(expected fold<K>/checkpoints/best.pth); train them or leave the member out"
+            )
+        found.append(folds)
+    return found
+
+
+def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=()) -> dict:
     """Compact out-of-fold predictions of every trained fold.
+
+    ``members``: further segmenter configs trained on the same split; fold K's maps are the
+    average of every config's fold-K model, as the ensemble will predict at inference.
 
     Returns ``{"ids": [...], "probs": uint8 (N, 4, h, w), "truth": bool (N, 4, h, w),
     "cls": float (N, 4) or None, "top": float (N, 4) maximum of each full-resolution map,
@@ -51,6 +76,7 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu") -> dict:
             f"no trained fold under {seg_cfg.paths.work_dir} (expected fold<K>/checkpoints/best.pth); "
             "run train.py first"
         )
+    member_folds = _member_folds(seg_cfg, members, seg_folds)
     cls_folds = trained_folds(cls_cfg.paths.work_dir) if cls_cfg is not None else {}
     factor = seg_cfg.inference.search_downsample
     annotations = read_annotations(seg_cfg.paths.train_csv)
@@ -65,7 +91,8 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu") -> dict:
             sorted(seg_folds),
         )
     for fold, seg_path in seg_folds.items():
-        checkpoints = [seg_path] + ([cls_folds[fold]] if use_cls else [])
+        checkpoints = [seg_path, *(folds[fold] for folds in member_folds)]
+        checkpoints += [cls_folds[fold]] if use_cls else []
         predictor = Predictor(checkpoints, tta=tuple(seg_cfg.inference.tta), device=device)
         _, valid_ids = split_ids(folds, fold)
         log.info("fold %d: predicting %d validation images with %s", fold, len(valid_ids), seg_path)
@@ -90,6 +117,7 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu") -> dict:
         "folds": sorted(seg_folds),
         "factor": factor,
         "checkpoints": [str(p) for p in seg_folds.values()]
+        + [str(folds[k]) for folds in member_folds for k in seg_folds]
         + ([str(cls_folds[k]) for k in seg_folds] if use_cls else []),
     }
 
@@ -112,9 +140,14 @@ def out_of_fold_score(report: dict, images: int) -> dict:
     }
 
 
-def search_thresholds(seg_cfg, cls_cfg=None, out: str | Path | None = None, device: str = "cpu") -> dict:
-    """Collect OOF predictions, search per-class parameters, write YAML + JSON report."""
-    oof = collect_oof(seg_cfg, cls_cfg, device)
+def search_thresholds(
+    seg_cfg, cls_cfg=None, out: str | Path | None = None, device: str = "cpu", members=()
+) -> dict:
+    """Collect OOF predictions, search per-class parameters, write YAML + JSON report.
+
+    ``members``: further segmenter configs of an ensemble (see :func:`collect_oof`).
+    """
+    oof = collect_oof(seg_cfg, cls_cfg, device, members)
     top = oof["top"] if seg_cfg.inference.search_top_threshold else None
     params, report = search_all(oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top)
     out = Path(out or seg_cfg.paths.postprocessing or Path(seg_cfg.paths.work_dir) / "postprocessing.yml")

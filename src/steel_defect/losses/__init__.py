@@ -9,7 +9,9 @@ A config names a loss and its constructor parameters::
 ``build_loss(cfg.loss.name, cfg.loss.params)`` returns the ``nn.Module``; an unknown name or
 parameter raises ``ValueError`` listing the valid ones, so a typo never falls back to a
 default. Every loss takes raw logits and float targets of one shape, (N, C, H, W) or (N, C),
-and returns a scalar. The pure functions are in :mod:`.functional`.
+and returns a scalar. The pure functions are in :mod:`.functional`; ``combo`` (a weighted sum)
+and ``scheduled`` (a loss per epoch range) are built from other registered losses
+(:mod:`.combo`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from .combo import ComboLoss, ScheduledLoss
 from .modules import (
     BCEDiceLoss,
     BCELoss,
@@ -39,6 +42,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "focal": FocalLoss,
     "lovasz_hinge": LovaszHingeLoss,
     "jaccard": JaccardLoss,
+    "combo": ComboLoss,
+    "scheduled": ScheduledLoss,
 }
 
 

@@ -31,9 +31,20 @@ def _sum_dims(x: torch.Tensor, per_image: bool) -> tuple[int, ...]:
     return spatial if per_image else (0, *spatial)
 
 
-def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy with logits over every element; any shape, scalar out."""
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+def smooth_labels(targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Binary label smoothing: 1 -> 1 - eps / 2, 0 -> eps / 2."""
+    return targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+
+
+def bce(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean binary cross-entropy with logits over every element; any shape, scalar out.
+
+    ``label_smoothing`` eps pulls the targets towards 1/2 (see :func:`smooth_labels`).
+    """
+    targets = targets.to(logits.dtype)
+    if label_smoothing:
+        targets = smooth_labels(targets, label_smoothing)
+    return F.binary_cross_entropy_with_logits(logits, targets)
 
 
 def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:

@@ -33,10 +33,23 @@ class _Loss(nn.Module):
 
 
 class BCELoss(_Loss):
-    """Binary cross-entropy with logits, mean over every element."""
+    """Binary cross-entropy with logits, mean over every element.
+
+    ``label_smoothing`` eps in [0, 1) trains towards 1 - eps/2 and eps/2 instead of 1 and 0,
+    which keeps a classifier's probabilities off the extremes its gates are tuned on.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
 
     def _loss(self, logits, targets):
-        return LF.bce(logits, targets)
+        return LF.bce(logits, targets, self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"
 
 
 class WeightedBCELoss(_Loss):

@@ -18,6 +18,7 @@ from catalyst.core.callback import (
 )
 
 from steel_defect.constants import CLASS_IDS
+from steel_defect.data.sampling import MixSampler
 from steel_defect.training.engines import all_gather
 
 
@@ -225,6 +226,24 @@ class ClassificationMetricsCallback(Callback):
         runner.loader_metrics["f1"] = float(f1[1:].mean())
         for name, value in zip(self.NAMES, f1, strict=True):
             runner.loader_metrics[f"f1_{name}"] = float(value)
+
+
+class EpochCallback(Callback):
+    """Tell the loss (:mod:`steel_defect.losses.combo`) and the mixing sampler which epoch starts.
+
+    Both depend on the epoch, and both must follow catalyst's epoch counter rather than count
+    calls themselves, so that a resumed run continues exactly where an uninterrupted one would be.
+    """
+
+    def __init__(self):
+        super().__init__(order=CallbackOrder.Internal)
+
+    def on_epoch_start(self, runner) -> None:
+        if hasattr(runner.criterion, "set_epoch"):
+            runner.criterion.set_epoch(runner.epoch_step)
+        sampler = getattr(runner.loaders.get("train"), "sampler", None)
+        if isinstance(sampler, MixSampler):
+            sampler.set_epoch(runner.epoch_step - 1)
 
 
 class BatchLimitCallback(Callback):

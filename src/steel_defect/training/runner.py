@@ -25,6 +25,7 @@ from steel_defect.training.callbacks import (
     BackwardStepCallback,
     BatchLimitCallback,
     ClassificationMetricsCallback,
+    EpochCallback,
     MixCallback,
     SchedulerCallback,
     SegmentationMetricsCallback,
@@ -136,6 +137,7 @@ class SteelRunner(IRunner):
         train = self.cfg.train
         callbacks = OrderedDict(
             mix=MixCallback(train.mixup_alpha, train.cutmix_alpha, self.target_key, seed=self.cfg.seed),
+            epoch=EpochCallback(),
             loss=dl.CriterionCallback(input_key="logits", target_key=self.target_key, metric_key="loss"),
             metrics=self.metrics_callback(),
             backward=BackwardStepCallback(train.accumulation_steps, train.grad_clip),
