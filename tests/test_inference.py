@@ -265,3 +265,20 @@ def test_ensemble_oof_averages_every_members_fold_model(trained, tmp_path):
         handle.write("extra.jpg,1,1,0,0,0,0\n")
     with pytest.raises(ValueError, match="differs from"):
         collect_oof(trained["seg_cfg"], members=[member])
+
+
+def test_predictor_averages_each_class_over_the_models_that_predict_it(tmp_path):
+    torch.manual_seed(1)
+    cfg = load_config(REPO / "configs/demo/synth_seg.yml", [*SMALL_OPTS, "model.classes=[3]"])
+    from steel_defect.models import build_model
+
+    class3 = save_checkpoint(tmp_path / "c3.pth", build_model(cfg), cfg, epoch=0, metrics={})
+    full = random_checkpoints(tmp_path)["seg"]
+    frames = [np.random.default_rng(0).integers(0, 255, (256, 1600, 3), dtype=np.uint8)]
+    alone = {
+        name: Predictor([path], tta=()).segment(frames) for name, path in (("c3", class3), ("full", full))
+    }
+    both = Predictor([full, class3], tta=()).segment(frames)
+    assert not alone["c3"][:, [0, 1, 3]].any()  # a class no model predicts stays 0
+    np.testing.assert_allclose(both[:, [0, 1, 3]], alone["full"][:, [0, 1, 3]], atol=1e-6)
+    np.testing.assert_allclose(both[:, 2], (alone["full"][:, 2] + alone["c3"][:, 2]) / 2, atol=1e-6)

@@ -13,7 +13,9 @@ import pytest
 import torch
 import yaml
 
-from steel_defect.config import load_config
+from steel_defect.config import ConfigError, load_config
+from steel_defect.data.annotations import read_annotations
+from steel_defect.data.datasets import SegmentationDataset
 from steel_defect.data.folds import read_folds, split_folds
 from steel_defect.data.loaders import build_loaders
 from steel_defect.data.synth import write_synthetic_dataset
@@ -202,3 +204,34 @@ def test_ddp_two_cpu_processes(synth):
     model, _ = model_from_checkpoint(run / "checkpoints" / "best.pth")
     assert model(torch.zeros(1, 3, 64, 384)).shape == (1, 4, 64, 384)
     assert 0.0 <= state["metrics"]["valid"]["dice"] <= 1.0
+
+
+def test_a_per_class_segmenter_learns_only_its_classes(synth, tmp_path):
+    cfg = _cfg(
+        synth,
+        "configs/demo/synth_seg.yml",
+        "model.classes=[3]",
+        "train.epochs=1",
+        "train.max_train_batches=1",
+        work="class3",
+    )
+    loader = build_loaders(cfg)["valid"]
+    batch = next(iter(loader))
+    assert batch["mask"].shape[1] == 1  # the class-3 channel alone ...
+    full = SegmentationDataset(  # all four masks, through the same (deterministic) resize
+        loader.dataset.image_ids,
+        cfg.paths.train_images,
+        read_annotations(cfg.paths.train_csv),
+        transforms=loader.dataset.transforms,
+    )
+    masks = torch.stack([full[i]["mask"] for i in range(len(batch["mask"]))])
+    assert torch.equal(batch["mask"][:, 0], masks[:, 2])  # ... taken from the right column
+    train(cfg, fold=0)
+    state = load_checkpoint(synth / "class3/fold0/checkpoints/best.pth")
+    assert state["config"]["model"]["classes"] == [3]
+    valid = state["metrics"]["valid"]
+    assert "dice_3" in valid and "dice_1" not in valid
+    model, _ = model_from_checkpoint(state)
+    assert model(torch.zeros(1, 3, 64, 384)).shape == (1, 1, 64, 384)
+    with pytest.raises(ConfigError, match="rising order"):
+        _cfg(synth, "configs/demo/synth_seg.yml", "model.classes=[3, 1]")

@@ -102,6 +102,12 @@ SCHEMA: dict[str, Any] = {
         "encoder_weights": Opt(
             None, str, "null, 'imagenet', or use paths.encoder_weights for a file", nullable=True
         ),
+        "classes": Opt(
+            [1, 2, 3, 4],
+            list,
+            "seg: the classes this segmenter predicts, in order, e.g. [3] for a class-3 model; the "
+            "predictor averages, per class, the models that predict it",
+        ),
         "output_prior": Opt(
             0.01,
             float,

@@ -19,6 +19,7 @@ from easydict import EasyDict
 
 from steel_defect.atomic import atomic_write
 from steel_defect.config.defaults import SCHEMA, Opt
+from steel_defect.constants import CLASS_IDS
 
 
 class ConfigError(ValueError):
@@ -140,6 +141,25 @@ def _check_extra(entries: list) -> list[dict]:
     return checked
 
 
+def model_classes(cfg: Any) -> tuple[int, ...]:
+    """The class ids a segmenter predicts, in output order (checkpoints older than the key: all)."""
+    return tuple(cfg["model"].get("classes") or CLASS_IDS)
+
+
+def _check_classes(cfg: dict) -> None:
+    classes, valid = cfg["model"]["classes"], list(CLASS_IDS)
+    bad = any(c not in valid or isinstance(c, bool) for c in classes)
+    if not classes or bad or classes != sorted(set(classes)):
+        raise ConfigError(
+            f"config key 'model.classes' must list class ids from {valid} in rising order without "
+            f"repeats, got {classes!r}"
+        )
+    if cfg["task"] == "cls" and classes != valid:
+        raise ConfigError(
+            "config key 'model.classes' is for segmenters; the classifier always predicts all classes"
+        )
+
+
 def parse_overrides(overrides: list[str] | None) -> dict:
     """``["train.epochs=2", "paths.work_dir=work/x"]`` -> nested dict (values parsed as YAML)."""
     result: dict = {}
@@ -203,6 +223,7 @@ def load_config(
     _merge(cfg, parse_overrides(overrides), SCHEMA, "", "--opts")
     _validate(cfg, SCHEMA)
     cfg["data"]["extra"] = _check_extra(cfg["data"]["extra"])
+    _check_classes(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
     return EasyDict(cfg)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from steel_defect.constants import IMAGE_SHAPE, NUM_CLASSES
+from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
 from steel_defect.data.annotations import Annotations
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
@@ -62,11 +62,12 @@ def multi_hot_targets(mask: np.ndarray) -> np.ndarray:
 
 
 class SegmentationDataset(Dataset):
-    """Images with their four class masks.
+    """Images with their class masks.
 
     ``image_ids``: file names inside ``images_dir``; ``annotations``: labels for them
-    (an image without rows is defect-free). Items: ``image`` float32 (C, H, W),
-    ``mask`` float32 0/1 (4, H, W), ``image_id`` str. ``H, W`` are the Severstal
+    (an image without rows is defect-free); ``classes``: the class ids whose masks are
+    returned, in order (default all four). Items: ``image`` float32 (C, H, W), ``mask``
+    float32 0/1 (len(classes), H, W), ``image_id`` str. ``H, W`` are the Severstal
     256 x 1600 unless a transform resizes or crops.
     """
 
@@ -77,18 +78,21 @@ class SegmentationDataset(Dataset):
         annotations: Annotations,
         transforms: Transforms | None = None,
         channels: int = 3,
+        classes: Sequence[int] = CLASS_IDS,
     ) -> None:
         self.image_ids = list(image_ids)
         self.images_dir = Path(images_dir)
         self.annotations = annotations
         self.transforms = transforms
         self.channels = channels
+        self.classes = tuple(classes)
+        self._channels = [CLASS_IDS.index(c) for c in self.classes]
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def load(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
-        """``(image_id, image uint8 (H, W, C), mask uint8 (H, W, 4))`` after the transforms.
+        """``(image_id, image uint8 (H, W, C), mask uint8 (H, W, len(classes)))`` after the transforms.
 
         Raises :class:`~steel_defect.data.images.ImageReadError` naming the file when it
         is missing, corrupt or not 1600x256.
@@ -96,12 +100,12 @@ class SegmentationDataset(Dataset):
         image_id = self.image_ids[index]
         image = read_image(self.images_dir / image_id, self.channels, IMAGE_SHAPE)
         # albumentations wants multi-channel masks channels-last, like the image.
-        mask = rles_to_masks(self.annotations.rles(image_id), IMAGE_SHAPE).transpose(1, 2, 0)
+        mask = rles_to_masks(self.annotations.rles(image_id), IMAGE_SHAPE)[self._channels].transpose(1, 2, 0)
         mask = np.ascontiguousarray(mask)
         if self.transforms is not None:
             out = self.transforms(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        if mask.shape[:2] != image.shape[:2] or mask.shape[-1] != NUM_CLASSES:
+        if mask.shape[:2] != image.shape[:2] or mask.shape[-1] != len(self.classes):
             raise ValueError(
                 f"{image_id}: transforms returned image {image.shape} but mask {mask.shape}; "
                 "image and mask must keep the same height and width"

@@ -13,6 +13,7 @@ import logging
 
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, get_worker_info
 
+from steel_defect.config import model_classes
 from steel_defect.data.annotations import read_annotations, resolve_image_ids
 from steel_defect.data.datasets import ClassificationDataset, SegmentationDataset
 from steel_defect.data.folds import read_folds, split_ids
@@ -53,6 +54,9 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
     train_ids, valid_ids = split_ids(folds, fold)
     dataset_cls = DATASETS[cfg.task]
 
+    # a segmenter learns the masks of model.classes; the classifier always sees all four
+    classes = {"classes": model_classes(cfg)} if cfg.task == "seg" else {}
+
     def dataset(name, ids, train_csv, images):
         return dataset_cls(
             ids,
@@ -60,6 +64,7 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
             read_annotations(train_csv),
             transforms=transforms[name],
             channels=cfg.data.channels,
+            **classes,
         )
 
     # one pipeline per side, so extra sets draw from the same seeded augmentation sequence

@@ -5,13 +5,15 @@
 
 Each checkpoint rebuilds its model and its validation transforms (resize + normalize) from
 the file alone; the task stored in it says whether it segments or classifies. Probabilities
-are averaged over checkpoints of the same task (fold or architecture ensembles) and over
-flip TTA, then brought back to full resolution. With a classifier, images whose every class
+are averaged over checkpoints of the same task (fold or architecture ensembles; per class over
+the segmenters that predict it, so per-class models mix with 4-class ones) and over flip TTA,
+then brought back to full resolution. With a classifier, images whose every class
 is gated off skip the segmenter entirely.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from steel_defect.constants import IMAGE_SHAPE, NUM_CLASSES
+from steel_defect.config import model_classes
+from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
 from steel_defect.data.datasets import image_to_tensor
 from steel_defect.data.transforms import build_transforms
 from steel_defect.inference.postprocess import PostProcessing, postprocess
 from steel_defect.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+log = logging.getLogger(__name__)
 
 # Each TTA view is its own inverse: flip the input, predict, flip the output back.
 TTA_DIMS = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
@@ -53,6 +58,7 @@ class LoadedModel:
     channels: int
     name: str
     info: dict  # epoch, validation metrics, resolved config and PROVENANCE_KEYS of the checkpoint
+    classes: tuple[int, ...] = CLASS_IDS  # a segmenter's output channels, as class ids
 
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
@@ -70,7 +76,10 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     info = {"epoch": state["epoch"], "metrics": state["metrics"], "config": state["config"]}
     # Provenance written by newer training code; None in older checkpoints.
     info.update({key: state.get(key) for key in PROVENANCE_KEYS})
-    return LoadedModel(str(path), state["task"], model.to(device), transform, cfg.data.channels, name, info)
+    classes = model_classes(cfg) if state["task"] == "seg" else CLASS_IDS
+    return LoadedModel(
+        str(path), state["task"], model.to(device), transform, cfg.data.channels, name, info, classes
+    )
 
 
 class Predictor:
@@ -94,6 +103,10 @@ class Predictor:
         self.classifiers = [m for m in models if m.task == "cls"]
         if not self.segmenters:
             raise ValueError(f"none of {[str(c) for c in checkpoints]} is a segmentation checkpoint")
+        covered = {c for m in self.segmenters for c in m.classes}
+        for class_id in CLASS_IDS:
+            if class_id not in covered:
+                log.warning("no segmenter predicts class %d: its masks stay empty", class_id)
         self.post = postprocessing or PostProcessing()
         self.tta = tuple(tta)
         gates = [c.cls_threshold for c in self.post.classes]
@@ -136,14 +149,18 @@ class Predictor:
         return probs[:, 1:].cpu().numpy()  # output 0 is "no defect"
 
     def segment(self, images: list[np.ndarray], shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
-        """Probabilities (N, 4, H, W) float32 at ``shape``, averaged over segmenters."""
+        """Probabilities (N, 4, H, W) float32 at ``shape``: per class, the mean over the
+        segmenters that predict it (0 where none does)."""
         total = torch.zeros((len(images), NUM_CLASSES, *shape), device=self.device)
+        count = torch.zeros(NUM_CLASSES, device=self.device)
         for loaded in self.segmenters:
             probs = self._forward(loaded, self._batch(loaded, images))
             if probs.shape[-2:] != shape:
                 probs = F.interpolate(probs, size=shape, mode="bilinear", align_corners=False)
-            total += probs
-        return (total / len(self.segmenters)).cpu().numpy()
+            channels = [CLASS_IDS.index(c) for c in loaded.classes]
+            total[:, channels] += probs
+            count[channels] += 1
+        return (total / count.clamp(min=1)[:, None, None]).cpu().numpy()
 
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
         """Predict a batch of uint8 (H, W, C) frames of one size."""

@@ -19,8 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from steel_defect.config import ConfigError
-from steel_defect.constants import NUM_CLASSES
+from steel_defect.config import ConfigError, model_classes
 from steel_defect.models.classifier import NUM_CLS_OUTPUTS, Classifier
 from steel_defect.models.packaged import (
     IMAGENET_MEAN,
@@ -47,7 +46,7 @@ _RESERVED_PARAMS = {
     "encoder_name": "it is model.encoder",
     "encoder_weights": "use model.encoder_weights or paths.encoder_weights",
     "in_channels": "it is data.channels",
-    "classes": "it follows from task (seg: 4 masks, cls: 5 labels)",
+    "classes": "it follows from task and model.classes (seg: one mask per class, cls: 5 labels)",
     "activation": "the losses and post-processing expect logits",
     "aux_params": "the trainer expects one output tensor; train a classifier with task=cls",
 }
@@ -144,7 +143,7 @@ def build_model(cfg: Any) -> nn.Module:
         "encoder_name": encoder,
         "encoder_weights": None if packaged else weights,
         "in_channels": cfg.data.channels,
-        "classes": NUM_CLS_OUTPUTS if task == "cls" else NUM_CLASSES,
+        "classes": NUM_CLS_OUTPUTS if task == "cls" else len(model_classes(cfg)),
         **params,
     }
     if task == "seg":
@@ -237,7 +236,7 @@ def describe_model(cfg: Any, model: nn.Module | None = None) -> dict[str, Any]:
         "architecture": cfg.model.name,
         "encoder": cfg.model.encoder,
         "in_channels": cfg.data.channels,
-        "outputs": NUM_CLS_OUTPUTS if cfg.task == "cls" else NUM_CLASSES,
+        "outputs": NUM_CLS_OUTPUTS if cfg.task == "cls" else len(model_classes(cfg)),
         "encoder_weights": cfg.paths.encoder_weights or cfg.model.encoder_weights,
         "params": sum(p.numel() for p in model.parameters()),
         "encoder_params": sum(p.numel() for p in model.encoder.parameters()),

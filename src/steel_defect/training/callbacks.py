@@ -148,15 +148,16 @@ class SegmentationMetricsCallback(Callback):
     validation set per class (an empty class counts 1).
     """
 
-    def __init__(self, threshold: float = 0.5):
+    def __init__(self, threshold: float = 0.5, classes: tuple[int, ...] = CLASS_IDS):
         super().__init__(order=CallbackOrder.Metric)
         self.threshold = threshold
+        self.classes = tuple(classes)  # the class id of each output channel
 
     def on_loader_start(self, runner) -> None:
-        self.dice_sum = np.zeros(len(CLASS_IDS))
+        self.dice_sum = np.zeros(len(self.classes))
         self.pairs = 0
-        self.inter = np.zeros(len(CLASS_IDS))
-        self.union = np.zeros(len(CLASS_IDS))
+        self.inter = np.zeros(len(self.classes))
+        self.union = np.zeros(len(self.classes))
 
     @torch.no_grad()
     def on_batch_end(self, runner) -> None:
@@ -180,7 +181,7 @@ class SegmentationMetricsCallback(Callback):
         iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
         runner.loader_metrics["dice"] = float(dice.mean())
         runner.loader_metrics["iou"] = float(iou.mean())
-        for i, class_id in enumerate(CLASS_IDS):
+        for i, class_id in enumerate(self.classes):
             runner.loader_metrics[f"dice_{class_id}"] = float(dice[i])
             runner.loader_metrics[f"iou_{class_id}"] = float(iou[i])
 

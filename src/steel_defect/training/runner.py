@@ -14,7 +14,7 @@ from pathlib import Path
 from catalyst import dl
 from catalyst.core.runner import IRunner
 
-from steel_defect.config import save_config
+from steel_defect.config import model_classes, save_config
 from steel_defect.data.folds import read_folds, split_ids
 from steel_defect.data.loaders import build_loaders, extra_image_ids
 from steel_defect.data.synth import images_source
@@ -139,7 +139,9 @@ class SteelRunner(IRunner):
             mix=MixCallback(train.mixup_alpha, train.cutmix_alpha, self.target_key, seed=self.cfg.seed),
             epoch=EpochCallback(),
             loss=dl.CriterionCallback(input_key="logits", target_key=self.target_key, metric_key="loss"),
-            metrics=self.metrics_callback(),
+            metrics=self.metrics_callback(classes=model_classes(self.cfg))
+            if self.cfg.task == "seg"
+            else self.metrics_callback(),
             backward=BackwardStepCallback(train.accumulation_steps, train.grad_clip),
             scheduler=SchedulerCallback(self.monitor, self.minimize),
             checkpoint=CheckpointCallback(
