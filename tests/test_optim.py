@@ -6,8 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from steel_defect.config import load_config
-from steel_defect.training.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
+from steel_defect.config import ConfigError, load_config
+from steel_defect.training.optim import (
+    build_optimizer,
+    build_scheduler,
+    cosine_restarts,
+    cycle_ends,
+    noam,
+    param_groups,
+    warmup_cosine,
+)
 
 
 class Tiny(nn.Module):
@@ -72,9 +80,54 @@ def test_schedulers_step_the_rate():
         (["optimizer.params={momentum_x: 1}"], r"optimizer.params.momentum_x: radam does not accept"),
         (["scheduler.name=cyclic"], r"scheduler.name 'cyclic' is unknown"),
         (["scheduler.name=cosine", "scheduler.params={warmup: 1}"], r"scheduler.params.warmup: cosine"),
+        (["scheduler.name=cosine_restarts", "scheduler.params={cycles: 3}"], r"cycles must divide"),
     ],
 )
 def test_errors_name_the_key(opts, message):
     cfg = load_config(None, opts)
     with pytest.raises(ValueError, match=message):
         build_scheduler(build_optimizer(Tiny(), cfg), cfg)
+
+
+def test_restart_and_noam_factors():
+    factor = cosine_restarts(epochs=6, cycles=2, min_factor=0.1)
+    assert [factor(e) for e in range(6)] == pytest.approx([1.0, 0.775, 0.325] * 2)
+    cfg = load_config(
+        None, ["train.epochs=6", "scheduler.name=cosine_restarts", "scheduler.params={cycles: 2}"]
+    )
+    assert cycle_ends(cfg) == [3, 6]  # 1-based: the epochs at each cycle's minimum
+    warm = noam(warmup_epochs=4)
+    assert [warm(e) for e in (0, 3, 15)] == pytest.approx([0.25, 1.0, 0.5])
+
+
+def test_every_schedule_keeps_the_encoder_to_decoder_ratio():
+    for name, params in (("noam", "{warmup_epochs: 2}"), ("multistep", "{milestones: [1], gamma: 0.1}")):
+        cfg = load_config(
+            None,
+            [
+                "optimizer.lr=0.01",
+                "optimizer.encoder_lr=0.001",
+                f"scheduler.name={name}",
+                f"scheduler.params={params}",
+            ],
+        )
+        optimizer = build_optimizer(Tiny(), cfg)
+        scheduler = build_scheduler(optimizer, cfg)
+        for _ in range(3):
+            optimizer.step()
+            scheduler.step()
+            encoder, decoder = (g["lr"] for g in optimizer.param_groups)
+            assert decoder == pytest.approx(10 * encoder)
+        assert decoder < 0.01  # and the schedule did lower it
+
+
+@pytest.mark.parametrize(
+    ("opts", "needle"),
+    [
+        (["train.swa=3", "train.save_top_k=2"], "2 <= swa <= train.save_top_k"),
+        (["train.snapshots=true", "scheduler.name=cosine"], "cosine_restarts"),
+    ],
+)
+def test_averaging_needs_its_checkpoints_and_cycles(opts, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, opts)

@@ -235,3 +235,35 @@ def test_a_per_class_segmenter_learns_only_its_classes(synth, tmp_path):
     assert model(torch.zeros(1, 3, 64, 384)).shape == (1, 1, 64, 384)
     with pytest.raises(ConfigError, match="rising order"):
         _cfg(synth, "configs/demo/synth_seg.yml", "model.classes=[3, 1]")
+
+
+def test_snapshots_and_swa_leave_their_checkpoints(synth):
+    cfg = _cfg(
+        synth,
+        "configs/demo/synth_seg.yml",
+        "train.epochs=4",
+        "train.max_train_batches=1",
+        "scheduler.name=cosine_restarts",
+        "scheduler.params={cycles: 2}",
+        "train.snapshots=true",
+        "train.save_top_k=2",
+        "train.swa=2",
+        work="averaging",
+    )
+    train(cfg, fold=0)
+    checkpoints = synth / "averaging/fold0/checkpoints"
+    assert [load_checkpoint(checkpoints / f"snapshot_{k}.pth")["epoch"] for k in (1, 2)] == [2, 4]
+    swa = load_checkpoint(checkpoints / "swa.pth")
+    epochs = swa["metrics"]["swa"]["epochs"]
+    assert len(epochs) == 2 and swa["metrics"]["swa"]["bn_batches"] > 0
+    tops = [load_checkpoint(checkpoints / f"epoch_{e:03d}.pth")["model_state"] for e in epochs]
+    weights = [k for k, v in swa["model_state"].items() if k.endswith("weight") and v.dim() == 4]
+    assert any(not torch.equal(tops[0][k], tops[1][k]) for k in weights)
+    for key in weights:  # the weights are the mean of the top-2 epochs' ...
+        torch.testing.assert_close(swa["model_state"][key], (tops[0][key] + tops[1][key]) / 2)
+    stats = [k for k in swa["model_state"] if k.endswith("running_var")]
+    mean_var = {k: (tops[0][k] + tops[1][k]) / 2 for k in stats}
+    # ... while the BatchNorm statistics were measured again for them
+    assert any(not torch.allclose(swa["model_state"][k], mean_var[k]) for k in stats)
+    model, _ = model_from_checkpoint(checkpoints / "swa.pth")
+    assert model(torch.zeros(1, 3, 64, 384)).shape == (1, 4, 64, 384)

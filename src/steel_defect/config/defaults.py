@@ -127,7 +127,12 @@ SCHEMA: dict[str, Any] = {
         "params": Opt({}, dict, "further optimizer arguments (weight_decay, momentum, ...)"),
     },
     "scheduler": {
-        "name": Opt(None, str, "plateau, cosine or step; null for a constant rate", nullable=True),
+        "name": Opt(
+            None,
+            str,
+            "plateau, cosine, cosine_restarts, noam, step or multistep; null for a constant rate",
+            nullable=True,
+        ),
         "params": Opt({}, dict, "scheduler constructor arguments"),
     },
     "train": {
@@ -146,6 +151,19 @@ SCHEMA: dict[str, Any] = {
         "engine": Opt("cpu", str, "cpu, gpu, dp or ddp", choices=("cpu", "gpu", "dp", "ddp")),
         "early_stopping": Opt(None, int, "epochs without improvement before stopping", nullable=True),
         "save_top_k": Opt(1, int, "best checkpoints to keep"),
+        "swa": Opt(
+            None,
+            int,
+            "average the weights of the top-k checkpoints (k <= save_top_k) at the end, recompute "
+            "BatchNorm statistics on the training data, save checkpoints/swa.pth; null: off",
+            nullable=True,
+        ),
+        "snapshots": Opt(
+            False,
+            bool,
+            "keep checkpoints/snapshot_K.pth at the end of every cosine_restarts cycle (a snapshot "
+            "ensemble for the predictor)",
+        ),
         "max_train_batches": Opt(None, int, "cap batches per train epoch (quick runs)", nullable=True),
         "max_valid_batches": Opt(None, int, "cap batches per valid epoch (quick runs)", nullable=True),
     },

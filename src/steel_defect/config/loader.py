@@ -160,6 +160,20 @@ def _check_classes(cfg: dict) -> None:
         )
 
 
+def _check_averaging(cfg: dict) -> None:
+    train = cfg["train"]
+    if train["swa"] is not None and not 2 <= train["swa"] <= train["save_top_k"]:
+        raise ConfigError(
+            f"config key 'train.swa' averages the top-k saved checkpoints: it needs 2 <= swa <= "
+            f"train.save_top_k ({train['save_top_k']}), got {train['swa']}; raise save_top_k or set swa: null"
+        )
+    if train["snapshots"] and cfg["scheduler"]["name"] != "cosine_restarts":
+        raise ConfigError(
+            "config key 'train.snapshots' keeps one checkpoint per learning-rate cycle: set "
+            "scheduler.name: cosine_restarts with params {cycles: K}"
+        )
+
+
 def parse_overrides(overrides: list[str] | None) -> dict:
     """``["train.epochs=2", "paths.work_dir=work/x"]`` -> nested dict (values parsed as YAML)."""
     result: dict = {}
@@ -224,6 +238,7 @@ def load_config(
     _validate(cfg, SCHEMA)
     cfg["data"]["extra"] = _check_extra(cfg["data"]["extra"])
     _check_classes(cfg)
+    _check_averaging(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
     return EasyDict(cfg)

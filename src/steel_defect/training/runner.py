@@ -21,6 +21,7 @@ from steel_defect.data.synth import images_source
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
 from steel_defect.training.artifacts import CheckpointCallback
+from steel_defect.training.averaging import AveragingCallback
 from steel_defect.training.callbacks import (
     BackwardStepCallback,
     BatchLimitCallback,
@@ -32,7 +33,7 @@ from steel_defect.training.callbacks import (
 )
 from steel_defect.training.checkpoint import CheckpointError, load_checkpoint
 from steel_defect.training.engines import build_engine, patch_catalyst_all_gather
-from steel_defect.training.optim import build_optimizer, build_scheduler
+from steel_defect.training.optim import build_optimizer, build_scheduler, cycle_ends
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,14 @@ class SteelRunner(IRunner):
             limits=BatchLimitCallback({"train": train.max_train_batches, "valid": train.max_valid_batches}),
             progress=dl.TqdmCallback(),
         )
+        if train.swa or train.snapshots:
+            callbacks["averaging"] = AveragingCallback(
+                self.run_dir,
+                self.cfg,
+                train.swa,
+                cycle_ends(self.cfg) if train.snapshots else [],
+                trained_on=training_data(self.cfg, self.fold),
+            )
         if train.early_stopping:
             callbacks["early_stopping"] = dl.EarlyStoppingCallback(
                 patience=train.early_stopping,
