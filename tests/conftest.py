@@ -59,3 +59,23 @@ def random_checkpoints(out_dir: Path, seg_prior: float = 0.3) -> dict[str, Path]
         cfg = load_config(REPO / "configs" / "demo" / config, [*SMALL_OPTS, *extra])
         paths[task] = save_checkpoint(out_dir / f"{task}.pth", build_model(cfg), cfg, epoch=0, metrics={})
     return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory) -> Path:
+    """16 synthetic frames (12 train, 4 test) in ``<root>/data``; returns the root."""
+    from steel_defect.data.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_synthetic_dataset(root / "data", n=16, seed=3, test_fraction=0.25)
+    return root
+
+
+def tiny_cfg(root: Path, *opts: str):
+    """The small synthetic segmenter config on a ``tiny_synth`` root, with ``opts`` on top."""
+    from steel_defect.config import load_config
+
+    common = [f"paths.data_dir={root / 'data'}", f"paths.folds_csv={root / 'folds.csv'}", *SMALL_OPTS]
+    return load_config(
+        REPO / "configs/demo/synth_seg.yml", [*common, f"paths.work_dir={root / 'seg'}", *opts]
+    )

@@ -18,12 +18,11 @@ from steel_defect.data.folds import read_folds, split_folds, split_ids
 from steel_defect.data.loaders import build_loaders
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.data.sampling import MixSampler
-from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Prediction, Predictor
 from steel_defect.inference.pseudo import PseudoRules, judge, pseudo_label
 from steel_defect.training.checkpoint import load_checkpoint
-from tests.conftest import REPO, SMALL_OPTS, random_checkpoints
+from tests.conftest import REPO, random_checkpoints, tiny_cfg
 
 
 def test_mix_sampler_draws_each_set_by_weight_and_repeats_per_seed_and_epoch():
@@ -45,36 +44,22 @@ def test_mix_sampler_draws_each_set_by_weight_and_repeats_per_seed_and_epoch():
         MixSampler([5, 4], [1.0], seed=0)
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pseudo")
-    write_synthetic_dataset(root / "data", n=16, seed=3, test_fraction=0.25)
-    return root
-
-
-def _cfg(root, *opts):
-    common = [f"paths.data_dir={root / 'data'}", f"paths.folds_csv={root / 'folds.csv'}", *SMALL_OPTS]
-    return load_config(
-        REPO / "configs/demo/synth_seg.yml", [*common, f"paths.work_dir={root / 'seg'}", *opts]
-    )
-
-
-def test_extra_sets_join_training_only_and_never_replace_real_labels(synth):
-    cfg = _cfg(synth)
+def test_extra_sets_join_training_only_and_never_replace_real_labels(tiny_synth):
+    cfg = tiny_cfg(tiny_synth)
     split_folds(cfg)
     train_ids, valid_ids = split_ids(read_folds(cfg.paths.folds_csv), 0)
-    test_ids = sorted(p.name for p in (synth / "data/test_images").glob("*.jpg"))
+    test_ids = sorted(p.name for p in (tiny_synth / "data/test_images").glob("*.jpg"))
     # pseudo labels for the test frames, plus a wrong one for a validation frame
-    images = synth / "extra_images"
+    images = tiny_synth / "extra_images"
     images.mkdir()
     for image_id in test_ids:
-        (images / image_id).write_bytes((synth / "data/test_images" / image_id).read_bytes())
-    (images / valid_ids[0]).write_bytes((synth / "data/train_images" / valid_ids[0]).read_bytes())
+        (images / image_id).write_bytes((tiny_synth / "data/test_images" / image_id).read_bytes())
+    (images / valid_ids[0]).write_bytes((tiny_synth / "data/train_images" / valid_ids[0]).read_bytes())
     write_annotations(
-        synth / "extra.csv", [*test_ids, valid_ids[0]], [["", "", "1 5", ""]] * (len(test_ids) + 1)
+        tiny_synth / "extra.csv", [*test_ids, valid_ids[0]], [["", "", "1 5", ""]] * (len(test_ids) + 1)
     )
-    extra = f"data.extra=[{{train_csv: {synth / 'extra.csv'}, train_images: {images}, weight: 2}}]"
-    loaders = build_loaders(_cfg(synth, extra), valid_fold=0)
+    extra = f"data.extra=[{{train_csv: {tiny_synth / 'extra.csv'}, train_images: {images}, weight: 2}}]"
+    loaders = build_loaders(tiny_cfg(tiny_synth, extra), valid_fold=0)
 
     train = loaders["train"].dataset
     assert isinstance(train, ConcatDataset) and len(train.datasets) == 2
@@ -122,9 +107,9 @@ def test_rules_keep_only_confident_verdicts():
         PseudoRules(upper=1.3)
 
 
-def test_pseudo_label_writes_the_kept_frames_labels(synth, tmp_path):
+def test_pseudo_label_writes_the_kept_frames_labels(tiny_synth, tmp_path):
     checkpoints = random_checkpoints(tmp_path, seg_prior=0.3)
-    images = synth / "data/test_images"
+    images = tiny_synth / "data/test_images"
     (tmp_path / "frames").mkdir()
     for path in images.glob("*.jpg"):
         (tmp_path / "frames" / path.name).write_bytes(path.read_bytes())

@@ -78,6 +78,17 @@ SCHEMA: dict[str, Any] = {
         "batch_size": Opt(8, int, "training batch size"),
         "valid_batch_size": Opt(None, int, "validation batch size; default batch_size", nullable=True),
         "num_workers": Opt(0, int, "DataLoader worker processes"),
+        "sampler": Opt(
+            None,
+            str,
+            "training draw: null (each image once per epoch, shuffled) or balanced (defect_fraction "
+            "and class_weights in data.sampler_params; with data.extra it balances all images)",
+            choices=(None, "balanced"),
+            nullable=True,
+        ),
+        "sampler_params": Opt(
+            {}, dict, "balanced: defect_fraction (0.5), class_weights per class 1..4 ([1, 1, 1, 1])"
+        ),
         "extra": Opt(
             [],
             list,

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, get_worker_info
 
-from steel_defect.config import model_classes
+from steel_defect.config import ConfigError, model_classes
 from steel_defect.data.annotations import read_annotations, resolve_image_ids
 from steel_defect.data.datasets import ClassificationDataset, SegmentationDataset
 from steel_defect.data.folds import read_folds, split_ids
-from steel_defect.data.sampling import MixSampler
+from steel_defect.data.sampling import BalancedSampler, MixSampler
 from steel_defect.data.transforms import build_transforms
 
 DATASETS = {"cls": ClassificationDataset, "seg": SegmentationDataset}
@@ -110,7 +111,18 @@ def build_loaders(cfg, valid_fold: int | None = None) -> dict[str, DataLoader]:
     valid_batch = cfg.data.valid_batch_size or cfg.data.batch_size
     train = datasets["train"]
     order = {"shuffle": True}
-    if isinstance(train, ConcatDataset):
+    if cfg.data.sampler == "balanced":
+        parts = train.datasets if isinstance(train, ConcatDataset) else [train]
+        labels = np.concatenate([part.annotations.labels(part.image_ids) for part in parts])
+        params = dict(cfg.data.sampler_params)
+        unknown = sorted(set(params) - {"defect_fraction", "class_weights"})
+        if unknown:
+            raise ConfigError(
+                f"data.sampler_params: unknown key(s) {unknown} for the balanced sampler; "
+                "valid: class_weights, defect_fraction"
+            )
+        order = {"sampler": BalancedSampler(labels, seed=cfg.seed, **params)}
+    elif isinstance(train, ConcatDataset):
         sizes = [len(d) for d in train.datasets]
         weights = [1.0] + [float(extra.weight) for extra in cfg.data.extra]
         order = {"sampler": MixSampler(sizes, weights, cfg.seed)}

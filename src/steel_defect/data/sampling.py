@@ -53,3 +53,49 @@ class MixSampler(Sampler[int]):
             offset += size
         indices = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
         return iter(indices[torch.randperm(len(indices), generator=generator)].tolist())
+
+
+class BalancedSampler(Sampler[int]):
+    """Draws ``len(labels)`` images per epoch, with replacement, so that defect images make up
+    ``defect_fraction`` of the draw on average, and an image's share among the defect images
+    grows with ``class_weights`` (its largest weight over the classes it shows).
+
+    labels: bool (N, 4) class presence per image. Seeded by ``seed`` and the epoch like
+    :class:`MixSampler`. The 2019 winners balanced defect and defect-free frames this way,
+    because about half of Severstal's frames are defect-free and classes 2 and 4 are rare.
+    """
+
+    def __init__(
+        self, labels, defect_fraction: float = 0.5, class_weights=(1.0, 1.0, 1.0, 1.0), seed: int = 0
+    ):
+        labels = torch.as_tensor(labels, dtype=torch.bool)
+        class_weights = torch.as_tensor(class_weights, dtype=torch.float64)
+        if labels.dim() != 2 or labels.shape[1] != len(class_weights):
+            raise ValueError(
+                f"labels must be (N, {len(class_weights)}) class presence, got {tuple(labels.shape)}"
+            )
+        if not 0.0 <= defect_fraction <= 1.0 or (class_weights <= 0).any():
+            raise ValueError(
+                f"need defect_fraction in [0, 1] and class_weights > 0, got {defect_fraction} and "
+                f"{class_weights.tolist()}"
+            )
+        defect = labels.any(dim=1)
+        weight = torch.where(labels, class_weights, torch.zeros_like(class_weights)).max(dim=1).values
+        if defect.any():
+            weight[defect] *= defect_fraction / weight[defect].sum()
+        if (~defect).any():
+            weight[~defect] = (1.0 - defect_fraction) / int((~defect).sum())
+        if weight.sum() <= 0:
+            raise ValueError("no image can be drawn: all defect-free with defect_fraction 1, or the reverse")
+        self.weights, self.seed, self.epoch = weight, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())

@@ -1,0 +1,42 @@
+"""The balanced training draw: shares by defect and class, seeded per epoch, wired into the loader."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from steel_defect.data.loaders import build_loaders
+from steel_defect.data.sampling import BalancedSampler
+from tests.conftest import tiny_cfg
+
+
+def test_balanced_draw_follows_defect_fraction_and_class_weights():
+    labels = np.zeros((10, 4), bool)
+    labels[0, 0] = True  # a class-1 image
+    labels[1, 1] = True  # a class-2 image, weighted 3x
+    sampler = BalancedSampler(labels, defect_fraction=0.5, class_weights=[1, 3, 1, 1], seed=3)
+    counts = Counter(i for _ in range(400) for i in sampler)
+    draws = 400 * len(labels)
+    assert len(sampler) == 10
+    assert counts[0] + counts[1] == pytest.approx(draws / 2, rel=0.05)  # half defect images ...
+    assert counts[1] / counts[0] == pytest.approx(3, rel=0.15)  # ... the class-2 one 3x as often
+    assert all(counts[i] == pytest.approx(draws / 2 / 8, rel=0.15) for i in range(2, 10))
+    first = list(BalancedSampler(labels, seed=3))
+    assert list(BalancedSampler(labels, seed=3)) == first != list(BalancedSampler(labels, seed=4))
+    with pytest.raises(ValueError, match="defect_fraction"):
+        BalancedSampler(labels, defect_fraction=1.5)
+
+
+def test_the_loader_draws_balanced_when_asked(tiny_synth):
+    cfg = tiny_cfg(tiny_synth, "data.sampler=balanced", "data.sampler_params={defect_fraction: 1.0}")
+    from steel_defect.data.folds import split_folds
+
+    split_folds(cfg)
+    loader = build_loaders(cfg, valid_fold=0)["train"]
+    assert isinstance(loader.sampler, BalancedSampler)
+    labels = loader.dataset.annotations.labels(loader.dataset.image_ids)
+    drawn = [i for batch in loader for i in batch["image_id"]]
+    defect = {i for i, row in zip(loader.dataset.image_ids, labels, strict=True) if row.any()}
+    assert drawn and set(drawn) <= defect  # defect_fraction 1: defect images only
