@@ -33,10 +33,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from steel_defect.data.headers import image_format
 from steel_defect.webapp.examples import example_images
 from steel_defect.webapp.limits import BodySizeLimit
 from steel_defect.webapp.service import InferenceService, ResultNotFound
-from steel_defect.webapp.uploads import UploadError, decode_upload, display_name, image_format
+from steel_defect.webapp.uploads import UploadError, decode_upload, display_name
 
 STATIC = Path(__file__).with_name("static")
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
