@@ -59,3 +59,13 @@ def random_checkpoints(out_dir: Path, seg_prior: float = 0.3) -> dict[str, Path]
         cfg = load_config(REPO / "configs" / "demo" / config, [*SMALL_OPTS, *extra])
         paths[task] = save_checkpoint(out_dir / f"{task}.pth", build_model(cfg), cfg, epoch=0, metrics={})
     return paths
+
+
+def excel_csv(text: str) -> bytes:
+    """``text`` (a plain CSV) as a spreadsheet saves it: UTF-8 byte-order mark, CRLF line ends,
+    spaces around every cell and a row of empty cells after the header."""
+    lines = [
+        ",".join(f" {cell} " if cell else cell for cell in line.split(",")) for line in text.splitlines()
+    ]
+    lines.insert(1, "," * text.splitlines()[0].count(","))
+    return "\ufeff".encode() + "\r\n".join(lines).encode() + b"\r\n"

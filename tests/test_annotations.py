@@ -9,6 +9,7 @@ from steel_defect.data.annotations import (
     resolve_image_ids,
     write_annotations,
 )
+from tests.conftest import excel_csv
 
 WIDE = """ImageId_ClassId,EncodedPixels
 a.jpg_1,
@@ -56,6 +57,32 @@ def test_both_layouts_give_the_same_defect_table(tmp_path):
         wide.labels(["c.jpg", "b.jpg", "a.jpg"]),
         [[0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 1, 0]],
     )
+
+
+@pytest.mark.parametrize("text", [WIDE, LONG], ids=["wide", "long"])
+def test_a_file_saved_by_excel_reads_like_the_plain_one(tmp_path, text):
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(excel_csv(text))
+    assert excel.read_bytes().startswith(b"\xef\xbb\xbf ImageId") and b" , " in excel.read_bytes()
+    plain, saved = read_annotations(_write(tmp_path, text)), read_annotations(excel)
+    assert saved.layout == plain.layout
+    assert saved.defects.equals(plain.defects)
+    assert saved.image_ids == plain.image_ids
+    # a bad row in such a file is still reported by its line (the blank second row counts)
+    bad = excel_csv(text.replace("b.jpg_1,7 3", "b.jpg_1,7 x").replace("b.jpg,1,7 3", "b.jpg,1,7 x"))
+    excel.write_bytes(bad)
+    line = 7 if text is WIDE else 4
+    with pytest.raises(
+        AnnotationError, match=rf"excel\.csv, line {line} \(b\.jpg class 1\): bad RLE: value 'x'"
+    ):
+        read_annotations(excel)
+
+
+def test_a_file_not_in_utf8_says_how_to_save_it(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(LONG.replace("a.jpg", "\xe4.jpg").encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"latin\.csv: not UTF-8 text .*save it as CSV UTF-8"):
+        read_annotations(path)
 
 
 def test_long_layout_takes_defect_free_images_from_the_folder(tmp_path):

@@ -14,6 +14,7 @@ from steel_defect.evaluation.submission import (
     read_submission,
     write_submission,
 )
+from tests.conftest import excel_csv
 
 
 def test_dice_of_known_pairs():
@@ -100,6 +101,19 @@ def test_validator_reports_many_problems_at_once(tmp_path):
     assert len(info.value.problems) >= 9 and "image d.jpg is missing" in info.value.problems[-1]
 
 
+def test_a_submission_saved_by_excel_is_valid(tmp_path):
+    sub = _files(tmp_path)
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(excel_csv(sub.read_text()))
+    assert excel.read_bytes()[:3] == b"\xef\xbb\xbf" and b"\r\n" in excel.read_bytes()
+    assert read_submission(excel) == read_submission(sub)
+    assert read_sample_submission(excel) == ["a.jpg", "b.jpg", "c.jpg"]
+    # its errors still name the line: the header is line 1, the blank row line 2
+    excel.write_bytes(excel_csv(sub.read_text().replace("b.jpg_4,7 3", "b.jpg_4,7 -3")))
+    with pytest.raises(SubmissionError, match=r"line 10: .*below 1"):
+        read_submission(excel)
+
+
 def test_sample_submission_layouts(tmp_path):
     old = tmp_path / "old.csv"
     old.write_text(
@@ -111,6 +125,11 @@ def test_sample_submission_layouts(tmp_path):
     new.write_text("ImageId,EncodedPixels,ClassId\nx.jpg,1 1,0\na.jpg,1 1,0\n")
     assert read_sample_submission(old) == ["x.jpg", "a.jpg"]
     assert read_sample_submission(new) == ["x.jpg", "a.jpg"]
+    new.write_bytes(excel_csv(new.read_text()))
+    assert read_sample_submission(new) == ["x.jpg", "a.jpg"]
+    new.write_text("EncodedPixels,ClassId,ImageId\n1 1,0,x.jpg\n1 1,0\n")
+    with pytest.raises(ValueError, match=r"new\.csv: a row has fewer fields"):
+        read_sample_submission(new)
 
 
 def test_validate_cli(tmp_path, capsys):

@@ -8,7 +8,8 @@ Two layouts of ``train.csv`` exist in the wild:
 
 Both become :class:`Annotations`: a table of defect rows ``ImageId, ClassId,
 EncodedPixels`` plus the list of images the file speaks for. Every RLE is validated on
-read; a bad one is an error naming the file, the line and the problem.
+read; a bad one is an error naming the file, the line and the problem. Files saved by
+Excel (byte-order mark, CRLF, spaces around cells) read like any other.
 """
 
 from __future__ import annotations
@@ -74,17 +75,31 @@ class Annotations:
         return cache
 
 
+def read_csv_rows(path: str | Path) -> list[list[str]]:
+    """Every row of a CSV file with its cells stripped; a row of blank cells is ``[]``.
+
+    Files saved by a spreadsheet are taken as they come: Excel's "CSV UTF-8" starts with a
+    byte-order mark, ends lines with CRLF and may leave spaces around cells. Blank rows stay
+    in the list so that row ``i`` is still line ``i + 1`` for error messages. Raises OSError,
+    UnicodeDecodeError or csv.Error for the caller to name the file.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle, skipinitialspace=True))
+    return [[cell.strip() for cell in row] if any(cell.strip() for cell in row) else [] for row in rows]
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
+        rows = read_csv_rows(path)
     except OSError as err:
         raise AnnotationError(f"{path}: cannot read ({err.strerror or err})") from err
-    except (csv.Error, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: not UTF-8 text ({err}); save it as CSV UTF-8") from err
+    except csv.Error as err:
         raise AnnotationError(f"{path}: not a readable CSV file ({err})") from err
-    if not rows:
+    if not rows or not rows[0]:
         raise AnnotationError(f"{path}: empty file; expected a header {WIDE_HEADER} or {LONG_HEADER}")
-    return [cell.strip() for cell in rows[0]], rows[1:]
+    return rows[0], rows[1:]
 
 
 def split_image_class(key: str) -> tuple[str, int]:
@@ -113,15 +128,15 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
     seen: set[tuple[str, int]] = set()
     records = []
     for line, row in enumerate(rows, start=2):
-        if not row or all(not cell.strip() for cell in row):
+        if not row:
             continue
         if len(row) != len(header):
             raise AnnotationError(f"{path}, line {line}: {len(row)} fields, expected {len(header)}: {row}")
         try:
             if layout == "wide":
-                image_id, class_id = split_image_class(row[0].strip())
+                image_id, class_id = split_image_class(row[0])
             else:
-                image_id, class_id = row[0].strip(), int(row[1])
+                image_id, class_id = row[0], int(row[1])
                 if class_id not in CLASS_IDS or not image_id:
                     raise ValueError(f"ClassId {row[1]!r} is not one of {list(CLASS_IDS)}")
         except ValueError as err:
@@ -130,7 +145,7 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
             raise AnnotationError(f"{path}, line {line}: duplicate row for {image_id} class {class_id}")
         seen.add((image_id, class_id))
         image_ids[image_id] = None
-        rle = row[-1].strip()
+        rle = row[-1]
         try:
             starts, _ = parse_rle(rle, num_pixels)
         except RLEError as err:

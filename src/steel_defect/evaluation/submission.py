@@ -3,7 +3,8 @@
 A submission is ``ImageId_ClassId,EncodedPixels`` with 4 rows per image (classes 1..4)
 and RLE runs that are positive, sorted, non-overlapping and inside the 256x1600 frame.
 ``steel-defect validate SUB.csv [--truth T.csv | --sample-submission S.csv]`` runs
-:func:`validate_submission` and prints every problem (up to a limit) by line.
+:func:`read_submission` and prints every problem (up to a limit) by line. A file saved
+by Excel (byte-order mark, CRLF, spaces around cells, blank rows) reads like any other.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import csv
 from pathlib import Path
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
-from steel_defect.data.annotations import WIDE_HEADER, split_image_class, write_annotations
+from steel_defect.data.annotations import WIDE_HEADER, read_csv_rows, split_image_class, write_annotations
 from steel_defect.data.rle import RLEError, parse_rle
 
 MAX_REPORTED = 20
@@ -50,23 +51,26 @@ def read_submission(
             problems.append(message)
 
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        rows = read_csv_rows(path)
+    except UnicodeDecodeError as err:
+        raise SubmissionError(path, [f"not UTF-8 text ({err}); save it as CSV UTF-8"]) from None
+    except (OSError, csv.Error) as err:
         raise SubmissionError(path, [f"cannot read as CSV: {err}"]) from None
-    if not rows or [c.strip() for c in rows[0]] != WIDE_HEADER:
+    if not rows or rows[0] != WIDE_HEADER:
         header = rows[0] if rows else "nothing (empty file)"
         raise SubmissionError(path, [f"line 1: header must be {','.join(WIDE_HEADER)}, got {header}"])
     num_pixels = shape[0] * shape[1]
     result: dict[str, list[str | None]] = {}
     first_line: dict[str, int] = {}
     for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
         if len(row) != 2:
             problem(f"line {line}: {len(row)} fields, expected 2: {row}")
             continue
         try:
-            image_id, class_id = split_image_class(row[0].strip())
-            rle = row[1].strip()
+            image_id, class_id = split_image_class(row[0])
+            rle = row[1]
             parse_rle(rle, num_pixels)
         except (ValueError, RLEError) as err:
             problem(f"line {line}: {err}")
@@ -102,19 +106,22 @@ def read_sample_submission(path: str | Path) -> list[str]:
     """
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields = [f.strip() for f in reader.fieldnames or []]
-            reader.fieldnames = fields
-            if "ImageId_ClassId" in fields:
-                keys = [row["ImageId_ClassId"].strip() for row in reader]
-                ids = [split_image_class(key)[0] for key in keys]
-            elif "ImageId" in fields:
-                ids = [row["ImageId"].strip() for row in reader]
-            else:
-                raise ValueError(f"header {fields} has neither ImageId_ClassId nor ImageId")
+        rows = read_csv_rows(path)
+        header, body = (rows[0], [row for row in rows[1:] if row]) if rows else ([], [])
+        if "ImageId_ClassId" in header:
+            column = header.index("ImageId_ClassId")
+            ids = [split_image_class(row[column])[0] for row in body]
+        elif "ImageId" in header:
+            column = header.index("ImageId")
+            ids = [row[column] for row in body]
+        else:
+            raise ValueError(f"header {header} has neither ImageId_ClassId nor ImageId")
     except OSError as err:
         raise FileNotFoundError(f"sample submission {path}: cannot read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"sample submission {path}: not UTF-8 text ({err}); save it as CSV UTF-8") from None
+    except IndexError:
+        raise ValueError(f"sample submission {path}: a row has fewer fields than the header") from None
     except (ValueError, csv.Error) as err:
         raise ValueError(f"sample submission {path}: {err}") from None
     return list(dict.fromkeys(ids))
