@@ -93,6 +93,37 @@ def test_validator_names_rows(tmp_path, edit, message):
         read_submission(sub)
 
 
+@pytest.mark.parametrize(
+    ("edit", "only_problem"),
+    [
+        (lambda t: t.replace("b.jpg_4,7 3", "b.jpg_4,7 x"), "line 9: value 'x' is not an integer"),
+        (lambda t: t.replace("c.jpg_3,100 20", "c.jpg_3,100 20,1"), "line 12: 3 fields, expected 2"),
+        (lambda t: t.replace("c.jpg_3,100 20", "c.jpg_3"), "line 12: 1 fields, expected 2"),
+        (lambda t: t.replace("c.jpg_2,", "c.jpg_5,"), "line 11: 'c.jpg_5' is not '<ImageId>_<ClassId>'"),
+    ],
+    ids=["bad RLE", "extra field", "missing field", "bad class"],
+)
+def test_one_bad_row_is_one_problem(tmp_path, edit, only_problem):
+    # not also "image c.jpg has no row for class(es) 3", nor "image c.jpg is missing"
+    sub = _files(tmp_path)
+    sub.write_text(edit(sub.read_text()))
+    with pytest.raises(SubmissionError) as info:
+        read_submission(sub, expected_ids=["a.jpg", "b.jpg", "c.jpg"])
+    assert len(info.value.problems) == 1, info.value.problems
+    assert info.value.problems[0].startswith(only_problem)
+
+
+def test_an_image_whose_every_row_is_bad_is_not_also_missing(tmp_path):
+    sub = _files(tmp_path)
+    text = sub.read_text()
+    for c in range(1, 5):
+        text = text.replace(f"c.jpg_{c},", f"c.jpg_{c + 4},")
+    sub.write_text(text)
+    with pytest.raises(SubmissionError) as info:
+        read_submission(sub, expected_ids=["a.jpg", "b.jpg", "c.jpg"])
+    assert [p.split(":")[0] for p in info.value.problems] == ["line 10", "line 11", "line 12", "line 13"]
+
+
 def test_validator_reports_many_problems_at_once(tmp_path):
     sub = _files(tmp_path)
     sub.write_text(sub.read_text().replace(",\n", ",0 1\n"))
