@@ -15,6 +15,7 @@ Excel (byte-order mark, CRLF, spaces around cells) read like any other.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -75,16 +76,35 @@ class Annotations:
         return cache
 
 
+class CSVReadError(ValueError):
+    """A file that stops being UTF-8 CSV at ``line`` (1-based); the message says why."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
 def read_csv_rows(path: str | Path) -> list[list[str]]:
     """Every row of a CSV file with its cells stripped; a row of blank cells is ``[]``.
 
     Files saved by a spreadsheet are taken as they come: Excel's "CSV UTF-8" starts with a
     byte-order mark, ends lines with CRLF and may leave spaces around cells. Blank rows stay
-    in the list so that row ``i`` is still line ``i + 1`` for error messages. Raises OSError,
-    UnicodeDecodeError or csv.Error for the caller to name the file.
+    in the list so that row ``i`` is still line ``i + 1`` for error messages. Raises OSError
+    when the file cannot be read and :class:`CSVReadError` when it is not UTF-8 CSV.
     """
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle, skipinitialspace=True))
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise CSVReadError(
+            line, f"byte 0x{data[err.start]:02x} is not UTF-8 text; save the file as CSV UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    try:
+        rows = list(reader)
+    except csv.Error as err:
+        raise CSVReadError(reader.line_num, f"not readable as CSV ({err})") from None
     return [[cell.strip() for cell in row] if any(cell.strip() for cell in row) else [] for row in rows]
 
 
@@ -93,12 +113,12 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
         rows = read_csv_rows(path)
     except OSError as err:
         raise AnnotationError(f"{path}: cannot read ({err.strerror or err})") from err
-    except UnicodeDecodeError as err:
-        raise AnnotationError(f"{path}: not UTF-8 text ({err}); save it as CSV UTF-8") from err
-    except csv.Error as err:
-        raise AnnotationError(f"{path}: not a readable CSV file ({err})") from err
+    except CSVReadError as err:
+        raise AnnotationError(f"{path}, {err}") from None
     if not rows or not rows[0]:
-        raise AnnotationError(f"{path}: empty file; expected a header {WIDE_HEADER} or {LONG_HEADER}")
+        raise AnnotationError(
+            f"{path}, line 1: no header; expected {','.join(WIDE_HEADER)} or {','.join(LONG_HEADER)}"
+        )
     return rows[0], rows[1:]
 
 
@@ -120,11 +140,11 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
         layout = "long"
     else:
         raise AnnotationError(
-            f"{path}: header {header} is neither {WIDE_HEADER} (4 rows per image) "
+            f"{path}, line 1: header {header} is neither {WIDE_HEADER} (4 rows per image) "
             f"nor {LONG_HEADER} (defect rows only)"
         )
     num_pixels = shape[0] * shape[1]
-    image_ids: dict[str, None] = {}
+    image_ids: dict[str, int] = {}  # image -> its first line
     seen: set[tuple[str, int]] = set()
     records = []
     for line, row in enumerate(rows, start=2):
@@ -144,7 +164,7 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
         if (image_id, class_id) in seen:
             raise AnnotationError(f"{path}, line {line}: duplicate row for {image_id} class {class_id}")
         seen.add((image_id, class_id))
-        image_ids[image_id] = None
+        image_ids.setdefault(image_id, line)
         rle = row[-1]
         try:
             starts, _ = parse_rle(rle, num_pixels)
@@ -164,8 +184,9 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
             counts[image_id] = counts.get(image_id, 0) + 1
         incomplete = [i for i, n in counts.items() if n != NUM_CLASSES]
         if incomplete:
+            first = incomplete[0]
             raise AnnotationError(
-                f"{path}: image {incomplete[0]} has {counts[incomplete[0]]} rows; "
+                f"{path}, line {image_ids[first]}: image {first} has {counts[first]} rows; "
                 f"the wide layout needs {NUM_CLASSES} rows per image ({len(incomplete)} such images)"
             )
     defects = pd.DataFrame(records, columns=LONG_HEADER).astype({"ClassId": int})

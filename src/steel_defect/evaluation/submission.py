@@ -9,11 +9,16 @@ by Excel (byte-order mark, CRLF, spaces around cells, blank rows) reads like any
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
-from steel_defect.data.annotations import WIDE_HEADER, read_csv_rows, split_image_class, write_annotations
+from steel_defect.data.annotations import (
+    WIDE_HEADER,
+    CSVReadError,
+    read_csv_rows,
+    split_image_class,
+    write_annotations,
+)
 from steel_defect.data.rle import RLEError, parse_rle
 
 MAX_REPORTED = 20
@@ -53,10 +58,10 @@ def read_submission(
 
     try:
         rows = read_csv_rows(path)
-    except UnicodeDecodeError as err:
-        raise SubmissionError(path, [f"not UTF-8 text ({err}); save it as CSV UTF-8"]) from None
-    except (OSError, csv.Error) as err:
-        raise SubmissionError(path, [f"cannot read as CSV: {err}"]) from None
+    except OSError as err:
+        raise SubmissionError(path, [f"cannot read ({err.strerror or err})"]) from None
+    except CSVReadError as err:
+        raise SubmissionError(path, [str(err)]) from None
     if not rows or rows[0] != WIDE_HEADER:
         header = rows[0] if rows else "nothing (empty file)"
         raise SubmissionError(path, [f"line 1: header must be {','.join(WIDE_HEADER)}, got {header}"])
@@ -131,11 +136,9 @@ def read_sample_submission(path: str | Path) -> list[str]:
             raise ValueError(f"header {header} has neither ImageId_ClassId nor ImageId")
     except OSError as err:
         raise FileNotFoundError(f"sample submission {path}: cannot read ({err.strerror or err})") from err
-    except UnicodeDecodeError as err:
-        raise ValueError(f"sample submission {path}: not UTF-8 text ({err}); save it as CSV UTF-8") from None
     except IndexError:
         raise ValueError(f"sample submission {path}: a row has fewer fields than the header") from None
-    except (ValueError, csv.Error) as err:
+    except ValueError as err:  # CSVReadError included
         raise ValueError(f"sample submission {path}: {err}") from None
     return list(dict.fromkeys(ids))
 
