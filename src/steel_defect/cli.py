@@ -155,8 +155,12 @@ def _cmd_serve(args) -> int:
         max_file_bytes=max_file_bytes,
         max_files=args.max_files,
         max_request_bytes=max_file_bytes * args.max_files + 2**20,
+        timeout_s=args.timeout,
+        max_queued=args.max_queued,
     )
-    service = InferenceService(predictor, keep=args.keep, batch_size=cfg.inference.batch_size)
+    service = InferenceService(
+        predictor, keep=args.keep, batch_size=cfg.inference.batch_size, keep_mb=args.keep_mb
+    )
     serve(create_app(service, limits, examples, token=token), args.host, args.port)
     return 0
 
@@ -286,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default inference.device)")
     p.add_argument("--keep", type=int, default=256, help="results kept for re-thresholding (1.6 MB each)")
+    p.add_argument("--keep-mb", type=float, default=512.0, help="memory bound of the kept results, in MB")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to answer a request (else 408 or 503)"
+    )
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=8,
+        help="predictions in progress at once; more get 503 + Retry-After",
+    )
     p.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted upload")
     p.add_argument("--max-files", type=int, default=32, help="most images in one request")
     p.add_argument(

@@ -17,7 +17,8 @@ Routes (OpenAPI docs at ``/docs``):
 
 Every error is ``{"detail": "<message>"}`` with its status: 400 malformed request, 401 no or
 wrong access token (when the server has one, see :mod:`.security`), 404
-unknown result, 413 too large, 415 not an image, 422 corrupt image or invalid value. In a
+unknown result, 408 request body too slow, 413 too large, 415 not an image, 422 corrupt image or
+invalid value, 503 busy or too slow (with ``Retry-After``; see :mod:`.limits`). In a
 batch, a bad file fails only its own item (``"error"`` in its entry, status 200 overall);
 when no file of a request could be predicted the request fails with their status.
 """
@@ -38,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steel_defect.data.headers import image_format
 from steel_defect.webapp.examples import example_images
-from steel_defect.webapp.limits import BodySizeLimit
+from steel_defect.webapp.limits import BodySizeLimit, RequestGuard
 from steel_defect.webapp.security import COOKIE, SecurityHeaders, TokenAuth, session_value
 from steel_defect.webapp.service import InferenceService, ResultNotFound
 from steel_defect.webapp.uploads import UploadError, decode_upload, display_name
@@ -52,6 +53,14 @@ class Limits:
     max_file_bytes: int = 10 * 2**20
     max_files: int = 32
     max_request_bytes: int = 64 * 2**20
+    timeout_s: float = 120.0  # a request not answered by then gets 408 (slow body) or 503
+    max_queued: int = 8  # predictions in progress, the running one included; more get 503
+
+    def __post_init__(self):
+        if not self.timeout_s > 0:
+            raise ValueError(f"the request timeout must be above 0 s, got {self.timeout_s}")
+        if self.max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1 prediction, got {self.max_queued}")
 
 
 class ClassOverride(BaseModel):
@@ -98,8 +107,10 @@ def create_app(
         summary="Find and classify surface defects in 1600x256 steel-sheet frames (Severstal format).",
         version="1.0",
     )
-    # The last added runs first: headers on every answer, then the token, then the body size.
+    # The last added runs first: headers on every answer, then the token, then the deadline
+    # and queue, then the body size.
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(RequestGuard, timeout_s=limits.timeout_s, max_queued=limits.max_queued)
     if token is not None:
         app.add_middleware(TokenAuth, token=token)
     app.add_middleware(SecurityHeaders)
