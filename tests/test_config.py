@@ -80,6 +80,19 @@ def test_overrides_parse_yaml_values():
         parse_overrides(["novalue"])
 
 
+def test_deep_or_unreadable_yaml_is_a_config_error(tmp_path):
+    # 2500 levels pass Python's recursion limit (even hypothesis's raised one) inside PyYAML
+    deep = "[" * 2500 + "]" * 2500
+    with pytest.raises(ConfigError, match=r"override 'train\.epochs=\[\[.*\.\.\.': nested deeper than 16"):
+        load_config(None, [f"train.epochs={deep}"])
+    (tmp_path / "deep.yml").write_text(f"model: {{params: {{a: {'[' * 20}{']' * 20}}}}}")
+    with pytest.raises(ConfigError, match=r"deep\.yml: nested deeper than 16 levels"):
+        load_config(tmp_path / "deep.yml")
+    (tmp_path / "binary.yml").write_bytes(b"\xff\xfe model")
+    with pytest.raises(ConfigError, match=r"binary\.yml: cannot read as UTF-8 text"):
+        load_config(tmp_path / "binary.yml")
+
+
 def test_saved_config_loads_back_identically(tmp_path):
     cfg = load_config(None, ["train.epochs=3"])
     path = save_config(cfg, tmp_path / "run" / "config.yml")

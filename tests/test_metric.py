@@ -14,6 +14,7 @@ from steel_defect.evaluation.submission import (
     read_submission,
     write_submission,
 )
+from tests.conftest import excel_csv
 
 
 def test_dice_of_known_pairs():
@@ -92,12 +93,56 @@ def test_validator_names_rows(tmp_path, edit, message):
         read_submission(sub)
 
 
+@pytest.mark.parametrize(
+    ("edit", "only_problem"),
+    [
+        (lambda t: t.replace("b.jpg_4,7 3", "b.jpg_4,7 x"), "line 9: value 'x' is not an integer"),
+        (lambda t: t.replace("c.jpg_3,100 20", "c.jpg_3,100 20,1"), "line 12: 3 fields, expected 2"),
+        (lambda t: t.replace("c.jpg_3,100 20", "c.jpg_3"), "line 12: 1 fields, expected 2"),
+        (lambda t: t.replace("c.jpg_2,", "c.jpg_5,"), "line 11: 'c.jpg_5' is not '<ImageId>_<ClassId>'"),
+    ],
+    ids=["bad RLE", "extra field", "missing field", "bad class"],
+)
+def test_one_bad_row_is_one_problem(tmp_path, edit, only_problem):
+    # not also "image c.jpg has no row for class(es) 3", nor "image c.jpg is missing"
+    sub = _files(tmp_path)
+    sub.write_text(edit(sub.read_text()))
+    with pytest.raises(SubmissionError) as info:
+        read_submission(sub, expected_ids=["a.jpg", "b.jpg", "c.jpg"])
+    assert len(info.value.problems) == 1, info.value.problems
+    assert info.value.problems[0].startswith(only_problem)
+
+
+def test_an_image_whose_every_row_is_bad_is_not_also_missing(tmp_path):
+    sub = _files(tmp_path)
+    text = sub.read_text()
+    for c in range(1, 5):
+        text = text.replace(f"c.jpg_{c},", f"c.jpg_{c + 4},")
+    sub.write_text(text)
+    with pytest.raises(SubmissionError) as info:
+        read_submission(sub, expected_ids=["a.jpg", "b.jpg", "c.jpg"])
+    assert [p.split(":")[0] for p in info.value.problems] == ["line 10", "line 11", "line 12", "line 13"]
+
+
 def test_validator_reports_many_problems_at_once(tmp_path):
     sub = _files(tmp_path)
     sub.write_text(sub.read_text().replace(",\n", ",0 1\n"))
     with pytest.raises(SubmissionError) as info:
         read_submission(sub, expected_ids=["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
     assert len(info.value.problems) >= 9 and "image d.jpg is missing" in info.value.problems[-1]
+
+
+def test_a_submission_saved_by_excel_is_valid(tmp_path):
+    sub = _files(tmp_path)
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(excel_csv(sub.read_text()))
+    assert excel.read_bytes()[:3] == b"\xef\xbb\xbf" and b"\r\n" in excel.read_bytes()
+    assert read_submission(excel) == read_submission(sub)
+    assert read_sample_submission(excel) == ["a.jpg", "b.jpg", "c.jpg"]
+    # its errors still name the line: the header is line 1, the blank row line 2
+    excel.write_bytes(excel_csv(sub.read_text().replace("b.jpg_4,7 3", "b.jpg_4,7 -3")))
+    with pytest.raises(SubmissionError, match=r"line 10: .*below 1"):
+        read_submission(excel)
 
 
 def test_sample_submission_layouts(tmp_path):
@@ -111,6 +156,11 @@ def test_sample_submission_layouts(tmp_path):
     new.write_text("ImageId,EncodedPixels,ClassId\nx.jpg,1 1,0\na.jpg,1 1,0\n")
     assert read_sample_submission(old) == ["x.jpg", "a.jpg"]
     assert read_sample_submission(new) == ["x.jpg", "a.jpg"]
+    new.write_bytes(excel_csv(new.read_text()))
+    assert read_sample_submission(new) == ["x.jpg", "a.jpg"]
+    new.write_text("EncodedPixels,ClassId,ImageId\n1 1,0,x.jpg\n1 1,0\n")
+    with pytest.raises(ValueError, match=r"new\.csv: a row has fewer fields"):
+        read_sample_submission(new)
 
 
 def test_validate_cli(tmp_path, capsys):

@@ -64,7 +64,7 @@ def _browser_or_skip():
 
 
 @contextmanager
-def _serve(root: Path, *args: str):
+def _serve(root: Path, *args: str, env: dict | None = None):
     """`steel-defect serve ARGS` in a subprocess on a free port; yields its URL once it answers."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -80,7 +80,7 @@ def _serve(root: Path, *args: str):
         "--demo-dir",
         str(root),
     ]
-    process = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -233,6 +233,46 @@ def test_drag_and_drop_adds_files(server, browser, tmp_path):
     )
     page.wait_for_selector('#thumbs li[data-status="ready"]')
     assert page.text_content("#image-title") == "dropped.jpg"
+    page.close()
+
+
+TOKEN = "e2e-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    """`steel-defect serve` that requires STEEL_DEFECT_TOKEN."""
+    root = tmp_path_factory.mktemp("e2e_token")
+    paths = random_checkpoints(root)
+    with _serve(
+        root, "--checkpoints", str(paths["seg"]), env={**os.environ, "STEEL_DEFECT_TOKEN": TOKEN}
+    ) as url:
+        yield url
+
+
+def test_the_page_asks_for_the_token_once_and_keeps_to_its_csp(token_server, browser, tmp_path):
+    page = browser.new_page()
+    prompts, errors = [], []
+    page.on(
+        "dialog", lambda d: (prompts.append(d.message), d.accept(TOKEN if prompts[1:] else "a-wrong-token"))
+    )
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(token_server)
+    page.wait_for_selector('#model-line[data-state="ready"]')
+    page.set_input_files("#file-input", [str(_frame_file(tmp_path / "a.jpg", seed=2))])
+    page.wait_for_selector('#viewer[data-state="ready"]')
+    # the frame <img> loads with the session cookie, which no header could have carried
+    page.wait_for_function("document.getElementById('frame').naturalWidth === 1600")
+    # one question for the model, the examples and the upload together; the wrong answer asked again
+    assert prompts == [
+        "This server needs an access token (ask whoever started it):",
+        "That token is wrong; try again:",
+    ]
+    # class swatches are coloured through CSSOM, which the CSP allows (a style attribute it would not)
+    colour = page.evaluate("getComputedStyle(document.querySelector('#classes .swatch')).backgroundColor")
+    assert colour not in ("", "rgba(0, 0, 0, 0)")
+    assert errors == [], errors
     page.close()
 
 

@@ -151,9 +151,13 @@ def _cmd_serve(args) -> int:
     from steel_defect.inference.predictor import Predictor
     from steel_defect.webapp.app import Limits, create_app
     from steel_defect.webapp.examples import folder_examples
+    from steel_defect.webapp.security import access_token, is_loopback
     from steel_defect.webapp.server import demo_model, serve
     from steel_defect.webapp.service import InferenceService
 
+    token = access_token(args.host, args.token, args.no_auth)  # before the model loads: fails in a second
+    if token is None and not is_loopback(args.host):
+        log.warning("--no-auth: anyone who can reach %s can use the model", args.host)
     cfg = load_config(args.config, args.opts)
     max_file_bytes = int(args.max_file_mb * 2**20)
     # Read before the model loads, so a wrong folder fails in a second.
@@ -170,9 +174,13 @@ def _cmd_serve(args) -> int:
         max_file_bytes=max_file_bytes,
         max_files=args.max_files,
         max_request_bytes=max_file_bytes * args.max_files + 2**20,
+        timeout_s=args.timeout,
+        max_queued=args.max_queued,
     )
-    service = InferenceService(predictor, keep=args.keep, batch_size=cfg.inference.batch_size)
-    serve(create_app(service, limits, examples), args.host, args.port)
+    service = InferenceService(
+        predictor, keep=args.keep, batch_size=cfg.inference.batch_size, keep_mb=args.keep_mb
+    )
+    serve(create_app(service, limits, examples, token=token), args.host, args.port)
     return 0
 
 
@@ -301,10 +309,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", nargs="+", help="default: the model `make demo` trained")
     p.add_argument("--postprocessing", help="per-class thresholds YAML (default: the demo's / config's)")
     p.add_argument("--demo-dir", default="work/demo", help="where `make demo` wrote its summary.json")
-    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="0.0.0.0 exposes it to the network, which needs a token (or --no-auth)",
+    )
+    p.add_argument(
+        "--token",
+        help="require this access token (16+ characters) from every API client; the page asks for it "
+        "once. Default: $STEEL_DEFECT_TOKEN (better: a command line is visible to other users)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve a non-loopback --host without a token: every client that can reach it is trusted",
+    )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default inference.device)")
     p.add_argument("--keep", type=int, default=256, help="results kept for re-thresholding (1.6 MB each)")
+    p.add_argument("--keep-mb", type=float, default=512.0, help="memory bound of the kept results, in MB")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to answer a request (else 408 or 503)"
+    )
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=8,
+        help="predictions in progress at once; more get 503 + Retry-After",
+    )
     p.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted upload")
     p.add_argument("--max-files", type=int, default=32, help="most images in one request")
     p.add_argument(

@@ -26,6 +26,29 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message says which key and why."""
 
 
+# No setting nests deeper than a few levels (transforms: list -> mapping -> params); a value
+# nested hundreds deep is a typo or an attack, and would exhaust the recursion of the merge.
+MAX_DEPTH = 16
+
+
+def _parse_yaml(text: str, where: str):
+    """``yaml.safe_load`` whose every failure is a :class:`ConfigError` naming ``where``."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return value
+
+
 def _defaults(schema: dict) -> dict:
     return {
         key: _defaults(node) if isinstance(node, dict) else copy.deepcopy(node.default)
@@ -42,9 +65,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         where = f" (base of {seen[-1]})" if seen else ""
         raise ConfigError(f"config file {path} does not exist{where}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read as UTF-8 text ({err})") from None
+    data = _parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -179,18 +203,16 @@ def parse_overrides(overrides: list[str] | None) -> dict:
     result: dict = {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
+        shown = repr(item if len(item) <= 80 else item[:60] + "...")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+            raise ConfigError(f"override {shown} is not of the form key.sub=value")
+        value = _parse_yaml(raw, f"override {shown}") if raw.strip() else None
         node = result
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override of '{part}'")
+                raise ConfigError(f"override {shown} conflicts with an earlier override of '{part}'")
         node[leaf] = value
     return result
 

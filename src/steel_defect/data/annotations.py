@@ -8,12 +8,14 @@ Two layouts of ``train.csv`` exist in the wild:
 
 Both become :class:`Annotations`: a table of defect rows ``ImageId, ClassId,
 EncodedPixels`` plus the list of images the file speaks for. Every RLE is validated on
-read; a bad one is an error naming the file, the line and the problem.
+read; a bad one is an error naming the file, the line and the problem. Files saved by
+Excel (byte-order mark, CRLF, spaces around cells) read like any other.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -74,17 +76,50 @@ class Annotations:
         return cache
 
 
+class CSVReadError(ValueError):
+    """A file that stops being UTF-8 CSV at ``line`` (1-based); the message says why."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
+def read_csv_rows(path: str | Path) -> list[list[str]]:
+    """Every row of a CSV file with its cells stripped; a row of blank cells is ``[]``.
+
+    Files saved by a spreadsheet are taken as they come: Excel's "CSV UTF-8" starts with a
+    byte-order mark, ends lines with CRLF and may leave spaces around cells. Blank rows stay
+    in the list so that row ``i`` is still line ``i + 1`` for error messages. Raises OSError
+    when the file cannot be read and :class:`CSVReadError` when it is not UTF-8 CSV.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise CSVReadError(
+            line, f"byte 0x{data[err.start]:02x} is not UTF-8 text; save the file as CSV UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    try:
+        rows = list(reader)
+    except csv.Error as err:
+        raise CSVReadError(reader.line_num, f"not readable as CSV ({err})") from None
+    return [[cell.strip() for cell in row] if any(cell.strip() for cell in row) else [] for row in rows]
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
+        rows = read_csv_rows(path)
     except OSError as err:
         raise AnnotationError(f"{path}: cannot read ({err.strerror or err})") from err
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise AnnotationError(f"{path}: not a readable CSV file ({err})") from err
-    if not rows:
-        raise AnnotationError(f"{path}: empty file; expected a header {WIDE_HEADER} or {LONG_HEADER}")
-    return [cell.strip() for cell in rows[0]], rows[1:]
+    except CSVReadError as err:
+        raise AnnotationError(f"{path}, {err}") from None
+    if not rows or not rows[0]:
+        raise AnnotationError(
+            f"{path}, line 1: no header; expected {','.join(WIDE_HEADER)} or {','.join(LONG_HEADER)}"
+        )
+    return rows[0], rows[1:]
 
 
 def split_image_class(key: str) -> tuple[str, int]:
@@ -105,23 +140,23 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
         layout = "long"
     else:
         raise AnnotationError(
-            f"{path}: header {header} is neither {WIDE_HEADER} (4 rows per image) "
+            f"{path}, line 1: header {header} is neither {WIDE_HEADER} (4 rows per image) "
             f"nor {LONG_HEADER} (defect rows only)"
         )
     num_pixels = shape[0] * shape[1]
-    image_ids: dict[str, None] = {}
+    image_ids: dict[str, int] = {}  # image -> its first line
     seen: set[tuple[str, int]] = set()
     records = []
     for line, row in enumerate(rows, start=2):
-        if not row or all(not cell.strip() for cell in row):
+        if not row:
             continue
         if len(row) != len(header):
             raise AnnotationError(f"{path}, line {line}: {len(row)} fields, expected {len(header)}: {row}")
         try:
             if layout == "wide":
-                image_id, class_id = split_image_class(row[0].strip())
+                image_id, class_id = split_image_class(row[0])
             else:
-                image_id, class_id = row[0].strip(), int(row[1])
+                image_id, class_id = row[0], int(row[1])
                 if class_id not in CLASS_IDS or not image_id:
                     raise ValueError(f"ClassId {row[1]!r} is not one of {list(CLASS_IDS)}")
         except ValueError as err:
@@ -129,8 +164,8 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
         if (image_id, class_id) in seen:
             raise AnnotationError(f"{path}, line {line}: duplicate row for {image_id} class {class_id}")
         seen.add((image_id, class_id))
-        image_ids[image_id] = None
-        rle = row[-1].strip()
+        image_ids.setdefault(image_id, line)
+        rle = row[-1]
         try:
             starts, _ = parse_rle(rle, num_pixels)
         except RLEError as err:
@@ -149,8 +184,9 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
             counts[image_id] = counts.get(image_id, 0) + 1
         incomplete = [i for i, n in counts.items() if n != NUM_CLASSES]
         if incomplete:
+            first = incomplete[0]
             raise AnnotationError(
-                f"{path}: image {incomplete[0]} has {counts[incomplete[0]]} rows; "
+                f"{path}, line {image_ids[first]}: image {first} has {counts[first]} rows; "
                 f"the wide layout needs {NUM_CLASSES} rows per image ({len(incomplete)} such images)"
             )
     defects = pd.DataFrame(records, columns=LONG_HEADER).astype({"ClassId": int})

@@ -1,4 +1,4 @@
-"""Image decoding: jpeg4py (libjpeg-turbo) when it works, OpenCV otherwise.
+"""Image decoding: jpeg4py (libjpeg-turbo) when it works, OpenCV otherwise; size checked first.
 
 jpeg4py needs the system library ``libturbojpeg0``; when it is missing we decode with
 OpenCV and say so once, so a fresh laptop still works, only slower.
@@ -13,16 +13,29 @@ import cv2
 import numpy as np
 
 from steel_defect.constants import IMAGE_SHAPE
+from steel_defect.data.headers import HeaderError, header_size
 
 log = logging.getLogger(__name__)
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_END = b"\xff\xd9"
 _turbojpeg_ok: bool | None = None
+# Any size is allowed where no frame size is expected, up to this: a 4K frame is 8.3 million
+# pixels, and 50 million RGB pixels cost 150 MB to decode.
+MAX_PIXELS = 50_000_000
 
 
 class ImageReadError(OSError):
     """An image file that is missing, unreadable, corrupt or of the wrong size."""
+
+
+class ImageSizeError(ImageReadError):
+    """An image whose size (read from its header, or decoded) is not the one expected."""
+
+    def __init__(self, message: str, width: int, height: int):
+        super().__init__(message)
+        self.width = width
+        self.height = height
 
 
 def turbojpeg_available() -> bool:
@@ -58,13 +71,42 @@ def _decode_turbojpeg(data: bytes) -> np.ndarray | None:
         return None
 
 
-def decode_image(data: bytes, channels: int = 3, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to uint8 (H, W, channels); ``channels`` is 1 or 3.
+def _check_size(width: int, height: int, name: str, expected_shape: tuple[int, int] | None) -> None:
+    if expected_shape is not None and (height, width) != tuple(expected_shape):
+        raise ImageSizeError(
+            f"{name}: image is {width}x{height}; expected {expected_shape[1]}x{expected_shape[0]} "
+            "(width x height) as in the Severstal data",
+            width,
+            height,
+        )
+    if width * height > MAX_PIXELS:
+        raise ImageSizeError(
+            f"{name}: image is {width}x{height}, over the limit of {MAX_PIXELS // 10**6} million pixels",
+            width,
+            height,
+        )
 
-    Raises :class:`ImageReadError` naming ``name`` when the bytes are not a decodable image.
+
+def decode_image(
+    data: bytes,
+    channels: int = 3,
+    name: str = "<bytes>",
+    expected_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Decode JPEG, PNG, BMP or TIFF bytes to uint8 (H, W, channels); ``channels`` is 1 or 3.
+
+    The size in the header is checked against ``expected_shape`` (H, W) unless None, and
+    against :data:`MAX_PIXELS` always, before anything is decoded: a small file declaring a
+    huge image (a decompression bomb) costs no memory. Raises :class:`ImageSizeError` for a
+    wrong size and :class:`ImageReadError` naming ``name`` for bytes that are not a decodable image.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        width, height = header_size(data)
+    except HeaderError as err:
+        raise ImageReadError(f"{name}: not a decodable image ({err})") from None
+    _check_size(width, height, name, expected_shape)
     image = None
     if data[:3] == _JPEG_MAGIC:
         # Both decoders fill a truncated JPEG with grey instead of failing; the
@@ -78,6 +120,8 @@ def decode_image(data: bytes, channels: int = 3, name: str = "<bytes>") -> np.nd
         if image is None:
             raise ImageReadError(f"{name}: not a decodable image (corrupt or unsupported format)")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    # Checked again: OpenCV turns a JPEG by its EXIF orientation, so the header's size can differ.
+    _check_size(image.shape[1], image.shape[0], name, expected_shape)
     if channels == 1:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
     return np.ascontiguousarray(image)
@@ -90,19 +134,13 @@ def read_image(
 ) -> np.ndarray:
     """Read an image file as uint8 (H, W, channels).
 
-    ``expected_shape`` (H, W) is checked unless None; a mismatch, a missing file or a
-    corrupt one raises :class:`ImageReadError` with the path and the reason.
+    ``expected_shape`` (H, W) is checked from the header, before decoding, unless None; a
+    mismatch, a missing file or a corrupt one raises :class:`ImageReadError` with the path
+    and the reason.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ImageReadError(f"{path}: cannot read ({err.strerror or err})") from err
-    image = decode_image(data, channels, name=str(path))
-    if expected_shape is not None and image.shape[:2] != tuple(expected_shape):
-        height, width = image.shape[:2]
-        raise ImageReadError(
-            f"{path}: image is {width}x{height}; expected {expected_shape[1]}x{expected_shape[0]} "
-            "(width x height) as in the Severstal data"
-        )
-    return image
+    return decode_image(data, channels, name=str(path), expected_shape=expected_shape)

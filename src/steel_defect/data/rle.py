@@ -13,9 +13,14 @@ of one column to the top of the next, exactly as in the challenge's files.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from steel_defect.constants import IMAGE_SHAPE
+
+_RLE_TEXT = re.compile(r"[-0-9\s]*")
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class RLEError(ValueError):
@@ -58,15 +63,26 @@ def parse_rle(rle: str | float | None, num_pixels: int) -> tuple[np.ndarray, np.
     if len(tokens) % 2:
         raise RLEError(f"odd number of values ({len(tokens)}); RLE needs 'start length' pairs")
     try:
+        # Only ASCII digits: numpy, like int(), would also read "1_000", "+5" or Arabic digits.
+        if not _RLE_TEXT.fullmatch(text):
+            raise ValueError(text)
         values = np.array(tokens, dtype=np.int64)
-    except ValueError:
-        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-        raise RLEError(f"value {bad!r} is not an integer") from None
+    except (ValueError, OverflowError):
+        bad = next((t for t in tokens if not _INTEGER.fullmatch(t)), None)
+        if bad is not None:
+            raise RLEError(f"value {bad!r} is not an integer") from None
+        bad = next(t for t in tokens if abs(int(t)) >= 2**63)
+        raise RLEError(f"value {bad} is too large; the frame has {num_pixels} pixels") from None
     starts, lengths = values[0::2], values[1::2]
     if (starts < 1).any():
         raise RLEError(f"start {starts[starts < 1][0]} is below 1 (starts are 1-based)")
     if (lengths < 1).any():
         raise RLEError(f"run length {lengths[lengths < 1][0]} is below 1")
+    # Checked apart first so that start + length cannot overflow int64 below.
+    far = (starts > num_pixels) | (lengths > num_pixels)
+    if far.any():
+        i = int(np.argmax(far))
+        raise RLEError(f"run '{starts[i]} {lengths[i]}' goes past the last pixel {num_pixels}")
     ends = starts - 1 + lengths
     if (ends > num_pixels).any():
         i = int(np.argmax(ends > num_pixels))

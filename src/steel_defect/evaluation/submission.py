@@ -3,19 +3,26 @@
 A submission is ``ImageId_ClassId,EncodedPixels`` with 4 rows per image (classes 1..4)
 and RLE runs that are positive, sorted, non-overlapping and inside the 256x1600 frame.
 ``steel-defect validate SUB.csv [--truth T.csv | --sample-submission S.csv]`` runs
-:func:`validate_submission` and prints every problem (up to a limit) by line.
+:func:`read_submission` and prints every problem (up to a limit) by line. A file saved
+by Excel (byte-order mark, CRLF, spaces around cells, blank rows) reads like any other.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
-from steel_defect.data.annotations import WIDE_HEADER, split_image_class, write_annotations
+from steel_defect.data.annotations import (
+    WIDE_HEADER,
+    CSVReadError,
+    read_csv_rows,
+    split_image_class,
+    write_annotations,
+)
 from steel_defect.data.rle import RLEError, parse_rle
 
 MAX_REPORTED = 20
+_REPORTED = "<reported>"  # stands for a row whose problem is already listed
 
 
 class SubmissionError(ValueError):
@@ -50,42 +57,57 @@ def read_submission(
             problems.append(message)
 
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise SubmissionError(path, [f"cannot read as CSV: {err}"]) from None
-    if not rows or [c.strip() for c in rows[0]] != WIDE_HEADER:
+        rows = read_csv_rows(path)
+    except OSError as err:
+        raise SubmissionError(path, [f"cannot read ({err.strerror or err})"]) from None
+    except CSVReadError as err:
+        raise SubmissionError(path, [str(err)]) from None
+    if not rows or rows[0] != WIDE_HEADER:
         header = rows[0] if rows else "nothing (empty file)"
         raise SubmissionError(path, [f"line 1: header must be {','.join(WIDE_HEADER)}, got {header}"])
     num_pixels = shape[0] * shape[1]
     result: dict[str, list[str | None]] = {}
     first_line: dict[str, int] = {}
+    # Rows already reported still count as present, so that one bad row is one problem and
+    # not also "no row for class 3" or "image missing". A key with a bad class counts for
+    # its image when the image part reads.
+    bad_keys: dict[str, int] = {}
     for line, row in enumerate(rows[1:], start=2):
-        if len(row) != 2:
-            problem(f"line {line}: {len(row)} fields, expected 2: {row}")
+        if not row:
             continue
+        reported = len(row) != 2
+        if reported:
+            problem(f"line {line}: {len(row)} fields, expected 2: {row}")
         try:
-            image_id, class_id = split_image_class(row[0].strip())
-            rle = row[1].strip()
-            parse_rle(rle, num_pixels)
-        except (ValueError, RLEError) as err:
-            problem(f"line {line}: {err}")
+            image_id, class_id = split_image_class(row[0])
+        except ValueError as err:
+            if not reported:
+                problem(f"line {line}: {err}")
+            image_part = row[0].rpartition("_")[0]
+            bad_keys[image_part] = bad_keys.get(image_part, 0) + 1
             continue
         rles = result.setdefault(image_id, [None] * NUM_CLASSES)
         first_line.setdefault(image_id, line)
         if rles[class_id - 1] is not None:
-            problem(f"line {line}: second row for {image_id}_{class_id}")
+            if not reported:
+                problem(f"line {line}: second row for {image_id}_{class_id}")
             continue
-        rles[class_id - 1] = rle
+        rles[class_id - 1] = _REPORTED
+        if not reported:
+            try:
+                parse_rle(row[1], num_pixels)
+                rles[class_id - 1] = row[1]
+            except RLEError as err:
+                problem(f"line {line}: {err}")
     for image_id, rles in result.items():
         missing = [str(c) for c, rle in zip(CLASS_IDS, rles, strict=True) if rle is None]
-        if missing:
+        if len(missing) > bad_keys.get(image_id, 0):
             problem(
                 f"line {first_line[image_id]}: image {image_id} has no row for class(es) {', '.join(missing)}"
             )
     if expected_ids is not None:
         expected = set(expected_ids)
-        for image_id in [i for i in expected_ids if i not in result]:
+        for image_id in [i for i in expected_ids if i not in result and i not in bad_keys]:
             problem(f"image {image_id} is missing (4 rows expected)")
         for image_id in [i for i in result if i not in expected]:
             problem(f"line {first_line[image_id]}: image {image_id} is not among the expected images")
@@ -102,20 +124,21 @@ def read_sample_submission(path: str | Path) -> list[str]:
     """
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields = [f.strip() for f in reader.fieldnames or []]
-            reader.fieldnames = fields
-            if "ImageId_ClassId" in fields:
-                keys = [row["ImageId_ClassId"].strip() for row in reader]
-                ids = [split_image_class(key)[0] for key in keys]
-            elif "ImageId" in fields:
-                ids = [row["ImageId"].strip() for row in reader]
-            else:
-                raise ValueError(f"header {fields} has neither ImageId_ClassId nor ImageId")
+        rows = read_csv_rows(path)
+        header, body = (rows[0], [row for row in rows[1:] if row]) if rows else ([], [])
+        if "ImageId_ClassId" in header:
+            column = header.index("ImageId_ClassId")
+            ids = [split_image_class(row[column])[0] for row in body]
+        elif "ImageId" in header:
+            column = header.index("ImageId")
+            ids = [row[column] for row in body]
+        else:
+            raise ValueError(f"header {header} has neither ImageId_ClassId nor ImageId")
     except OSError as err:
         raise FileNotFoundError(f"sample submission {path}: cannot read ({err.strerror or err})") from err
-    except (ValueError, csv.Error) as err:
+    except IndexError:
+        raise ValueError(f"sample submission {path}: a row has fewer fields than the header") from None
+    except ValueError as err:  # CSVReadError included
         raise ValueError(f"sample submission {path}: {err}") from None
     return list(dict.fromkeys(ids))
 

@@ -7,6 +7,7 @@ Routes (OpenAPI docs at ``/docs``):
 
     GET  /                                  the page
     GET  /api/health, /api/model            liveness; models, config, device, limits
+    POST /api/login                         ``{"token": ...}`` -> session cookie (with a token only)
     POST /api/predict                       multipart ``files`` -> per-image classes, RLE, boxes
     POST /api/results/{id}/postprocess      the same report under other thresholds, no network
     GET  /api/results/{id}/image.jpg        the frame the page draws under the overlay
@@ -14,14 +15,17 @@ Routes (OpenAPI docs at ``/docs``):
     POST /api/submission                    submission CSV of several results
     GET  /api/examples[/{name}]             example frames: synthetic, or ``--examples DIR``'s
 
-Every error is ``{"detail": "<message>"}`` with its status: 400 malformed request, 404
-unknown result, 413 too large, 415 not an image, 422 corrupt image or invalid value. In a
+Every error is ``{"detail": "<message>"}`` with its status: 400 malformed request, 401 no or
+wrong access token (when the server has one, see :mod:`.security`), 404
+unknown result, 408 request body too slow, 413 too large, 415 not an image, 422 corrupt image or
+invalid value, 503 busy or too slow (with ``Retry-After``; see :mod:`.limits`). In a
 batch, a bad file fails only its own item (``"error"`` in its entry, status 200 overall);
 when no file of a request could be predicted the request fails with their status.
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -33,10 +37,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from steel_defect.data.headers import image_format
 from steel_defect.webapp.examples import example_images
-from steel_defect.webapp.limits import BodySizeLimit
+from steel_defect.webapp.limits import BodySizeLimit, RequestGuard
+from steel_defect.webapp.security import COOKIE, SecurityHeaders, TokenAuth, session_value
 from steel_defect.webapp.service import InferenceService, ResultNotFound
-from steel_defect.webapp.uploads import UploadError, decode_upload, display_name, image_format
+from steel_defect.webapp.uploads import UploadError, decode_upload, display_name
 
 STATIC = Path(__file__).with_name("static")
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
@@ -47,6 +53,14 @@ class Limits:
     max_file_bytes: int = 10 * 2**20
     max_files: int = 32
     max_request_bytes: int = 64 * 2**20
+    timeout_s: float = 120.0  # a request not answered by then gets 408 (slow body) or 503
+    max_queued: int = 8  # predictions in progress, the running one included; more get 503
+
+    def __post_init__(self):
+        if not self.timeout_s > 0:
+            raise ValueError(f"the request timeout must be above 0 s, got {self.timeout_s}")
+        if self.max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1 prediction, got {self.max_queued}")
 
 
 class ClassOverride(BaseModel):
@@ -77,18 +91,32 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
 
+class Login(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(max_length=1024, description="the server's access token")
+
+
 def create_app(
-    service: InferenceService, limits: Limits = Limits(), examples: dict[str, bytes] | None = None
+    service: InferenceService,
+    limits: Limits = Limits(),
+    examples: dict[str, bytes] | None = None,
+    token: str | None = None,
 ) -> FastAPI:
     """The app; ``examples`` (``{file name: image bytes}``, see ``folder_examples``) replaces the
-    synthetic example frames."""
+    synthetic example frames; with a ``token`` the API needs it (see :mod:`.security`)."""
     examples = example_images() if examples is None else dict(examples)
     app = FastAPI(
         title="steel-defect",
         summary="Find and classify surface defects in 1600x256 steel-sheet frames (Severstal format).",
         version="1.0",
     )
+    # The last added runs first: headers on every answer, then the token, then the deadline
+    # and queue, then the body size.
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(RequestGuard, timeout_s=limits.timeout_s, max_queued=limits.max_queued)
+    if token is not None:
+        app.add_middleware(TokenAuth, token=token)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException):
@@ -124,6 +152,17 @@ def create_app(
     @app.get("/api/health")
     def health() -> dict:
         return {"status": "ok", "device": service.predictor.describe()["device"]}
+
+    @app.post("/api/login", status_code=204, response_class=Response)
+    def login(body: Login) -> Response:
+        """Exchange the access token for a session cookie (what the page does once)."""
+        if token is None:
+            return Response(status_code=204)  # nothing to log in to
+        if not hmac.compare_digest(body.token.encode(), token.encode()):
+            raise HTTPException(401, "wrong access token; ask whoever started the server for it")
+        response = Response(status_code=204)
+        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/")
+        return response
 
     @app.get("/api/model")
     def model() -> dict:

@@ -1,11 +1,14 @@
-"""A request-body size limit that holds before anything is parsed or spooled to disk.
+"""Request limits that hold before the app sees a request: body size, deadline, queue.
 
 A declared ``Content-Length`` over the limit is answered 413 at once; a body sent without
-one (chunked) is counted as it arrives and cut off with 413 when it passes the limit.
+one (chunked) is counted as it arrives and cut off with 413 when it passes the limit
+(:class:`BodySizeLimit`). :class:`RequestGuard` answers a request that takes too long (408
+or 503) and turns predictions away with 503 and ``Retry-After`` when too many are queued.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from steel_defect.webapp.uploads import megabytes
@@ -23,23 +26,11 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def _reject(self, send) -> None:
-        body = json.dumps(
-            {
-                "detail": f"request body is over the limit of {megabytes(self.max_bytes)}; send fewer "
-                "or smaller files per request"
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        detail = (
+            f"request body is over the limit of {megabytes(self.max_bytes)}; send fewer "
+            "or smaller files per request"
         )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, detail, [])
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -69,3 +60,83 @@ class BodySizeLimit:
         except _TooLarge:
             if not started:
                 await self._reject(send)
+
+
+class RequestGuard:
+    """ASGI middleware: a deadline for every request and a bound on queued predictions.
+
+    A request not answered within ``timeout_s`` gets 408 when its body had not all arrived
+    (a slow or stalled client) and 503 with ``Retry-After`` otherwise; a prediction already
+    running finishes in the background (its batch holds the network) and its answer is
+    dropped. A request to one of ``queued_paths`` while ``max_queued`` are in progress, the
+    running one included, gets 503 with ``Retry-After`` at once instead of waiting in line.
+    """
+
+    def __init__(self, app, timeout_s: float, max_queued: int, queued_paths=("/api/predict",)):
+        self.app = app
+        self.timeout_s = timeout_s
+        self.max_queued = max_queued
+        self.queued_paths = queued_paths
+        self.in_progress = 0  # only touched on the event loop's thread
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        queued = scope["path"] in self.queued_paths
+        retry = str(max(1, round(self.timeout_s / 4)))
+        if queued and self.in_progress >= self.max_queued:
+            message = f"the server is busy ({self.in_progress} predictions in progress); retry in {retry} s"
+            return await _answer(send, 503, message, [(b"retry-after", retry.encode())])
+        state = {"started": False, "body_done": False, "abandoned": False}
+
+        async def tracking_receive():
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                state["body_done"] = True
+            return message
+
+        async def guarded_send(message):
+            if state["abandoned"]:
+                return  # we answered already; the late result has nowhere to go
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, tracking_receive, guarded_send))
+        if queued:
+            self.in_progress += 1
+            task.add_done_callback(self._finished)
+        done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        if done:
+            return task.result()
+        if state["started"]:
+            task.cancel()  # the answer is half sent: all we can do is stop
+            return
+        state["abandoned"] = True
+        task.cancel()  # cancels a pending read; a running batch still ends in its thread
+        if state["body_done"]:
+            message = f"not answered within {self.timeout_s:g} s; send fewer files per request"
+            await _answer(send, 503, message, [(b"retry-after", retry.encode())])
+        else:
+            message = f"request body not received within {self.timeout_s:g} s"
+            await _answer(send, 408, message, [(b"connection", b"close")])
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.in_progress -= 1
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as lost
+
+
+async def _answer(send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

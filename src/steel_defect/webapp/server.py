@@ -3,7 +3,8 @@
     steel-defect serve                                   # the model `make demo` trained
     steel-defect serve --checkpoints seg.pth cls.pth --postprocessing post.yml --port 8000
 
-Bound to 127.0.0.1 unless ``--host`` says otherwise (the Docker image passes 0.0.0.0).
+Bound to 127.0.0.1 unless ``--host`` says otherwise (the Docker image passes 0.0.0.0); any
+other address needs an access token or ``--no-auth`` (see :mod:`.security`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ def demo_model(demo_dir: str | Path = DEMO_DIR) -> tuple[list[str], str | None]:
 def serve(app, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: anyone who can reach this address can use the model", host)
     log.info("open http://%s:%d/ in a browser (API docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")
 

@@ -2,7 +2,7 @@
 
 The page re-thresholds without running the network again, so each prediction keeps its
 probability maps (uint8, p * 255, 1.6 MB a frame: the quantisation the threshold search
-tunes on) in a bounded store, oldest dropped first. Masks, reports, the submission CSV and
+tunes on) in a store bounded in count and in MB, oldest dropped first. Masks, reports, the submission CSV and
 the mask PNGs are all computed from those maps with the same :func:`postprocess` as
 ``inference.py``; per-request post-processing overrides never change the server's defaults.
 
@@ -51,6 +51,10 @@ def _quantise(probs: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def _size(result: StoredResult) -> int:
+    return result.probs.nbytes + len(result.preview)
+
+
 def _jpeg(frame: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
@@ -61,11 +65,15 @@ def _jpeg(frame: np.ndarray) -> bytes:
 class InferenceService:
     """Thread-safe predictions and post-processing for the API."""
 
-    def __init__(self, predictor: Predictor, keep: int = 256, batch_size: int = 4):
+    def __init__(self, predictor: Predictor, keep: int = 256, batch_size: int = 4, keep_mb: float = 512.0):
         if keep < 1:
             raise ValueError(f"keep must be at least 1 result, got {keep}")
+        if keep_mb <= 0:
+            raise ValueError(f"keep_mb must be above 0 MB, got {keep_mb}")
         self.predictor = predictor
         self.keep = keep
+        self.keep_bytes = int(keep_mb * 2**20)
+        self._stored_bytes = 0
         self.batch_size = max(1, batch_size)
         self._network = threading.Lock()  # one forward pass at a time: CPU threads are shared anyway
         self._store_lock = threading.Lock()
@@ -141,9 +149,19 @@ class InferenceService:
         with self._store_lock:
             for result in results:
                 self._store[result.id] = result
-            while len(self._store) > self.keep:
-                self._store.popitem(last=False)
+                self._stored_bytes += _size(result)
+            # Bounded in count and in memory; the newest result always stays.
+            while len(self._store) > self.keep or (
+                self._stored_bytes > self.keep_bytes and len(self._store) > 1
+            ):
+                _, dropped = self._store.popitem(last=False)
+                self._stored_bytes -= _size(dropped)
         return results
+
+    @property
+    def stored_mb(self) -> float:
+        """Memory held by the stored results (maps and previews), in MB."""
+        return self._stored_bytes / 2**20
 
     def get(self, result_id: str) -> StoredResult:
         with self._store_lock:
@@ -151,7 +169,7 @@ class InferenceService:
         if result is None:
             raise ResultNotFound(
                 f"no result {result_id!r}: unknown, or dropped to make room (the server keeps the "
-                f"last {self.keep} images); upload the image again"
+                f"last {self.keep} images, at most {self.keep_bytes / 2**20:g} MB); upload the image again"
             )
         return result
 

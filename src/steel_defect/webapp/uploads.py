@@ -2,7 +2,8 @@
 
 Every check raises :class:`UploadError` carrying the HTTP status the API answers with:
 413 for a file over the size limit, 415 for bytes that are no image format we decode,
-422 for an image that is corrupt or not a 1600x256 Severstal frame. A client's file name is
+422 for an image that is corrupt or not a 1600x256 Severstal frame (told from its header, before
+decoding, so a decompression bomb costs no memory). A client's file name is
 only ever a label: :func:`display_name` strips any folders and odd characters from it, and
 nothing is written to disk under it.
 """
@@ -15,17 +16,9 @@ import unicodedata
 import numpy as np
 
 from steel_defect.constants import IMAGE_SHAPE
-from steel_defect.data.images import ImageReadError, decode_image
+from steel_defect.data.headers import ACCEPTED, image_format
+from steel_defect.data.images import ImageReadError, ImageSizeError, decode_image
 
-# Leading bytes of the formats OpenCV decodes for us; judged by content, not by extension.
-SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG",
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-}
-ACCEPTED = "JPEG, PNG, BMP or TIFF"
 _UNSAFE = re.compile(r"[^\w.\- ()+]")
 
 
@@ -55,14 +48,6 @@ def display_name(name: str | None, index: int) -> str:
     return base or f"upload-{index}"
 
 
-def image_format(data: bytes) -> str | None:
-    """The format named by the file's leading bytes, or None for anything else."""
-    for magic, name in SIGNATURES.items():
-        if data.startswith(magic):
-            return name
-    return None
-
-
 def decode_upload(
     data: bytes,
     name: str,
@@ -84,14 +69,13 @@ def decode_upload(
     if kind is None:
         raise UploadError(415, f"{name}: not an image (its content is not {ACCEPTED})")
     try:
-        image = decode_image(data, channels=3, name=name)
-    except ImageReadError as err:
-        raise UploadError(422, f"{err} ({kind} header, but the data cannot be decoded)") from None
-    if image.shape[:2] != tuple(expected_shape):
-        height, width = image.shape[:2]
+        # The header's size is checked before decoding, so a decompression bomb costs nothing.
+        return decode_image(data, channels=3, name=name, expected_shape=expected_shape)
+    except ImageSizeError as err:
         raise UploadError(
             422,
-            f"{name}: image is {width}x{height}; expected a {expected_shape[1]}x{expected_shape[0]} "
+            f"{name}: image is {err.width}x{err.height}; expected a {expected_shape[1]}x{expected_shape[0]} "
             "(width x height) steel frame as in the Severstal data",
-        )
-    return image
+        ) from None
+    except ImageReadError as err:
+        raise UploadError(422, f"{err} ({kind} header, but the data cannot be decoded)") from None

@@ -18,10 +18,38 @@ const state = {
   refreshing: null,
 };
 
+// ---------- access token ----------
+// A server started with a token answers 401 until the page logs in. We ask once, however many
+// requests failed together; the session cookie the login sets then covers every request,
+// the <img> ones included, and is never sent by another site's page (SameSite=Strict).
+
+let loggingIn = null;
+
+function logIn() {
+  loggingIn = loggingIn || (async () => {
+    let question = "This server needs an access token (ask whoever started it):";
+    for (;;) {
+      const token = window.prompt(question);
+      if (token === null) throw new Error("no access token given; reload the page to enter it");
+      const response = await fetch("/api/login", jsonBody({ token }));
+      if (response.ok) return;
+      question = "That token is wrong; try again:";
+    }
+  })().finally(() => { loggingIn = null; });
+  return loggingIn;
+}
+
+async function send(path, options = {}) {
+  const response = await fetch(path, options);
+  if (response.status !== 401) return response;
+  await logIn();
+  return fetch(path, options);
+}
+
 // ---------- helpers ----------
 
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await send(path, options);
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try {
@@ -42,6 +70,7 @@ function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (key === "class") node.className = value;
+    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the page's CSP
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value);
   }
@@ -281,7 +310,7 @@ async function addFiles(files) {
     const form = new FormData();
     for (const item of chunk) form.append("files", item.file, item.name);
     try {
-      const response = await fetch("/api/predict", { method: "POST", body: form });
+      const response = await send("/api/predict", { method: "POST", body: form });
       const body = await response.json();
       const entries = body.images || chunk.map(() => ({ error: { message: body.detail || response.statusText } }));
       chunk.forEach((item, i) => {
