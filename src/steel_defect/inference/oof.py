@@ -141,11 +141,12 @@ def out_of_fold_score(report: dict, images: int) -> dict:
 
 
 def search_thresholds(
-    seg_cfg, cls_cfg=None, out: str | Path | None = None, device: str = "cpu", members=()
+    seg_cfg, cls_cfg=None, out: str | Path | None = None, device: str = "cpu", members=(), record=True
 ) -> dict:
     """Collect OOF predictions, search per-class parameters, write YAML + JSON report.
 
     ``members``: further segmenter configs of an ensemble (see :func:`collect_oof`).
+    ``record``: write the OOF score into the checkpoints (False for what-if searches).
     """
     oof = collect_oof(seg_cfg, cls_cfg, device, members)
     top = oof["top"] if seg_cfg.inference.search_top_threshold else None
@@ -166,6 +167,6 @@ def search_thresholds(
         json.dump(summary, handle, indent=2, default=str)
     # the models carry the score their thresholds earned, for the web page and for whoever
     # finds the checkpoint later without its report
-    for path in oof["checkpoints"]:
+    for path in oof["checkpoints"] if record else []:
         update_checkpoint(path, out_of_fold=summary["out_of_fold"])
     return summary
