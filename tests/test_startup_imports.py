@@ -21,7 +21,7 @@ from tests.conftest import REPO, random_checkpoints
 TRAINING_STACK = ("torch", "catalyst", "segmentation_models_pytorch", "timm", "albumentations")
 # Predicting needs torch and the architectures, never the trainer or the augmentation library.
 PREDICT_FORBIDDEN = ("catalyst", "albumentations")
-WATCHED = (*TRAINING_STACK, "fastapi")
+WATCHED = (*TRAINING_STACK, "fastapi", "pandas", "cv2")
 
 _CHILD = """
 import atexit, json, sys
@@ -67,6 +67,11 @@ def data(tmp_path_factory) -> Path:
 )
 def test_help_imports_no_training_stack(tmp_path, argv):
     assert loaded_modules(tmp_path, *argv).isdisjoint(TRAINING_STACK)
+
+
+def test_top_level_help_imports_not_even_pandas_or_opencv(tmp_path):
+    # main() names the user-error types without importing the modules that define them.
+    assert loaded_modules(tmp_path, "--help") == set()
 
 
 def test_cheap_commands_import_no_training_stack(tmp_path, data):
