@@ -84,12 +84,18 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def model_from_checkpoint(path_or_state: str | Path | dict) -> tuple[nn.Module, EasyDict]:
-    """Rebuild the model (in eval mode, on CPU) and its config from a checkpoint alone."""
+    """Rebuild the model (in eval mode, on CPU) and its config from a checkpoint alone.
+
+    The model adopts the tensors of ``state["model_state"]`` (no copy): changing one changes
+    the other.
+    """
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
     cfg = EasyDict(state["config"])
     # The weights come from the checkpoint: do not ask for pretrained encoder files again.
     cfg.model.encoder_weights = None
     cfg.paths.encoder_weights = None
     model = build_model(cfg)
-    model.load_state_dict(state["model_state"])
+    # assign=True takes the loaded tensors instead of copying them into the freshly initialised
+    # ones: about 0.25 s less per full-size Unet-resnet18 at every predict and serve start.
+    model.load_state_dict(state["model_state"], assign=True)
     return model.eval(), cfg
