@@ -63,6 +63,8 @@ bench: install
 	$(PY) bench/rle.py
 	$(PY) bench/inference.py
 	$(PY) bench/webapp.py
+	$(PY) bench/startup.py
+	$(PY) bench/pipeline_stages.py
 
 # The main job on synthetic data (about 10 minutes on a 2-core CPU); see README.
 demo: install

@@ -10,7 +10,7 @@ import numpy as np
 from steel_defect.config import load_config
 from steel_defect.data.synth import generate_frame
 from steel_defect.models import build_model
-from steel_defect.training.checkpoint import save_checkpoint
+from steel_defect.models.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

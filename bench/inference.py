@@ -1,9 +1,11 @@
 """Inference throughput and memory: model-only vs the full pipeline, flat memory, gating.
 
-Run: ``.venv/bin/python bench/inference.py [--n 6] [--batch 2] [--checkpoints SEG.pth CLS.pth]``.
+Run: ``.venv/bin/python bench/inference.py [--n 6] [--batch 2] [--tta [hflip]] [--repeats 3]
+[--checkpoints SEG.pth CLS.pth]``.
 Without checkpoints it uses the ones ``make demo`` trained (work/demo) when present, else
 untrained full-resolution models (speed does not depend on the weights). All figures come
-from one run on the same synthetic images (half defect-free), same batch size and TTA:
+from the same synthetic images (half defect-free), same batch size and TTA; throughput is the
+fastest of ``--repeats`` interleaved runs:
 
 * model-only forward images/s (preloaded tensors, TTA included) vs the whole pipeline
   (decode -> classifier -> segmenter -> post-processing -> RLE -> CSV) images/s, and the ratio;
@@ -69,6 +71,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=6, help="images for N (the memory run also uses 4N)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--checkpoints", nargs="*")
+    parser.add_argument("--tta", nargs="*", default=["hflip"], help="flip views; none: --tta with no value")
+    parser.add_argument("--repeats", type=int, default=1, help="throughput runs; the fastest is kept")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--images", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -83,8 +87,9 @@ def main() -> None:
         synthetic_images(small, args.n)
         synthetic_images(large, 4 * args.n)
         checkpoints = bench_checkpoints(work, args.checkpoints)
-        print(f"checkpoints: {checkpoints}; batch {args.batch}; TTA hflip; {args.n} images, half defect-free")
-        plain = Predictor(checkpoints[:1], tta=("hflip",))
+        tta = " ".join(args.tta) or "none"
+        print(f"checkpoints: {checkpoints}; batch {args.batch}; TTA {tta}; {args.n} images, half defect-free")
+        plain = Predictor(checkpoints[:1], tta=tuple(args.tta))
         frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(small.iterdir())]
         seg = plain.segmenters[0]
         tensors = [plain._batch(seg, frames[i : i + args.batch]) for i in range(0, len(frames), args.batch)]
@@ -94,17 +99,21 @@ def main() -> None:
             for batch in tensors:
                 plain._forward(seg, batch)
 
-        model_rate = _rate(model_only, len(frames))
-        pipe_rate = _rate(
-            lambda: predict_folder(plain, small, work / "a.csv", batch_size=args.batch, progress=False),
-            len(frames),
-        )
+        # Fastest of --repeats interleaved runs: on a shared machine a burst of other work
+        # otherwise lands on one side of the ratio only.
+        def pipeline():
+            predict_folder(plain, small, work / "a.csv", batch_size=args.batch, progress=False)
+
+        model_rate = pipe_rate = 0.0
+        for _ in range(args.repeats):
+            model_rate = max(model_rate, _rate(model_only, len(frames)))
+            pipe_rate = max(pipe_rate, _rate(pipeline, len(frames)))
         rss_n = _rss(checkpoints[:1], small, work / "b.csv", args.batch)
         rss_4n = _rss(checkpoints[:1], large, work / "c.csv", args.batch)
         rows = [
             ("model-only forward (images/s)", f"{model_rate:.2f}"),
             ("full pipeline, decode to CSV (images/s)", f"{pipe_rate:.2f}"),
-            ("pipeline / model-only (target >= 0.85)", f"{pipe_rate / model_rate:.2f}"),
+            ("pipeline / model-only (target >= 0.9)", f"{pipe_rate / model_rate:.2f}"),
             (f"peak RSS, {args.n} images (MB)", f"{rss_n:.0f}"),
             (f"peak RSS, {4 * args.n} images (MB)", f"{rss_4n:.0f}"),
             ("RSS 4N / N (target <= 1.1)", f"{rss_4n / rss_n:.3f}"),

@@ -409,15 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_user_error(err: Exception) -> bool:
+    """Whether ``err`` is a problem with the user's input (one line, exit status 2)."""
+    # ConfigError, AnnotationError, SubmissionError, CheckpointError and the model, loss and
+    # transform config errors are ValueErrors. ImageReadError is an OSError; it is looked up
+    # only when its module was imported (nothing else can raise it), so that `--help` and
+    # `evaluate` do not import OpenCV just to name it.
+    images = sys.modules.get("steel_defect.data.images")
+    kinds = (UserError, FileNotFoundError, ValueError) + ((images.ImageReadError,) if images else ())
+    return isinstance(err, kinds)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors print one line and return 2."""
-    from steel_defect.config import ConfigError
-    from steel_defect.data.annotations import AnnotationError
-    from steel_defect.data.images import ImageReadError
-    from steel_defect.evaluation.submission import SubmissionError
-
-    # CheckpointError and the model/loss config errors are ValueErrors: caught below without
-    # importing torch for commands that do not need it.
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -425,16 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (
-        UserError,
-        ConfigError,
-        AnnotationError,
-        SubmissionError,
-        ImageReadError,
-        FileNotFoundError,
-        ValueError,
-    ) as err:
-        if args.verbose:
+    except Exception as err:
+        if args.verbose or not _is_user_error(err):
             raise
         print(f"steel-defect {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -18,14 +18,16 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
-import pandas as pd
 
 from steel_defect.atomic import atomic_write
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
 from steel_defect.data.rle import RLEError, parse_rle
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 WIDE_HEADER = ["ImageId_ClassId", "EncodedPixels"]
 LONG_HEADER = ["ImageId", "ClassId", "EncodedPixels"]
@@ -189,6 +191,8 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
                 f"{path}, line {image_ids[first]}: image {first} has {counts[first]} rows; "
                 f"the wide layout needs {NUM_CLASSES} rows per image ({len(incomplete)} such images)"
             )
+    import pandas as pd  # here, not at the top: predict and serve import this module, never this
+
     defects = pd.DataFrame(records, columns=LONG_HEADER).astype({"ClassId": int})
     defects = defects.sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
     return Annotations(defects=defects, image_ids=list(image_ids), layout=layout)

@@ -23,7 +23,7 @@ from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.search import downsample_mask, downsample_probs, search_all
-from steel_defect.training.checkpoint import update_checkpoint
+from steel_defect.models.checkpoint import update_checkpoint
 
 log = logging.getLogger(__name__)
 

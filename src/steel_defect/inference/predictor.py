@@ -14,10 +14,10 @@ is gated off skip the segmenter entirely.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,16 +25,14 @@ import torch.nn.functional as F
 from steel_defect.config import model_classes
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
 from steel_defect.data.datasets import image_to_tensor
-from steel_defect.data.transforms import build_transforms
+from steel_defect.data.eval_transforms import build_eval_transforms
 from steel_defect.inference.postprocess import PostProcessing, postprocess
-from steel_defect.training.checkpoint import load_checkpoint, model_from_checkpoint
+from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
 # Each TTA view is its own inverse: flip the input, predict, flip the output back.
 TTA_DIMS = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
-# Validation transforms that keep every pixel in place (or only rescale the frame).
-_INVERTIBLE = (A.Resize, A.Normalize)
 # What the model learnt from, where its encoder started, its out-of-fold Dice (the web page shows them).
 PROVENANCE_KEYS = ("trained_on", "weights_source", "out_of_fold")
 
@@ -54,7 +52,7 @@ class LoadedModel:
     path: str
     task: str
     model: torch.nn.Module
-    transform: A.Compose
+    transform: Callable[..., dict]  # called as transform(image=...) like an albumentations Compose
     channels: int
     name: str
     info: dict  # epoch, validation metrics, resolved config and PROVENANCE_KEYS of the checkpoint
@@ -65,13 +63,8 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """Model, task and validation transform of one checkpoint."""
     state = load_checkpoint(path)
     model, cfg = model_from_checkpoint(state)
-    transform = build_transforms(cfg.transforms.valid, f"{path}: transforms.valid")
-    for step in transform.transforms:
-        if not isinstance(step, _INVERTIBLE):
-            raise ValueError(
-                f"{path}: validation transform {type(step).__name__} moves pixels; inference can only "
-                "undo Resize (use Resize and Normalize in transforms.valid)"
-            )
+    # Resize/Normalize only (checked there); albumentations is imported only if they need it.
+    transform = build_eval_transforms(cfg.transforms.valid, f"{path}: transforms.valid")
     name = f"{cfg.model.name}-{cfg.model.encoder}"
     info = {"epoch": state["epoch"], "metrics": state["metrics"], "config": state["config"]}
     # Provenance written by newer training code; None in older checkpoints.

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 from catalyst.core.callback import Callback, CallbackOrder
 
 from steel_defect.atomic import atomic_write
-from steel_defect.training.checkpoint import save_checkpoint, unwrap
+from steel_defect.models.checkpoint import save_checkpoint, unwrap
 
 
 class CheckpointCallback(Callback):

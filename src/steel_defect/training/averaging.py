@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from catalyst.core.callback import Callback, CallbackOrder
 
-from steel_defect.training.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from steel_defect.models.checkpoint import load_checkpoint, save_checkpoint, unwrap
 
 log = logging.getLogger(__name__)
 

@@ -1,92 +1,26 @@
-"""Checkpoints that carry everything needed to use a model: weights, resolved config, class
-names, metrics, and (for resuming) optimizer, scheduler and epoch.
+"""The trainer's view of the checkpoint format, which :mod:`steel_defect.models.checkpoint` owns.
 
-Files are written atomically (temporary file + rename): a run killed mid-save leaves the
-previous checkpoint intact. ``model_from_checkpoint`` rebuilds a model from the file alone.
+Kept so that training code and older imports keep working; new code imports from ``models``.
 """
 
-from __future__ import annotations
+from steel_defect.models.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    unwrap,
+    update_checkpoint,
+)
 
-from pathlib import Path
-from typing import Any
-
-import torch
-from easydict import EasyDict
-from torch import nn
-
-from steel_defect.atomic import atomic_write
-from steel_defect.config import to_plain
-from steel_defect.constants import CLASS_NAMES
-from steel_defect.models import build_model
-
-FORMAT = "steel-defect-checkpoint"
-VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable or not ours."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel / accelerate wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, cfg, epoch: int, metrics: dict, **extra: Any) -> Path:
-    """Write a checkpoint atomically. ``extra`` may hold optimizer/scheduler states, history."""
-    state = {
-        "format": FORMAT,
-        "version": VERSION,
-        "task": cfg.task,
-        "config": to_plain(cfg),
-        "class_names": {str(k): v for k, v in CLASS_NAMES.items()},
-        "epoch": int(epoch),
-        "metrics": to_plain(metrics),
-        "model_state": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-        # where the encoder's starting weights came from (package, hub, file or random)
-        "weights_source": getattr(unwrap(model), "weights_source", None),
-        **extra,
-    }
-    with atomic_write(path, "wb") as handle:
-        torch.save(state, handle)
-    return Path(path)
-
-
-def update_checkpoint(path: str | Path, **keys: Any) -> None:
-    """Add or replace top-level entries of a checkpoint, atomically (e.g. its out-of-fold score)."""
-    state = load_checkpoint(path)
-    state.update(keys)
-    with atomic_write(path, "wb") as handle:
-        torch.save(state, handle)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read and check a checkpoint; errors name the file and say what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated file, not a torch file, unsafe pickle
-        raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a steel-defect checkpoint (no '{FORMAT}' marker)")
-    if state.get("version", 0) > VERSION:
-        raise CheckpointError(
-            f"{path} has format version {state['version']}; this code reads up to {VERSION}"
-        )
-    return state
-
-
-def model_from_checkpoint(path_or_state: str | Path | dict) -> tuple[nn.Module, EasyDict]:
-    """Rebuild the model (in eval mode, on CPU) and its config from a checkpoint alone."""
-    state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
-    cfg = EasyDict(state["config"])
-    # The weights come from the checkpoint: do not ask for pretrained encoder files again.
-    cfg.model.encoder_weights = None
-    cfg.paths.encoder_weights = None
-    model = build_model(cfg)
-    model.load_state_dict(state["model_state"])
-    return model.eval(), cfg
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "save_checkpoint",
+    "unwrap",
+    "update_checkpoint",
+]

@@ -20,6 +20,7 @@ from steel_defect.data.loaders import build_loaders, extra_image_ids
 from steel_defect.data.synth import images_source
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
+from steel_defect.models.checkpoint import CheckpointError, load_checkpoint
 from steel_defect.training.artifacts import CheckpointCallback
 from steel_defect.training.averaging import AveragingCallback
 from steel_defect.training.callbacks import (
@@ -31,7 +32,6 @@ from steel_defect.training.callbacks import (
     SchedulerCallback,
     SegmentationMetricsCallback,
 )
-from steel_defect.training.checkpoint import CheckpointError, load_checkpoint
 from steel_defect.training.engines import build_engine, patch_catalyst_all_gather
 from steel_defect.training.optim import build_optimizer, build_scheduler, cycle_ends
 
