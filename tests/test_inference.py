@@ -282,3 +282,33 @@ def test_predictor_averages_each_class_over_the_models_that_predict_it(tmp_path)
     assert not alone["c3"][:, [0, 1, 3]].any()  # a class no model predicts stays 0
     np.testing.assert_allclose(both[:, [0, 1, 3]], alone["full"][:, [0, 1, 3]], atol=1e-6)
     np.testing.assert_allclose(both[:, 2], (alone["full"][:, 2] + alone["c3"][:, 2]) / 2, atol=1e-6)
+
+
+def test_a_two_head_segmenter_gates_with_its_head(tmp_path):
+    from steel_defect.models import build_model
+
+    frames = [np.random.default_rng(1).integers(0, 255, (256, 1600, 3), dtype=np.uint8)]
+    paths = {}
+    for gate in ("hard", "soft"):
+        torch.manual_seed(2)
+        cfg = load_config(
+            REPO / "configs/demo/synth_seg.yml", [*SMALL_OPTS, f"model.cls_head={{gate: {gate}}}"]
+        )
+        paths[gate] = save_checkpoint(tmp_path / f"{gate}.pth", build_model(cfg), cfg, epoch=0, metrics={})
+    model, cfg = model_from_checkpoint(paths["hard"])
+    plain = Predictor([paths["hard"]], tta=())
+    batch = plain._batch(plain.segmenters[0], frames)
+    with torch.no_grad():
+        _, labels = model(batch)
+    head = torch.sigmoid(labels).numpy()
+    hard = Predictor(
+        [paths["hard"]], PostProcessing(tuple(ClassParams(0.0, cls_threshold=0.5) for _ in range(4))), tta=()
+    )
+    maps_hard, heads = hard.segment_with_heads(frames)
+    np.testing.assert_allclose(heads, head, atol=1e-6)  # the head's probabilities, one forward pass
+    prediction = hard.predict(frames)[0]
+    np.testing.assert_allclose(prediction.cls_probs, head[0], atol=1e-6)
+    painted = prediction.masks.any(axis=(1, 2))
+    assert (painted == (head[0] >= 0.5)).all()  # threshold 0 paints all, the head gates
+    soft, _ = Predictor([paths["soft"]], tta=()).segment_with_heads(frames)
+    np.testing.assert_allclose(soft, maps_hard * head[:, :, None, None], atol=1e-5)  # mask * cls

@@ -267,3 +267,29 @@ def test_snapshots_and_swa_leave_their_checkpoints(synth):
     assert any(not torch.allclose(swa["model_state"][k], mean_var[k]) for k in stats)
     model, _ = model_from_checkpoint(checkpoints / "swa.pth")
     assert model(torch.zeros(1, 3, 64, 384)).shape == (1, 4, 64, 384)
+
+
+def test_two_head_model_trains_its_head_and_logs_both_metrics(synth):
+    cfg = _cfg(
+        synth,
+        "configs/demo/synth_seg.yml",
+        "model.cls_head={weight: 1.0}",
+        "train.epochs=1",
+        "train.max_train_batches=2",
+        work="twohead",
+    )
+    torch.manual_seed(0)
+    initial = build_model(cfg)
+    masks, labels = initial(torch.zeros(2, 3, 64, 384))
+    assert masks.shape == (2, 4, 64, 384) and labels.shape == (2, 4)
+    train(cfg, fold=0)
+    state = load_checkpoint(synth / "twohead/fold0/checkpoints/last.pth")
+    assert state["config"]["model"]["cls_head"] == {"weight": 1.0, "dropout": 0.2, "gate": "hard"}
+    valid = state["metrics"]["valid"]
+    assert {"iou", "dice_3", "head_acc", "head_acc_3", "head_loss"} <= set(valid)
+    assert "head_loss" in state["metrics"]["train"]
+    head = {k: v for k, v in state["model_state"].items() if k.startswith("classification_head")}
+    start = initial.state_dict()
+    assert head and any(not torch.equal(v, start[k]) for k, v in head.items())  # the joint loss reached it
+    with pytest.raises(ConfigError, match=r"cls_head\.gate"):
+        _cfg(synth, "configs/demo/synth_seg.yml", "model.cls_head={gate: maybe}")

@@ -5,8 +5,17 @@ from steel_defect.config.loader import (
     check_inputs,
     load_config,
     model_classes,
+    model_cls_head,
     save_config,
     to_plain,
 )
 
-__all__ = ["ConfigError", "check_inputs", "load_config", "model_classes", "save_config", "to_plain"]
+__all__ = [
+    "ConfigError",
+    "check_inputs",
+    "load_config",
+    "model_classes",
+    "model_cls_head",
+    "save_config",
+    "to_plain",
+]

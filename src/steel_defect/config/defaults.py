@@ -119,6 +119,15 @@ SCHEMA: dict[str, Any] = {
             "seg: the classes this segmenter predicts, in order, e.g. [3] for a class-3 model; the "
             "predictor averages, per class, the models that predict it",
         ),
+        "cls_head": Opt(
+            None,
+            dict,
+            "seg: a classification head on the encoder's deepest features, trained jointly "
+            "(loss = seg loss + weight * BCE of class presence): {weight: 0.5, dropout: 0.2, gate: "
+            "hard | soft}; at inference it gates the masks (hard: the searched cls_threshold; soft: "
+            "maps times head probability); null: none",
+            nullable=True,
+        ),
         "output_prior": Opt(
             0.01,
             float,

@@ -170,6 +170,41 @@ def model_classes(cfg: Any) -> tuple[int, ...]:
     return tuple(cfg["model"].get("classes") or CLASS_IDS)
 
 
+CLS_HEAD_DEFAULTS = {"weight": 0.5, "dropout": 0.2, "gate": "hard"}
+
+
+def model_cls_head(cfg: Any) -> dict | None:
+    """A segmenter's classification head settings, or None (also for checkpoints older than the key)."""
+    head = cfg["model"].get("cls_head")
+    return {**CLS_HEAD_DEFAULTS, **head} if head else None
+
+
+def _check_cls_head(cfg: dict) -> dict | None:
+    head = cfg["model"]["cls_head"]
+    if head is None:
+        return None
+    if cfg["task"] != "seg":
+        raise ConfigError(
+            "config key 'model.cls_head' is for segmenters (task: seg); a classifier is its own head"
+        )
+    unknown = sorted(map(str, set(head) - set(CLS_HEAD_DEFAULTS)))
+    if unknown:
+        raise ConfigError(
+            f"config key 'model.cls_head': unknown key(s) {unknown}; valid: {', '.join(CLS_HEAD_DEFAULTS)}"
+        )
+    head = {**CLS_HEAD_DEFAULTS, **head}
+    weight, dropout = head["weight"], head["dropout"]
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        raise ConfigError(f"config key 'model.cls_head.weight' must be a number >= 0, got {weight!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ConfigError(f"config key 'model.cls_head.dropout' must be in [0, 1), got {dropout!r}")
+    if head["gate"] not in ("hard", "soft"):
+        raise ConfigError(
+            f"config key 'model.cls_head.gate' is {head['gate']!r}; valid choices: 'hard', 'soft'"
+        )
+    return head
+
+
 def _check_classes(cfg: dict) -> None:
     classes, valid = cfg["model"]["classes"], list(CLASS_IDS)
     bad = any(c not in valid or isinstance(c, bool) for c in classes)
@@ -261,6 +296,7 @@ def load_config(
     cfg["data"]["extra"] = _check_extra(cfg["data"]["extra"])
     _check_classes(cfg)
     _check_averaging(cfg)
+    cfg["model"]["cls_head"] = _check_cls_head(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
     return EasyDict(cfg)

@@ -100,9 +100,11 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=()) -> dict:
         for start in range(0, len(valid_ids), batch):
             chunk = valid_ids[start : start + batch]
             images = [read_image(images_dir / image_id) for image_id in chunk]
-            seg = predictor.segment(images)
+            seg, heads = predictor.segment_with_heads(images)
             if use_cls:
                 cls_probs.extend(predictor.classify(images))
+            elif heads is not None:  # a two-head segmenter: its head is the gate to tune
+                cls_probs.extend(heads)
             for image_id, p in zip(chunk, seg, strict=True):
                 ids.append(image_id)
                 probs.append(downsample_probs(p, factor))
@@ -112,7 +114,7 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=()) -> dict:
         "ids": ids,
         "probs": np.stack(probs),
         "truth": np.stack(truth),
-        "cls": np.stack(cls_probs) if use_cls else None,
+        "cls": np.stack(cls_probs) if cls_probs else None,
         "top": np.stack(top),
         "folds": sorted(seg_folds),
         "factor": factor,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from steel_defect.config import model_classes
+from steel_defect.config import model_classes, model_cls_head
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
 from steel_defect.data.datasets import image_to_tensor
 from steel_defect.data.eval_transforms import build_eval_transforms
@@ -57,6 +57,7 @@ class LoadedModel:
     name: str
     info: dict  # epoch, validation metrics, resolved config and PROVENANCE_KEYS of the checkpoint
     classes: tuple[int, ...] = CLASS_IDS  # a segmenter's output channels, as class ids
+    head_gate: str | None = None  # a segmenter's classification head: "hard", "soft" or None
 
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
@@ -69,9 +70,19 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     info = {"epoch": state["epoch"], "metrics": state["metrics"], "config": state["config"]}
     # Provenance written by newer training code; None in older checkpoints.
     info.update({key: state.get(key) for key in PROVENANCE_KEYS})
-    classes = model_classes(cfg) if state["task"] == "seg" else CLASS_IDS
+    seg = state["task"] == "seg"
+    classes = model_classes(cfg) if seg else CLASS_IDS
+    head = model_cls_head(cfg) if seg else None
     return LoadedModel(
-        str(path), state["task"], model.to(device), transform, cfg.data.channels, name, info, classes
+        str(path),
+        state["task"],
+        model.to(device),
+        transform,
+        cfg.data.channels,
+        name,
+        info,
+        classes,
+        head["gate"] if head else None,
     )
 
 
@@ -110,6 +121,7 @@ class Predictor:
         return {
             "segmenters": [m.name for m in self.segmenters],
             "classifiers": [m.name for m in self.classifiers],
+            "heads": [f"{m.name} ({m.head_gate} gate)" for m in self.segmenters if m.head_gate],
             "tta": list(self.tta),
             "device": str(self.device),
         }
@@ -123,14 +135,25 @@ class Predictor:
         return torch.stack(tensors).to(self.device)
 
     @torch.no_grad()
+    def _views(self, loaded: LoadedModel, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sigmoid outputs averaged over the identity view and the TTA views: (main, head or None).
+
+        A segmenter's maps are flipped back; a classifier's and a head's labels need no undoing.
+        """
+        outputs = []
+        for dims in (None, *(TTA_DIMS[view] for view in self.tta)):
+            out = loaded.model(batch if dims is None else batch.flip(dims))
+            main, head = out if isinstance(out, tuple) else (out, None)
+            main = torch.sigmoid(main.float())
+            if dims is not None and loaded.task == "seg":
+                main = main.flip(dims)
+            outputs.append((main, None if head is None else torch.sigmoid(head.float())))
+        main = sum(o[0] for o in outputs) / len(outputs)
+        heads = [o[1] for o in outputs if o[1] is not None]
+        return main, (sum(heads) / len(heads) if heads else None)
+
     def _forward(self, loaded: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
-        """Sigmoid output averaged over the identity view and the TTA views."""
-        out = torch.sigmoid(loaded.model(batch).float())
-        for view in self.tta:
-            dims = TTA_DIMS[view]
-            flipped = torch.sigmoid(loaded.model(batch.flip(dims)).float())
-            out += flipped.flip(dims) if loaded.task == "seg" else flipped
-        return out / (1 + len(self.tta))
+        return self._views(loaded, batch)[0]
 
     def classify(self, images: list[np.ndarray]) -> np.ndarray | None:
         """Probabilities of classes 1..4, (N, 4), averaged over classifiers; None without one."""
@@ -144,16 +167,39 @@ class Predictor:
     def segment(self, images: list[np.ndarray], shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
         """Probabilities (N, 4, H, W) float32 at ``shape``: per class, the mean over the
         segmenters that predict it (0 where none does)."""
+        return self.segment_with_heads(images, shape)[0]
+
+    def segment_with_heads(
+        self, images: list[np.ndarray], shape: tuple[int, int] = IMAGE_SHAPE
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(maps as :meth:`segment`, the hard-gating heads' probabilities (N, 4) or None).
+
+        A two-head segmenter's encoder runs once for both. With a soft gate its maps are
+        multiplied by its head's probability of the class (the 2019 ``mask * cls`` gating); hard
+        heads are averaged per class and gate like a classifier (``cls_threshold``). A class no
+        hard head predicts gets probability 1 (it is never gated).
+        """
         total = torch.zeros((len(images), NUM_CLASSES, *shape), device=self.device)
         count = torch.zeros(NUM_CLASSES, device=self.device)
+        head_total = torch.zeros((len(images), NUM_CLASSES), device=self.device)
+        head_count = torch.zeros(NUM_CLASSES, device=self.device)
         for loaded in self.segmenters:
-            probs = self._forward(loaded, self._batch(loaded, images))
+            probs, head = self._views(loaded, self._batch(loaded, images))
             if probs.shape[-2:] != shape:
                 probs = F.interpolate(probs, size=shape, mode="bilinear", align_corners=False)
             channels = [CLASS_IDS.index(c) for c in loaded.classes]
+            if head is not None and loaded.head_gate == "soft":
+                probs = probs * head[:, :, None, None]
+            elif head is not None:
+                head_total[:, channels] += head
+                head_count[channels] += 1
             total[:, channels] += probs
             count[channels] += 1
-        return (total / count.clamp(min=1)[:, None, None]).cpu().numpy()
+        maps = (total / count.clamp(min=1)[:, None, None]).cpu().numpy()
+        if not head_count.any():
+            return maps, None
+        heads = torch.where(head_count > 0, head_total / head_count.clamp(min=1), torch.ones_like(head_total))
+        return maps, heads.cpu().numpy()
 
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
         """Predict a batch of uint8 (H, W, C) frames of one size."""
@@ -165,7 +211,9 @@ class Predictor:
         if self.can_skip:
             gates = np.array([c.cls_threshold for c in self.post.classes])
             run = [i for i in run if (cls_probs[i] >= gates).any()]
-        probs = self.segment([images[i] for i in run], shape) if run else None
+        probs, heads = self.segment_with_heads([images[i] for i in run], shape) if run else (None, None)
+        if cls_probs is None and heads is not None:  # no classifier: the segmenters' heads gate
+            cls_probs = heads
         position = {image_index: row for row, image_index in enumerate(run)}
         results = []
         for i in range(len(images)):

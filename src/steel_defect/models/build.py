@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from steel_defect.config import ConfigError, model_classes
+from steel_defect.config import ConfigError, model_classes, model_cls_head
 from steel_defect.models.classifier import NUM_CLS_OUTPUTS, Classifier
 from steel_defect.models.packaged import (
     IMAGENET_MEAN,
@@ -48,7 +48,7 @@ _RESERVED_PARAMS = {
     "in_channels": "it is data.channels",
     "classes": "it follows from task and model.classes (seg: one mask per class, cls: 5 labels)",
     "activation": "the losses and post-processing expect logits",
-    "aux_params": "the trainer expects one output tensor; train a classifier with task=cls",
+    "aux_params": "use model.cls_head for a classification head",
 }
 
 
@@ -148,6 +148,9 @@ def build_model(cfg: Any) -> nn.Module:
     }
     if task == "seg":
         kwargs["activation"] = None
+        head = model_cls_head(cfg)
+        if head is not None:  # smp's head on the deepest features: the model returns (masks, labels)
+            kwargs["aux_params"] = {"classes": len(model_classes(cfg)), "dropout": head["dropout"]}
     try:
         model = _instantiate(cls, kwargs)
     except OSError as err:  # hub and urllib errors: the probe passed but the download failed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from catalyst.core.callback import (
     Callback,
     CallbackOrder,
@@ -227,6 +228,45 @@ class ClassificationMetricsCallback(Callback):
         runner.loader_metrics["f1"] = float(f1[1:].mean())
         for name, value in zip(self.NAMES, f1, strict=True):
             runner.loader_metrics[f"f1_{name}"] = float(value)
+
+
+class ClsHeadCallback(Callback):
+    """The two-head model's joint loss and its head's validation metrics.
+
+    Runs right after the criterion: adds ``weight * BCE(head logits, class presence)`` to the
+    batch loss that the backward step uses. Presence is each mask channel's maximum, so a crop
+    that cuts a defect out makes the image defect-free for the head too, and mixup's blended
+    masks give blended targets. Logged: ``head_loss`` and, on validation, ``head_acc`` (mean) and
+    ``head_acc_<class>``: presence accuracy at probability 0.5.
+    """
+
+    def __init__(self, weight: float, classes: tuple[int, ...] = CLASS_IDS):
+        super().__init__(order=CallbackOrder.Metric)
+        self.weight, self.classes = weight, tuple(classes)
+
+    def on_loader_start(self, runner) -> None:
+        self.loss_sum, self.seen, self.correct = 0.0, 0, np.zeros(len(self.classes))
+
+    def on_batch_end(self, runner) -> None:
+        logits = runner.batch["head_logits"].float()
+        targets = runner.batch["mask"].float().amax(dim=(-2, -1))
+        head_loss = F.binary_cross_entropy_with_logits(logits, targets)
+        runner.batch_metrics["loss"] = runner.batch_metrics["loss"] + self.weight * head_loss
+        runner.batch_metrics["head_loss"] = float(head_loss)
+        self.loss_sum += float(head_loss) * len(logits)
+        self.seen += len(logits)
+        if not runner.is_train_loader:
+            agree = (logits > 0) == (targets > 0.5)
+            self.correct += agree.sum(dim=0).double().cpu().numpy()
+
+    def on_loader_end(self, runner) -> None:
+        loss_sum, seen, correct = gather_sum(self.loss_sum, self.seen, self.correct)
+        runner.loader_metrics["head_loss"] = loss_sum / max(seen, 1)
+        if not runner.is_train_loader:
+            accuracy = correct / max(seen, 1)
+            runner.loader_metrics["head_acc"] = float(accuracy.mean())
+            for class_id, value in zip(self.classes, accuracy, strict=True):
+                runner.loader_metrics[f"head_acc_{class_id}"] = float(value)
 
 
 class EpochCallback(Callback):

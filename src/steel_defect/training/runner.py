@@ -14,7 +14,7 @@ from pathlib import Path
 from catalyst import dl
 from catalyst.core.runner import IRunner
 
-from steel_defect.config import model_classes, save_config
+from steel_defect.config import model_classes, model_cls_head, save_config
 from steel_defect.data.folds import read_folds, split_ids
 from steel_defect.data.loaders import build_loaders, extra_image_ids
 from steel_defect.data.synth import images_source
@@ -27,6 +27,7 @@ from steel_defect.training.callbacks import (
     BackwardStepCallback,
     BatchLimitCallback,
     ClassificationMetricsCallback,
+    ClsHeadCallback,
     EpochCallback,
     MixCallback,
     SchedulerCallback,
@@ -157,6 +158,12 @@ class SteelRunner(IRunner):
             limits=BatchLimitCallback({"train": train.max_train_batches, "valid": train.max_valid_batches}),
             progress=dl.TqdmCallback(),
         )
+        head = model_cls_head(self.cfg) if self.cfg.task == "seg" else None
+        if head is not None:  # after the criterion, before the backward step: rebuild the order
+            items = list(callbacks.items())
+            at = [name for name, _ in items].index("loss") + 1
+            items.insert(at, ("head", ClsHeadCallback(head["weight"], model_classes(self.cfg))))
+            callbacks = OrderedDict(items)
         if train.swa or train.snapshots:
             callbacks["averaging"] = AveragingCallback(
                 self.run_dir,
@@ -182,7 +189,11 @@ class SteelRunner(IRunner):
             self.epoch_step = int(self.resume_state["epoch"])  # the epoch loop continues after it
 
     def handle_batch(self, batch) -> None:
-        self.batch["logits"] = self.model(batch["image"])
+        output = self.model(batch["image"])
+        if isinstance(output, tuple):  # a segmenter with a classification head (model.cls_head)
+            self.batch["logits"], self.batch["head_logits"] = output
+        else:
+            self.batch["logits"] = output
 
 
 def train(

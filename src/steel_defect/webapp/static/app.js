@@ -134,6 +134,7 @@ async function loadModel() {
     }
     const parts = [model.segmenters.join(" + ")];
     if (model.classifiers.length) parts.push(`classifier ${model.classifiers.join(" + ")}`);
+    if ((model.heads || []).length) parts.push(`classification head ${model.heads.join(" + ")}`);
     parts.push(model.device);
     if (model.tta.length) parts.push(`TTA ${model.tta.join(", ")}`);
     line.textContent = parts.join(" · ");
@@ -214,7 +215,7 @@ function buildClassRows() {
       return input;
     };
     const gate = number("cls_threshold", "0.01", true);
-    if (!state.model.classifiers.length) gate.disabled = true;
+    if (!state.model.classifiers.length && !(state.model.heads || []).length) gate.disabled = true;
     post.append(el("tr", {},
       el("td", {}, el("span", { class: "swatch", style: `background:${c.color}` }), String(id)),
       el("td", {}, number("min_component", "1", false)),
