@@ -206,6 +206,15 @@ def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
     assert oof_score["mean_dice"] >= oof_score["empty"] - 1e-9
     for path in (trained["seg"], trained["cls"]):
         assert load_checkpoint(path)["out_of_fold"] == oof_score
+    # the JSON report names its checkpoints and slices the search through the chosen point
+    written = json.loads((tmp_path / "pp.report.json").read_text())
+    assert written["checkpoints"] == [str(trained["seg"]), str(trained["cls"])]
+    for class_id, entry in summary["classes"].items():
+        for name, curve in written["curves"][class_id].items():
+            assert curve["dice"][curve["chosen"]] == pytest.approx(entry["best_dice"]), (class_id, name)
+        if not entry["disabled"]:
+            chosen = written["curves"][class_id]["min_area"]
+            assert chosen["values"][chosen["chosen"]] == entry["params"]["min_area"]
     # the top gate is tuned on full-resolution maxima (block averaging could only lower them)
     assert oof["top"].shape == (n_valid, 4)
     assert (oof["top"] >= oof["probs"].max(axis=(2, 3)) / 255 - 0.5 / 255).all()
