@@ -241,6 +241,11 @@ def test_demo_recipe_end_to_end_on_a_tiny_set(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "empty" in out and "class 4" in out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    # the error analysis of the test frames, scored as evaluate scores them
+    assert summary["report"] == str(tmp_path / "demo" / "report.html") and summary["report"] in out
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert f"<td>mean (all pairs)</td><td>{summary['mean_dice']:.4f}</td>" in page
+    assert page.count("Dice against threshold and min area") == 4  # the search's curves, per class
     assert summary["test_images"] == 6
     read_submission(
         tmp_path / "demo" / "submission.csv",
