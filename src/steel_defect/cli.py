@@ -229,6 +229,22 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_runs(args) -> int:
+    from steel_defect.training import runs
+
+    if args.diff:
+        print(runs.format_diff(runs.diff_configs(*args.diff), *args.diff))
+        return 0
+    rows = runs.leaderboard(args.work_dirs or ["work"])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        print(runs.to_csv(rows), end="")
+    else:
+        print(runs.format_table(rows))
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from steel_defect.data.annotations import read_annotations
     from steel_defect.evaluation.submission import read_sample_submission, read_submission
@@ -378,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="<postprocessing>.report.json of `steel-defect thresholds`: Dice vs threshold and min area",
     )
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("runs", help="leaderboard of the trained folds under some folders")
+    p.add_argument("work_dirs", nargs="*", metavar="WORK_DIR", help="folders to search (default: work)")
+    p.add_argument(
+        "--diff", nargs=2, metavar=("RUN_A", "RUN_B"), help="config keys that differ (fold<K>/ folders)"
+    )
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="CSV instead of an aligned table")
+    output.add_argument("--json", action="store_true", help="JSON instead of an aligned table")
+    p.set_defaults(func=_cmd_runs)
 
     p = sub.add_parser("validate", help="check a submission's format, row by row")
     p.add_argument("submission")
