@@ -13,13 +13,16 @@ import pytest
 
 from steel_defect.cli import main
 from steel_defect.data.annotations import read_annotations
+from steel_defect.data.images import read_image
 from steel_defect.data.rle import mask_to_rle, rles_to_masks
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.evaluation.analysis import ImageScores, confusion, dice_by_area, score_images, worst_images
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import read_search_curves, write_report
 from steel_defect.evaluation.submission import write_submission
+from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.search import search_class, search_curves
+from tests.conftest import random_checkpoints
 from tests.test_webapp_e2e import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, _browser_or_skip
 
 
@@ -163,6 +166,30 @@ def test_report_draws_search_curves_and_the_worst_frames(case, tmp_path):
         assert [int(c) for c in counts] == [table[k] for k in ("tp", "fp", "fn", "tn")]
     # the miss on frame 0 and the class-2 false alarm on frame 1 are among the drawn worst
     assert f"<figure data-image='{scores.ids[1]}'>" in page
+
+
+def test_probs_from_shows_the_models_probabilities_on_the_drawn_frames(case, tmp_path, capsys):
+    checkpoints = random_checkpoints(tmp_path)
+    out = tmp_path / "report.html"
+    argv = ["report", "--pred", case / "pred.csv", "--truth", case / "data" / "test_truth.csv"]
+    argv += ["--images", case / "data" / "test_images", "--out", out, "--worst", "2"]
+    assert main([*map(str, argv), "--probs-from", str(checkpoints["seg"]), str(checkpoints["cls"])]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    page = out.read_text()
+    predictor = Predictor([checkpoints["seg"], checkpoints["cls"]])
+    shown = 0
+    for class_id in (1, 2, 3, 4):
+        section = page[page.index(f"<section id='class-{class_id}'>") :]
+        section = section[: section.index("</section>")]
+        for image_id, caption in re.findall(
+            r"<figure data-image='([^']+)'>.*?<figcaption>(.*?)</figcaption>", section
+        ):
+            frame = read_image(case / "data" / "test_images" / image_id)
+            top = predictor.segment([frame])[0, class_id - 1].max()
+            cls = predictor.classify([frame])[0, class_id - 1]
+            assert caption.endswith(f" · max pixel p {top:.3f} · classifier p {cls:.3f}"), caption
+            shown += 1
+    assert shown >= 2
 
 
 @pytest.fixture(scope="module")

@@ -220,8 +220,19 @@ def _cmd_evaluate(args) -> int:
 def _cmd_report(args) -> int:
     from steel_defect.evaluation.report import write_report
 
+    predictor = None
+    if args.probs_from:
+        from steel_defect.inference.predictor import Predictor
+
+        predictor = Predictor(args.probs_from, device=_device("auto"))
     result = write_report(
-        args.pred, args.truth, args.images, args.out, worst=args.worst, search_report=args.search_report
+        args.pred,
+        args.truth,
+        args.images,
+        args.out,
+        worst=args.worst,
+        search_report=args.search_report,
+        predictor=predictor,
     )
     mean, empty = result["mean_dice"], result["empty_dice"]
     print(f"mean Dice {mean:.4f} (all-empty {empty:.4f}) on {result['images']} images")
@@ -392,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--search-report",
         help="<postprocessing>.report.json of `steel-defect thresholds`: Dice vs threshold and min area",
+    )
+    p.add_argument(
+        "--probs-from",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="segmenter (and classifier) checkpoints: show the drawn frames' maximum pixel and "
+        "classifier probabilities (runs the models on those frames only)",
     )
     p.set_defaults(func=_cmd_report)
 

@@ -1,7 +1,7 @@
 """The error-analysis report: one self-contained HTML page about where a submission loses Dice.
 
     steel-defect report --pred SUB.csv --truth TRUTH.csv --images DIR --out report.html \\
-        [--worst 6] [--search-report work/x/postprocessing.report.json]
+        [--worst 6] [--search-report work/x/postprocessing.report.json] [--probs-from SEG.pth [CLS.pth]]
 
 Two passes: the first scores every image (:func:`steel_defect.evaluation.analysis.score_images`,
 a few integers per image), the second decodes and draws only the worst ``N`` images per
@@ -103,8 +103,23 @@ def _size_table(bins: list[dict]) -> str:
     return f"<table><tr><th>true area (px)</th><th>images</th><th>mean Dice</th></tr>{body}</table>"
 
 
-def _worst(scores: ImageScores, pred_rles: dict, truth, images_dir: Path, index: int, n: int, shape) -> str:
-    """The second pass: decode and draw only this class's ``n`` worst frames."""
+def _probabilities(predictor, probed: dict, image_id: str, frame) -> tuple:
+    """(classifier probabilities (4,) or None, maximum pixel probability per class (4,)), cached
+    per image because one frame can be among the worst of several classes."""
+    if image_id not in probed:
+        top = predictor.segment([frame])[0].max(axis=(1, 2))
+        cls = predictor.classify([frame])
+        probed[image_id] = (None if cls is None else cls[0], top)
+    return probed[image_id]
+
+
+def _worst(
+    scores: ImageScores, pred_rles: dict, truth, images_dir: Path, index: int, n: int, shape, probe
+) -> str:
+    """The second pass: decode and draw only this class's ``n`` worst frames.
+
+    ``probe``: ``(predictor, cache)`` to show the model's probabilities for the frame, or None.
+    """
     class_id = CLASS_IDS[index]
     parts = []
     for row in worst_images(scores, index, n):
@@ -112,6 +127,11 @@ def _worst(scores: ImageScores, pred_rles: dict, truth, images_dir: Path, index:
         pred = rle_to_mask(pred_rles[image_id][index], shape)
         true = rle_to_mask(truth.rles(image_id)[index], shape)
         frame = read_image(images_dir / image_id, expected_shape=shape)
+        known = ""
+        if probe is not None:
+            cls, top = _probabilities(*probe, image_id, frame)
+            known = f" · max pixel p {top[index]:.3f}"
+            known += "" if cls is None else f" · classifier p {cls[index]:.3f}"
         kind = {
             (True, False): "false alarm (FP)",
             (False, True): "missed (FN)",
@@ -120,7 +140,7 @@ def _worst(scores: ImageScores, pred_rles: dict, truth, images_dir: Path, index:
         caption = (
             f"{escape(image_id)} · Dice {scores.dice[row, index]:.3f} · {kind} · "
             f"truth {scores.truth_area[row, index]:,} px, predicted {scores.pred_area[row, index]:,} px"
-        )
+        ) + known
         picture = _img(figures.overlay(frame, pred, true, class_id), image_id, "image/jpeg", "frame")
         parts.append(
             f"<figure data-image='{escape(image_id)}'>{picture}<figcaption>{caption}</figcaption></figure>"
@@ -130,7 +150,7 @@ def _worst(scores: ImageScores, pred_rles: dict, truth, images_dir: Path, index:
     return "".join(parts)
 
 
-def _class_section(scores, pred_rles, truth, images_dir, index, n_worst, curves, shape) -> str:
+def _class_section(scores, pred_rles, truth, images_dir, index, n_worst, curves, shape, probe) -> str:
     class_id = CLASS_IDS[index]
     defect = scores.truth_area[:, index] > 0
     bins = dice_by_area(scores, index)
@@ -152,7 +172,7 @@ def _class_section(scores, pred_rles, truth, images_dir, index, n_worst, curves,
         f"<div class='row'><div>{tables}</div>"
         f"<div>{pictures or '<p class=muted>No defect image of this class.</p>'}</div></div>{search}"
         f"<h3>Worst {n_worst} images</h3><p class='muted'>Filled: prediction. Outlined: truth.</p>"
-        f"{_worst(scores, pred_rles, truth, images_dir, index, n_worst, shape)}</section>"
+        f"{_worst(scores, pred_rles, truth, images_dir, index, n_worst, shape, probe)}</section>"
     )
 
 
@@ -184,8 +204,12 @@ def write_report(
     worst: int = 6,
     search_report: str | Path | None = None,
     shape: tuple[int, int] = IMAGE_SHAPE,
+    predictor=None,
 ) -> dict:
     """Score ``pred_path`` against ``truth_path`` and write the HTML report to ``out`` atomically.
+
+    ``predictor`` (a :class:`~steel_defect.inference.predictor.Predictor`, optional) runs on the
+    drawn frames only, to show each one's maximum pixel and classifier probabilities.
 
     Returns ``{"out", "images", "mean_dice", "empty_dice", "per_class"}``.
     """
@@ -197,8 +221,9 @@ def write_report(
         raise FileNotFoundError(f"image folder {images_dir} does not exist; pass the frames with --images")
     scores, pred_rles, truth = score_images(pred_path, truth_path, shape)
     result = overall(scores)
+    probe = None if predictor is None else (predictor, {})
     sections = "".join(
-        _class_section(scores, pred_rles, truth, images_dir, i, worst, curves.get(c), shape)
+        _class_section(scores, pred_rles, truth, images_dir, i, worst, curves.get(c), shape, probe)
         for i, c in enumerate(CLASS_IDS)
     )
     page = (
