@@ -75,9 +75,9 @@ def test_leaderboard_lists_both_runs_from_their_files(two_runs, capsys):
     code, text, _ = _run(capsys, "--csv", two_runs["root"] / "exp")
     parsed = list(csv.DictReader(io.StringIO(text)))
     assert [r["name"] for r in parsed] == ["exp/a", "exp/b"] and parsed[0]["best_epoch"] == "1"
-    # a fold folder on its own is a run too
-    code, out, _ = _run(capsys, "--json", two_runs["b"])
-    assert [r["name"] for r in json.loads(out)] == ["b"]
+    # a fold folder on its own is a run too, and a run under two given folders is listed once
+    code, out, _ = _run(capsys, "--json", two_runs["b"], two_runs["root"] / "exp")
+    assert [r["name"] for r in json.loads(out)] == ["exp/a", "b"]
 
 
 def test_diff_shows_the_config_keys_that_differ(two_runs, capsys):

@@ -41,15 +41,19 @@ COLUMNS = (
 
 
 def find_runs(roots) -> list[tuple[Path, Path]]:
-    """``(root, run_dir)`` of every run under ``roots`` (a root may itself be a run), sorted."""
-    found = []
+    """``(root, run_dir)`` of every run under ``roots`` (a root may itself be a run), sorted.
+
+    A run under two of the roots (``work`` and ``work/demo``) is listed once, under the first.
+    """
+    found, seen = [], set()
     for root in map(Path, roots):
         if not root.is_dir():
             raise FileNotFoundError(f"{root} is not a folder; pass work directories that hold fold<K>/ runs")
         candidates = [root] if FOLD_DIR.fullmatch(root.name) else sorted(root.rglob("fold*"))
-        found += [
-            (root, d) for d in candidates if FOLD_DIR.fullmatch(d.name) and (d / "config.yml").is_file()
-        ]
+        for run in candidates:
+            if FOLD_DIR.fullmatch(run.name) and (run / "config.yml").is_file() and run.resolve() not in seen:
+                seen.add(run.resolve())
+                found.append((root, run))
     return found
 
 
