@@ -148,7 +148,10 @@ def test_search_report_without_curves_says_how_to_get_them(tmp_path, case):
 def test_report_draws_search_curves_and_the_worst_frames(case, tmp_path):
     curve = {"values": [0.3, 0.5, 0.7], "dice": [0.8, 0.9, 0.85], "chosen": 1}
     search = tmp_path / "postprocessing.report.json"
-    search.write_text(json.dumps({"curves": {c: {"threshold": curve, "min_area": curve} for c in "1234"}}))
+    params = {"threshold": 0.5, "min_component": 0, "min_area": 512, "cls_threshold": None}
+    classes = {c: {"params": params, "disabled": c == "2"} for c in "1234"}
+    curves = {c: {"threshold": curve, "min_area": curve} for c in "1234"}
+    search.write_text(json.dumps({"curves": curves, "classes": classes}))
     out = tmp_path / "report.html"
     pred, truth = case / "pred.csv", case / "data" / "test_truth.csv"
     write_report(pred, truth, case / "data" / "test_images", out, worst=3, search_report=search)
@@ -161,6 +164,10 @@ def test_report_draws_search_curves_and_the_worst_frames(case, tmp_path):
         section = section[: section.index("</section>")]
         drawn = re.findall(r"<figure data-image='([^']+)'>", section)
         assert drawn == [scores.ids[r] for r in worst_images(scores, index, 3)]
+        chosen = (
+            "Switched off" if class_id == "2" else "Chosen: threshold 0.5, min_component 0, min_area 512."
+        )
+        assert chosen in section
         counts = re.findall(r"<td class='count'>(\d+)</td>", section)
         table = confusion(scores, index)
         assert [int(c) for c in counts] == [table[k] for k in ("tp", "fp", "fn", "tn")]

@@ -150,6 +150,18 @@ def _worst(
     return "".join(parts)
 
 
+def _chosen(curves: dict) -> str:
+    """What the search chose; a class it switched off predicts nothing whatever the curves say."""
+    params = curves.get("params") or {}
+    text = ", ".join(f"{k} {v}" for k, v in params.items() if v is not None)
+    if curves.get("disabled"):
+        return (
+            "<p class='chosen'>Switched off: the best point (starred) beat empty masks by less than one "
+            "image's worth, so this class predicts nothing.</p>"
+        )
+    return f"<p class='chosen'>Chosen: {escape(text)}.</p>" if text else ""
+
+
 def _class_section(scores, pred_rles, truth, images_dir, index, n_worst, curves, shape, probe) -> str:
     class_id = CLASS_IDS[index]
     defect = scores.truth_area[:, index] > 0
@@ -162,8 +174,10 @@ def _class_section(scores, pred_rles, truth, images_dir, index, n_worst, curves,
         )
     search = ""
     if curves is not None:
-        search = "<h3>Threshold search (out of fold)</h3>" + _img(
-            figures.search_curves(curves, class_id), "Dice against threshold and min area"
+        search = (
+            "<h3>Threshold search (out of fold)</h3>"
+            + _img(figures.search_curves(curves, class_id), "Dice against threshold and min area")
+            + _chosen(curves)
         )
     swatch = f"<span class='swatch' style='background:{CLASS_COLORS[class_id]}'></span>"
     tables = _confusion_table(class_id, confusion(scores, index)) + _size_table(bins)
@@ -177,7 +191,8 @@ def _class_section(scores, pred_rles, truth, images_dir, index, n_worst, curves,
 
 
 def read_search_curves(path: str | Path) -> dict:
-    """The per-class ``curves`` of a threshold-search ``.report.json``; errors say how to get them."""
+    """Per class, the ``curves`` of a threshold-search ``.report.json`` with the chosen ``params``
+    and whether the class was ``disabled``; errors say how to get a file that has them."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -193,7 +208,12 @@ def read_search_curves(path: str | Path) -> dict:
             f"search report {path} has no per-class 'curves' (written before they were recorded); "
             "run `steel-defect thresholds` again to get them"
         )
-    return {c: curves[str(c)] for c in CLASS_IDS}
+    classes = data.get("classes", {})
+    return {c: {**curves[str(c)], **_params(classes.get(str(c), {}))} for c in CLASS_IDS}
+
+
+def _params(entry: dict) -> dict:
+    return {"params": entry.get("params"), "disabled": bool(entry.get("disabled"))}
 
 
 def write_report(
