@@ -102,6 +102,23 @@ def test_confusion_counts_and_costs_of_a_hand_built_case():
     }  # fmt: skip
 
 
+def test_scores_from_runs_equal_scores_from_decoded_masks(tmp_path):
+    """score_images never decodes a mask: its overlaps from the runs match the pixels exactly."""
+    rng = np.random.default_rng(1)
+    shape = (6, 10)  # runs wrap from column to column, as in the real frames
+    pred = rng.random((40, 4, *shape)) < rng.random((40, 4, 1, 1))
+    truth = rng.random((40, 4, *shape)) < rng.random((40, 4, 1, 1))
+    pred[::5], truth[1::7] = False, False  # empty masks on either side
+    ids = [f"{i}.jpg" for i in range(40)]
+    write_submission(tmp_path / "p.csv", ids, [[mask_to_rle(m) for m in image] for image in pred])
+    write_submission(tmp_path / "t.csv", ids, [[mask_to_rle(m) for m in image] for image in truth])
+    scores, _, _ = score_images(tmp_path / "p.csv", tmp_path / "t.csv", shape)
+    expected = ImageScores.from_masks(ids, pred, truth)
+    for name in ("pred_area", "truth_area", "inter", "dice"):
+        np.testing.assert_array_equal(getattr(scores, name), getattr(expected, name), err_msg=name)
+    assert 0 < scores.inter.sum() < scores.pred_area.sum()  # partial overlaps, not a trivial case
+
+
 def test_worst_images_lowest_dice_first_then_larger_error():
     scores = _hand_built()
     # FP (4 wrong px, Dice 0) and FN (10 wrong px, Dice 0) tie on Dice: the larger error first

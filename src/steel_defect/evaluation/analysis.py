@@ -4,7 +4,8 @@ Pure numpy on small per-image tables; the HTML around it is :mod:`steel_defect.e
 (``steel-defect report --pred SUB.csv --truth TRUTH.csv --images DIR --out report.html``).
 
 :func:`score_images` streams the images one at a time and keeps four integers per (image,
-class), so the full Kaggle set (12,568 frames) costs a few hundred kilobytes, never its masks.
+class) computed from the run-length runs without decoding a mask, so the full Kaggle set
+(12,568 frames) costs a few hundred kilobytes and seconds.
 Every figure of the report is computed from that :class:`ImageScores` table.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
-from steel_defect.data.rle import rles_to_masks
+from steel_defect.data.rle import parse_rle, rle_overlap
 from steel_defect.evaluation.metric import read_pair, summarize
 
 # Bin edges of the defect-area axis, in full-resolution pixels (a frame has 409,600).
@@ -55,21 +56,24 @@ class ImageScores:
 def score_images(pred_path: str | Path, truth_path: str | Path, shape=IMAGE_SHAPE):
     """Read and check a submission and its truth, score every image once.
 
-    Returns ``(scores, pred_rles, truth)``: the :class:`ImageScores`, the submission's
-    ``{ImageId: [rle x 4]}`` and the truth :class:`~steel_defect.data.annotations.Annotations`
-    (their RLE strings are what a second pass decodes again for the few images it draws).
+    Works on the run-length runs (:func:`~steel_defect.data.rle.rle_overlap`), so no mask is
+    ever decoded here: the full Kaggle set scores in seconds. Returns ``(scores, pred_rles,
+    truth)``: the :class:`ImageScores`, the submission's ``{ImageId: [rle x 4]}`` and the truth
+    :class:`~steel_defect.data.annotations.Annotations` (the second pass decodes their RLEs
+    again for the few images it draws).
     """
     pred, truth = read_pair(pred_path, truth_path, shape)
-    n = len(pred)
-    dice = np.empty((n, len(CLASS_IDS)))
-    areas = np.empty((3, n, len(CLASS_IDS)), dtype=np.int64)
+    num_pixels = shape[0] * shape[1]
+    areas = np.zeros((3, len(pred), len(CLASS_IDS)), dtype=np.int64)  # pred, truth, intersection
     for row, (image_id, rles) in enumerate(pred.items()):
-        one = ImageScores.from_masks(
-            [image_id], rles_to_masks(rles, shape)[None], rles_to_masks(truth.rles(image_id), shape)[None]
-        )
-        dice[row] = one.dice[0]
-        areas[:, row] = one.pred_area[0], one.truth_area[0], one.inter[0]
-    return ImageScores(list(pred), dice, areas[0], areas[1], areas[2]), pred, truth
+        for col, (pred_rle, truth_rle) in enumerate(zip(rles, truth.rles(image_id), strict=True)):
+            a, b = parse_rle(pred_rle, num_pixels), parse_rle(truth_rle, num_pixels)
+            areas[:, row, col] = (a[1] - a[0]).sum(), (b[1] - b[0]).sum(), rle_overlap(a, b)
+    pred_area, truth_area, inter = areas
+    total = pred_area + truth_area
+    # the formula of evaluation.metric.dice_pairs, on the same integers: identical floats
+    dice = np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+    return ImageScores(list(pred), dice, pred_area, truth_area, inter), pred, truth
 
 
 def overall(scores: ImageScores) -> dict:
