@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on clusters and CI
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from steel_defect.constants import CLASS_COLORS
 
@@ -51,6 +52,7 @@ def dice_vs_area(area: np.ndarray, dice: np.ndarray, bins: list[dict], class_id:
         ax.plot(centres, [b["mean_dice"] for b in filled], "-o", color="#1d2329", label="mean per size bin")
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short range
     ax.set_xlim(max(1.0, float(np.min(area)) / 2), float(np.max(area)) * 2)
     ax.set(
         xlabel="true defect area (pixels)",
