@@ -209,6 +209,15 @@ def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
     assert oof_score["mean_dice"] >= oof_score["empty"] - 1e-9
     for path in (trained["seg"], trained["cls"]):
         assert load_checkpoint(path)["out_of_fold"] == oof_score
+    # the JSON report names its checkpoints and slices the search through the chosen point
+    written = json.loads((tmp_path / "pp.report.json").read_text())
+    assert written["checkpoints"] == [str(trained["seg"]), str(trained["cls"])]
+    for class_id, entry in summary["classes"].items():
+        for name, curve in written["curves"][class_id].items():
+            assert curve["dice"][curve["chosen"]] == pytest.approx(entry["best_dice"]), (class_id, name)
+        if not entry["disabled"]:
+            chosen = written["curves"][class_id]["min_area"]
+            assert chosen["values"][chosen["chosen"]] == entry["params"]["min_area"]
     # the top gate is tuned on full-resolution maxima (block averaging could only lower them)
     assert oof["top"].shape == (n_valid, 4)
     assert (oof["top"] >= oof["probs"].max(axis=(2, 3)) / 255 - 0.5 / 255).all()
@@ -235,6 +244,11 @@ def test_demo_recipe_end_to_end_on_a_tiny_set(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "empty" in out and "class 4" in out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    # the error analysis of the test frames, scored as evaluate scores them
+    assert summary["report"] == str(tmp_path / "demo" / "report.html") and summary["report"] in out
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert f"<td>mean (all pairs)</td><td>{summary['mean_dice']:.4f}</td>" in page
+    assert page.count("Dice against threshold and min area") == 4  # the search's curves, per class
     assert summary["test_images"] == 6
     read_submission(
         tmp_path / "demo" / "submission.csv",

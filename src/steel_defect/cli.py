@@ -6,6 +6,8 @@
     steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]
     steel-defect predict --checkpoints A.pth [B.pth ...] --images DIR --out submission.csv
     steel-defect evaluate --pred submission.csv --truth test_truth.csv [--json]
+    steel-defect report --pred submission.csv --truth T.csv --images DIR --out report.html
+    steel-defect runs [WORK_DIR ...] [--diff RUN_A RUN_B] [--csv | --json]   # leaderboard
     steel-defect serve [--checkpoints A.pth ...] [--examples DIR] [--port 8000]   # web GUI + API
     steel-defect validate submission.csv [--truth T.csv | --sample-submission S.csv]
     steel-defect config --config CFG [--opts k=v ...]    # print the resolved config
@@ -225,6 +227,45 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from steel_defect.evaluation.report import write_report
+
+    predictor = None
+    if args.probs_from:
+        from steel_defect.inference.predictor import Predictor
+
+        predictor = Predictor(args.probs_from, device=_device("auto"))
+    result = write_report(
+        args.pred,
+        args.truth,
+        args.images,
+        args.out,
+        worst=args.worst,
+        search_report=args.search_report,
+        predictor=predictor,
+    )
+    mean, empty = result["mean_dice"], result["empty_dice"]
+    print(f"mean Dice {mean:.4f} (all-empty {empty:.4f}) on {result['images']} images")
+    print(f"wrote {result['out']}")
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    from steel_defect.training import runs
+
+    if args.diff:
+        print(runs.format_diff(runs.diff_configs(*args.diff), *args.diff))
+        return 0
+    rows = runs.leaderboard(args.work_dirs or ["work"])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        print(runs.to_csv(rows), end="")
+    else:
+        print(runs.format_table(rows))
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from steel_defect.data.annotations import read_annotations
     from steel_defect.evaluation.submission import read_sample_submission, read_submission
@@ -394,6 +435,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, help="truth CSV, wide or long layout")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="error-analysis HTML: where a submission loses Dice, worst images")
+    p.add_argument("--pred", required=True, help="submission CSV (ImageId_ClassId,EncodedPixels)")
+    p.add_argument("--truth", required=True, help="truth CSV, wide or long layout")
+    p.add_argument("--images", required=True, help="folder holding the frames (for the worst images)")
+    p.add_argument("--out", required=True, help="HTML file to write (self-contained)")
+    p.add_argument("--worst", type=int, default=6, help="worst images drawn per class")
+    p.add_argument(
+        "--search-report",
+        help="<postprocessing>.report.json of `steel-defect thresholds`: Dice vs threshold and min area",
+    )
+    p.add_argument(
+        "--probs-from",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="segmenter (and classifier) checkpoints: show the drawn frames' maximum pixel and "
+        "classifier probabilities (runs the models on those frames only)",
+    )
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("runs", help="leaderboard of the trained folds under some folders")
+    p.add_argument("work_dirs", nargs="*", metavar="WORK_DIR", help="folders to search (default: work)")
+    p.add_argument(
+        "--diff", nargs=2, metavar=("RUN_A", "RUN_B"), help="config keys that differ (fold<K>/ folders)"
+    )
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="CSV instead of an aligned table")
+    output.add_argument("--json", action="store_true", help="JSON instead of an aligned table")
+    p.set_defaults(func=_cmd_runs)
 
     p = sub.add_parser("validate", help="check a submission's format, row by row")
     p.add_argument("submission")

@@ -13,3 +13,6 @@ CLASS_NAMES = {
     3: "scratches and streaks",
     4: "large patches",
 }
+# Okabe-Ito colours: told apart with the common colour-vision deficiencies, visible on grey steel.
+# The web page and the error-analysis report draw classes in them.
+CLASS_COLORS = {1: "#F0E442", 2: "#56B4E9", 3: "#D55E00", 4: "#CC79A7"}

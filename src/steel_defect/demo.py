@@ -9,7 +9,8 @@ synthetic frames, trains fold 0 only) or ``real`` (``make demo-real``: the Image
 recipe for real steel, which trains every fold so the thresholds are tuned on all training
 images out of fold and the held-out frames are predicted by the fold ensemble). Everything
 lands in ``--work-dir`` (default ``work/demo``): ``submission.csv``, ``test_truth.csv``, the
-runs, ``postprocessing.yml`` and ``summary.json``.
+runs, ``postprocessing.yml``, ``report.html`` (the error analysis of the test frames) and
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from steel_defect.data.annotations import read_annotations, resolve_image_ids, w
 from steel_defect.data.folds import make_folds_table, split_folds
 from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
 from steel_defect.evaluation.metric import evaluate_files
+from steel_defect.evaluation.report import write_report
 from steel_defect.evaluation.submission import write_submission
 from steel_defect.inference.oof import search_thresholds
 from steel_defect.inference.postprocess import PostProcessing
@@ -193,6 +195,15 @@ def run_demo(
     truth_ids = read_annotations(work / "test_truth.csv").image_ids
     write_submission(empty, truth_ids, [[""] * 4 for _ in truth_ids])
     baseline = evaluate_files(empty, work / "test_truth.csv")
+    t0 = time.perf_counter()
+    report = write_report(
+        work / "submission.csv",
+        work / "test_truth.csv",
+        test_images,
+        work / "report.html",
+        search_report=work / "postprocessing.report.json",
+    )
+    timings["report_s"] = round(time.perf_counter() - t0, 1)
     summary = {
         "mean_dice": score["mean_dice"],
         "per_class": score["per_class"],
@@ -204,6 +215,7 @@ def run_demo(
         "out_of_fold": search["out_of_fold"],
         "postprocessing": str(work / "postprocessing.yml"),
         "submission": str(work / "submission.csv"),
+        "report": report["out"],
         "test_truth": str(work / "test_truth.csv"),
         "checkpoints": [str(c) for c in checkpoints],
         "timings": {**timings, "total_s": round(time.perf_counter() - start, 1)},
@@ -240,6 +252,7 @@ def format_summary(summary: dict) -> str:
     lines += [
         f"submission:      {summary['submission']}",
         f"truth:           {summary['test_truth']}",
+        f"error analysis:  {summary['report']}   (open in a browser)",
         f"post-processing: {summary['postprocessing']}",
         f"timings (s):     {summary['timings']}",
         f"web GUI:         {summary['serve']}   (then open http://127.0.0.1:8000)",

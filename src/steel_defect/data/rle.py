@@ -124,3 +124,26 @@ def rles_to_masks(rles, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
 def masks_to_rles(masks: np.ndarray) -> list[str]:
     """Encode a (C, H, W) stack of masks into one RLE string per class."""
     return [mask_to_rle(mask) for mask in masks]
+
+
+def rle_overlap(runs_a: tuple[np.ndarray, np.ndarray], runs_b: tuple[np.ndarray, np.ndarray]) -> int:
+    """Pixels two masks share, from their :func:`parse_rle` runs, without decoding either.
+
+    ``runs_a``, ``runs_b``: 0-based ``(starts, ends)``, end exclusive, sorted and disjoint.
+    For every run of A it counts the pixels of B before the run's end and before its start
+    (B's full runs by a cumulative sum, the run that straddles the point by its part), so
+    scoring a 256x1600 pair costs microseconds instead of two 409,600-pixel masks.
+    """
+    starts_b, ends_b = runs_b
+    if len(runs_a[0]) == 0 or len(starts_b) == 0:
+        return 0
+    before = np.concatenate(([0], np.cumsum(ends_b - starts_b)))  # B pixels in runs 0..k-1
+
+    def covered(points: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(starts_b, points, side="left")  # B runs starting before each point
+        last = np.maximum(k - 1, 0)
+        partial = np.where(k > 0, np.minimum(ends_b[last], points) - starts_b[last], 0)
+        return before[last] + partial
+
+    starts_a, ends_a = runs_a
+    return int((covered(ends_a) - covered(starts_a)).sum())

@@ -48,10 +48,8 @@ def summarize(dice: np.ndarray) -> dict:
     }
 
 
-def evaluate_files(
-    pred_path: str | Path, truth_path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE
-) -> dict:
-    """Validate a submission, then score it against a truth file (wide or long layout).
+def read_pair(pred_path: str | Path, truth_path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE):
+    """``(submission rows, truth Annotations)``, checked to cover the same images.
 
     With a wide truth the submission must cover exactly the truth's images. A long truth
     lists defective images only, so the submission defines the image set and must
@@ -67,6 +65,15 @@ def evaluate_files(
                 f"{pred_path}: {len(missing)} image(s) with defects in {truth_path} are missing, "
                 f"e.g. {missing[0]}"
             )
+    return pred, truth
+
+
+def evaluate_files(
+    pred_path: str | Path, truth_path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE
+) -> dict:
+    """Validate a submission, then score it against a truth file (wide or long layout, see
+    :func:`read_pair`)."""
+    pred, truth = read_pair(pred_path, truth_path, shape)
     dice = np.empty((len(pred), len(CLASS_IDS)))
     for row, (image_id, rles) in enumerate(pred.items()):
         # one image at a time keeps memory flat for any number of images

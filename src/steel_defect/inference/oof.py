@@ -165,8 +165,11 @@ def search_thresholds(
         "classes": {str(c): {k: v for k, v in r.items()} for c, r in report["classes"].items()},
     }
     summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
+    # the file alone also says which checkpoints earned the score (`steel-defect runs`) and how
+    # Dice moves around the chosen point (`steel-defect report --search-report`)
+    extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
     with atomic_write(out.with_suffix(".report.json")) as handle:
-        json.dump(summary, handle, indent=2, default=str)
+        json.dump({**summary, **extra}, handle, indent=2, default=str)
     # the models carry the score their thresholds earned, for the web page and for whoever
     # finds the checkpoint later without its report
     for path in oof["checkpoints"] if record else []:

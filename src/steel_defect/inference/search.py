@@ -215,6 +215,36 @@ def search_class(
     return params, float(scores[t, m, a, g, k]), table
 
 
+def search_curves(table: dict, params: ClassParams, components=None, areas=None) -> dict:
+    """One-parameter slices of a :func:`search_class` table through the best point.
+
+    Returns ``{"threshold" | "min_component" | "min_area": {"values", "dice", "chosen"}}``:
+    mean Dice as that parameter moves along its grid with the others held at ``params``,
+    and the index of ``params`` in it. ``components`` / ``areas`` are the grids as searched
+    when ``table`` now holds them in other units (full-resolution pixels); ``params`` uses the
+    searched units.
+    """
+    grids = {
+        "threshold": list(table["thresholds"]),
+        "min_component": list(components if components is not None else table["min_components"]),
+        "min_area": list(areas if areas is not None else table["min_areas"]),
+        "cls_threshold": list(table["cls_thresholds"]),
+        "top_threshold": list(table["top_thresholds"]),
+    }
+    best = [grid.index(getattr(params, name)) for name, grid in grids.items()]
+    shown = {"threshold": "thresholds", "min_component": "min_components", "min_area": "min_areas"}
+    curves = {}
+    for axis, (name, key) in enumerate(shown.items()):
+        index = list(best)
+        index[axis] = slice(None)
+        curves[name] = {
+            "values": list(table[key]),
+            "dice": [float(v) for v in table["scores"][tuple(index)]],
+            "chosen": best[axis],
+        }
+    return curves
+
+
 def _to_reduced(full_sizes, scale):
     """Map full-resolution sizes to reduced ones; the smallest full size wins a collision."""
     mapping = {}
@@ -249,7 +279,8 @@ def search_all(
     the returned parameters (the grid value that was searched, not a rounded-up multiple).
     Report: ``classes[c]`` with best / baseline (0.5, 0, 0, no gate) / all-empty mean Dice
     and the params; ``mean`` of those over classes (= mean over all pairs); ``tables[c]``
-    from :func:`search_class` with sizes in full-resolution pixels (holds numpy arrays).
+    from :func:`search_class` with sizes in full-resolution pixels (holds numpy arrays);
+    ``curves[c]`` from :func:`search_curves` (plain lists, for the report JSON).
     """
     probs, truth, cls_probs, top_probs = _check(probs, truth, cls_probs, top_probs, 4)
     if probs.shape[1] != NUM_CLASSES:
@@ -261,7 +292,7 @@ def search_all(
             raise ValueError(f"{name} must be whole pixel counts >= 0, got {list(grid)}")
     comp_map, area_map = _to_reduced(min_components, scale), _to_reduced(min_areas, scale)
 
-    found, report = [], {"classes": {}, "mean": {}, "tables": {}}
+    found, report = [], {"classes": {}, "mean": {}, "tables": {}, "curves": {}}
     for i, class_id in enumerate(CLASS_IDS):
         cls_i = None if cls_probs is None else cls_probs[:, i]
         top_i = None if top_probs is None else top_probs[:, i]
@@ -290,6 +321,7 @@ def search_all(
         table["min_components"] = list(comp_map.values())
         table["min_areas"] = list(area_map.values())
         report["tables"][class_id] = table
+        report["curves"][class_id] = search_curves(table, p, list(comp_map), list(area_map))
         report["classes"][class_id] = {
             "best_dice": score,
             "baseline_dice": baseline,

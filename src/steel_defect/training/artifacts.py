@@ -6,14 +6,17 @@ Layout of ``<work_dir>/fold<K>/``::
     checkpoints/last.pth   weights + optimizer + scheduler + history: ``--resume`` reads it
     checkpoints/best.pth   weights of the best epoch by the monitored validation metric
     checkpoints/epoch_NNN.pth   the top-k epochs (``train.save_top_k``)
-    history.json           per-epoch train/valid metrics
-    curves.png             loss and metric curves, drawn at the end of the run
+    history.json           per-epoch train/valid metrics, epoch seconds and finish time (UTC)
+    curves.png             loss, learning rate and validation metrics (overall and per class)
     logs/                  CSV and TensorBoard logs
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +26,7 @@ import matplotlib.pyplot as plt
 from catalyst.core.callback import Callback, CallbackOrder
 
 from steel_defect.atomic import atomic_write
+from steel_defect.constants import CLASS_COLORS
 from steel_defect.models.checkpoint import save_checkpoint, unwrap
 
 
@@ -50,6 +54,10 @@ class CheckpointCallback(Callback):
         resume_state = resume_state or {}
         self.history: list[dict] = list(resume_state.get("history", []))
         self.top: list[dict] = list(resume_state.get("top", []))  # [{"epoch", "score", "path"}]
+        self.epoch_start = time.perf_counter()
+
+    def on_epoch_start(self, runner) -> None:
+        self.epoch_start = time.perf_counter()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -62,7 +70,12 @@ class CheckpointCallback(Callback):
         metrics = {
             loader: dict(values) for loader, values in runner.epoch_metrics.items() if loader != "_epoch_"
         }
-        self.history.append({"epoch": epoch, **metrics})
+        # wall time per epoch and its end, so `steel-defect runs` needs no clock of its own
+        timing = {
+            "seconds": round(time.perf_counter() - self.epoch_start, 2),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.history.append({"epoch": epoch, **metrics, **timing})
         score = self.sign * metrics["valid"][self.monitor]
         model = unwrap(runner.model)
         best_before = max((t["score"] for t in self.top), default=None)
@@ -106,28 +119,65 @@ class CheckpointCallback(Callback):
             plot_curves(self.history, self.monitor, self.run_dir / "curves.png")
 
 
+PER_CLASS = re.compile(r"(.+)_(\d|none)$")  # dice_3, iou_3, f1_4, f1_none
+
+
 def plot_curves(history: list[dict], monitor: str, path: Path) -> Path:
-    """Loss (train and valid) and validation metrics per epoch, saved as a PNG."""
+    """:func:`curves_figure` saved as a PNG, atomically."""
+    fig = curves_figure(history, monitor)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(history: list[dict], monitor: str):
+    """Loss, learning rate, monitored metric and per-class validation metrics per epoch.
+
+    Per-class metrics (``dice_1`` .. ``f1_none``) get one panel per metric name, one line per
+    class in the web page's class colours, so a class that never learns stands out.
+    """
     epochs = [h["epoch"] for h in history]
-    valid_keys = sorted(k for k in history[-1].get("valid", {}) if k.startswith(f"{monitor}_"))
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    valid = history[-1].get("valid", {})
+    per_class: dict[str, list[str]] = {}
+    for key in sorted(valid):
+        match = PER_CLASS.fullmatch(key)
+        if match:
+            per_class.setdefault(match.group(1), []).append(key)
+    rows = 1 + -(-len(per_class) // 3)  # overall panels on top, per-class ones below, 3 a row
+    fig, axes = plt.subplots(rows, 3, figsize=(14, 3.8 * rows), squeeze=False)
+    ax_loss, ax_lr, ax_metric, *ax_classes = axes.ravel()
+    for ax in ax_classes[len(per_class) :]:
+        ax.set_visible(False)
     for loader, style in (("train", "-o"), ("valid", "-s")):
         values = [h.get(loader, {}).get("loss") for h in history]
         if any(v is not None for v in values):
             ax_loss.plot(epochs, values, style, label=f"{loader} loss")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
+    lr_keys = sorted({k for h in history for k in h.get("train", {}) if k.startswith("lr/")})
+    for key in lr_keys:
+        ax_lr.plot(
+            epochs, [h.get("train", {}).get(key) for h in history], "-o", label=key.removeprefix("lr/")
+        )
+    if lr_keys:
+        ax_lr.set_yscale("log")
+        ax_lr.legend(fontsize=8, title="param group", title_fontsize=8)
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     ax_metric.plot(
         epochs, [h["valid"][monitor] for h in history], "-o", linewidth=2.5, label=f"valid {monitor}"
     )
-    for key in valid_keys:
-        ax_metric.plot(epochs, [h["valid"].get(key) for h in history], "--", alpha=0.7, label=key)
-    ax_metric.set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor}")
+    ax_metric.set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor} (monitored)")
     ax_metric.legend(fontsize=8)
-    for ax in (ax_loss, ax_metric):
+    for ax, (name, keys) in zip(ax_classes, per_class.items(), strict=False):  # spare axes hidden
+        for key in keys:
+            label = key.rsplit("_", 1)[1]
+            colour = CLASS_COLORS.get(int(label), "#66707a") if label.isdigit() else "#66707a"
+            values = [h["valid"].get(key) for h in history]
+            ax.plot(epochs, values, "-o", ms=4, color=colour, mec="#333", label=label)
+        ax.set(xlabel="epoch", ylabel=name, title=f"validation {name} per class")
+        ax.legend(fontsize=8, title="class", title_fontsize=8)
+    for ax in axes.ravel():
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return fig

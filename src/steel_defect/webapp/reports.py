@@ -1,7 +1,8 @@
 """What the API says about one image's masks, and the mask PNG it hands out.
 
 Pure functions of numpy arrays; :mod:`steel_defect.webapp.service` calls them with the
-masks it post-processed. Colours live here so the page, its legend and the PNGs agree.
+masks it post-processed. Class colours come from :mod:`steel_defect.constants`, so the page,
+its legend, the PNGs and the error-analysis report agree.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from steel_defect.constants import CLASS_IDS, CLASS_NAMES
+from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
 from steel_defect.data.rle import mask_to_rle
 
-# Okabe-Ito colours: told apart with the common colour-vision deficiencies, visible on grey steel.
-CLASS_COLORS = {1: "#F0E442", 2: "#56B4E9", 3: "#D55E00", 4: "#CC79A7"}
 MAX_BOXES = 50
 
 
