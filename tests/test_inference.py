@@ -218,6 +218,11 @@ def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
         if not entry["disabled"]:
             chosen = written["curves"][class_id]["min_area"]
             assert chosen["values"][chosen["chosen"]] == entry["params"]["min_area"]
+    # per-image scores for the hard-negative sampler: the classifier's and the segmenter's
+    scores = (tmp_path / "pp.oof.csv").read_text().splitlines()
+    assert summary["scores"] == str(tmp_path / "pp.oof.csv") and len(scores) == n_valid + 1
+    first = dict(zip(scores[0].split(","), scores[1].split(","), strict=True))
+    assert float(first["cls_3"]) == pytest.approx(oof["cls"][0][2], abs=1e-4)
     # the top gate is tuned on full-resolution maxima (block averaging could only lower them)
     assert oof["top"].shape == (n_valid, 4)
     assert (oof["top"] >= oof["probs"].max(axis=(2, 3)) / 255 - 0.5 / 255).all()

@@ -7,8 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from steel_defect.config import ConfigError
 from steel_defect.data.loaders import build_loaders
-from steel_defect.data.sampling import BalancedSampler
+from steel_defect.data.sampling import BalancedSampler, HardNegativeSampler
 from tests.conftest import tiny_cfg
 
 
@@ -40,3 +41,43 @@ def test_the_loader_draws_balanced_when_asked(tiny_synth):
     drawn = [i for batch in loader for i in batch["image_id"]]
     defect = {i for i, row in zip(loader.dataset.image_ids, labels, strict=True) if row.any()}
     assert drawn and set(drawn) <= defect  # defect_fraction 1: defect images only
+
+
+def test_hard_negatives_keep_every_defect_image_and_the_hardest_free_ones():
+    labels = np.zeros((6, 4), bool)
+    labels[[0, 3], 2] = True
+    scores = [0.9, 0.1, 0.8, 0.0, 0.3, 0.7]  # free images 1, 2, 4, 5: hardest 2 (0.8), 5 (0.7)
+    sampler = HardNegativeSampler(labels, scores, keep=0.5, seed=1)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == sorted(second) == [0, 2, 3, 5]  # a new order each epoch, the same images
+    assert list(HardNegativeSampler(labels, scores, keep=0.5, seed=1)) == first
+    assert sorted(HardNegativeSampler(labels, scores, keep=0.0)) == [0, 3]
+
+
+def test_the_loader_draws_hard_negatives_from_the_oof_scores(tiny_synth, tmp_path):
+    from steel_defect.data.folds import split_folds
+
+    cfg = tiny_cfg(tiny_synth)
+    split_folds(cfg)
+    ids = build_loaders(cfg, valid_fold=0)["train"].dataset
+    labels = ids.annotations.labels(ids.image_ids)
+    free = [i for i, row in zip(ids.image_ids, labels, strict=True) if not row.any()]
+    scores = tmp_path / "oof.csv"
+    rows = [f"{image_id},{0.1 * k:.1f},0,0,0,,,," for k, image_id in enumerate(ids.image_ids)]
+    scores.write_text(
+        "ImageId,peak_1,peak_2,peak_3,peak_4,cls_1,cls_2,cls_3,cls_4\n" + "\n".join(rows) + "\n"
+    )
+    keep = f"data.sampler_params={{scores: {scores}, keep: 0.5}}"
+    loader = build_loaders(tiny_cfg(tiny_synth, "data.sampler=hard_negatives", keep), valid_fold=0)["train"]
+    drawn = {i for batch in loader for i in batch["image_id"]}
+    ranked = sorted(free, key=lambda i: -ids.image_ids.index(i))  # later ids scored higher
+    assert drawn >= set(ranked[: round(len(free) / 2)]) and not drawn & set(ranked[round(len(free) / 2) :])
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_loaders(
+            tiny_cfg(
+                tiny_synth,
+                "data.sampler=hard_negatives",
+                f"data.sampler_params={{scores: {tmp_path / 'x.csv'}}}",
+            ),
+            valid_fold=0,
+        )

@@ -81,13 +81,18 @@ SCHEMA: dict[str, Any] = {
         "sampler": Opt(
             None,
             str,
-            "training draw: null (each image once per epoch, shuffled) or balanced (defect_fraction "
-            "and class_weights in data.sampler_params; with data.extra it balances all images)",
-            choices=(None, "balanced"),
+            "training draw: null (each image once per epoch, shuffled), balanced (defect_fraction "
+            "and class_weights in data.sampler_params; with data.extra it balances all images) or "
+            "hard_negatives (every defect image plus the `keep` share of defect-free images ranked "
+            "hardest by the `scores` CSV that `steel-defect thresholds` writes: <out>.oof.csv)",
+            choices=(None, "balanced", "hard_negatives"),
             nullable=True,
         ),
         "sampler_params": Opt(
-            {}, dict, "balanced: defect_fraction (0.5), class_weights per class 1..4 ([1, 1, 1, 1])"
+            {},
+            dict,
+            "balanced: defect_fraction (0.5), class_weights per class 1..4 ([1, 1, 1, 1]); "
+            "hard_negatives: scores (a CSV with ImageId and cls_1..4 or peak_1..4), keep (0.5)",
         ),
         "extra": Opt(
             [],

@@ -9,7 +9,9 @@ out, so a pseudo label never stands in for a real one or reaches a validation fo
 
 from __future__ import annotations
 
+import csv
 import logging
+from pathlib import Path
 
 import numpy as np
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, get_worker_info
@@ -18,7 +20,7 @@ from steel_defect.config import ConfigError, model_classes
 from steel_defect.data.annotations import read_annotations, resolve_image_ids
 from steel_defect.data.datasets import ClassificationDataset, SegmentationDataset
 from steel_defect.data.folds import read_folds, split_ids
-from steel_defect.data.sampling import BalancedSampler, MixSampler
+from steel_defect.data.sampling import BalancedSampler, HardNegativeSampler, MixSampler
 from steel_defect.data.transforms import build_transforms
 
 DATASETS = {"cls": ClassificationDataset, "seg": SegmentationDataset}
@@ -84,6 +86,59 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
     return {"train": train, "valid": valid}
 
 
+SAMPLER_PARAMS = {"balanced": {"defect_fraction", "class_weights"}, "hard_negatives": {"scores", "keep"}}
+
+
+def _sampler(cfg, train):
+    """The ``data.sampler`` over every training image (extra sets included)."""
+    parts = train.datasets if isinstance(train, ConcatDataset) else [train]
+    ids = [image_id for part in parts for image_id in part.image_ids]
+    labels = np.concatenate([part.annotations.labels(part.image_ids) for part in parts])
+    params, valid = dict(cfg.data.sampler_params), SAMPLER_PARAMS[cfg.data.sampler]
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ConfigError(
+            f"data.sampler_params: unknown key(s) {unknown} for the {cfg.data.sampler} sampler; "
+            f"valid: {', '.join(sorted(valid))}"
+        )
+    if cfg.data.sampler == "balanced":
+        return BalancedSampler(labels, seed=cfg.seed, **params)
+    if "scores" not in params:
+        raise ConfigError(
+            "data.sampler_params.scores: hard_negatives needs the CSV of out-of-fold scores that "
+            "`steel-defect thresholds` writes beside its YAML (<out>.oof.csv)"
+        )
+    scores = read_image_scores(params["scores"])
+    missing = [i for i, row in zip(ids, labels, strict=True) if not row.any() and i not in scores]
+    if missing:
+        log.warning(
+            "%d defect-free images have no score in %s; they rank last", len(missing), params["scores"]
+        )
+    ranked = [scores.get(image_id, -1.0) for image_id in ids]
+    return HardNegativeSampler(labels, ranked, keep=params.get("keep", 0.5), seed=cfg.seed)
+
+
+def read_image_scores(path) -> dict[str, float]:
+    """``{image_id: score}`` from an OOF scores CSV: the classifier's highest class probability,
+    or the segmenter's highest peak when the file has no classifier columns."""
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"data.sampler_params.scores: {path} does not exist; `steel-defect thresholds` writes it "
+            "beside its YAML (<out>.oof.csv)"
+        )
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "ImageId" not in rows[0]:
+        raise ConfigError(
+            f"data.sampler_params.scores: {path} has no ImageId column (write it with thresholds)"
+        )
+    prefix = "cls_" if rows[0].get("cls_1") else "peak_"
+    try:
+        return {r["ImageId"]: max(float(r[f"{prefix}{c}"]) for c in range(1, 5)) for r in rows}
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"data.sampler_params.scores: {path}: bad score column ({err})") from None
+
+
 def seed_worker_transforms(worker_id: int) -> None:
     """Give each DataLoader worker its own augmentation sequence.
 
@@ -111,17 +166,8 @@ def build_loaders(cfg, valid_fold: int | None = None) -> dict[str, DataLoader]:
     valid_batch = cfg.data.valid_batch_size or cfg.data.batch_size
     train = datasets["train"]
     order = {"shuffle": True}
-    if cfg.data.sampler == "balanced":
-        parts = train.datasets if isinstance(train, ConcatDataset) else [train]
-        labels = np.concatenate([part.annotations.labels(part.image_ids) for part in parts])
-        params = dict(cfg.data.sampler_params)
-        unknown = sorted(set(params) - {"defect_fraction", "class_weights"})
-        if unknown:
-            raise ConfigError(
-                f"data.sampler_params: unknown key(s) {unknown} for the balanced sampler; "
-                "valid: class_weights, defect_fraction"
-            )
-        order = {"sampler": BalancedSampler(labels, seed=cfg.seed, **params)}
+    if cfg.data.sampler is not None:
+        order = {"sampler": _sampler(cfg, train)}
     elif isinstance(train, ConcatDataset):
         sizes = [len(d) for d in train.datasets]
         weights = [1.0] + [float(extra.weight) for extra in cfg.data.extra]

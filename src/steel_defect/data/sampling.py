@@ -99,3 +99,39 @@ class BalancedSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
         return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())
+
+
+class HardNegativeSampler(Sampler[int]):
+    """Every defect image, plus the defect-free images a model finds hardest, once per epoch.
+
+    The 2019 winners trained the segmenter on defect images and on the defect-free images the
+    classifier gets wrong. ``scores`` (N,) ranks the defect-free images (higher: more
+    defect-like, e.g. the classifier's out-of-fold maximum class probability); the top ``keep``
+    share of them joins each epoch, shuffled with the defect images (seeded by the epoch).
+    """
+
+    def __init__(self, labels, scores, keep: float = 0.5, seed: int = 0):
+        labels = torch.as_tensor(labels, dtype=torch.bool)
+        scores = torch.as_tensor(scores, dtype=torch.float64)
+        if labels.dim() != 2 or scores.shape != labels.shape[:1]:
+            raise ValueError(
+                f"need labels (N, 4) and scores (N,), got {tuple(labels.shape)} and {tuple(scores.shape)}"
+            )
+        if not 0.0 <= keep <= 1.0:
+            raise ValueError(f"keep must be a share in [0, 1], got {keep}")
+        defect = labels.any(dim=1)
+        free = torch.nonzero(~defect).flatten()
+        hardest = free[torch.argsort(scores[free], descending=True, stable=True)][: round(keep * len(free))]
+        self.indices = torch.cat([torch.nonzero(defect).flatten(), hardest])
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        return iter(self.indices[torch.randperm(len(self.indices), generator=generator)].tolist())

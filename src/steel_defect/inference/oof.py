@@ -10,6 +10,7 @@ inference (``paths.postprocessing``, default ``<work_dir>/postprocessing.yml``).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from steel_defect.atomic import atomic_write
+from steel_defect.constants import CLASS_IDS
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.folds import read_folds, split_ids
 from steel_defect.data.images import read_image
@@ -124,6 +126,20 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=()) -> dict:
     }
 
 
+def write_oof_scores(path: Path, oof: dict) -> Path:
+    """Per image: its fold, the segmenter's peak probability per class and the classifier's (or
+    the head's) probability per class, empty without one. ``data.sampler: hard_negatives`` ranks
+    defect-free images by it."""
+    columns = ["ImageId", *(f"peak_{c}" for c in CLASS_IDS), *(f"cls_{c}" for c in CLASS_IDS)]
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        for k, image_id in enumerate(oof["ids"]):
+            cls = [f"{p:.5f}" for p in oof["cls"][k]] if oof["cls"] is not None else [""] * len(CLASS_IDS)
+            writer.writerow([image_id, *(f"{p:.5f}" for p in oof["top"][k]), *cls])
+    return path
+
+
 def out_of_fold_score(report: dict, images: int) -> dict:
     """Mean and per-class OOF Dice with the searched parameters, beside all-empty masks.
 
@@ -170,6 +186,7 @@ def search_thresholds(
     extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
     with atomic_write(out.with_suffix(".report.json")) as handle:
         json.dump({**summary, **extra}, handle, indent=2, default=str)
+    summary["scores"] = str(write_oof_scores(out.with_suffix(".oof.csv"), oof))
     # the models carry the score their thresholds earned, for the web page and for whoever
     # finds the checkpoint later without its report
     for path in oof["checkpoints"] if record else []:
