@@ -67,9 +67,12 @@ def _holdout_real(data_dir: Path, work: Path, seed: int) -> tuple[Path, Path, li
     return work / "train.csv", data_dir / "train_images", test_ids
 
 
-def _train_round(seg_cfg, cls_cfg, folds, work: Path, timings: dict) -> tuple[list[Path], dict]:
-    """Train every fold of both models, search thresholds out of fold; (checkpoints, search)."""
-    for name, cfg in (("classifier", cls_cfg), ("segmenter", seg_cfg)):
+def _train_round(
+    seg_cfg, cls_cfg, folds, work: Path, timings: dict, train_cls: bool = True
+) -> tuple[list[Path], dict]:
+    """Train every fold (of the classifier too unless ``train_cls`` is False: a second round
+    reuses the first round's), search thresholds out of fold; (checkpoints, search)."""
+    for name, cfg in (("classifier", cls_cfg if train_cls else None), ("segmenter", seg_cfg)):
         if cfg is None:
             continue
         t0 = time.perf_counter()
@@ -185,7 +188,7 @@ def run_demo(
             ],
         )
         second: dict = {}
-        checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second)
+        checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second, train_cls=False)
         (work / "test_truth.csv").write_bytes((work.parent / "test_truth.csv").read_bytes())
         predictor = Predictor(checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=tta)
         score = _predict_and_score(predictor, test_images, sample, work, second)
