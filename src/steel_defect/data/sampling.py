@@ -18,7 +18,24 @@ import torch
 from torch.utils.data import Sampler
 
 
-class MixSampler(Sampler[int]):
+class EpochSampler(Sampler[int]):
+    """A sampler whose draw depends only on ``seed`` and the epoch (see the module docstring)."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw as in ``epoch`` next (a resumed run continues the sequence of an uninterrupted one)."""
+        self.epoch = epoch
+
+    def _generator(self) -> torch.Generator:
+        """This epoch's random generator; the next call gives the next epoch's."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        return generator
+
+
+class MixSampler(EpochSampler):
     """Indices into ``ConcatDataset(sets)``; ``weights[k]`` images of set k per image and epoch."""
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int):
@@ -37,13 +54,8 @@ class MixSampler(Sampler[int]):
     def __len__(self) -> int:
         return sum(self.counts())
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw as in ``epoch`` next (a resumed run continues the sequence of an uninterrupted one)."""
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
+        generator = self._generator()
         chosen, offset = [], 0
         for size, count in zip(self.sizes, self.counts(), strict=True):
             if size:
@@ -55,7 +67,7 @@ class MixSampler(Sampler[int]):
         return iter(indices[torch.randperm(len(indices), generator=generator)].tolist())
 
 
-class BalancedSampler(Sampler[int]):
+class BalancedSampler(EpochSampler):
     """Draws ``len(labels)`` images per epoch, with replacement, so that defect images make up
     ``defect_fraction`` of the draw on average, and an image's share among the defect images
     grows with ``class_weights`` (its largest weight over the classes it shows).
@@ -92,16 +104,12 @@ class BalancedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.weights)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
+        generator = self._generator()
         return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())
 
 
-class HardNegativeSampler(Sampler[int]):
+class HardNegativeSampler(EpochSampler):
     """Every defect image, plus the defect-free images a model finds hardest, once per epoch.
 
     The 2019 winners trained the segmenter on defect images and on the defect-free images the
@@ -128,10 +136,6 @@ class HardNegativeSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
+        generator = self._generator()
         return iter(self.indices[torch.randperm(len(self.indices), generator=generator)].tolist())

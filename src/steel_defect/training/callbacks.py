@@ -19,7 +19,7 @@ from catalyst.core.callback import (
 )
 
 from steel_defect.constants import CLASS_IDS
-from steel_defect.data.sampling import BalancedSampler, HardNegativeSampler, MixSampler
+from steel_defect.data.sampling import EpochSampler
 from steel_defect.training.engines import all_gather
 
 
@@ -283,7 +283,7 @@ class EpochCallback(Callback):
         if hasattr(runner.criterion, "set_epoch"):
             runner.criterion.set_epoch(runner.epoch_step)
         sampler = getattr(runner.loaders.get("train"), "sampler", None)
-        if isinstance(sampler, MixSampler | BalancedSampler | HardNegativeSampler):
+        if isinstance(sampler, EpochSampler):
             sampler.set_epoch(runner.epoch_step - 1)
 
 
