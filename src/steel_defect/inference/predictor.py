@@ -76,7 +76,9 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     return LoadedModel(
         str(path),
         state["task"],
-        model.to(device),
+        # channels-last convolutions run about 1.3x faster on CPUs (issue 11's table); outputs
+        # agree with the contiguous layout to ~1e-5 in probability
+        model.to(device, memory_format=torch.channels_last),
         transform,
         cfg.data.channels,
         name,
@@ -132,7 +134,7 @@ class Predictor:
             if loaded.channels == 1 and image.shape[-1] == 3:
                 image = image[..., :1]
             tensors.append(image_to_tensor(loaded.transform(image=image)["image"]))
-        return torch.stack(tensors).to(self.device)
+        return torch.stack(tensors).to(self.device, memory_format=torch.channels_last)
 
     @torch.no_grad()
     def _views(self, loaded: LoadedModel, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
