@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from steel_defect.atomic import atomic_write
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
 from steel_defect.data.annotations import write_annotations
@@ -50,13 +52,20 @@ class PseudoRules:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
 
 
-def judge(prediction: Prediction, rules: PseudoRules) -> str | None:
-    """None when the frame's labels are trusted, else the first reason it is not."""
+def evidence(prediction: Prediction) -> tuple[np.ndarray, np.ndarray | None]:
+    """(painted (4,) bool: the post-processed mask is not empty, peaks (4,) maximum probability
+    per class, or None when the classifier gated every class off and the segmenter never ran)."""
     painted = prediction.masks.reshape(len(CLASS_IDS), -1).any(axis=1)
-    if prediction.probs is None:  # the classifier gated every class off: only its word counts
-        peaks = None
-    else:
-        peaks = prediction.probs.reshape(len(CLASS_IDS), -1).max(axis=1)
+    peaks = None if prediction.probs is None else prediction.probs.reshape(len(CLASS_IDS), -1).max(axis=1)
+    return painted, peaks
+
+
+def judge(prediction: Prediction, rules: PseudoRules, found=None) -> str | None:
+    """None when the frame's labels are trusted, else the first reason it is not.
+
+    ``found``: :func:`evidence` of the prediction when the caller has it already.
+    """
+    painted, peaks = found if found is not None else evidence(prediction)
     for i, class_id in enumerate(CLASS_IDS):
         if peaks is not None and painted[i] and peaks[i] < rules.upper:
             return f"class {class_id} painted but its peak probability {peaks[i]:.2f} < upper {rules.upper}"
@@ -95,14 +104,12 @@ def pseudo_label(
                 log.error("%s", err)
                 table.append({"ImageId": image_id, "kept": 0, "reason": f"unreadable: {err}"})
         for image_id, prediction in zip(chunk, predictor.predict(frames), strict=True):
-            reason = judge(prediction, rules)
+            painted, peaks = found = evidence(prediction)
+            reason = judge(prediction, rules, found)
             row = {"ImageId": image_id, "kept": int(reason is None), "reason": reason or ""}
-            if prediction.probs is not None:
-                peaks = prediction.probs.reshape(len(CLASS_IDS), -1).max(axis=1)
+            if peaks is not None:
                 row.update({f"peak_{c}": round(float(p), 4) for c, p in zip(CLASS_IDS, peaks, strict=True)})
-            row.update(
-                {f"painted_{c}": int(m.any()) for c, m in zip(CLASS_IDS, prediction.masks, strict=True)}
-            )
+            row.update({f"painted_{c}": int(m) for c, m in zip(CLASS_IDS, painted, strict=True)})
             table.append(row)
             if reason is None:
                 kept.append(image_id)

@@ -41,16 +41,20 @@ def _build(spec, where: str, allowed: set[str]) -> tuple[nn.Module, dict]:
         raise ValueError(f"{where}: {err}") from None
 
 
+def _build_all(items, kind: str, key: str) -> list[tuple[nn.Module, dict]]:
+    """Each ``{name, params, <key>}`` of the list ``kind`` built, with its spec."""
+    if not isinstance(items, Sequence) or isinstance(items, str) or not items:
+        raise ValueError(f"{kind} must be a non-empty list of {{name, {key}, params}}, got {items!r}")
+    return [_build(item, f"{kind}[{k}]", {"name", key, "params"}) for k, item in enumerate(items)]
+
+
 class ComboLoss(nn.Module):
     """``sum(weight_k * loss_k)`` over ``terms`` = ``[{name, weight (default 1), params}]``."""
 
     def __init__(self, terms: Sequence[Mapping]):
         super().__init__()
-        if not isinstance(terms, Sequence) or isinstance(terms, str) or not terms:
-            raise ValueError(f"terms must be a non-empty list of {{name, weight, params}}, got {terms!r}")
         losses, weights = [], []
-        for k, term in enumerate(terms):
-            loss, spec = _build(term, f"terms[{k}]", {"name", "weight", "params"})
+        for k, (loss, spec) in enumerate(_build_all(terms, "terms", "weight")):
             weight = spec.get("weight", 1.0)
             if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
                 raise ValueError(f"terms[{k}].weight must be a number >= 0, got {weight!r}")
@@ -79,11 +83,8 @@ class ScheduledLoss(nn.Module):
 
     def __init__(self, stages: Sequence[Mapping]):
         super().__init__()
-        if not isinstance(stages, Sequence) or isinstance(stages, str) or not stages:
-            raise ValueError(f"stages must be a non-empty list of {{epoch, name, params}}, got {stages!r}")
         losses, starts = [], []
-        for k, stage in enumerate(stages):
-            loss, spec = _build(stage, f"stages[{k}]", {"epoch", "name", "params"})
+        for k, (loss, spec) in enumerate(_build_all(stages, "stages", "epoch")):
             epoch = spec.get("epoch")
             if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
                 raise ValueError(f"stages[{k}].epoch must be a whole epoch number >= 1, got {epoch!r}")
