@@ -22,7 +22,7 @@ from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.evaluation.submission import read_sample_submission, read_submission
 from steel_defect.inference.oof import collect_oof, search_thresholds
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.predictor import Predictor, network_input
 from steel_defect.inference.run import predict_folder
 from steel_defect.inference.search import downsample_probs
 from steel_defect.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -316,9 +316,9 @@ def test_a_two_head_segmenter_gates_with_its_head(tmp_path):
         paths[gate] = save_checkpoint(tmp_path / f"{gate}.pth", build_model(cfg), cfg, epoch=0, metrics={})
     model, cfg = model_from_checkpoint(paths["hard"])
     plain = Predictor([paths["hard"]], tta=())
-    batch = plain._batch(plain.segmenters[0], frames)
+    batch = network_input(plain.segmenters[0], frames)
     with torch.no_grad():
-        _, labels = model(batch)
+        _, labels = model(torch.from_numpy(batch))
     head = torch.sigmoid(labels).numpy()
     hard = Predictor(
         [paths["hard"]], PostProcessing(tuple(ClassParams(0.0, cls_threshold=0.5) for _ in range(4))), tta=()

@@ -4,7 +4,8 @@
     steel-defect split --config configs/seg/unet_resnet18_bcedice.yml
     steel-defect train --config configs/seg/unet_resnet18_bcedice.yml [--fold K] [--resume]
     steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]
-    steel-defect predict --checkpoints A.pth [B.pth ...] --images DIR --out submission.csv
+    steel-defect predict --checkpoints A.pth [B.pth ...] --images DIR --out submission.csv [--backend onnx]
+    steel-defect export --checkpoints A.pth [B.pth ...] --out DIR [--int8]   # ONNX files
     steel-defect evaluate --pred submission.csv --truth test_truth.csv [--json]
     steel-defect report --pred submission.csv --truth T.csv --images DIR --out report.html
     steel-defect runs [WORK_DIR ...] [--diff RUN_A RUN_B] [--csv | --json]   # leaderboard
@@ -44,6 +45,16 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
         metavar="KEY=VALUE",
         help="overrides such as train.epochs=2 paths.work_dir=work/x",
     )
+
+
+def _add_backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        help="default inference.backend; onnx: ONNX Runtime on the CPU (.pth files are exported once "
+        "to <name>.onnx beside them)",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads (default inference.threads: physical cores)")
 
 
 def _cmd_synth(args) -> int:
@@ -104,18 +115,25 @@ def _postprocessing(cfg, override: str | None):
     return PostProcessing.load(path)
 
 
+def _predictor(cfg, args, checkpoints, post, device: str | None = None):
+    """The Predictor of predict, serve and pseudo-label: ``--backend``/``--threads`` override the config."""
+    from steel_defect.inference.predictor import Predictor
+
+    backend = args.backend or cfg.inference.backend
+    threads = args.threads or cfg.inference.threads
+    # The ONNX backend runs on the CPU and must not import torch just to ask about CUDA.
+    device = "cpu" if backend == "onnx" else _device(device or cfg.inference.device)
+    return Predictor(
+        checkpoints, post, tta=tuple(cfg.inference.tta), device=device, backend=backend, threads=threads
+    )
+
+
 def _cmd_predict(args) -> int:
     from steel_defect.config import load_config
-    from steel_defect.inference.predictor import Predictor
     from steel_defect.inference.run import predict_folder, summary_text
 
     cfg = load_config(args.config, args.opts)
-    predictor = Predictor(
-        args.checkpoints,
-        _postprocessing(cfg, args.postprocessing),
-        tta=tuple(cfg.inference.tta),
-        device=_device(cfg.inference.device),
-    )
+    predictor = _predictor(cfg, args, args.checkpoints, _postprocessing(cfg, args.postprocessing))
     summary = predict_folder(
         predictor,
         args.images or cfg.paths.test_images,
@@ -131,17 +149,11 @@ def _cmd_predict(args) -> int:
 
 def _cmd_pseudo_label(args) -> int:
     from steel_defect.config import load_config
-    from steel_defect.inference.predictor import Predictor
     from steel_defect.inference.pseudo import PseudoRules, extra_opt, pseudo_label
 
     cfg = load_config(args.config, args.opts)
     rules = PseudoRules(upper=args.upper, lower=args.lower, agree=not args.no_agree)
-    predictor = Predictor(
-        args.checkpoints,
-        _postprocessing(cfg, args.postprocessing),
-        tta=tuple(cfg.inference.tta),
-        device=_device(cfg.inference.device),
-    )
+    predictor = _predictor(cfg, args, args.checkpoints, _postprocessing(cfg, args.postprocessing))
     summary = pseudo_label(predictor, args.images, args.out, rules, batch_size=cfg.inference.batch_size)
     print(json.dumps(summary, indent=2))
     print(f"train on them with: --opts '{extra_opt(summary)}'", file=sys.stderr)
@@ -150,7 +162,6 @@ def _cmd_pseudo_label(args) -> int:
 
 def _cmd_serve(args) -> int:
     from steel_defect.config import load_config
-    from steel_defect.inference.predictor import Predictor
     from steel_defect.webapp.app import Limits, create_app
     from steel_defect.webapp.examples import folder_examples
     from steel_defect.webapp.security import access_token, is_loopback
@@ -170,8 +181,7 @@ def _cmd_serve(args) -> int:
         post_path = post_path or demo_post
         log.info("serving the demo model: %s", " ".join(checkpoints))
     post = _postprocessing(cfg, post_path)
-    device = _device(args.device or cfg.inference.device)
-    predictor = Predictor(checkpoints, post, tta=tuple(cfg.inference.tta), device=device)
+    predictor = _predictor(cfg, args, checkpoints, post, device=args.device)
     limits = Limits(
         max_file_bytes=max_file_bytes,
         max_files=args.max_files,
@@ -186,6 +196,29 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.inference.export import export_all
+
+    need = ("paths.train_csv", "paths.train_images") if args.int8 else ()
+    cfg = load_config(args.config, args.opts, require=need)
+    summary = export_all(
+        args.checkpoints,
+        args.out,
+        cfg,
+        _postprocessing(cfg, args.postprocessing),
+        int8=args.int8,
+        n_calib=args.calib_images,
+        n_holdout=args.holdout_images,
+        force=args.force,
+    )
+    print(json.dumps(summary, indent=2))
+    refused = [e["int8"]["refused"] for e in summary if "refused" in e.get("int8", {})]
+    if refused:
+        raise UserError("; ".join(refused))
+    return 0
+
+
 def _cmd_thresholds(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.inference.oof import search_thresholds
@@ -194,7 +227,7 @@ def _cmd_thresholds(args) -> int:
     seg_cfg = load_config(args.config, args.opts, require=need)
     cls_cfg = load_config(args.cls_config, args.opts) if args.cls_config else None
     members = [load_config(path, args.opts) for path in args.ensemble]
-    device = _device(seg_cfg.inference.device)
+    device = "cpu" if seg_cfg.inference.backend == "onnx" else _device(seg_cfg.inference.device)
     summary = search_thresholds(seg_cfg, cls_cfg, args.out, device=device, members=members)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -330,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.add_argument("--sample-submission", help="predict its images, in its order")
     p.add_argument("--postprocessing", help="per-class thresholds YAML (default paths.postprocessing)")
+    _add_backend_args(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
@@ -343,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upper", type=float, default=0.8, help="a painted class needs a pixel this sure")
     p.add_argument("--lower", type=float, default=0.2, help="an empty class needs every pixel below")
     p.add_argument("--no-agree", action="store_true", help="do not require the classifier to agree")
+    _add_backend_args(p)
     p.set_defaults(func=_cmd_pseudo_label)
 
     p = sub.add_parser("serve", help="web GUI and REST API on the predictor (http://127.0.0.1:8000)")
@@ -367,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default inference.device)")
+    _add_backend_args(p)
     p.add_argument("--keep", type=int, default=256, help="results kept for re-thresholding (1.6 MB each)")
     p.add_argument("--keep-mb", type=float, default=512.0, help="memory bound of the kept results, in MB")
     p.add_argument(
@@ -387,6 +423,24 @@ def build_parser() -> argparse.ArgumentParser:
         "examples instead of the synthetic ones; other files are skipped with a warning",
     )
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("export", help="checkpoints -> ONNX files for --backend onnx (fp32, optional int8)")
+    _add_config_args(p, required=False)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints to export")
+    p.add_argument("--out", required=True, help="folder for <fold>_<name>.onnx (and .int8.onnx)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write a static int8 model, calibrated on training frames (paths.train_csv) and "
+        "refused if it loses more than 0.005 mean Dice on held-out frames",
+    )
+    p.add_argument("--calib-images", type=int, default=16, help="int8 calibration frames (training folds)")
+    p.add_argument(
+        "--holdout-images", type=int, default=16, help="frames of the validation fold for the int8 Dice check"
+    )
+    p.add_argument("--postprocessing", help="thresholds YAML for the int8 Dice check")
+    p.add_argument("--force", action="store_true", help="write the int8 model even if it loses Dice")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("thresholds", help="search per-class thresholds on out-of-fold predictions")
     _add_config_args(p)

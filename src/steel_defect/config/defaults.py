@@ -195,10 +195,18 @@ SCHEMA: dict[str, Any] = {
     "inference": {
         "tta": Opt(["hflip"], list, "flip views averaged with the plain prediction: hflip, vflip, hvflip"),
         "batch_size": Opt(4, int, "images per forward pass"),
-        "num_workers": Opt(0, int, "image-decoding worker processes"),
+        "num_workers": Opt(0, int, "image-decoding threads that read ahead of the network"),
         "device": Opt(
             "auto", str, "auto (cuda when available), cpu or cuda", choices=("auto", "cpu", "cuda")
         ),
+        "backend": Opt(
+            "torch",
+            str,
+            "torch, or onnx (ONNX Runtime on the CPU: a .pth is exported once to <name>.onnx beside "
+            "it; .onnx files always run on it)",
+            choices=("torch", "onnx"),
+        ),
+        "threads": Opt(None, int, "CPU threads of the networks (default: the physical cores)", nullable=True),
         "search_downsample": Opt(4, int, "threshold search keeps OOF maps this many times smaller per side"),
         "search_top_threshold": Opt(
             False,

@@ -95,7 +95,13 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=()) -> dict:
     for fold, seg_path in seg_folds.items():
         checkpoints = [seg_path, *(folds[fold] for folds in member_folds)]
         checkpoints += [cls_folds[fold]] if use_cls else []
-        predictor = Predictor(checkpoints, tta=tuple(seg_cfg.inference.tta), device=device)
+        predictor = Predictor(
+            checkpoints,
+            tta=tuple(seg_cfg.inference.tta),
+            device=device,
+            backend=seg_cfg.inference.backend,
+            threads=seg_cfg.inference.threads,
+        )
         _, valid_ids = split_ids(folds, fold)
         log.info("fold %d: predicting %d validation images with %s", fold, len(valid_ids), seg_path)
         batch = seg_cfg.inference.batch_size

@@ -3,38 +3,36 @@
     predictor = Predictor(["seg_fold0.pth", "seg_fold1.pth", "cls_fold0.pth"], post, tta=("hflip",))
     result = predictor.predict(images)   # list of uint8 (256, 1600, 3) frames
 
-Each checkpoint rebuilds its model and its validation transforms (resize + normalize) from
+Each checkpoint rebuilds its network and its validation transforms (resize + normalize) from
 the file alone; the task stored in it says whether it segments or classifies. Probabilities
 are averaged over checkpoints of the same task (fold or architecture ensembles; per class over
 the segmenters that predict it, so per-class models mix with 4-class ones) and over flip TTA,
 then brought back to full resolution. With a classifier, images whose every class
 is gated off skip the segmenter entirely.
+
+The networks run on a backend (:mod:`.networks`: ``torch``, or ``onnx`` through ONNX Runtime);
+everything here is numpy and OpenCV, so with the ONNX backend a prediction never imports torch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from steel_defect.config import model_classes, model_cls_head
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
-from steel_defect.data.datasets import image_to_tensor
-from steel_defect.data.eval_transforms import build_eval_transforms
+from steel_defect.inference.networks import PROVENANCE_KEYS, Network, default_threads, load_network
 from steel_defect.inference.postprocess import PostProcessing, postprocess
-from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
+__all__ = ["PROVENANCE_KEYS", "TTA_DIMS", "Prediction", "Predictor", "network_input"]
+
 # Each TTA view is its own inverse: flip the input, predict, flip the output back.
 TTA_DIMS = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
-# What the model learnt from, where its encoder started, its out-of-fold Dice (the web page shows them).
-PROVENANCE_KEYS = ("trained_on", "weights_source", "out_of_fold")
 
 
 @dataclass
@@ -47,124 +45,112 @@ class Prediction:
     masks: np.ndarray
 
 
-@dataclass
-class LoadedModel:
-    path: str
-    task: str
-    model: torch.nn.Module
-    transform: Callable[..., dict]  # called as transform(image=...) like an albumentations Compose
-    channels: int
-    name: str
-    info: dict  # epoch, validation metrics, resolved config and PROVENANCE_KEYS of the checkpoint
-    classes: tuple[int, ...] = CLASS_IDS  # a segmenter's output channels, as class ids
-    head_gate: str | None = None  # a segmenter's classification head: "hard", "soft" or None
+def network_input(network: Network, images: list[np.ndarray]) -> np.ndarray:
+    """(N, C, H, W) float32: each frame through the network's validation transform; uint8 / 255."""
+    arrays = []
+    for image in images:
+        if network.channels == 1 and image.shape[-1] == 3:
+            image = image[..., :1]
+        image = network.transform(image=image)["image"]
+        if image.ndim == 2:
+            image = image[:, :, None]
+        arrays.append(image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image)
+    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def load_model(path: str | Path, device: torch.device) -> LoadedModel:
-    """Model, task and validation transform of one checkpoint."""
-    state = load_checkpoint(path)
-    model, cfg = model_from_checkpoint(state)
-    # Resize/Normalize only (checked there); albumentations is imported only if they need it.
-    transform = build_eval_transforms(cfg.transforms.valid, f"{path}: transforms.valid")
-    name = f"{cfg.model.name}-{cfg.model.encoder}"
-    info = {"epoch": state["epoch"], "metrics": state["metrics"], "config": state["config"]}
-    # Provenance written by newer training code; None in older checkpoints.
-    info.update({key: state.get(key) for key in PROVENANCE_KEYS})
-    seg = state["task"] == "seg"
-    classes = model_classes(cfg) if seg else CLASS_IDS
-    head = model_cls_head(cfg) if seg else None
-    return LoadedModel(
-        str(path),
-        state["task"],
-        # channels-last convolutions run about 1.3x faster on CPUs (issue 11's table); outputs
-        # agree with the contiguous layout to ~1e-5 in probability
-        model.to(device, memory_format=torch.channels_last),
-        transform,
-        cfg.data.channels,
-        name,
-        info,
-        classes,
-        head["gate"] if head else None,
-    )
+def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N, C, h, w) -> (N, C, H, W) bilinear, half-pixel centres (torch's align_corners=False)."""
+    out = np.empty((*maps.shape[:2], *shape), np.float32)
+    for index in np.ndindex(*maps.shape[:2]):
+        out[index] = cv2.resize(maps[index], shape[::-1], interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 class Predictor:
-    """Ensemble of segmenters (and optional classifiers) with flip TTA and post-processing."""
+    """Ensemble of segmenters (and optional classifiers) with flip TTA and post-processing.
+
+    ``backend``: ``torch`` or ``onnx`` (``.onnx`` files always run on ONNX Runtime);
+    ``threads``: CPU threads of the networks (default: the physical cores);
+    ``batch_tta``: run the TTA views as one batch (one call per network) instead of one call
+    per view; the same numbers, and on the CPU measured slightly faster (README, "Benchmarks").
+    """
 
     def __init__(
         self,
         checkpoints: list[str | Path],
         postprocessing: PostProcessing | None = None,
         tta: tuple[str, ...] = ("hflip",),
-        device: str | torch.device = "cpu",
+        device: str = "cpu",
+        backend: str = "torch",
+        threads: int | None = None,
+        batch_tta: bool = True,
     ):
         unknown = [t for t in tta if t not in TTA_DIMS]
         if unknown:
             raise ValueError(f"unknown TTA {unknown}; valid: {', '.join(TTA_DIMS)}")
         if not checkpoints:
             raise ValueError("no checkpoints given; pass at least one segmentation checkpoint")
-        self.device = torch.device(device)
-        models = [load_model(path, self.device) for path in checkpoints]
-        self.segmenters = [m for m in models if m.task == "seg"]
-        self.classifiers = [m for m in models if m.task == "cls"]
+        self.device, self.backend = str(device), backend
+        self.threads = threads or default_threads()
+        networks = [load_network(path, backend, self.device, self.threads) for path in checkpoints]
+        self.segmenters = [n for n in networks if n.task == "seg"]
+        self.classifiers = [n for n in networks if n.task == "cls"]
         if not self.segmenters:
             raise ValueError(f"none of {[str(c) for c in checkpoints]} is a segmentation checkpoint")
-        covered = {c for m in self.segmenters for c in m.classes}
+        covered = {c for n in self.segmenters for c in n.classes}
         for class_id in CLASS_IDS:
             if class_id not in covered:
                 log.warning("no segmenter predicts class %d: its masks stay empty", class_id)
         self.post = postprocessing or PostProcessing()
         self.tta = tuple(tta)
+        self.batch_tta = batch_tta
         gates = [c.cls_threshold for c in self.post.classes]
         # Skip the segmenter only when every class has a gate to consult.
         self.can_skip = bool(self.classifiers) and all(g is not None for g in gates)
 
     def describe(self) -> dict:
         return {
-            "segmenters": [m.name for m in self.segmenters],
-            "classifiers": [m.name for m in self.classifiers],
-            "heads": [f"{m.name} ({m.head_gate} gate)" for m in self.segmenters if m.head_gate],
+            "segmenters": [n.name for n in self.segmenters],
+            "classifiers": [n.name for n in self.classifiers],
+            "heads": [f"{n.name} ({n.head_gate} gate)" for n in self.segmenters if n.head_gate],
             "tta": list(self.tta),
-            "device": str(self.device),
+            "device": self.device,
+            "backend": ",".join(sorted({n.backend for n in self.segmenters + self.classifiers})),
+            "threads": self.threads,
         }
 
-    def _batch(self, loaded: LoadedModel, images: list[np.ndarray]) -> torch.Tensor:
-        tensors = []
-        for image in images:
-            if loaded.channels == 1 and image.shape[-1] == 3:
-                image = image[..., :1]
-            tensors.append(image_to_tensor(loaded.transform(image=image)["image"]))
-        return torch.stack(tensors).to(self.device, memory_format=torch.channels_last)
-
-    @torch.no_grad()
-    def _views(self, loaded: LoadedModel, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _views(self, network: Network, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Sigmoid outputs averaged over the identity view and the TTA views: (main, head or None).
 
         A segmenter's maps are flipped back; a classifier's and a head's labels need no undoing.
         """
-        outputs = []
-        for dims in (None, *(TTA_DIMS[view] for view in self.tta)):
-            out = loaded.model(batch if dims is None else batch.flip(dims))
-            main, head = out if isinstance(out, tuple) else (out, None)
-            main = torch.sigmoid(main.float())
-            if dims is not None and loaded.task == "seg":
-                main = main.flip(dims)
-            outputs.append((main, None if head is None else torch.sigmoid(head.float())))
-        main = sum(o[0] for o in outputs) / len(outputs)
-        heads = [o[1] for o in outputs if o[1] is not None]
-        return main, (sum(heads) / len(heads) if heads else None)
-
-    def _forward(self, loaded: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
-        return self._views(loaded, batch)[0]
+        views = [None, *(TTA_DIMS[view] for view in self.tta)]
+        inputs = [batch if dims is None else np.flip(batch, dims) for dims in views]
+        if self.batch_tta and len(views) > 1:
+            main, head = network.run(np.concatenate(inputs))
+            outputs = list(
+                zip(
+                    np.split(main, len(views)),
+                    np.split(head, len(views)) if head is not None else [None] * len(views),
+                    strict=True,
+                )
+            )
+        else:
+            outputs = [network.run(np.ascontiguousarray(x)) for x in inputs]
+        mains = [
+            m if dims is None or network.task != "seg" else np.flip(m, dims)
+            for (m, _), dims in zip(outputs, views, strict=True)
+        ]
+        heads = [h for _, h in outputs if h is not None]
+        main = np.add.reduce(mains) / np.float32(len(mains))
+        return main, (np.add.reduce(heads) / np.float32(len(heads)) if heads else None)
 
     def classify(self, images: list[np.ndarray]) -> np.ndarray | None:
         """Probabilities of classes 1..4, (N, 4), averaged over classifiers; None without one."""
         if not self.classifiers:
             return None
-        probs = sum(self._forward(m, self._batch(m, images)) for m in self.classifiers) / len(
-            self.classifiers
-        )
-        return probs[:, 1:].cpu().numpy()  # output 0 is "no defect"
+        probs = sum(self._views(n, network_input(n, images))[0] for n in self.classifiers)
+        return probs[:, 1:] / np.float32(len(self.classifiers))  # output 0 is "no defect"
 
     def segment(self, images: list[np.ndarray], shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
         """Probabilities (N, 4, H, W) float32 at ``shape``: per class, the mean over the
@@ -181,27 +167,27 @@ class Predictor:
         heads are averaged per class and gate like a classifier (``cls_threshold``). A class no
         hard head predicts gets probability 1 (it is never gated).
         """
-        total = torch.zeros((len(images), NUM_CLASSES, *shape), device=self.device)
-        count = torch.zeros(NUM_CLASSES, device=self.device)
-        head_total = torch.zeros((len(images), NUM_CLASSES), device=self.device)
-        head_count = torch.zeros(NUM_CLASSES, device=self.device)
-        for loaded in self.segmenters:
-            probs, head = self._views(loaded, self._batch(loaded, images))
-            if probs.shape[-2:] != shape:
-                probs = F.interpolate(probs, size=shape, mode="bilinear", align_corners=False)
-            channels = [CLASS_IDS.index(c) for c in loaded.classes]
-            if head is not None and loaded.head_gate == "soft":
+        total = np.zeros((len(images), NUM_CLASSES, *shape), np.float32)
+        count = np.zeros(NUM_CLASSES, np.float32)
+        head_total = np.zeros((len(images), NUM_CLASSES), np.float32)
+        head_count = np.zeros(NUM_CLASSES, np.float32)
+        for network in self.segmenters:
+            probs, head = self._views(network, network_input(network, images))
+            if probs.shape[-2:] != tuple(shape):
+                probs = _resize(probs, tuple(shape))
+            channels = [CLASS_IDS.index(c) for c in network.classes]
+            if head is not None and network.head_gate == "soft":
                 probs = probs * head[:, :, None, None]
             elif head is not None:
                 head_total[:, channels] += head
                 head_count[channels] += 1
             total[:, channels] += probs
             count[channels] += 1
-        maps = (total / count.clamp(min=1)[:, None, None]).cpu().numpy()
+        maps = total / np.maximum(count, 1)[:, None, None]
         if not head_count.any():
             return maps, None
-        heads = torch.where(head_count > 0, head_total / head_count.clamp(min=1), torch.ones_like(head_total))
-        return maps, heads.cpu().numpy()
+        heads = np.where(head_count > 0, head_total / np.maximum(head_count, 1), np.float32(1))
+        return maps, heads.astype(np.float32)
 
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
         """Predict a batch of uint8 (H, W, C) frames of one size."""

@@ -1,10 +1,12 @@
 """Folder of images -> submission CSV, streaming, with per-image error reporting and sharding.
 
 ``python inference.py --config CFG --checkpoints A.pth [B.pth ...] --images DIR --out sub.csv``
-runs :func:`predict_folder`. Images are decoded in a DataLoader (workers overlap decoding
-with the network), predicted batch by batch and reduced to RLE strings at once, so memory
-stays flat however many images there are. An unreadable image is reported with its reason,
-gets empty rows, and the run goes on; the caller exits non-zero at the end.
+runs :func:`predict_folder`. Images are decoded ahead on ``num_workers`` threads (OpenCV and
+libjpeg-turbo release the GIL, so decoding overlaps the network), predicted batch by batch and
+reduced to RLE strings at once, so memory stays flat however many images there are. Nothing
+here imports torch: with the ONNX backend a prediction runs without it. An unreadable image is
+reported with its reason, gets empty rows, and the run goes on; the caller exits non-zero at
+the end.
 
 Sharding: under ``torchrun --nproc_per_node N inference.py ...`` each rank predicts every
 N-th image into ``<out>.shard<R>-of-<N>.csv``; after a barrier (gloo process group) rank 0
@@ -16,11 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
@@ -41,25 +44,36 @@ class RunSummary:
     seconds: float = 0.0
 
 
-class _Frames(Dataset):
-    """Decoded frames; a failure is returned as its message instead of raised."""
+def _read(images_dir: Path, image_id: str) -> tuple[str, object, str | None]:
+    """(id, frame, None), or (id, None, reason) for an unreadable image."""
+    try:
+        return image_id, read_image(images_dir / image_id, channels=3, expected_shape=IMAGE_SHAPE), None
+    except ImageReadError as err:
+        return image_id, None, str(err)
 
-    def __init__(self, images_dir: Path, image_ids: list[str]):
-        self.images_dir, self.image_ids = images_dir, image_ids
 
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def __getitem__(self, index: int):
-        image_id = self.image_ids[index]
-        try:
-            return (
-                image_id,
-                read_image(self.images_dir / image_id, channels=3, expected_shape=IMAGE_SHAPE),
-                None,
-            )
-        except ImageReadError as err:
-            return image_id, None, str(err)
+def _batches(images_dir: Path, image_ids: list[str], batch_size: int, workers: int) -> Iterator[list]:
+    """Batches of :func:`_read` results in order; ``workers`` threads decode at most
+    ``(workers + 1) * batch_size`` images ahead, so memory stays bounded."""
+    if workers <= 0:
+        for start in range(0, len(image_ids), batch_size):
+            yield [_read(images_dir, i) for i in image_ids[start : start + batch_size]]
+        return
+    ahead = (workers + 1) * batch_size
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending, todo, batch = deque(), iter(image_ids), []
+        for image_id in todo:
+            pending.append(pool.submit(_read, images_dir, image_id))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            batch.append(pending.popleft().result())
+            next_id = next(todo, None)
+            if next_id is not None:
+                pending.append(pool.submit(_read, images_dir, next_id))
+            if len(batch) == batch_size or not pending:
+                yield batch
+                batch = []
 
 
 def list_images(images_dir: str | Path, sample_submission: str | Path | None = None) -> list[str]:
@@ -86,14 +100,10 @@ def predict_rows(
     """``{image_id: [rle_1..rle_4]}`` for ``image_ids``, plus a summary of failures and timing."""
     summary = RunSummary(images=len(image_ids))
     start = time.perf_counter()
-    loader = DataLoader(
-        _Frames(Path(images_dir), image_ids),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=list,  # frames stay numpy; failures pass through as messages
-    )
+    batches = _batches(Path(images_dir), image_ids, batch_size, num_workers)
+    total = -(-len(image_ids) // batch_size)
     rows: dict[str, list[str]] = {}
-    for batch in tqdm(loader, total=len(loader), desc="predict", unit="batch", disable=not progress):
+    for batch in tqdm(batches, total=total, desc="predict", unit="batch", disable=not progress):
         good = [(image_id, image) for image_id, image, error in batch if error is None]
         for image_id, _, error in batch:
             if error is not None:
@@ -134,6 +144,8 @@ def predict_folder(
     if world == 1:
         write_submission(out, image_ids, [rows[i] for i in image_ids])
         return summary
+    import torch.distributed as dist  # sharded runs only (torchrun)
+
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")  # torchrun provides MASTER_ADDR/PORT, RANK, WORLD_SIZE
     write_submission(_shard_path(out, rank, world), mine, [rows[i] for i in mine])

@@ -1,0 +1,293 @@
+"""Checkpoint -> ONNX export (fp32, and int8 by static quantization), with metadata.
+
+    export_onnx("fold0/checkpoints/best.pth", "export/fold0.onnx")
+    quantize_int8("export/fold0.onnx", "export/fold0.int8.onnx", calibration_frames)
+
+The exported graph is the model followed by its sigmoid(s): input ``image`` (N, C, H, W)
+float32 normalised as the checkpoint's ``transforms.valid`` does, outputs ``probs`` and, for a
+two-head segmenter, ``head``. The batch dimension is dynamic; height and width are those the
+validation transform produces (TF-style "same" padding of some encoders is traced for them).
+The metadata entry ``steel_defect`` (:mod:`.onnx_backend`) makes the file self-describing, like
+a checkpoint, and records the largest probability difference from torch on a test input.
+
+int8 uses ONNX Runtime's static quantization in QDQ format with per-channel weights, calibrated
+on real frames. Only the convolutions and matrix products are quantized: the sigmoid and the
+upsampling stay in float, so probabilities near a threshold keep their resolution.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from steel_defect.atomic import atomic_write
+from steel_defect.constants import IMAGE_SHAPE
+from steel_defect.inference.networks import PROVENANCE_KEYS, Network, describe_state
+from steel_defect.inference.onnx_backend import FORMAT, METADATA_KEY, VERSION, file_sha256, load_onnx
+from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+OPSET = 17
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+class _WithSigmoid(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        if isinstance(out, tuple):  # two-head segmenter: (maps, labels)
+            return tuple(torch.sigmoid(o) for o in out)
+        return torch.sigmoid(out)
+
+
+def input_shape(network: Network) -> tuple[int, int, int]:
+    """(C, H, W) the network sees for a full-size frame."""
+    frame = np.zeros((*IMAGE_SHAPE, network.channels), np.uint8)
+    height, width = network.transform(image=frame)["image"].shape[:2]
+    return network.channels, height, width
+
+
+def _with_metadata(model_bytes: bytes, meta: dict) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, default=float)
+    return proto.SerializeToString()
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
+    """Write ``checkpoint``'s model as ONNX to ``out`` (atomically) and return ``out``."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    state = load_checkpoint(checkpoint)
+    model, _ = model_from_checkpoint(state)
+    fields = describe_state(state, checkpoint)
+    channels, height, width = input_shape(Network(run=None, **fields))
+    dummy = torch.from_numpy(
+        np.random.default_rng(0).normal(size=(1, channels, height, width)).astype(np.float32)
+    )
+    wrapped = _WithSigmoid(model).eval()
+    outputs = ["probs", "head"] if fields["head_gate"] else ["probs"]
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        wrapped,
+        (dummy,),
+        buffer,
+        input_names=["image"],
+        output_names=outputs,
+        dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]},
+        opset_version=opset,
+        dynamo=False,
+    )
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": state["task"],
+        "config": state["config"],
+        "epoch": state["epoch"],
+        "metrics": state["metrics"],
+        **{key: state.get(key) for key in PROVENANCE_KEYS},
+        "source": checkpoint.name,
+        "source_sha256": file_sha256(checkpoint),
+        "precision": "fp32",
+        "opset": opset,
+        "input_shape": [channels, height, width],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        probe.write_bytes(_with_metadata(buffer.getvalue(), meta))
+        with torch.inference_mode():
+            expected = wrapped(dummy)
+        got = load_onnx(probe, threads=1).run(dummy.numpy())
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        meta["max_abs_diff_vs_torch"] = max(
+            float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=False) if g is not None
+        )
+    with atomic_write(out, "wb") as handle:
+        handle.write(_with_metadata(buffer.getvalue(), meta))
+    return out
+
+
+def _read_meta(path: Path) -> dict:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    entries = {p.key: p.value for p in proto.metadata_props}
+    return json.loads(entries[METADATA_KEY])
+
+
+def quantize_int8(
+    fp32: str | Path, out: str | Path, frames: list[np.ndarray], extra: dict | None = None
+) -> Path:
+    """Static int8 (QDQ, per-channel weights) of an fp32 export, calibrated on uint8 ``frames``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32, out = Path(fp32), Path(out)
+    network = load_onnx(fp32, threads=1)
+    batches = iter([{"image": batch_of(network, [frame])} for frame in frames])
+
+    class Frames(CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Frames(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=QUANTIZED_OPS,
+        )
+        meta = {
+            **_read_meta(fp32),
+            "precision": "int8",
+            "int8": {"calibration_frames": len(frames), **(extra or {})},
+        }
+        model_bytes = _with_metadata(quantized.read_bytes(), meta)
+    with atomic_write(out, "wb") as handle:
+        handle.write(model_bytes)
+    return out
+
+
+def set_int8_report(path: str | Path, report: dict) -> None:
+    """Merge ``report`` (the Dice change against fp32) into an int8 export's metadata."""
+    path = Path(path)
+    meta = _read_meta(path)
+    meta["int8"] = {**meta.get("int8", {}), **report}
+    model_bytes = _with_metadata(path.read_bytes(), meta)
+    with atomic_write(path, "wb") as handle:
+        handle.write(model_bytes)
+
+
+def batch_of(network: Network, frames: list[np.ndarray]) -> np.ndarray:
+    """(N, C, H, W) float32 network input for uint8 (H, W, 3) frames."""
+    from steel_defect.inference.predictor import network_input
+
+    return network_input(network, frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# `steel-defect export`: checkpoints -> a folder of ONNX files, int8 checked against fp32 on
+# frames the model did not train on.
+
+INT8_MAX_DICE_LOSS = 0.005
+
+
+def export_name(checkpoint: Path, taken: set[str]) -> str:
+    """``fold0/checkpoints/best.pth`` -> ``fold0_best``; unique within one export."""
+    stem = checkpoint.stem
+    if checkpoint.parent.name == "checkpoints":
+        stem = f"{checkpoint.parent.parent.name}_{stem}"
+    name, index = stem, 1
+    while name in taken:
+        index += 1
+        name = f"{stem}_{index}"
+    taken.add(name)
+    return name
+
+
+def int8_frames(cfg, valid_fold: int, n_calib: int, n_holdout: int, seed: int = 0):
+    """(calibration frames, held-out frames, held-out truth masks (N, 4, H, W)).
+
+    With ``paths.folds_csv`` the calibration frames come from the checkpoint's training folds
+    and the held-out ones from its validation fold; without, from a seeded split of train.csv.
+    """
+    from steel_defect.data.annotations import read_annotations, resolve_image_ids
+    from steel_defect.data.folds import read_folds, split_ids
+    from steel_defect.data.images import read_image
+    from steel_defect.data.rle import rles_to_masks
+
+    annotations = read_annotations(cfg.paths.train_csv)
+    rng = np.random.default_rng(seed)
+    if cfg.paths.folds_csv and Path(cfg.paths.folds_csv).is_file():
+        train_ids, valid_ids = split_ids(read_folds(cfg.paths.folds_csv), valid_fold)
+    else:
+        ids = list(rng.permutation(resolve_image_ids(annotations, cfg.paths.train_images)))
+        train_ids, valid_ids = ids[n_holdout:], ids[:n_holdout]
+    calib = [str(i) for i in rng.permutation(train_ids)[:n_calib]]
+    holdout = [str(i) for i in valid_ids[:n_holdout]]
+    if not calib or not holdout:
+        raise ValueError(
+            f"{cfg.paths.train_csv}: too few images for {n_calib} calibration + {n_holdout} held-out"
+        )
+    images = Path(cfg.paths.train_images)
+    read = (
+        [read_image(images / i, channels=3) for i in calib],
+        [read_image(images / i, channels=3) for i in holdout],
+    )
+    truth = np.stack([rles_to_masks(annotations.rles(i)) for i in holdout])
+    return read[0], read[1], truth
+
+
+def mean_dice(model: Path, frames, truth, post, batch: int = 4) -> float:
+    from steel_defect.evaluation.metric import dice_pairs
+    from steel_defect.inference.predictor import Predictor
+
+    predictor = Predictor([model], post, tta=(), backend="onnx")
+    masks = [
+        p.masks
+        for start in range(0, len(frames), batch)
+        for p in predictor.predict(frames[start : start + batch])
+    ]
+    return float(dice_pairs(np.stack(masks), truth).mean())
+
+
+def export_all(checkpoints, out_dir, cfg=None, post=None, int8=False, n_calib=16, n_holdout=16, force=False):
+    """Export every checkpoint to ``out_dir`` (and its int8 twin); a list of per-file summaries.
+
+    An int8 model that loses more than ``INT8_MAX_DICE_LOSS`` mean Dice on the held-out frames
+    is not written unless ``force``; the fp32 file is written either way.
+    """
+    out_dir, taken, summary = Path(out_dir), set(), []
+    for checkpoint in map(Path, checkpoints):
+        name = export_name(checkpoint, taken)
+        fp32 = export_onnx(checkpoint, out_dir / f"{name}.onnx")
+        entry = {
+            "checkpoint": str(checkpoint),
+            "onnx": str(fp32),
+            **{k: _read_meta(fp32)[k] for k in ("source_sha256", "max_abs_diff_vs_torch")},
+        }
+        summary.append(entry)
+        if not int8:
+            continue
+        valid_fold = _read_meta(fp32)["config"]["folds"]["valid_fold"]
+        calib, holdout, truth = int8_frames(cfg, valid_fold, n_calib, n_holdout)
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            candidate = quantize_int8(fp32, Path(tmp) / "int8.onnx", calib)
+            dice_fp32, dice_int8 = (
+                mean_dice(fp32, holdout, truth, post),
+                mean_dice(candidate, holdout, truth, post),
+            )
+            report = {
+                "holdout_frames": len(holdout),
+                "dice_fp32": dice_fp32,
+                "dice_int8": dice_int8,
+                "dice_change": dice_int8 - dice_fp32,
+            }
+            set_int8_report(candidate, report)
+            entry["int8"] = report
+            if dice_int8 - dice_fp32 < -INT8_MAX_DICE_LOSS and not force:
+                entry["int8"]["refused"] = (
+                    f"int8 loses {dice_fp32 - dice_int8:.4f} mean Dice on {len(holdout)} held-out frames "
+                    f"(> {INT8_MAX_DICE_LOSS}); pass --force to write it anyway"
+                )
+                continue
+            target = out_dir / f"{name}.int8.onnx"
+            candidate.replace(target)
+            entry["int8"]["onnx"] = str(target)
+    return summary

@@ -1,0 +1,100 @@
+"""One trained network behind the predictor, whatever runs it: torch or ONNX Runtime.
+
+    net = load_network("fold0/checkpoints/best.pth", backend="onnx", threads=2)
+    probs, head = net.run(batch)     # (N, C, H, W) float32 in -> sigmoid probabilities out
+
+A :class:`Network` carries what the predictor needs besides the forward pass: the task, the
+classes of its output channels, the validation transform rebuilt from the training config,
+and the provenance the web page shows. Its ``run`` takes and returns numpy arrays, so the
+predictor, the post-processing and the CSV writer never touch torch: with ``.onnx`` files
+(or ``.pth`` files whose ONNX export is cached beside them) ``predict`` runs without
+importing torch at all.
+
+Backends (``inference.backend`` / ``--backend``):
+
+* ``torch``: the checkpoint's model in eval mode, channels-last, under ``inference_mode``;
+* ``onnx``: ONNX Runtime's CPU execution provider on the exported graph. A ``.pth`` is exported
+  once to ``<name>.onnx`` beside it (this needs torch) and reused while the checkpoint's
+  SHA-256 matches the one stored in the export; an ``.onnx`` file is loaded as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from steel_defect.config import model_classes, model_cls_head
+from steel_defect.constants import CLASS_IDS
+from steel_defect.data.eval_transforms import build_eval_transforms
+
+BACKENDS = ("torch", "onnx")
+# What the model learnt from, where its encoder started, its out-of-fold Dice (the web page shows them).
+PROVENANCE_KEYS = ("trained_on", "weights_source", "out_of_fold")
+
+Run = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass
+class Network:
+    path: str
+    task: str  # "seg" or "cls"
+    run: Run  # (N, C, H, W) float32 -> (sigmoid of the main output, of the head or None)
+    transform: Callable[..., dict]  # called as transform(image=...) like an albumentations Compose
+    channels: int
+    name: str
+    info: dict  # epoch, validation metrics, resolved config and PROVENANCE_KEYS of the checkpoint
+    backend: str = "torch"
+    classes: tuple[int, ...] = CLASS_IDS  # a segmenter's output channels, as class ids
+    head_gate: str | None = None  # a segmenter's classification head: "hard", "soft" or None
+
+
+def describe_state(state: dict, path: str | Path) -> dict:
+    """The fields of :class:`Network` that a checkpoint's metadata decides (no weights needed)."""
+    cfg = state["config"]
+    seg = state["task"] == "seg"
+    head = model_cls_head(cfg) if seg else None
+    info = {"epoch": state["epoch"], "metrics": state["metrics"], "config": cfg}
+    info.update({key: state.get(key) for key in PROVENANCE_KEYS})  # None in older checkpoints
+    return {
+        "path": str(path),
+        "task": state["task"],
+        # Resize/Normalize only (checked there); albumentations is imported only if they need it.
+        "transform": build_eval_transforms(cfg["transforms"]["valid"], f"{path}: transforms.valid"),
+        "channels": cfg["data"]["channels"],
+        "name": f"{cfg['model']['name']}-{cfg['model']['encoder']}",
+        "info": info,
+        "classes": model_classes(cfg) if seg else CLASS_IDS,
+        "head_gate": head["gate"] if head else None,
+    }
+
+
+def default_threads() -> int:
+    """Physical cores this process may use (hyper-threads add little to convolutions)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or usable
+    except ImportError:
+        physical = usable
+    return max(1, min(usable, physical))
+
+
+def load_network(
+    path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None
+) -> Network:
+    """The network of one checkpoint (``.pth``) or export (``.onnx``) on ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    path = Path(path)
+    if path.suffix == ".onnx" or backend == "onnx":
+        from steel_defect.inference.onnx_backend import load_onnx
+
+        return load_onnx(path, threads)
+    from steel_defect.inference.torch_backend import load_torch
+
+    return load_torch(path, device, threads)

@@ -1,0 +1,34 @@
+"""The torch backend: a checkpoint's model in eval mode, channels-last, under ``inference_mode``.
+
+Channels-last convolutions run about 1.3x faster on CPUs than the contiguous layout (README,
+"Benchmarks"); probabilities agree with it to ~1e-5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steel_defect.inference.networks import Network, describe_state
+from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+def load_torch(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None) -> Network:
+    state = load_checkpoint(path)
+    model, _ = model_from_checkpoint(state)
+    device = torch.device(device)
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(threads)
+    model = model.to(device, memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        x = torch.from_numpy(batch).to(device, memory_format=torch.channels_last)
+        out = model(x)
+        main, head = out if isinstance(out, tuple) else (out, None)
+        main = torch.sigmoid(main.float()).contiguous().cpu().numpy()
+        return main, None if head is None else torch.sigmoid(head.float()).cpu().numpy()
+
+    return Network(run=run, backend="torch", **describe_state(state, path))
