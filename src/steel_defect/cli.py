@@ -120,6 +120,8 @@ def _predictor(cfg, args, checkpoints, post, device: str | None = None):
     from steel_defect.inference.predictor import Predictor
 
     backend = args.backend or cfg.inference.backend
+    if all(Path(c).suffix == ".onnx" for c in checkpoints):
+        backend = "onnx"  # exports run on ONNX Runtime whatever the config says
     threads = args.threads or cfg.inference.threads
     # The ONNX backend runs on the CPU and must not import torch just to ask about CUDA.
     device = "cpu" if backend == "onnx" else _device(device or cfg.inference.device)
