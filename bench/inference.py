@@ -1,17 +1,27 @@
-"""Inference throughput and memory: model-only vs the full pipeline, flat memory, gating.
+"""Full-resolution inference speed on this CPU: backends beside the FLOP floor, pipeline, memory.
 
-Run: ``.venv/bin/python bench/inference.py [--n 6] [--batch 2] [--tta [hflip]] [--repeats 3]
-[--checkpoints SEG.pth CLS.pth]``.
-Without checkpoints it uses the ones ``make demo`` trained (work/demo) when present, else
-untrained full-resolution models (speed does not depend on the weights). All figures come
-from the same synthetic images (half defect-free), same batch size and TTA; throughput is the
-fastest of ``--repeats`` interleaved runs:
+Run: ``.venv/bin/python bench/inference.py [--n 4] [--batch 1] [--repeats 3] [--threads T]
+[--checkpoints SEG.pth [CLS.pth]]``.
+Without checkpoints it times an untrained full-size Unet-resnet18 (``configs/seg/
+unet_resnet18_bcedice.yml``: 1600x256 in, 4 maps out; speed does not depend on the weights) on
+synthetic 1600x256 JPEGs, half of them defect-free. One run prints one table; every time is the
+fastest of ``--repeats`` interleaved runs, in seconds per frame:
 
-* model-only forward images/s (preloaded tensors, TTA included) vs the whole pipeline
-  (decode -> classifier -> segmenter -> post-processing -> RLE -> CSV) images/s, and the ratio;
-* peak resident memory of the pipeline on N and 4N images, each in a fresh process, and the ratio;
-* pipeline images/s with and without classifier gating (the gate is set at the median
-  classifier score, so about half the frames skip the segmenter).
+* model only, on preloaded input, no TTA: torch eager (contiguous, what the predictor ran
+  before the ONNX backend), torch channels-last, ONNX Runtime fp32 and ONNX Runtime int8
+  (static QDQ, per-channel, calibrated on 4 other synthetic frames);
+* the FLOP floor: the model's FLOPs counted by ``torch.utils.flop_counter`` on one frame,
+  divided by this CPU's fp32 matrix-multiply peak measured in the same run (2048x2048
+  ``torch.mm`` at the same thread count);
+* the full pipeline (decode -> network -> post-processing -> RLE -> CSV) for torch eager
+  (today's pipeline before this work), torch channels-last and ONNX fp32, and its ratio to the
+  model-only time of the same backend;
+* peak RSS of the fastest fp32 pipeline on N and 4N frames, each in a fresh process;
+* hflip TTA run as one batched call beside one call per view (ONNX fp32);
+* with a classifier among ``--checkpoints``: pipeline with and without classifier gating.
+
+Targets (issue 11): fastest fp32 pipeline >= 1.4x today's torch pipeline; the fastest fp32 model
+within 1.6x of the FLOP floor; pipeline / model >= 0.85; RSS 4N / N <= 1.1.
 """
 
 from __future__ import annotations
@@ -25,120 +35,203 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from benchdata import bench_checkpoints, print_rows, synthetic_images
+from benchdata import REPO, print_rows, synthetic_images
+from torch.utils.flop_counter import FlopCounterMode
 
+from steel_defect.config import load_config
+from steel_defect.data.images import read_image
+from steel_defect.inference.export import export_onnx, quantize_int8
+from steel_defect.inference.networks import default_threads
+from steel_defect.inference.onnx_backend import load_onnx
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.predictor import Predictor, network_input
 from steel_defect.inference.run import predict_folder
+from steel_defect.inference.torch_backend import load_torch
+from steel_defect.models import build_model
+from steel_defect.models.checkpoint import model_from_checkpoint, save_checkpoint
+
+FULL_SIZE = "configs/seg/unet_resnet18_bcedice.yml"
 
 
 def _child(args) -> None:
     """Run the pipeline once and print its peak RSS (a fresh process measures cleanly)."""
-    predictor = Predictor(args.checkpoints, tta=("hflip",))
+    predictor = Predictor(args.checkpoints, tta=(), backend=args.backend, threads=args.threads)
     predict_folder(predictor, args.images, Path(args.out), batch_size=args.batch, progress=False)
     print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def _rss(checkpoints, images: Path, out: Path, batch: int) -> float:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        "--images",
-        str(images),
-        "--out",
-        str(out),
-        "--batch",
-        str(batch),
-        "--checkpoints",
-        *checkpoints,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+def _rss(checkpoint: str, backend: str, images: Path, out: Path, args) -> float:
+    cmd = [sys.executable, __file__, "--child", "--backend", backend, "--images", str(images)]
+    cmd += ["--out", str(out), "--batch", str(args.batch), "--threads", str(args.threads)]
+    done = subprocess.run([*cmd, "--checkpoints", checkpoint], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])["max_rss_mb"]
 
 
-def _rate(fn, n: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - start)
+def _fastest(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """The fastest of ``repeats`` runs of each function, the functions taking turns: a burst of
+    other work on a shared machine then slows one run of each instead of all runs of one."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best[name] = min(best[name], _fastest(fn, 1))
+    return best
+
+
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of a square ``torch.mm`` on ``threads`` threads (the fastest of ``repeats``)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    return 2 * size**3 / _fastest(lambda: torch.mm(a, b), repeats)
+
+
+def model_flops(checkpoint: str, shape: tuple[int, ...]) -> int:
+    model, _ = model_from_checkpoint(checkpoint)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *shape))
+    return counter.get_total_flops()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=6, help="images for N (the memory run also uses 4N)")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--checkpoints", nargs="*")
-    parser.add_argument("--tta", nargs="*", default=["hflip"], help="flip views; none: --tta with no value")
-    parser.add_argument("--repeats", type=int, default=1, help="throughput runs; the fastest is kept")
+    parser.add_argument("--n", type=int, default=4, help="frames for N (the memory run also uses 4N)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is kept")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="default: physical cores")
+    parser.add_argument(
+        "--checkpoints", nargs="*", help="segmenter [classifier]; default untrained full size"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--images", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args)
         return
-    torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        small, large = work / "n", work / "4n"
-        synthetic_images(small, args.n)
+        small, large, calib = work / "n", work / "4n", work / "calib"
+        paths = synthetic_images(small, args.n)
         synthetic_images(large, 4 * args.n)
-        checkpoints = bench_checkpoints(work, args.checkpoints)
-        tta = " ".join(args.tta) or "none"
-        print(f"checkpoints: {checkpoints}; batch {args.batch}; TTA {tta}; {args.n} images, half defect-free")
-        plain = Predictor(checkpoints[:1], tta=tuple(args.tta))
-        frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(small.iterdir())]
-        seg = plain.segmenters[0]
-        tensors = [plain._batch(seg, frames[i : i + args.batch]) for i in range(0, len(frames), args.batch)]
-        plain._forward(seg, tensors[0])  # warm-up
+        calib_frames = [read_image(p) for p in synthetic_images(calib, 4, seed=1)]
+        if args.checkpoints:
+            seg, *others = args.checkpoints
+        else:
+            torch.manual_seed(0)
+            cfg = load_config(REPO / FULL_SIZE, ["model.encoder_weights=null"])
+            seg, others = str(save_checkpoint(work / "seg.pth", build_model(cfg), cfg, 0, {})), []
+        fp32 = str(export_onnx(seg, work / "seg.onnx"))
+        int8 = str(quantize_int8(fp32, work / "seg.int8.onnx", calib_frames))
+        networks = {
+            "torch eager (contiguous)": load_torch(seg, threads=args.threads, channels_last=False),
+            "torch channels-last": load_torch(seg, threads=args.threads),
+            "ONNX Runtime fp32": load_onnx(fp32, args.threads),
+            "ONNX Runtime int8": load_onnx(int8, args.threads),
+        }
+        frames = [read_image(p) for p in paths]
+        first = next(iter(networks.values()))
+        batches = [network_input(first, frames[i : i + args.batch]) for i in range(0, args.n, args.batch)]
+        for net in networks.values():
+            net.run(batches[0])  # warm-up
+        runs = {name: (lambda net=net: [net.run(b) for b in batches]) for name, net in networks.items()}
+        model_s = {name: sec / args.n for name, sec in _interleaved(runs, args.repeats).items()}
+        flops = model_flops(seg, batches[0].shape[1:])
+        peak = matmul_peak(args.threads)
+        floor = flops / peak
 
-        def model_only():
-            for batch in tensors:
-                plain._forward(seg, batch)
+        predictors = {}
+        for name in ("torch eager (contiguous)", "torch channels-last", "ONNX Runtime fp32"):
+            predictor = Predictor([fp32 if "ONNX" in name else seg], tta=(), threads=args.threads)
+            predictor.segmenters[0] = networks[name]
+            predictors[name] = predictor
 
-        # Fastest of --repeats interleaved runs: on a shared machine a burst of other work
-        # otherwise lands on one side of the ratio only.
-        def pipeline():
-            predict_folder(plain, small, work / "a.csv", batch_size=args.batch, progress=False)
+        def pipeline(predictor):
+            predict_folder(predictor, small, work / "p.csv", batch_size=args.batch, progress=False)
 
-        model_rate = pipe_rate = 0.0
-        for _ in range(args.repeats):
-            model_rate = max(model_rate, _rate(model_only, len(frames)))
-            pipe_rate = max(pipe_rate, _rate(pipeline, len(frames)))
-        rss_n = _rss(checkpoints[:1], small, work / "b.csv", args.batch)
-        rss_4n = _rss(checkpoints[:1], large, work / "c.csv", args.batch)
-        rows = [
-            ("model-only forward (images/s)", f"{model_rate:.2f}"),
-            ("full pipeline, decode to CSV (images/s)", f"{pipe_rate:.2f}"),
-            ("pipeline / model-only (target >= 0.9)", f"{pipe_rate / model_rate:.2f}"),
-            (f"peak RSS, {args.n} images (MB)", f"{rss_n:.0f}"),
-            (f"peak RSS, {4 * args.n} images (MB)", f"{rss_4n:.0f}"),
-            ("RSS 4N / N (target <= 1.1)", f"{rss_4n / rss_n:.3f}"),
+        runs = {name: (lambda p=p: pipeline(p)) for name, p in predictors.items()}
+        pipe_s = {name: sec / args.n for name, sec in _interleaved(runs, args.repeats).items()}
+        fastest_fp32 = min(("torch channels-last", "ONNX Runtime fp32"), key=lambda name: pipe_s[name])
+        backend = "onnx" if "ONNX" in fastest_fp32 else "torch"
+        checkpoint = fp32 if backend == "onnx" else seg
+        rss_n = _rss(checkpoint, backend, small, work / "b.csv", args)
+        rss_4n = _rss(checkpoint, backend, large, work / "c.csv", args)
+        tta = {
+            batched: Predictor([fp32], tta=("hflip",), threads=args.threads, batch_tta=batched)
+            for batched in (True, False)
+        }
+        chunks = [frames[i : i + args.batch] for i in range(0, args.n, args.batch)]
+        runs = {batched: (lambda p=p: [p.segment(c) for c in chunks]) for batched, p in tta.items()}
+        tta_s = {batched: sec / args.n for batched, sec in _interleaved(runs, args.repeats).items()}
+
+        rows = [(f"model only, {name} (s/frame)", f"{sec:.3f}") for name, sec in model_s.items()]
+        rows += [
+            ("model FLOPs per frame (G, counted)", f"{flops / 1e9:.1f}"),
+            ("fp32 matmul peak, torch.mm 2048 (GFLOP/s)", f"{peak / 1e9:.0f}"),
+            ("FLOP floor (s/frame)", f"{floor:.3f}"),
+            (
+                "fastest fp32 model / floor (target <= 1.6)",
+                f"{min(model_s[n] for n in list(model_s)[:3]) / floor:.2f}",
+            ),
         ]
-        if len(checkpoints) > 1:
-            gated = Predictor(checkpoints, tta=("hflip",))
-            scores = gated.classify(frames).max(axis=1)
-            gate = float(np.median(scores)) + 1e-6
-            gated.post = PostProcessing(tuple(ClassParams(cls_threshold=gate) for _ in range(4)))
-            gated.can_skip = True
-            ungated = Predictor(checkpoints, tta=("hflip",))
-            rate_off = _rate(
-                lambda: predict_folder(ungated, small, work / "d.csv", batch_size=args.batch, progress=False),
-                len(frames),
-            )
-            rate_on = _rate(
-                lambda: predict_folder(gated, small, work / "e.csv", batch_size=args.batch, progress=False),
-                len(frames),
-            )
-            rows += [
-                ("pipeline with classifier, no gate (images/s)", f"{rate_off:.2f}"),
-                ("pipeline with classifier gate (images/s)", f"{rate_on:.2f}"),
-                ("gated / ungated", f"{rate_on / rate_off:.2f}"),
-            ]
-        print_rows(rows)
+        rows += [(f"pipeline, {name} (s/frame)", f"{sec:.3f}") for name, sec in pipe_s.items()]
+        today = pipe_s["torch eager (contiguous)"]
+        rows += [
+            (
+                f"speed-up of {fastest_fp32} pipeline over torch eager (target >= 1.4)",
+                f"{today / pipe_s[fastest_fp32]:.2f}",
+            ),
+            (
+                f"{fastest_fp32}: model / pipeline time (target >= 0.85)",
+                f"{model_s[fastest_fp32] / pipe_s[fastest_fp32]:.2f}",
+            ),
+            (f"peak RSS, {args.n} frames, {backend} (MB)", f"{rss_n:.0f}"),
+            (f"peak RSS, {4 * args.n} frames, {backend} (MB)", f"{rss_4n:.0f}"),
+            ("RSS 4N / N (target <= 1.1)", f"{rss_4n / rss_n:.3f}"),
+            ("hflip TTA, views in one batch (s/frame)", f"{tta_s[True]:.3f}"),
+            ("hflip TTA, one call per view (s/frame)", f"{tta_s[False]:.3f}"),
+        ]
+        if others:
+            rows += _gating_rows(seg, others, small, work, frames, args)
+    print(f"{args.n} frames 1600x256, batch {args.batch}, {args.threads} threads, fastest of {args.repeats}")
+    print_rows(rows)
+
+
+def _gating_rows(seg, others, images, work, frames, args) -> list[tuple[str, str]]:
+    """Pipeline frames/s with the classifier consulted, gate open vs closed on half the frames."""
+    gated = Predictor([seg, *others], tta=(), threads=args.threads)
+    scores = gated.classify(frames).max(axis=1)
+    gate = float(np.median(scores)) + 1e-6
+    gated.post = PostProcessing(tuple(ClassParams(cls_threshold=gate) for _ in range(4)))
+    gated.can_skip = True
+    ungated = Predictor([seg, *others], tta=(), threads=args.threads)
+    rates = {}
+    for name, predictor in (("no gate", ungated), ("gate", gated)):
+        sec = _fastest(
+            lambda p=predictor: predict_folder(
+                p, images, work / "g.csv", batch_size=args.batch, progress=False
+            ),
+            args.repeats,
+        )
+        rates[name] = args.n / sec
+    return [
+        ("pipeline with classifier, no gate (images/s)", f"{rates['no gate']:.2f}"),
+        ("pipeline with classifier gate (images/s)", f"{rates['gate']:.2f}"),
+        ("gated / ungated", f"{rates['gate'] / rates['no gate']:.2f}"),
+    ]
 
 
 if __name__ == "__main__":

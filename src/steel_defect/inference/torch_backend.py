@@ -15,17 +15,24 @@ from steel_defect.inference.networks import Network, describe_state
 from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 
-def load_torch(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None) -> Network:
+def load_torch(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    channels_last: bool = True,
+) -> Network:
+    """``channels_last=False`` keeps the contiguous layout (the benchmark's "eager" row)."""
     state = load_checkpoint(path)
     model, _ = model_from_checkpoint(state)
     device = torch.device(device)
     if threads is not None and device.type == "cpu":
         torch.set_num_threads(threads)
-    model = model.to(device, memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        x = torch.from_numpy(batch).to(device, memory_format=torch.channels_last)
+        x = torch.from_numpy(batch).to(device, memory_format=layout)
         out = model(x)
         main, head = out if isinstance(out, tuple) else (out, None)
         main = torch.sigmoid(main.float()).contiguous().cpu().numpy()
