@@ -12,6 +12,8 @@ the least CPU time (user + system of the child), which a busy machine disturbs m
   on the weights), the default config (hflip TTA), on the CPU (``CUDA_VISIBLE_DEVICES`` empty);
 * ``predictor ready``: the start-up part of ``predict`` alone (imports, checkpoint, model),
   which the forward pass does not blur on a busy machine;
+* ``predict, onnx``: the same frame through that checkpoint's ONNX export (``steel-defect
+  export``, done once before timing), which imports no torch;
 * ``serve`` with that checkpoint, until ``GET /api/health`` answers.
 
 ``--src`` times other checkouts' packages (default: this one); with two, e.g. a worktree of an
@@ -35,10 +37,11 @@ from benchdata import REPO, synthetic_images
 
 from steel_defect.config import load_config
 from steel_defect.data.synth import write_synthetic_dataset
+from steel_defect.inference.export import export_onnx
 from steel_defect.models import build_model
 from steel_defect.models.checkpoint import save_checkpoint
 
-BUDGETS = {"--help": 1.5, "evaluate": 1.5, "predict": 6.0, "serve": 8.0}
+BUDGETS = {"--help": 1.5, "evaluate": 1.5, "predict": 6.0, "predict, onnx": 3.0, "serve": 8.0}
 _READY = "import sys; from steel_defect.inference.predictor import Predictor; Predictor(sys.argv[1:])"
 
 
@@ -111,12 +114,14 @@ def main() -> None:
         synthetic_images(work / "one", 1)
         cfg = load_config(REPO / "configs/seg/unet_resnet18_bcedice.yml", ["model.encoder_weights=null"])
         checkpoint = str(save_checkpoint(work / "seg.pth", build_model(cfg), cfg, epoch=0, metrics={}))
+        exported = str(export_onnx(checkpoint, work / "seg.onnx"))
         truth = str(data / "test_truth.csv")
         one, out = str(work / "one"), str(work / "submission.csv")
         commands = {
             "--help": ["--help"],
             "evaluate": ["evaluate", "--pred", truth, "--truth", truth],
             "predict": ["predict", "--checkpoints", checkpoint, "--images", one, "--out", out],
+            "predict, onnx": ["predict", "--checkpoints", exported, "--images", one, "--out", out],
             # The start-up part of predict alone, without the forward pass (no budget of its own).
             "predictor ready": ["-c", _READY, checkpoint],
             "serve": ["serve", "--checkpoints", checkpoint, "--device", "cpu"],
@@ -130,14 +135,18 @@ def main() -> None:
                     cli, env = _cli(src.resolve())
                     timer = _time_serve if name == "serve" else _time_command
                     command = [sys.executable, *argv] if argv[0] == "-c" else [*cli, *argv]
-                    runs[src, name].append(timer(command, env, work))
+                    try:
+                        runs[src, name].append(timer(command, env, work))
+                    except RuntimeError as err:  # e.g. an older checkout without the ONNX backend
+                        print(f"[{src}] {name}: {str(err).splitlines()[0]}", file=sys.stderr)
+                        runs[src, name].append((float("nan"), float("nan")))
     load = os.getloadavg()
     print(f"{args.runs} runs each, fastest shown; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("wall: seconds until done (serve: until /api/health answers); cpu: the child's user + system")
     for i, src in enumerate(args.src):
         print(f"[{i}] {src}")
     header = "".join(f"{f'[{i}] wall':>10}{f'[{i}] cpu':>9}" for i in range(len(args.src)))
-    print(f"{'command':<16}{header} {'budget':>7}  all walls (s)")
+    print(f"{'command':<16}{header} {'budget':>7}  all walls (s)")  # nan: the command failed
     for name in commands:
         best = "".join(
             f"{min(w for w, _ in runs[src, name]):>10.2f}{min(c for _, c in runs[src, name]):>9.2f}"
