@@ -65,6 +65,7 @@ bench: install
 	$(PY) bench/webapp.py
 	$(PY) bench/startup.py
 	$(PY) bench/pipeline_stages.py
+	$(PY) bench/train.py
 
 # The main job on synthetic data (about 10 minutes on a 2-core CPU); see README.
 demo: install
