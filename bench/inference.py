@@ -32,12 +32,11 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from benchdata import REPO, print_rows, synthetic_images
+from benchdata import REPO, fastest, print_rows, synthetic_images
 from torch.utils.flop_counter import FlopCounterMode
 
 from steel_defect.config import load_config
@@ -69,22 +68,13 @@ def _rss(checkpoint: str, backend: str, images: Path, out: Path, args) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["max_rss_mb"]
 
 
-def _fastest(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def _interleaved(fns: dict, repeats: int) -> dict:
     """The fastest of ``repeats`` runs of each function, the functions taking turns: a burst of
     other work on a shared machine then slows one run of each instead of all runs of one."""
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            best[name] = min(best[name], _fastest(fn, 1))
+            best[name] = min(best[name], fastest(fn, 1))
     return best
 
 
@@ -93,7 +83,7 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
-    return 2 * size**3 / _fastest(lambda: torch.mm(a, b), repeats)
+    return 2 * size**3 / fastest(lambda: torch.mm(a, b), repeats)
 
 
 def model_flops(checkpoint: str, shape: tuple[int, ...]) -> int:
@@ -228,7 +218,7 @@ def _gating_rows(seg, others, images, work, frames, args) -> list[tuple[str, str
     ungated = Predictor([seg, *others], tta=(), threads=args.threads)
     rates = {}
     for name, predictor in (("no gate", ungated), ("gate", gated)):
-        sec = _fastest(
+        sec = fastest(
             lambda p=predictor: predict_folder(
                 p, images, work / "g.csv", batch_size=args.batch, progress=False
             ),

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from benchdata import bench_checkpoints, print_rows, synthetic_images
+from benchdata import bench_checkpoints, fastest, print_rows, synthetic_images
 
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import mask_to_rle
@@ -44,15 +43,6 @@ def _replay(run, inputs: list[np.ndarray]):
         return main.copy(), None if head is None else head.copy()  # fresh arrays, as the network's
 
     return replay
-
-
-def _fastest(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -81,7 +71,7 @@ def main() -> None:
         masks = [postprocess(p, post) for p in probs]
 
         def repeat(fn):
-            return _fastest(fn, args.repeats) / args.n * 1000  # ms per frame
+            return fastest(fn, args.repeats) / args.n * 1000  # ms per frame
 
         def pipeline():
             predict_folder(predictor, work / "images", work / "s.csv", batch_size=args.batch, progress=False)
