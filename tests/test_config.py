@@ -29,6 +29,19 @@ def test_defaults_base_experiment_and_overrides_stack(tmp_path):
     assert cfg.paths.train_csv == "data/severstal/train.csv"
 
 
+def test_naming_another_component_drops_the_params_of_the_old_one(tmp_path):
+    exp = _yaml(tmp_path / "exp.yml", {"loss": {"name": "bce_dice", "params": {"per_image": False}}})
+    terms = "{terms: [{name: bce, weight: 0.75}, {name: lovasz_hinge, weight: 0.25}]}"
+    cfg = load_config(exp, ["loss.name=combo", f"loss.params={terms}"])
+    assert cfg.loss.params == {
+        "terms": [{"name": "bce", "weight": 0.75}, {"name": "lovasz_hinge", "weight": 0.25}]
+    }
+    assert load_config(exp, ["loss.name=bce"]).loss.params == {}
+    # the same name keeps its params, and an override adds to them
+    same = load_config(exp, ["loss.name=bce_dice", "loss.params={smooth: 2.0}"])
+    assert same.loss.params == {"per_image": False, "smooth": 2.0}
+
+
 def test_int_accepted_for_float_and_converted(tmp_path):
     cfg = load_config(None, ["optimizer.lr=1"])
     assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float)

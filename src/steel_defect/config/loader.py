@@ -80,7 +80,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def _merge(target: dict, update: dict, schema: dict, prefix: str, source: str) -> None:
-    """Merge ``update`` into ``target`` in place, checking keys against ``schema``."""
+    """Merge ``update`` into ``target`` in place, checking keys against ``schema``.
+
+    A component's ``params`` belong to the ``name`` they were written for: when a later file
+    or override names another component (``loss.name=combo``), the earlier params are dropped
+    instead of being passed to a constructor that does not take them.
+    """
+    if "name" in update and "params" in schema and update["name"] != target.get("name"):
+        target["params"] = {}
     for key, value in update.items():
         key_path = f"{prefix}{key}"
         if key not in schema:
