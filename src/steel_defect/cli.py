@@ -91,10 +91,11 @@ def _device(name: str) -> str:
 
 
 def _postprocessing(cfg, override: str | None):
+    from steel_defect.config import layout
     from steel_defect.inference.postprocess import PostProcessing
 
     path = override or cfg.paths.postprocessing
-    default = Path(cfg.paths.work_dir) / "postprocessing.yml"
+    default = layout.postprocessing(cfg.paths.work_dir)
     if path is None and default.is_file():
         path = default
     if path is None:

@@ -19,6 +19,7 @@ from easydict import EasyDict
 
 from steel_defect.atomic import atomic_write
 from steel_defect.config.defaults import SCHEMA, Opt
+from steel_defect.config.layout import folds_csv
 from steel_defect.constants import CLASS_IDS
 
 
@@ -261,7 +262,7 @@ def _fill_paths(paths: dict) -> None:
     if paths["test_images"] is None:
         paths["test_images"] = str(data_dir / "test_images")
     if paths["folds_csv"] is None:
-        paths["folds_csv"] = str(Path(paths["work_dir"]) / "folds.csv")
+        paths["folds_csv"] = str(folds_csv(paths["work_dir"]))
 
 
 def check_inputs(cfg: dict, keys: tuple[str, ...]) -> None:
