@@ -41,7 +41,7 @@ def test_int_accepted_for_float_and_converted(tmp_path):
             {"data": {"batch_sze": 4}},
             r"unknown config key 'data\.batch_sze'.*did you mean 'data\.batch_size'",
         ),
-        ({"modle": {}}, r"unknown config key 'modle'.*Valid keys: .*model"),
+        ({"modle": {}}, r"unknown config key 'modle'.*valid keys: .*model"),
         ({"data": {"batch_size": "four"}}, r"'data\.batch_size' must be int, got str"),
         ({"data": {"batch_size": True}}, r"'data\.batch_size' must be int, got bool"),
         ({"task": "detect"}, r"'task' is 'detect'; valid choices: 'cls', 'seg'"),
