@@ -19,7 +19,8 @@ def test_defaults_base_experiment_and_overrides_stack(tmp_path):
         tmp_path / "seg" / "exp.yml",
         {"base": "../base.yml", "data": {"batch_size": 4}, "model": {"params": {"b": 2}}},
     )
-    cfg = load_config(exp, ["seed=7", "optimizer.lr=0.5", "paths.work_dir=work/x"])
+    # made-up model params show the merge; the registries would reject them
+    cfg = load_config(exp, ["seed=7", "optimizer.lr=0.5", "paths.work_dir=work/x"], components=False)
     assert cfg.seed == 7  # override beats base
     assert cfg.data.batch_size == 4  # experiment beats base
     assert cfg.data.channels == 3  # default survives

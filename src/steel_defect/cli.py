@@ -60,7 +60,9 @@ def _cmd_split(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.data.folds import split_folds
 
-    cfg = load_config(args.config, args.opts, require=("paths.train_csv", "paths.train_images"))
+    cfg = load_config(
+        args.config, args.opts, require=("paths.train_csv", "paths.train_images"), components=False
+    )
     table = split_folds(cfg)
     counts = table.groupby("fold")[["defect_free", "class_1", "class_2", "class_3", "class_4"]].sum()
     counts.insert(0, "images", table.groupby("fold").size())
@@ -110,7 +112,7 @@ def _cmd_predict(args) -> int:
     from steel_defect.inference.predictor import Predictor
     from steel_defect.inference.run import predict_folder, summary_text
 
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.opts, components=False)  # the models come from the checkpoints
     predictor = Predictor(
         args.checkpoints,
         _postprocessing(cfg, args.postprocessing),
@@ -135,7 +137,7 @@ def _cmd_pseudo_label(args) -> int:
     from steel_defect.inference.predictor import Predictor
     from steel_defect.inference.pseudo import PseudoRules, extra_opt, pseudo_label
 
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.opts, components=False)
     rules = PseudoRules(upper=args.upper, lower=args.lower, agree=not args.no_agree)
     predictor = Predictor(
         args.checkpoints,
@@ -161,7 +163,7 @@ def _cmd_serve(args) -> int:
     token = access_token(args.host, args.token, args.no_auth)  # before the model loads: fails in a second
     if token is None and not is_loopback(args.host):
         log.warning("--no-auth: anyone who can reach %s can use the model", args.host)
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.opts, components=False)
     max_file_bytes = int(args.max_file_mb * 2**20)
     # Read before the model loads, so a wrong folder fails in a second.
     examples = folder_examples(args.examples, max_file_bytes) if args.examples else None
@@ -192,9 +194,9 @@ def _cmd_thresholds(args) -> int:
     from steel_defect.inference.oof import search_thresholds
 
     need = ("paths.train_csv", "paths.train_images", "paths.folds_csv")
-    seg_cfg = load_config(args.config, args.opts, require=need)
-    cls_cfg = load_config(args.cls_config, args.opts) if args.cls_config else None
-    members = [load_config(path, args.opts) for path in args.ensemble]
+    seg_cfg = load_config(args.config, args.opts, require=need, components=False)
+    cls_cfg = load_config(args.cls_config, args.opts, components=False) if args.cls_config else None
+    members = [load_config(path, args.opts, components=False) for path in args.ensemble]
     device = _device(seg_cfg.inference.device)
     summary = search_thresholds(seg_cfg, cls_cfg, args.out, device=device, members=members)
     print(json.dumps(summary, indent=2, default=str))
@@ -293,7 +295,7 @@ def _cmd_config(args) -> int:
         for key, default, doc in schema_table():
             print(f"| `{key}` | `{default}` | {doc} |")
         return 0
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.opts, components=False)
     print(yaml.safe_dump(to_plain(cfg), sort_keys=False), end="")
     return 0
 

@@ -85,7 +85,6 @@ SCHEMA: dict[str, Any] = {
             "and class_weights in data.sampler_params; with data.extra it balances all images) or "
             "hard_negatives (every defect image plus the `keep` share of defect-free images ranked "
             "hardest by the `scores` CSV that `steel-defect thresholds` writes: <out>.oof.csv)",
-            choices=(None, "balanced", "hard_negatives"),
             nullable=True,
         ),
         "sampler_params": Opt(

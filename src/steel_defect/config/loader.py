@@ -268,10 +268,14 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     require: tuple[str, ...] = (),
+    components: bool = True,
 ) -> EasyDict:
     """Resolved configuration: defaults <- base chain <- ``path`` <- ``overrides``.
 
     ``require`` names path keys (``"paths.train_csv"``) that must exist for the caller.
+    ``components``: check every ``*.name`` and its ``params`` against the registries
+    (:mod:`steel_defect.components`, which imports the training stack); commands that only
+    read paths or inference settings pass False to stay light.
     """
     cfg = _defaults(SCHEMA)
     if path is not None:
@@ -284,7 +288,12 @@ def load_config(
     cfg["model"]["cls_head"] = _check_cls_head(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
-    return EasyDict(cfg)
+    cfg = EasyDict(cfg)
+    if components:
+        from steel_defect.components import check_components  # the registries sit above config/
+
+        check_components(cfg)
+    return cfg
 
 
 def to_plain(cfg: Any) -> Any:
