@@ -18,7 +18,6 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY setup.py pyproject.toml README.md ./
-COPY configs ./configs
 COPY src ./src
 # pip < 24.1: newer pip rejects catalyst 22.4's metadata. The CPU index keeps torch ~5x smaller;
 # drop it for a CUDA image.

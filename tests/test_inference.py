@@ -331,12 +331,3 @@ def test_a_two_head_segmenter_gates_with_its_head(tmp_path):
     assert (painted == (head[0] >= 0.5)).all()  # threshold 0 paints all, the head gates
     soft, _ = Predictor([paths["soft"]], tta=()).segment_with_heads(frames)
     np.testing.assert_allclose(soft, maps_hard * head[:, :, None, None], atol=1e-5)  # mask * cls
-
-
-def test_demo_without_its_configs_says_how_to_install(tmp_path, monkeypatch):
-    import steel_defect.demo as demo
-
-    monkeypatch.setattr(demo, "CONFIGS", tmp_path / "site-packages" / "configs")
-    with pytest.raises(FileNotFoundError, match="pip install -e"):
-        demo.run_demo(work_dir=tmp_path / "demo")
-    assert not (tmp_path / "demo").exists()  # nothing written before the check
