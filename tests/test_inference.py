@@ -18,8 +18,8 @@ from steel_defect.cli import main
 from steel_defect.config import load_config
 from steel_defect.data.folds import split_folds
 from steel_defect.data.images import read_image
+from steel_defect.data.submission import read_sample_submission, read_submission
 from steel_defect.data.synth import write_synthetic_dataset
-from steel_defect.evaluation.submission import read_sample_submission, read_submission
 from steel_defect.inference.oof import collect_oof, search_thresholds
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor

@@ -8,6 +8,7 @@ from steel_defect.inference.postprocess import (
     PostProcessing,
     binarize,
     postprocess,
+    reduced_size,
     remove_small_components,
     uint8_threshold,
 )
@@ -159,10 +160,11 @@ def test_load_errors_name_the_file(tmp_path):
         PostProcessing.load(wrong)
 
 
-def test_downscaled_divides_sizes_by_area_factor_rounding_up():
-    params = ClassParams(0.5, 600, 2000, 0.3).downscaled(4)
-    assert params == ClassParams(0.5, 38, 125, 0.3)  # 600 / 16 = 37.5 -> 38
-    assert PostProcessing().downscaled(2) == PostProcessing()
+def test_reduced_size_divides_by_the_area_factor_rounding_up():
+    assert [reduced_size(m, 4) for m in (0, 1, 16, 17, 600, 2000)] == [0, 1, 1, 2, 38, 125]
+    assert reduced_size(600, 1) == 600
+    with pytest.raises(ValueError, match="whole number"):
+        reduced_size(600, 0)
 
 
 def test_shape_errors():

@@ -18,8 +18,8 @@ from PIL import Image
 from steel_defect.cli import main
 from steel_defect.data.images import decode_image
 from steel_defect.data.rle import rle_to_mask
+from steel_defect.data.submission import read_submission
 from steel_defect.data.synth import generate_frame
-from steel_defect.evaluation.submission import read_submission
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import Limits, create_app

@@ -271,7 +271,7 @@ def _cmd_runs(args) -> int:
 
 def _cmd_validate(args) -> int:
     from steel_defect.data.annotations import read_annotations
-    from steel_defect.evaluation.submission import read_sample_submission, read_submission
+    from steel_defect.data.submission import read_sample_submission, read_submission
 
     expected = None
     if args.truth:

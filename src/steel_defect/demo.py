@@ -25,10 +25,10 @@ from steel_defect.atomic import atomic_write
 from steel_defect.config import layout, load_config
 from steel_defect.data.annotations import read_annotations, resolve_image_ids, write_annotations
 from steel_defect.data.folds import make_folds_table, split_folds
+from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import write_report
-from steel_defect.evaluation.submission import write_submission
 from steel_defect.inference.oof import search_thresholds
 from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import Predictor

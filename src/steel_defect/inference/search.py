@@ -31,7 +31,13 @@ import cv2
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLASSES
-from steel_defect.inference.postprocess import ClassParams, PostProcessing, binarize
+from steel_defect.inference.postprocess import (
+    ClassParams,
+    PostProcessing,
+    binarize,
+    check_factor,
+    reduced_size,
+)
 
 DEFAULT_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80
 # Full-resolution pixels; multiples of 16 so they are exact at 4x downsampling.
@@ -70,8 +76,7 @@ def downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _blocks(array: np.ndarray, factor: int) -> np.ndarray:
-    if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or factor < 1:
-        raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
+    factor = check_factor(factor)
     *lead, h, w = array.shape
     if h % factor or w % factor:
         raise ValueError(f"maps of {h}x{w} cannot be downsampled by {factor}; pick a divisor of both")
@@ -249,7 +254,7 @@ def _to_reduced(full_sizes, scale):
     """Map full-resolution sizes to reduced ones; the smallest full size wins a collision."""
     mapping = {}
     for size in sorted(int(s) for s in full_sizes):
-        mapping.setdefault(-(-size // scale**2), size)
+        mapping.setdefault(reduced_size(size, scale), size)
     return mapping
 
 

@@ -221,18 +221,3 @@ def set_output_prior(model: nn.Module, prior: float) -> None:
     convs = [m for m in model.segmentation_head.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
     with torch.no_grad():
         convs[-1].bias.fill_(math.log(prior / (1 - prior)))
-
-
-def describe_model(cfg: Any, model: nn.Module | None = None) -> dict[str, Any]:
-    """Short summary for checkpoints, logs and the GUI; builds the model when not given."""
-    model = build_model(cfg) if model is None else model
-    return {
-        "task": cfg.task,
-        "architecture": cfg.model.name,
-        "encoder": cfg.model.encoder,
-        "in_channels": cfg.data.channels,
-        "outputs": NUM_CLS_OUTPUTS if cfg.task == "cls" else len(model_classes(cfg)),
-        "encoder_weights": cfg.paths.encoder_weights or cfg.model.encoder_weights,
-        "params": sum(p.numel() for p in model.parameters()),
-        "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
-    }

@@ -197,18 +197,15 @@ class SteelRunner(IRunner):
             self.batch["logits"] = output
 
 
-def train(
-    cfg, fold: int | None = None, resume: bool = False, engine: str | None = None, nproc: int = 1
-) -> dict:
+def train(cfg, fold: int | None = None, resume: bool = False, nproc: int = 1) -> dict:
     """Train ``cfg.task`` on one fold; returns ``{"run_dir", "best", "epochs"}``.
 
     ``resume`` continues from ``<run_dir>/checkpoints/last.pth`` without repeating finished
-    epochs. ``engine`` / ``nproc`` override ``cfg.train.engine`` (ddp spawns ``nproc`` workers).
+    epochs. ``cfg.train.engine`` picks the engine; ddp spawns ``nproc`` workers.
     """
     fold = cfg.folds.valid_fold if fold is None else fold
     cfg.folds.valid_fold = fold
-    engine = engine or cfg.train.engine
-    cfg.train.engine = engine
+    engine = cfg.train.engine
     directory = run_dir(cfg, fold)
     resume_state = None
     if resume:
