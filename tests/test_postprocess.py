@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from steel_defect.inference.postprocess import (
+    NEVER,
     ClassParams,
     PostProcessing,
     binarize,
@@ -174,3 +175,9 @@ def test_shape_errors():
         postprocess(np.zeros((4, 2, 2)), PostProcessing(), np.zeros(3))
     with pytest.raises(TypeError, match="uint8"):
         postprocess(np.zeros((4, 2, 2), np.int32), PostProcessing())
+
+
+def test_a_class_is_switched_off_when_min_area_exceeds_a_frame():
+    assert NEVER == 256 * 1600 + 1
+    assert ClassParams(0.5, 0, NEVER).disabled
+    assert not ClassParams(0.5, 0, 256 * 1600).disabled  # a full-frame defect still passes

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from steel_defect.atomic import atomic_write
-from steel_defect.constants import CLASS_IDS, NUM_CLASSES
+from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLASSES
 
 # 255 * t is computed in floating point (0.2 * 255 = 51.00000000000001); without the slack
 # ceil would move such thresholds one step up and break u / 255 >= t.
@@ -46,6 +46,10 @@ def _check_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
         raise ValueError(f"{name} must be a whole number of pixels >= 0 (0 disables it), got {value!r}")
     return int(value)
+
+
+# min_area that no 256x1600 mask reaches: the class is never predicted (switched off).
+NEVER = IMAGE_HEIGHT * IMAGE_WIDTH + 1
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,12 @@ class ClassParams:
     min_area: int = 0
     cls_threshold: float | None = None
     top_threshold: float | None = None
+
+    @property
+    def disabled(self) -> bool:
+        """Whether these parameters never predict the class: ``min_area`` larger than a frame, as
+        the threshold search sets it (:data:`NEVER`) for a class it found no gain for."""
+        return self.min_area >= NEVER
 
     def __post_init__(self):
         # normalise numpy scalars to Python numbers so YAML can dump them

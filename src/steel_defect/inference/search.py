@@ -30,8 +30,9 @@ from dataclasses import asdict, replace
 import cv2
 import numpy as np
 
-from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLASSES
+from steel_defect.constants import CLASS_IDS, NUM_CLASSES
 from steel_defect.inference.postprocess import (
+    NEVER,
     ClassParams,
     PostProcessing,
     binarize,
@@ -47,10 +48,6 @@ DEFAULT_CLS_THRESHOLDS = (None, *DEFAULT_THRESHOLDS)
 # A top gate at or below the pixel threshold changes nothing, so the grid reaches higher.
 DEFAULT_TOP_THRESHOLDS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)
 _TIE = 1e-12
-
-
-# min_area that no 256x1600 mask reaches: the class is never predicted.
-NEVER = IMAGE_HEIGHT * IMAGE_WIDTH + 1
 
 
 def downsample_probs(probs: np.ndarray, factor: int) -> np.ndarray:
@@ -331,7 +328,7 @@ def search_all(
             "best_dice": score,
             "baseline_dice": baseline,
             "empty_dice": empty,
-            "disabled": full.min_area == NEVER,
+            "disabled": full.disabled,
             "params": asdict(full),
         }
     for key in ("best_dice", "baseline_dice", "empty_dice"):
