@@ -18,12 +18,12 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY setup.py pyproject.toml README.md ./
-COPY configs ./configs
 COPY src ./src
 # pip < 24.1: newer pip rejects catalyst 22.4's metadata. The CPU index keeps torch ~5x smaller;
 # drop it for a CUDA image.
 RUN pip install "pip==24.0" \
-    && pip install --extra-index-url https://download.pytorch.org/whl/cpu -e ".[web,onnx]"
+    && pip install --extra-index-url https://download.pytorch.org/whl/cpu -e ".[web,onnx]" \
+    && ln -s src/steel_defect/configs configs
 
 RUN useradd --create-home --uid 1000 steel
 USER 1000

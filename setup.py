@@ -17,7 +17,9 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"steel_defect": ["webapp/static/*"]},
+    # the shipped configs travel with the package (`steel-defect demo` after a plain `pip install .`);
+    # the top-level configs/ is a link to them, for the paths in README and Makefile
+    package_data={"steel_defect": ["webapp/static/*", "configs/*.yml", "configs/*/*.yml", "configs/*/*.md"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

@@ -35,9 +35,9 @@ from benchdata import REPO
 from steel_defect.config import load_config
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.folds import split_folds
+from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.evaluation.metric import evaluate_files
-from steel_defect.evaluation.submission import write_submission
 from steel_defect.inference.oof import search_thresholds
 from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import Predictor

@@ -19,8 +19,8 @@ from steel_defect.cli import main
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.datasets import ImageFolderDataset, SegmentationDataset
 from steel_defect.data.images import ImageReadError
+from steel_defect.data.submission import read_submission
 from steel_defect.data.synth import generate_frame
-from steel_defect.evaluation.submission import read_submission
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import Limits, create_app
 from steel_defect.webapp.examples import folder_examples

@@ -18,8 +18,8 @@ from steel_defect.cli import main
 from steel_defect.config import load_config
 from steel_defect.data.folds import split_folds
 from steel_defect.data.images import read_image
+from steel_defect.data.submission import read_sample_submission, read_submission
 from steel_defect.data.synth import write_synthetic_dataset
-from steel_defect.evaluation.submission import read_sample_submission, read_submission
 from steel_defect.inference.oof import collect_oof, search_thresholds
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor, network_input
@@ -331,12 +331,3 @@ def test_a_two_head_segmenter_gates_with_its_head(tmp_path):
     assert (painted == (head[0] >= 0.5)).all()  # threshold 0 paints all, the head gates
     soft, _ = Predictor([paths["soft"]], tta=()).segment_with_heads(frames)
     np.testing.assert_allclose(soft, maps_hard * head[:, :, None, None], atol=1e-5)  # mask * cls
-
-
-def test_demo_without_its_configs_says_how_to_install(tmp_path, monkeypatch):
-    import steel_defect.demo as demo
-
-    monkeypatch.setattr(demo, "CONFIGS", tmp_path / "site-packages" / "configs")
-    with pytest.raises(FileNotFoundError, match="pip install -e"):
-        demo.run_demo(work_dir=tmp_path / "demo")
-    assert not (tmp_path / "demo").exists()  # nothing written before the check

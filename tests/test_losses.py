@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from steel_defect.config.errors import ComponentError
 from steel_defect.losses import LOSSES, build_loss
 from steel_defect.losses import functional as LF
 
@@ -222,11 +223,11 @@ def test_combo_is_the_weighted_sum_of_its_terms():
     )
     expected = 0.75 * LF.bce(logits, target) + 1.0 * LF.lovasz_hinge(logits, target, per_image=False)
     assert torch.allclose(combo(logits, target), expected)
-    with pytest.raises(ValueError, match=r"loss 'combo': terms\[1\]: unknown loss 'lovasz'"):
+    with pytest.raises(ComponentError, match=r"'loss\.params\.terms\[1\]\.name': unknown loss 'lovasz'"):
         build_loss("combo", {"terms": [{"name": "bce"}, {"name": "lovasz"}]})
     with pytest.raises(ValueError, match=r"terms\[0\].weight must be a number >= 0"):
         build_loss("combo", {"terms": [{"name": "bce", "weight": -1}]})
-    with pytest.raises(ValueError, match=r"terms\[0\]: unknown key\(s\) \['wieght'\]"):
+    with pytest.raises(ComponentError, match=r"'loss\.params\.terms\[0\]\.wieght'.*did you mean 'weight'"):
         build_loss("combo", {"terms": [{"name": "bce", "wieght": 1}]})
 
 
@@ -278,20 +279,23 @@ def test_shape_mismatch_is_rejected():
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown loss 'bce_dise' \(did you mean 'bce_dice'\?\)") as err:
+    with pytest.raises(
+        ComponentError, match=r"'loss\.name': unknown loss 'bce_dise' \(did you mean 'bce_dice'\?\)"
+    ) as err:
         build_loss("bce_dise")
     assert all(name in str(err.value) for name in LOSSES)
 
 
 def test_unknown_param_lists_valid_params():
     with pytest.raises(
-        ValueError, match=r"loss 'focal' does not accept parameter 'gama'.*valid: gamma, alpha"
+        ComponentError,
+        match=r"'loss\.params\.gama': not a parameter \(did you mean 'gamma'\?\); valid: gamma, alpha",
     ):
         build_loss("focal", {"gama": 2.0})
 
 
 def test_missing_and_bad_params():
-    with pytest.raises(ValueError, match=r"loss 'weighted_bce' requires parameter.*pos_weight"):
+    with pytest.raises(ComponentError, match=r"'loss\.params': needs pos_weight"):
         build_loss("weighted_bce")
     with pytest.raises(ValueError, match=r"loss 'focal': alpha must be in \[0, 1\]"):
         build_loss("focal", {"alpha": 2.0})

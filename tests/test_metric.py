@@ -7,13 +7,13 @@ import pytest
 
 from steel_defect.cli import main
 from steel_defect.data.annotations import write_annotations
-from steel_defect.evaluation.metric import dice_pairs, evaluate_files, summarize
-from steel_defect.evaluation.submission import (
+from steel_defect.data.submission import (
     SubmissionError,
     read_sample_submission,
     read_submission,
     write_submission,
 )
+from steel_defect.evaluation.metric import dice_pairs, evaluate_files, summarize
 from tests.conftest import excel_csv
 
 

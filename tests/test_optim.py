@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from steel_defect.config import ConfigError, load_config
+from steel_defect.config.errors import ComponentError
 from steel_defect.training.optim import (
     build_optimizer,
     build_scheduler,
@@ -76,16 +77,21 @@ def test_schedulers_step_the_rate():
 @pytest.mark.parametrize(
     ("opts", "message"),
     [
-        (["optimizer.name=lion"], r"optimizer.name 'lion' is unknown; valid: radam, adam, adamw, sgd"),
-        (["optimizer.params={momentum_x: 1}"], r"optimizer.params.momentum_x: radam does not accept"),
-        (["scheduler.name=cyclic"], r"scheduler.name 'cyclic' is unknown"),
-        (["scheduler.name=cosine", "scheduler.params={warmup: 1}"], r"scheduler.params.warmup: cosine"),
+        (
+            ["optimizer.name=lion"],
+            r"'optimizer.name': unknown optimizer 'lion'; valid: radam, adam, adamw, sgd",
+        ),
+        (["optimizer.params={momentum_x: 1}"], r"'optimizer.params.momentum_x': not a parameter"),
+        (["scheduler.name=cyclic"], r"'scheduler.name': unknown scheduler 'cyclic'"),
+        (["scheduler.name=cosine", "scheduler.params={warmup: 1}"], r"'scheduler.params.warmup': not a"),
         (["scheduler.name=cosine_restarts", "scheduler.params={cycles: 3}"], r"cycles must divide"),
     ],
 )
-def test_errors_name_the_key(opts, message):
-    cfg = load_config(None, opts)
-    with pytest.raises(ValueError, match=message):
+def test_errors_name_the_key_when_the_config_loads(opts, message):
+    with pytest.raises(ComponentError, match=message):
+        load_config(None, opts)
+    cfg = load_config(None, opts, components=False)  # building checks the same way
+    with pytest.raises(ComponentError, match=message):
         build_scheduler(build_optimizer(Tiny(), cfg), cfg)
 
 

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from steel_defect.inference.postprocess import (
+    NEVER,
     ClassParams,
     PostProcessing,
     binarize,
     postprocess,
+    reduced_size,
     remove_small_components,
     uint8_threshold,
 )
@@ -159,10 +161,11 @@ def test_load_errors_name_the_file(tmp_path):
         PostProcessing.load(wrong)
 
 
-def test_downscaled_divides_sizes_by_area_factor_rounding_up():
-    params = ClassParams(0.5, 600, 2000, 0.3).downscaled(4)
-    assert params == ClassParams(0.5, 38, 125, 0.3)  # 600 / 16 = 37.5 -> 38
-    assert PostProcessing().downscaled(2) == PostProcessing()
+def test_reduced_size_divides_by_the_area_factor_rounding_up():
+    assert [reduced_size(m, 4) for m in (0, 1, 16, 17, 600, 2000)] == [0, 1, 1, 2, 38, 125]
+    assert reduced_size(600, 1) == 600
+    with pytest.raises(ValueError, match="whole number"):
+        reduced_size(600, 0)
 
 
 def test_shape_errors():
@@ -172,3 +175,9 @@ def test_shape_errors():
         postprocess(np.zeros((4, 2, 2)), PostProcessing(), np.zeros(3))
     with pytest.raises(TypeError, match="uint8"):
         postprocess(np.zeros((4, 2, 2), np.int32), PostProcessing())
+
+
+def test_a_class_is_switched_off_when_min_area_exceeds_a_frame():
+    assert NEVER == 256 * 1600 + 1
+    assert ClassParams(0.5, 0, NEVER).disabled
+    assert not ClassParams(0.5, 0, 256 * 1600).disabled  # a full-frame defect still passes

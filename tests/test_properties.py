@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 from steel_defect.config import ConfigError, load_config
 from steel_defect.data.annotations import LONG_HEADER, WIDE_HEADER, AnnotationError, read_annotations
 from steel_defect.data.rle import RLEError, mask_to_rle, parse_rle, rle_to_mask
-from steel_defect.evaluation.submission import SubmissionError, read_submission
+from steel_defect.data.submission import SubmissionError, read_submission
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
 
 FAST = settings(

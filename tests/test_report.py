@@ -15,11 +15,11 @@ from steel_defect.cli import main
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import mask_to_rle, rles_to_masks
+from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.evaluation.analysis import ImageScores, confusion, dice_by_area, score_images, worst_images
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import read_search_curves, write_report
-from steel_defect.evaluation.submission import write_submission
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.search import search_class, search_curves
 from tests.conftest import random_checkpoints

@@ -9,7 +9,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations' import
 import numpy as np
 import pytest
 
-from steel_defect.data.transforms import TRANSFORMS, TransformConfigError, build_transforms
+from steel_defect.config.errors import ComponentError
+from steel_defect.data.transforms import TRANSFORMS, build_transforms
 
 H, W = 64, 400
 
@@ -70,7 +71,9 @@ def test_coarse_dropout_fills_holes_in_image_only():
 
 def test_coarse_dropout_rejects_fill_mask():
     spec = {"name": "CoarseDropout", "params": {"fill_mask": 0}}
-    with pytest.raises(TransformConfigError, match=r"transforms\[0\]\.params\.fill_mask: .*unchanged"):
+    with pytest.raises(
+        ComponentError, match=r"'transforms\[0\]\.params\.fill_mask': cannot be set: .*unchanged"
+    ):
         build_transforms([spec])
 
 
@@ -266,48 +269,54 @@ def test_stale_argument_name_is_rejected_with_key_path():
         {"name": "HorizontalFlip"},
         {"name": "CoarseDropout", "params": {"max_holes": 8, "p": 0.5}},
     ]
-    with pytest.raises(TransformConfigError) as info:
+    with pytest.raises(ComponentError) as info:
         build_transforms(specs, key_path="transforms.train")
     message = str(info.value)
-    assert message.startswith("transforms.train[1].params.max_holes:")
+    assert message.startswith("config key 'transforms.train[1].params.max_holes': not a parameter")
     assert "num_holes_range" in message and "hole_height_range" in message
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(TransformConfigError) as info:
+    with pytest.raises(ComponentError) as info:
         build_transforms([{"name": "Cutout", "params": {}}], key_path="transforms.train")
     message = str(info.value)
-    assert message.startswith("transforms.train[0].name: unknown transform 'Cutout'")
+    assert message.startswith("config key 'transforms.train[0].name': unknown transform 'Cutout'")
     for name in TRANSFORMS:
         assert name in message
 
 
 def test_bad_value_names_the_field_and_keeps_the_original_message():
     spec = {"name": "CoarseDropout", "params": {"num_holes_range": [4, 1]}}
-    with pytest.raises(TransformConfigError) as info:
+    with pytest.raises(ComponentError) as info:
         build_transforms([spec], key_path="transforms.valid")
     message = str(info.value)
-    assert message.startswith("transforms.valid[0].params.num_holes_range:")
+    assert message.startswith("config key 'transforms.valid[0].params.num_holes_range':")
     assert "First value should be less than the second value" in message
 
 
 @pytest.mark.parametrize(
     ("specs", "pattern"),
     [
-        ([{"name": "HorizontalFlip", "parms": {}}], r"\[0\]\.parms: unknown key"),
-        ([{"params": {}}], r"\[0\]\.name: missing"),
-        ([{"name": "HorizontalFlip", "params": [0.5]}], r"\[0\]\.params: expected a mapping"),
-        ([{"name": "HorizontalFlip", "transforms": []}], r"\[0\]\.transforms: only OneOf"),
-        ([{"name": "OneOf"}], r"\[0\]\.transforms: OneOf needs a list"),
+        (
+            [{"name": "HorizontalFlip", "parms": {}}],
+            r"\[0\]\.parms': not a parameter \(did you mean 'params'\?\)",
+        ),
+        ([{"params": {}}], r"\[0\]\.name': no transform named"),
+        ([{"name": "HorizontalFlip", "params": [0.5]}], r"\[0\]\.params': must be a mapping"),
+        ([{"name": "HorizontalFlip", "transforms": []}], r"\[0\]\.transforms': only OneOf"),
+        ([{"name": "OneOf"}], r"\[0\]\.transforms': OneOf needs a list"),
         (
             [{"name": "OneOf", "transforms": [{"name": "RandomGamma", "params": {"gama": 1}}]}],
-            r"transforms\[0\]\.transforms\[0\]\.params\.gama: RandomGamma has no parameter",
+            r"transforms\[0\]\.transforms\[0\]\.params\.gama': not a parameter",
         ),
-        ([{"name": "OneOf", "params": {"transforms": []}, "transforms": []}], r"params\.transforms: give"),
-        ({"name": "HorizontalFlip"}, r"^transforms: expected a list"),
-        (["HorizontalFlip"], r"\[0\]: expected a mapping"),
+        (
+            [{"name": "OneOf", "params": {"transforms": []}, "transforms": []}],
+            r"params\.transforms': cannot be set: give",
+        ),
+        ({"name": "HorizontalFlip"}, r"^config key 'transforms': expected a list"),
+        (["HorizontalFlip"], r"\[0\]': expected a mapping"),
     ],
 )
 def test_malformed_specs_are_rejected(specs, pattern):
-    with pytest.raises(TransformConfigError, match=pattern):
+    with pytest.raises(ComponentError, match=pattern):
         build_transforms(specs)

@@ -18,8 +18,8 @@ from PIL import Image
 from steel_defect.cli import main
 from steel_defect.data.images import decode_image
 from steel_defect.data.rle import rle_to_mask
+from steel_defect.data.submission import read_submission
 from steel_defect.data.synth import generate_frame
-from steel_defect.evaluation.submission import read_submission
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import Limits, create_app
@@ -268,6 +268,7 @@ def test_model_health_docs_and_examples(client):
     assert {c["task"] for c in info["checkpoints"]} == {"seg", "cls"}
     assert info["checkpoints"][0]["config"]["model"]["name"] == "unet"
     assert info["postprocessing"]["classes"]["4"]["min_area"] == 2000
+    assert info["switched_off"] == {"1": False, "2": False, "3": False, "4": False}  # 2000 < a frame
     assert info["limits"]["max_files"] == 4
     assert [c["color"] for c in info["classes"]] == ["#F0E442", "#56B4E9", "#D55E00", "#CC79A7"]
     assert client.get("/docs").status_code == 200

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from steel_defect.data.rle import rle_to_mask
+from steel_defect.data.submission import read_submission
 from steel_defect.data.synth import generate_frame
-from steel_defect.evaluation.submission import read_submission
 from tests.conftest import random_checkpoints
 
 pytestmark = pytest.mark.e2e

@@ -71,7 +71,9 @@ def _cmd_split(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.data.folds import split_folds
 
-    cfg = load_config(args.config, args.opts, require=("paths.train_csv", "paths.train_images"))
+    cfg = load_config(
+        args.config, args.opts, require=("paths.train_csv", "paths.train_images"), components=False
+    )
     table = split_folds(cfg)
     counts = table.groupby("fold")[["defect_free", "class_1", "class_2", "class_3", "class_4"]].sum()
     counts.insert(0, "images", table.groupby("fold").size())
@@ -102,10 +104,11 @@ def _device(name: str) -> str:
 
 
 def _postprocessing(cfg, override: str | None):
+    from steel_defect.config import layout
     from steel_defect.inference.postprocess import PostProcessing
 
     path = override or cfg.paths.postprocessing
-    default = Path(cfg.paths.work_dir) / "postprocessing.yml"
+    default = layout.postprocessing(cfg.paths.work_dir)
     if path is None and default.is_file():
         path = default
     if path is None:
@@ -134,7 +137,7 @@ def _cmd_predict(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.inference.run import predict_folder, summary_text
 
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.opts, components=False)  # the models come from the checkpoints
     predictor = _predictor(cfg, args, args.checkpoints, _postprocessing(cfg, args.postprocessing))
     summary = predict_folder(
         predictor,
@@ -153,7 +156,7 @@ def _cmd_pseudo_label(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.inference.pseudo import PseudoRules, extra_opt, pseudo_label
 
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.opts, components=False)
     rules = PseudoRules(upper=args.upper, lower=args.lower, agree=not args.no_agree)
     predictor = _predictor(cfg, args, args.checkpoints, _postprocessing(cfg, args.postprocessing))
     summary = pseudo_label(predictor, args.images, args.out, rules, batch_size=cfg.inference.batch_size)
@@ -173,7 +176,7 @@ def _cmd_serve(args) -> int:
     token = access_token(args.host, args.token, args.no_auth)  # before the model loads: fails in a second
     if token is None and not is_loopback(args.host):
         log.warning("--no-auth: anyone who can reach %s can use the model", args.host)
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.opts, components=False)
     max_file_bytes = int(args.max_file_mb * 2**20)
     # Read before the model loads, so a wrong folder fails in a second.
     examples = folder_examples(args.examples, max_file_bytes) if args.examples else None
@@ -203,7 +206,7 @@ def _cmd_export(args) -> int:
     from steel_defect.inference.export import export_all
 
     need = ("paths.train_csv", "paths.train_images") if args.int8 else ()
-    cfg = load_config(args.config, args.opts, require=need)
+    cfg = load_config(args.config, args.opts, require=need, components=False)
     summary = export_all(
         args.checkpoints,
         args.out,
@@ -226,9 +229,9 @@ def _cmd_thresholds(args) -> int:
     from steel_defect.inference.oof import search_thresholds
 
     need = ("paths.train_csv", "paths.train_images", "paths.folds_csv")
-    seg_cfg = load_config(args.config, args.opts, require=need)
-    cls_cfg = load_config(args.cls_config, args.opts) if args.cls_config else None
-    members = [load_config(path, args.opts) for path in args.ensemble]
+    seg_cfg = load_config(args.config, args.opts, require=need, components=False)
+    cls_cfg = load_config(args.cls_config, args.opts, components=False) if args.cls_config else None
+    members = [load_config(path, args.opts, components=False) for path in args.ensemble]
     device = "cpu" if seg_cfg.inference.backend == "onnx" else _device(seg_cfg.inference.device)
     summary = search_thresholds(seg_cfg, cls_cfg, args.out, device=device, members=members)
     print(json.dumps(summary, indent=2, default=str))
@@ -303,7 +306,7 @@ def _cmd_runs(args) -> int:
 
 def _cmd_validate(args) -> int:
     from steel_defect.data.annotations import read_annotations
-    from steel_defect.evaluation.submission import read_sample_submission, read_submission
+    from steel_defect.data.submission import read_sample_submission, read_submission
 
     expected = None
     if args.truth:
@@ -327,7 +330,7 @@ def _cmd_config(args) -> int:
         for key, default, doc in schema_table():
             print(f"| `{key}` | `{default}` | {doc} |")
         return 0
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.opts, components=False)
     print(yaml.safe_dump(to_plain(cfg), sort_keys=False), end="")
     return 0
 

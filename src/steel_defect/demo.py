@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steel_defect.atomic import atomic_write
-from steel_defect.config import load_config
+from steel_defect.config import layout, load_config
 from steel_defect.data.annotations import read_annotations, resolve_image_ids, write_annotations
 from steel_defect.data.folds import make_folds_table, split_folds
+from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import write_report
-from steel_defect.evaluation.submission import write_submission
 from steel_defect.inference.oof import search_thresholds
 from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import Predictor
@@ -37,9 +37,9 @@ from steel_defect.inference.run import predict_folder, summary_text
 from steel_defect.training.runner import train
 
 log = logging.getLogger(__name__)
-# The demo's configs live in the source checkout (configs/ beside src/); an editable install
-# (`make install`, the Docker image) finds them there.
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# The shipped configs are package data (configs/ at the top of a checkout links here), so a
+# plain `pip install .` finds them as well as an editable install.
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -82,15 +82,11 @@ def _train_round(
             train(cfg, fold=fold)
         timings[f"train_{name}_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    search = search_thresholds(seg_cfg, cls_cfg, work / "postprocessing.yml")
+    search = search_thresholds(seg_cfg, cls_cfg, layout.postprocessing(work))
     timings["threshold_search_s"] = round(time.perf_counter() - t0, 1)
-    checkpoints = [
-        Path(seg_cfg.paths.work_dir) / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds
-    ]
+    checkpoints = layout.best_checkpoints(seg_cfg.paths.work_dir, folds)
     if cls_cfg is not None:
-        checkpoints += [
-            Path(cls_cfg.paths.work_dir) / f"fold{fold}" / "checkpoints" / "best.pth" for fold in folds
-        ]
+        checkpoints += layout.best_checkpoints(cls_cfg.paths.work_dir, folds)
     return checkpoints, search
 
 
@@ -137,12 +133,6 @@ def run_demo(
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     steps = RECIPES[recipe]
-    if not (CONFIGS / steps.seg).is_file():
-        raise FileNotFoundError(
-            f"the demo's config {CONFIGS / steps.seg} is missing: `steel-defect demo` runs from a source "
-            "checkout installed with `pip install -e .` (as `make install` and the Docker image do), "
-            "not from a plain `pip install .`"
-        )
     start = time.perf_counter()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -177,7 +167,7 @@ def run_demo(
     timings: dict = {}
     checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, timings)
     tta = tuple(seg_cfg.inference.tta)
-    predictor = Predictor(checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=tta)
+    predictor = Predictor(checkpoints, PostProcessing.load(layout.postprocessing(work)), tta=tta)
     score = _predict_and_score(predictor, test_images, sample, work, timings)
     rounds = []
     if pseudo_images is not None:
@@ -198,7 +188,7 @@ def run_demo(
         second: dict = {}
         checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second, train_cls=False)
         (work / "test_truth.csv").write_bytes((work.parent / "test_truth.csv").read_bytes())
-        predictor = Predictor(checkpoints, PostProcessing.load(work / "postprocessing.yml"), tta=tta)
+        predictor = Predictor(checkpoints, PostProcessing.load(layout.postprocessing(work)), tta=tta)
         score = _predict_and_score(predictor, test_images, sample, work, second)
         rounds.append({**_round_result(score, search), "pseudo": pseudo})
         timings.update({f"round2_{key}": value for key, value in second.items()})
@@ -212,7 +202,7 @@ def run_demo(
         work / "test_truth.csv",
         test_images,
         work / "report.html",
-        search_report=work / "postprocessing.report.json",
+        search_report=layout.search_report(layout.postprocessing(work)),
     )
     timings["report_s"] = round(time.perf_counter() - t0, 1)
     summary = {
@@ -224,7 +214,7 @@ def run_demo(
         "recipe": recipe,
         "oof_search": search["mean"],
         "out_of_fold": search["out_of_fold"],
-        "postprocessing": str(work / "postprocessing.yml"),
+        "postprocessing": str(layout.postprocessing(work)),
         "submission": str(work / "submission.csv"),
         "report": report["out"],
         "test_truth": str(work / "test_truth.csv"),
@@ -232,11 +222,11 @@ def run_demo(
         "timings": {**timings, "total_s": round(time.perf_counter() - start, 1)},
         "serve": f"steel-defect serve --demo-dir {work}",
         "predict": f"steel-defect predict --checkpoints {' '.join(str(c) for c in checkpoints)} "
-        f"--postprocessing {work / 'postprocessing.yml'} --images DIR --out submission.csv",
+        f"--postprocessing {layout.postprocessing(work)} --images DIR --out submission.csv",
     }
     if rounds:
         summary["rounds"] = rounds
-    with atomic_write(work / "summary.json") as handle:
+    with atomic_write(layout.demo_summary(work)) as handle:
         json.dump(summary, handle, indent=2)
     return summary
 

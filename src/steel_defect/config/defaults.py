@@ -23,7 +23,6 @@ class Opt:
     doc: str
     choices: tuple | None = None
     nullable: bool = False
-    input_path: bool = False  # a file or folder that must exist when a command needs it
 
 
 _TRANSFORM_DOC = "albumentations pipeline: a list of {name, params} (see steel_defect.data.transforms)"
@@ -37,25 +36,16 @@ SCHEMA: dict[str, Any] = {
     ),
     "seed": Opt(42, int, "seed for folds, weights init, augmentation and data order"),
     "paths": {
-        "data_dir": Opt(
-            "data/severstal", str, "Severstal-layout folder (train.csv, train_images/)", input_path=True
-        ),
+        "data_dir": Opt("data/severstal", str, "Severstal-layout folder (train.csv, train_images/)"),
         "train_csv": Opt(
             None,
             str,
             "labels, wide or long layout; default <data_dir>/train.csv",
             nullable=True,
-            input_path=True,
         ),
-        "train_images": Opt(
-            None, str, "training images; default <data_dir>/train_images", nullable=True, input_path=True
-        ),
-        "test_images": Opt(
-            None, str, "images to predict; default <data_dir>/test_images", nullable=True, input_path=True
-        ),
-        "sample_submission": Opt(
-            None, str, "row order for the submission; default none", nullable=True, input_path=True
-        ),
+        "train_images": Opt(None, str, "training images; default <data_dir>/train_images", nullable=True),
+        "test_images": Opt(None, str, "images to predict; default <data_dir>/test_images", nullable=True),
+        "sample_submission": Opt(None, str, "row order for the submission; default none", nullable=True),
         "work_dir": Opt("work/default", str, "where a run writes folds, logs, checkpoints, resolved config"),
         "folds_csv": Opt(None, str, "fold split; default <work_dir>/folds.csv", nullable=True),
         "postprocessing": Opt(
@@ -70,7 +60,6 @@ SCHEMA: dict[str, Any] = {
             str,
             "local file of pretrained encoder weights (offline clusters)",
             nullable=True,
-            input_path=True,
         ),
     },
     "data": {
@@ -85,7 +74,6 @@ SCHEMA: dict[str, Any] = {
             "and class_weights in data.sampler_params; with data.extra it balances all images) or "
             "hard_negatives (every defect image plus the `keep` share of defect-free images ranked "
             "hardest by the `scores` CSV that `steel-defect thresholds` writes: <out>.oof.csv)",
-            choices=(None, "balanced", "hard_negatives"),
             nullable=True,
         ),
         "sampler_params": Opt(

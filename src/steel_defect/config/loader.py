@@ -10,7 +10,6 @@ Errors raise :class:`ConfigError` with the key path, the file and the valid choi
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,10 @@ from easydict import EasyDict
 
 from steel_defect.atomic import atomic_write
 from steel_defect.config.defaults import SCHEMA, Opt
+from steel_defect.config.errors import ConfigError, did_you_mean
+from steel_defect.config.layout import folds_csv
+from steel_defect.config.registry import check_params
 from steel_defect.constants import CLASS_IDS
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message says which key and why."""
-
 
 # No setting nests deeper than a few levels (transforms: list -> mapping -> params); a value
 # nested hundreds deep is a typo or an attack, and would exhaust the recursion of the merge.
@@ -92,11 +89,10 @@ def _merge(target: dict, update: dict, schema: dict, prefix: str, source: str) -
         key_path = f"{prefix}{key}"
         if key not in schema:
             valid = sorted(schema)
-            hint = difflib.get_close_matches(str(key), valid, n=1)
+            hint = did_you_mean(key, valid, prefix)
             raise ConfigError(
-                f"unknown config key '{key_path}' in {source}"
-                + (f"; did you mean '{prefix}{hint[0]}'?" if hint else "")
-                + f" Valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
+                f"unknown config key '{key_path}' in {source}{hint};"
+                + f" valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
             )
         node = schema[key]
         if isinstance(node, dict):
@@ -129,7 +125,8 @@ def _check_type(key_path: str, opt: Opt, value: Any) -> None:
         )
     if opt.choices is not None and value not in opt.choices:
         raise ConfigError(
-            f"config key '{key_path}' is {value!r}; valid choices: {', '.join(map(repr, opt.choices))}"
+            f"config key '{key_path}' is {value!r}{did_you_mean(value, opt.choices)}; "
+            f"valid choices: {', '.join(map(repr, opt.choices))}"
         )
 
 
@@ -154,14 +151,7 @@ def _check_extra(entries: list) -> list[dict]:
         where = f"config key data.extra[{k}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a mapping {{train_csv, train_images, weight}}, got {entry!r}")
-        unknown = sorted(map(str, set(entry) - _EXTRA_KEYS))
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], sorted(_EXTRA_KEYS), n=1)
-            raise ConfigError(
-                f"{where}: unknown key(s) {unknown}"
-                + (f"; did you mean '{hint[0]}'?" if hint else "")
-                + f" Valid keys: {', '.join(sorted(_EXTRA_KEYS))}"
-            )
+        check_params(sorted(_EXTRA_KEYS), entry, f"data.extra[{k}]")
         for key in ("train_csv", "train_images"):
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise ConfigError(f"{where}.{key} must be a path (string), got {entry.get(key)!r}")
@@ -194,12 +184,7 @@ def _check_cls_head(cfg: dict) -> dict | None:
         raise ConfigError(
             "config key 'model.cls_head' is for segmenters (task: seg); a classifier is its own head"
         )
-    unknown = sorted(map(str, set(head) - set(CLS_HEAD_DEFAULTS)))
-    if unknown:
-        raise ConfigError(
-            f"config key 'model.cls_head': unknown key(s) {unknown}; valid: {', '.join(CLS_HEAD_DEFAULTS)}"
-        )
-    head = {**CLS_HEAD_DEFAULTS, **head}
+    head = {**CLS_HEAD_DEFAULTS, **check_params(list(CLS_HEAD_DEFAULTS), head, "model.cls_head")}
     weight, dropout = head["weight"], head["dropout"]
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
         raise ConfigError(f"config key 'model.cls_head.weight' must be a number >= 0, got {weight!r}")
@@ -268,7 +253,7 @@ def _fill_paths(paths: dict) -> None:
     if paths["test_images"] is None:
         paths["test_images"] = str(data_dir / "test_images")
     if paths["folds_csv"] is None:
-        paths["folds_csv"] = str(Path(paths["work_dir"]) / "folds.csv")
+        paths["folds_csv"] = str(folds_csv(paths["work_dir"]))
 
 
 def check_inputs(cfg: dict, keys: tuple[str, ...]) -> None:
@@ -290,10 +275,14 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     require: tuple[str, ...] = (),
+    components: bool = True,
 ) -> EasyDict:
     """Resolved configuration: defaults <- base chain <- ``path`` <- ``overrides``.
 
     ``require`` names path keys (``"paths.train_csv"``) that must exist for the caller.
+    ``components``: check every ``*.name`` and its ``params`` against the registries
+    (:mod:`steel_defect.components`, which imports the training stack); commands that only
+    read paths or inference settings pass False to stay light.
     """
     cfg = _defaults(SCHEMA)
     if path is not None:
@@ -306,7 +295,12 @@ def load_config(
     cfg["model"]["cls_head"] = _check_cls_head(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
-    return EasyDict(cfg)
+    cfg = EasyDict(cfg)
+    if components:
+        from steel_defect.components import check_components  # the registries sit above config/
+
+        check_components(cfg)
+    return cfg
 
 
 def to_plain(cfg: Any) -> Any:

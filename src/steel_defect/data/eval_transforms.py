@@ -156,7 +156,7 @@ def _fast(spec: Any) -> Resize | Normalize | None:
 def build_eval_transforms(specs: Sequence[Mapping[str, Any]] | None, key_path: str = "transforms.valid"):
     """A pipeline for ``specs`` that inference can undo: cv2/numpy when possible, else albumentations.
 
-    Raises :class:`ValueError` (a ``TransformConfigError`` for a bad spec) when a transform moves
+    Raises :class:`ValueError` (a ``ComponentError`` for a bad spec) when a transform moves
     pixels (flips, crops...), naming ``key_path``.
     """
     fast = [_fast(spec) for spec in specs or []]

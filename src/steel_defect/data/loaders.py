@@ -17,6 +17,8 @@ import numpy as np
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, get_worker_info
 
 from steel_defect.config import ConfigError, model_classes
+from steel_defect.config.errors import ComponentError
+from steel_defect.config.registry import check_params, lookup
 from steel_defect.data.annotations import read_annotations, resolve_image_ids
 from steel_defect.data.datasets import ClassificationDataset, SegmentationDataset
 from steel_defect.data.folds import read_folds, split_ids
@@ -86,7 +88,23 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
     return {"train": train, "valid": valid}
 
 
-SAMPLER_PARAMS = {"balanced": {"defect_fraction", "class_weights"}, "hard_negatives": {"scores", "keep"}}
+SAMPLERS = {"balanced": BalancedSampler, "hard_negatives": HardNegativeSampler}
+
+
+def check_sampler(cfg) -> dict:
+    """The checked ``data.sampler_params`` of ``cfg.data.sampler`` ({} without a sampler); the
+    config loader calls it. ``labels`` and ``seed`` come from the data and ``seed``."""
+    if cfg.data.sampler is None:
+        return {}
+    cls = lookup("sampler", cfg.data.sampler, SAMPLERS, "data.sampler")
+    params = cfg.data.sampler_params
+    if cfg.data.sampler == "hard_negatives" and "scores" not in (params or {}):
+        raise ComponentError(
+            "data.sampler_params",
+            "hard_negatives needs scores: the CSV of out-of-fold scores that `steel-defect thresholds` "
+            "writes beside its YAML (<out>.oof.csv)",
+        )
+    return check_params(cls, params, "data.sampler_params", skip=("labels", "seed"))
 
 
 def _sampler(cfg, train):
@@ -94,20 +112,9 @@ def _sampler(cfg, train):
     parts = train.datasets if isinstance(train, ConcatDataset) else [train]
     ids = [image_id for part in parts for image_id in part.image_ids]
     labels = np.concatenate([part.annotations.labels(part.image_ids) for part in parts])
-    params, valid = dict(cfg.data.sampler_params), SAMPLER_PARAMS[cfg.data.sampler]
-    unknown = sorted(set(params) - valid)
-    if unknown:
-        raise ConfigError(
-            f"data.sampler_params: unknown key(s) {unknown} for the {cfg.data.sampler} sampler; "
-            f"valid: {', '.join(sorted(valid))}"
-        )
+    params = check_sampler(cfg)
     if cfg.data.sampler == "balanced":
         return BalancedSampler(labels, seed=cfg.seed, **params)
-    if "scores" not in params:
-        raise ConfigError(
-            "data.sampler_params.scores: hard_negatives needs the CSV of out-of-fold scores that "
-            "`steel-defect thresholds` writes beside its YAML (<out>.oof.csv)"
-        )
     scores = read_image_scores(params["scores"])
     missing = [i for i, row in zip(ids, labels, strict=True) if not row.any() and i not in scores]
     if missing:

@@ -15,9 +15,10 @@ to the albumentations constructor, and, for ``OneOf`` only, a nested ``transform
 albumentations 2.x only *warns* about constructor arguments it does not know (such as the
 ``Cutout``-era ``max_holes``), so a stale config would silently run with defaults. We check
 every parameter name against the constructor's signature and raise
-:class:`TransformConfigError` naming the key path (``transforms.train[1].params.max_holes``)
-and the valid names. Values are validated by albumentations itself (pydantic); its message
-is re-raised with the key path.
+:class:`~steel_defect.config.errors.ComponentError` naming the key path
+(``transforms.train[1].params.max_holes``) and the valid names; the config loader builds every
+pipeline once, so this happens before anything is written. Values are validated by
+albumentations itself (pydantic); its message is re-raised with the key path.
 
 Masks: the datasets pass the four class masks as ``mask`` of shape (H, W, 4), so every
 geometric transform moves them exactly like the image (nearest-neighbour interpolation,
@@ -30,11 +31,13 @@ therefore rejected for CoarseDropout.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import albumentations as A
+
+from steel_defect.config.errors import ComponentError
+from steel_defect.config.registry import check_params, lookup
 
 # One registry for every transform a config may name. ShiftScaleRotate is left out on
 # purpose: albumentations 2.x deprecates it in favour of Affine.
@@ -79,77 +82,46 @@ _RENAMED_HINTS: dict[str, str] = {
 _SPEC_KEYS = ("name", "params", "transforms")
 
 
-class TransformConfigError(ValueError):
-    """A transform spec that cannot be built; the message names the key path and the fix."""
-
-
-def _valid_params(cls: type) -> list[str]:
-    """Names the constructor of ``cls`` accepts as keywords (``self`` and ``*args`` excluded)."""
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [
-        p.name for p in inspect.signature(cls).parameters.values() if p.kind in kinds and p.name != "self"
-    ]
-
-
-def _check_params(name: str, params: Mapping[str, Any], path: str) -> None:
-    cls = TRANSFORMS[name]
-    valid = [p for p in _valid_params(cls) if p not in _FORBIDDEN_PARAMS.get(name, {})]
+def _forbidden(name: str) -> dict[str, str]:
+    """Parameters of transform ``name`` that a config may not set, with the reason."""
+    forbidden = dict(_FORBIDDEN_PARAMS.get(name, {}))
     if name in _CONTAINERS:
-        valid = [p for p in valid if p != "transforms"]
-    for key in params:
-        if not isinstance(key, str):
-            raise TransformConfigError(f"{path}: parameter names must be strings, got {key!r}")
-        reason = _FORBIDDEN_PARAMS.get(name, {}).get(key)
-        if reason:
-            raise TransformConfigError(f"{path}.{key}: not allowed for {name}: {reason}")
-        if name in _CONTAINERS and key == "transforms":
-            raise TransformConfigError(
-                f"{path}.transforms: give {name}'s nested transforms as the spec's own "
-                "'transforms:' list, beside 'params:'"
-            )
-        if key not in valid:
-            raise TransformConfigError(
-                f"{path}.{key}: {name} has no parameter {key!r}{_RENAMED_HINTS.get(name, '')}; "
-                f"valid parameters: {', '.join(valid)}"
-            )
+        forbidden["transforms"] = (
+            f"give {name}'s nested transforms as the spec's own 'transforms:' list, beside 'params:'"
+        )
+    return forbidden
 
 
 def build_transform(spec: Mapping[str, Any], key_path: str) -> A.BasicTransform | A.BaseCompose:
     """Build one transform from ``{name, params?, transforms?}``; ``key_path`` locates it in errors."""
     if not isinstance(spec, Mapping):
-        raise TransformConfigError(
-            f"{key_path}: expected a mapping like {{name: HorizontalFlip, params: {{p: 0.5}}}}, "
-            f"got {type(spec).__name__} {spec!r}"
+        raise ComponentError(
+            key_path,
+            f"expected a mapping like {{name: HorizontalFlip, params: {{p: 0.5}}}}, "
+            f"got {type(spec).__name__} {spec!r}",
         )
-    unknown = [k for k in spec if k not in _SPEC_KEYS]
-    if unknown:
-        raise TransformConfigError(
-            f"{key_path}.{unknown[0]}: unknown key; a transform spec has only {', '.join(_SPEC_KEYS)}"
-        )
+    check_params(_SPEC_KEYS, spec, key_path)
     name = spec.get("name")
-    if not isinstance(name, str) or name not in TRANSFORMS:
-        where = f"{key_path}.name"
-        what = "missing" if name is None else f"unknown transform {name!r}"
-        raise TransformConfigError(f"{where}: {what}; valid names: {', '.join(sorted(TRANSFORMS))}")
-    params = spec.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise TransformConfigError(
-            f"{key_path}.params: expected a mapping of constructor arguments, got {params!r}"
-        )
-    _check_params(name, params, f"{key_path}.params")
-    kwargs = dict(params)
+    cls = lookup("transform", name, TRANSFORMS, f"{key_path}.name")
+    kwargs = check_params(
+        cls,
+        spec.get("params"),
+        f"{key_path}.params",
+        forbidden=_forbidden(name),
+        hint=_RENAMED_HINTS.get(name, ""),
+    )
     if name in _CONTAINERS:
         if "transforms" not in spec:
-            raise TransformConfigError(f"{key_path}.transforms: {name} needs a list of nested transforms")
+            raise ComponentError(f"{key_path}.transforms", f"{name} needs a list of nested transforms")
         kwargs["transforms"] = _build_list(spec["transforms"], f"{key_path}.transforms")
     elif "transforms" in spec:
-        raise TransformConfigError(
-            f"{key_path}.transforms: only {', '.join(sorted(_CONTAINERS))} take nested transforms"
+        raise ComponentError(
+            f"{key_path}.transforms", f"only {', '.join(sorted(_CONTAINERS))} take nested transforms"
         )
     try:
-        return TRANSFORMS[name](**kwargs)
+        return cls(**kwargs)
     except (ValueError, TypeError) as err:
-        raise TransformConfigError(f"{_error_path(err, key_path)}: invalid value for {name}: {err}") from err
+        raise ComponentError(_error_path(err, key_path), f"invalid value for {name}: {err}") from err
 
 
 def _error_path(err: Exception, key_path: str) -> str:
@@ -167,7 +139,7 @@ def _error_path(err: Exception, key_path: str) -> str:
 
 def _build_list(specs: Sequence[Mapping[str, Any]], key_path: str) -> list:
     if isinstance(specs, (str, bytes, Mapping)) or not isinstance(specs, Sequence):
-        raise TransformConfigError(f"{key_path}: expected a list of transform specs, got {specs!r}")
+        raise ComponentError(key_path, f"expected a list of transform specs, got {specs!r}")
     return [build_transform(spec, f"{key_path}[{i}]") for i, spec in enumerate(specs)]
 
 

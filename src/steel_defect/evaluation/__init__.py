@@ -1,1 +1,1 @@
-"""Scoring: the challenge metric and submission validation."""
+"""Scoring: the challenge metric and the error analysis (the CSV format is in data.submission)."""

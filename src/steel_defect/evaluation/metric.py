@@ -14,7 +14,7 @@ import numpy as np
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.rle import rles_to_masks
-from steel_defect.evaluation.submission import read_submission
+from steel_defect.data.submission import read_submission
 
 
 def dice_pairs(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from steel_defect.atomic import atomic_write
+from steel_defect.config import layout
+from steel_defect.config.layout import trained_folds
 from steel_defect.constants import CLASS_IDS
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.folds import read_folds, split_ids
@@ -28,16 +30,6 @@ from steel_defect.inference.search import downsample_mask, downsample_probs, sea
 from steel_defect.models.checkpoint import update_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def trained_folds(work_dir: str | Path) -> dict[int, Path]:
-    """``{fold: best.pth}`` of every fold trained under ``work_dir``."""
-    found = {}
-    for path in sorted(Path(work_dir).glob("fold*/checkpoints/best.pth")):
-        suffix = path.parts[-3].removeprefix("fold")
-        if suffix.isdigit():
-            found[int(suffix)] = path
-    return found
 
 
 def _member_folds(seg_cfg, members, seg_folds: dict[int, Path]) -> list[dict[int, Path]]:
@@ -175,7 +167,7 @@ def search_thresholds(
     oof = collect_oof(seg_cfg, cls_cfg, device, members)
     top = oof["top"] if seg_cfg.inference.search_top_threshold else None
     params, report = search_all(oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top)
-    out = Path(out or seg_cfg.paths.postprocessing or Path(seg_cfg.paths.work_dir) / "postprocessing.yml")
+    out = Path(out or seg_cfg.paths.postprocessing or layout.postprocessing(seg_cfg.paths.work_dir))
     params.save(out)
     summary = {
         "postprocessing": str(out),
@@ -190,9 +182,9 @@ def search_thresholds(
     # the file alone also says which checkpoints earned the score (`steel-defect runs`) and how
     # Dice moves around the chosen point (`steel-defect report --search-report`)
     extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
-    with atomic_write(out.with_suffix(".report.json")) as handle:
+    with atomic_write(layout.search_report(out)) as handle:
         json.dump({**summary, **extra}, handle, indent=2, default=str)
-    summary["scores"] = str(write_oof_scores(out.with_suffix(".oof.csv"), oof))
+    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof))
     # the models carry the score their thresholds earned, for the web page and for whoever
     # finds the checkpoint later without its report
     for path in oof["checkpoints"] if record else []:

@@ -14,13 +14,13 @@ top_threshold}, ...}}``) written by
 Probabilities may be float in [0, 1] or uint8 0..255 (probability * 255, rounded): a uint8
 value ``u`` is foreground when ``u / 255 >= threshold``, i.e. ``u >= uint8_threshold(t)``.
 Minimum sizes are pixel counts at the resolution of the maps they are applied to; for maps
-downsampled by ``f`` per side use :meth:`PostProcessing.downscaled` (counts divide by f**2).
+downsampled by ``f`` per side, :func:`reduced_size` gives the count (``ceil(m / f**2)``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from steel_defect.atomic import atomic_write
-from steel_defect.constants import CLASS_IDS, NUM_CLASSES
+from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLASSES
 
 # 255 * t is computed in floating point (0.2 * 255 = 51.00000000000001); without the slack
 # ceil would move such thresholds one step up and break u / 255 >= t.
@@ -46,6 +46,10 @@ def _check_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
         raise ValueError(f"{name} must be a whole number of pixels >= 0 (0 disables it), got {value!r}")
     return int(value)
+
+
+# min_area that no 256x1600 mask reaches: the class is never predicted (switched off).
+NEVER = IMAGE_HEIGHT * IMAGE_WIDTH + 1
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,12 @@ class ClassParams:
     cls_threshold: float | None = None
     top_threshold: float | None = None
 
+    @property
+    def disabled(self) -> bool:
+        """Whether these parameters never predict the class: ``min_area`` larger than a frame, as
+        the threshold search sets it (:data:`NEVER`) for a class it found no gain for."""
+        return self.min_area >= NEVER
+
     def __post_init__(self):
         # normalise numpy scalars to Python numbers so YAML can dump them
         object.__setattr__(self, "threshold", _check_probability("threshold", self.threshold))
@@ -80,18 +90,6 @@ class ClassParams:
         if self.top_threshold is not None:
             value = _check_probability("top_threshold (or null to disable the gate)", self.top_threshold)
             object.__setattr__(self, "top_threshold", value)
-
-    def downscaled(self, factor: int) -> ClassParams:
-        """The same parameters for maps downsampled by ``factor`` per side.
-
-        Pixel counts scale by the area factor: a count ``m`` becomes ``ceil(m / factor**2)``,
-        which keeps exactly the components whose full-resolution size ``s * factor**2`` is
-        at least ``m``.
-        """
-        if isinstance(factor, bool) or not isinstance(factor, Integral) or factor < 1:
-            raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
-        area = int(factor) ** 2
-        return replace(self, min_component=-(-self.min_component // area), min_area=-(-self.min_area // area))
 
 
 _FIELDS = tuple(f.name for f in fields(ClassParams))
@@ -165,9 +163,21 @@ class PostProcessing:
         with atomic_write(path) as handle:
             yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
 
-    def downscaled(self, factor: int) -> PostProcessing:
-        """Parameters for maps downsampled by ``factor`` per side (see ClassParams.downscaled)."""
-        return PostProcessing(tuple(p.downscaled(factor) for p in self.classes))
+
+def check_factor(factor) -> int:
+    """``factor`` (a per-side downsampling factor) if it is a whole number >= 1, else ValueError."""
+    if isinstance(factor, bool) or not isinstance(factor, Integral) or factor < 1:
+        raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
+    return int(factor)
+
+
+def reduced_size(size: int, factor: int) -> int:
+    """A pixel count for maps downsampled by ``factor`` per side: ``ceil(size / factor**2)``.
+
+    It keeps exactly the components whose full-resolution size ``s * factor**2`` is at least
+    ``size``.
+    """
+    return -(-int(size) // check_factor(factor) ** 2)
 
 
 def uint8_threshold(threshold: float) -> int:

@@ -30,8 +30,15 @@ from dataclasses import asdict, replace
 import cv2
 import numpy as np
 
-from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLASSES
-from steel_defect.inference.postprocess import ClassParams, PostProcessing, binarize
+from steel_defect.constants import CLASS_IDS, NUM_CLASSES
+from steel_defect.inference.postprocess import (
+    NEVER,
+    ClassParams,
+    PostProcessing,
+    binarize,
+    check_factor,
+    reduced_size,
+)
 
 DEFAULT_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80
 # Full-resolution pixels; multiples of 16 so they are exact at 4x downsampling.
@@ -41,10 +48,6 @@ DEFAULT_CLS_THRESHOLDS = (None, *DEFAULT_THRESHOLDS)
 # A top gate at or below the pixel threshold changes nothing, so the grid reaches higher.
 DEFAULT_TOP_THRESHOLDS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)
 _TIE = 1e-12
-
-
-# min_area that no 256x1600 mask reaches: the class is never predicted.
-NEVER = IMAGE_HEIGHT * IMAGE_WIDTH + 1
 
 
 def downsample_probs(probs: np.ndarray, factor: int) -> np.ndarray:
@@ -70,8 +73,7 @@ def downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _blocks(array: np.ndarray, factor: int) -> np.ndarray:
-    if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or factor < 1:
-        raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
+    factor = check_factor(factor)
     *lead, h, w = array.shape
     if h % factor or w % factor:
         raise ValueError(f"maps of {h}x{w} cannot be downsampled by {factor}; pick a divisor of both")
@@ -249,7 +251,7 @@ def _to_reduced(full_sizes, scale):
     """Map full-resolution sizes to reduced ones; the smallest full size wins a collision."""
     mapping = {}
     for size in sorted(int(s) for s in full_sizes):
-        mapping.setdefault(-(-size // scale**2), size)
+        mapping.setdefault(reduced_size(size, scale), size)
     return mapping
 
 
@@ -326,7 +328,7 @@ def search_all(
             "best_dice": score,
             "baseline_dice": baseline,
             "empty_dice": empty,
-            "disabled": full.min_area == NEVER,
+            "disabled": full.disabled,
             "params": asdict(full),
         }
     for key in ("best_dice", "baseline_dice", "empty_dice"):

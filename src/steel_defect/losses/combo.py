@@ -25,20 +25,18 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from steel_defect.config.errors import ComponentError
+from steel_defect.config.registry import check_params
+
 
 def _build(spec, where: str, allowed: set[str]) -> tuple[nn.Module, dict]:
     # the registry in steel_defect.losses imports this module, so look it up at call time
     from steel_defect.losses import build_loss
 
     if not isinstance(spec, Mapping) or "name" not in spec:
-        raise ValueError(f"{where} must be a mapping with a 'name' (and optional params), got {spec!r}")
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {', '.join(sorted(allowed))}")
-    try:
-        return build_loss(spec["name"], spec.get("params") or {}), dict(spec)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise ComponentError(where, f"must be a mapping with a 'name' (and optional params), got {spec!r}")
+    check_params(sorted(allowed), spec, where)
+    return build_loss(spec["name"], spec.get("params") or {}, key_path=where), dict(spec)
 
 
 def _build_all(items, kind: str, key: str) -> list[tuple[nn.Module, dict]]:

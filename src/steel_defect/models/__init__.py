@@ -11,7 +11,6 @@ from steel_defect.models.build import (
     SEG_ARCHITECTURES,
     build_model,
     check_encoder_name,
-    describe_model,
 )
 from steel_defect.models.classifier import NUM_CLS_OUTPUTS, Classifier
 from steel_defect.models.weights import EncoderWeightsError, load_encoder_file, read_state_dict
@@ -25,7 +24,6 @@ __all__ = [
     "EncoderWeightsError",
     "build_model",
     "check_encoder_name",
-    "describe_model",
     "load_encoder_file",
     "read_state_dict",
 ]

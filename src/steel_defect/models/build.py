@@ -9,7 +9,6 @@ models swallow unknown keyword arguments and a typo would otherwise do nothing.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from typing import Any
@@ -20,6 +19,8 @@ import torch
 from torch import nn
 
 from steel_defect.config import ConfigError, model_classes, model_cls_head
+from steel_defect.config.errors import ComponentError, did_you_mean
+from steel_defect.config.registry import check_params, lookup
 from steel_defect.models.classifier import NUM_CLS_OUTPUTS, Classifier
 from steel_defect.models.packaged import (
     IMAGENET_MEAN,
@@ -52,62 +53,60 @@ _RESERVED_PARAMS = {
 }
 
 
-def _did_you_mean(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=3)
-    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-
-
 def _architecture(task: str, name: str) -> type[nn.Module]:
-    if name not in ARCHITECTURES:
-        raise ConfigError(
-            f"model.name={name!r} is not a known architecture.{_did_you_mean(name, list(ARCHITECTURES))}"
-            f" Valid names: {', '.join(ARCHITECTURES)}"
-        )
+    cls = lookup("architecture", name, ARCHITECTURES, "model.name")
     allowed = CLS_ARCHITECTURES if task == "cls" else SEG_ARCHITECTURES
     if name not in allowed:
-        raise ConfigError(
-            f"model.name={name!r} does not fit task={task!r}; for that task use one of: {', '.join(allowed)}"
+        raise ComponentError(
+            "model.name",
+            f"{name!r} does not fit task={task!r}; use one of: {', '.join(allowed)}",
         )
-    return ARCHITECTURES[name]
+    return cls
 
 
 def check_encoder_name(name: str) -> None:
-    """Raise :class:`ConfigError` unless ``name`` is an smp encoder or ``tu-<timm model>``."""
+    """Raise :class:`ComponentError` unless ``name`` is an smp encoder or ``tu-<timm model>``."""
     if name.startswith("tu-"):
         if timm.is_model(name[3:]):
             return
-        raise ConfigError(
-            f"model.encoder={name!r}: timm has no model {name[3:]!r}."
-            f"{_did_you_mean(name[3:], timm.list_models())} See timm.list_models() for the names"
+        raise ComponentError(
+            "model.encoder",
+            f"timm has no model {name[3:]!r}{did_you_mean(name[3:], timm.list_models(), 'tu-')}; "
+            "see timm.list_models() for the names",
         )
     valid = smp.encoders.get_encoder_names()
     if name not in valid:
-        raise ConfigError(
-            f"model.encoder={name!r} is not a known encoder.{_did_you_mean(name, valid)}"
-            f" Valid names: {', '.join(valid)}, or 'tu-<timm model name>'"
+        raise ComponentError(
+            "model.encoder",
+            f"unknown encoder {name!r}{did_you_mean(name, valid)}; valid: {', '.join(valid)}, "
+            "or 'tu-<timm model name>'",
         )
 
 
-def _check_params(cls: type[nn.Module], params: dict[str, Any], encoder: str) -> None:
-    signature = inspect.signature(cls.__init__)
-    named = [
-        p.name
-        for p in signature.parameters.values()
-        if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    valid = [name for name in named if name not in _RESERVED_PARAMS]
+def _check_params(cls: type[nn.Module], params: dict[str, Any], encoder: str) -> dict[str, Any]:
     # smp forwards extra kwargs only to timm ("tu-") encoders; for the others they vanish
+    signature = inspect.signature(cls.__init__)
     open_kwargs = encoder.startswith("tu-") and any(
         p.kind is p.VAR_KEYWORD for p in signature.parameters.values()
     )
-    for key in params:
-        if key in _RESERVED_PARAMS:
-            raise ConfigError(f"model.params.{key} cannot be set: {_RESERVED_PARAMS[key]}")
-        if key not in valid and not open_kwargs:
-            raise ConfigError(
-                f"model.params.{key} is not an argument of {cls.__name__}.{_did_you_mean(key, valid)}"
-                f" Valid keys: {', '.join(valid)}"
-            )
+    return check_params(cls, params, "model.params", forbidden=_RESERVED_PARAMS, open_kwargs=open_kwargs)
+
+
+def check_model(cfg: Any) -> type[nn.Module]:
+    """The architecture class of ``cfg``, after checking every model key that needs no weights.
+
+    The config loader calls it, so a typo in ``model.*`` fails before anything is written.
+    """
+    cls = _architecture(cfg.task, cfg.model.name)
+    check_encoder_name(cfg.model.encoder)
+    _check_params(cls, dict(cfg.model.params or {}), cfg.model.encoder)
+    weights, weights_file = cfg.model.encoder_weights, cfg.paths.encoder_weights
+    if weights is not None and weights_file is not None:
+        raise ConfigError(
+            f"model.encoder_weights={weights!r} and paths.encoder_weights={weights_file} are both set; "
+            "keep one (set model.encoder_weights=null to use the file)"
+        )
+    return cls
 
 
 def _instantiate(cls: type[nn.Module], kwargs: dict[str, Any]) -> nn.Module:
@@ -125,17 +124,10 @@ def build_model(cfg: Any) -> nn.Module:
     ``paths.encoder_weights`` (a local file loaded strictly into ``model.encoder``) or
     neither (random init). Every architecture keeps its backbone at ``model.encoder``.
     """
-    task, name, encoder = cfg.task, cfg.model.name, cfg.model.encoder
+    task, encoder = cfg.task, cfg.model.encoder
     weights, weights_file = cfg.model.encoder_weights, cfg.paths.encoder_weights
-    cls = _architecture(task, name)
-    check_encoder_name(encoder)
+    cls = check_model(cfg)
     params = dict(cfg.model.params or {})
-    _check_params(cls, params, encoder)
-    if weights is not None and weights_file is not None:
-        raise ConfigError(
-            f"model.encoder_weights={weights!r} and paths.encoder_weights={weights_file} are both set; "
-            "keep one (set model.encoder_weights=null to use the file)"
-        )
     packaged = weights == "imagenet" and packaged_file(encoder) is not None
     if weights is not None and not packaged:
         check_downloadable(encoder, weights)
@@ -229,18 +221,3 @@ def set_output_prior(model: nn.Module, prior: float) -> None:
     convs = [m for m in model.segmentation_head.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
     with torch.no_grad():
         convs[-1].bias.fill_(math.log(prior / (1 - prior)))
-
-
-def describe_model(cfg: Any, model: nn.Module | None = None) -> dict[str, Any]:
-    """Short summary for checkpoints, logs and the GUI; builds the model when not given."""
-    model = build_model(cfg) if model is None else model
-    return {
-        "task": cfg.task,
-        "architecture": cfg.model.name,
-        "encoder": cfg.model.encoder,
-        "in_channels": cfg.data.channels,
-        "outputs": NUM_CLS_OUTPUTS if cfg.task == "cls" else len(model_classes(cfg)),
-        "encoder_weights": cfg.paths.encoder_weights or cfg.model.encoder_weights,
-        "params": sum(p.numel() for p in model.parameters()),
-        "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
-    }

@@ -1,14 +1,10 @@
 """What a run leaves behind: checkpoints (last, best, top-k), metric history, curve plot.
 
-Layout of ``<work_dir>/fold<K>/``::
-
-    config.yml             resolved config of the run
-    checkpoints/last.pth   weights + optimizer + scheduler + history: ``--resume`` reads it
-    checkpoints/best.pth   weights of the best epoch by the monitored validation metric
-    checkpoints/epoch_NNN.pth   the top-k epochs (``train.save_top_k``)
-    history.json           per-epoch train/valid metrics, epoch seconds and finish time (UTC)
-    curves.png             loss, learning rate and validation metrics (overall and per class)
-    logs/                  CSV and TensorBoard logs
+:class:`steel_defect.config.layout.RunPaths` names the files. ``last.pth`` holds weights,
+optimizer, scheduler and history (``--resume`` reads it); ``best.pth`` the best epoch by the
+monitored validation metric; ``epoch_NNN.pth`` the top-k epochs (``train.save_top_k``);
+``history.json`` the per-epoch metrics, epoch seconds and finish time (UTC); ``curves.png`` the
+loss, learning rate and validation metrics (overall and per class).
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ import matplotlib.pyplot as plt
 from catalyst.core.callback import Callback, CallbackOrder
 
 from steel_defect.atomic import atomic_write
+from steel_defect.config.layout import RunPaths
 from steel_defect.constants import CLASS_COLORS
 from steel_defect.models.checkpoint import save_checkpoint, unwrap
 
@@ -50,6 +47,7 @@ class CheckpointCallback(Callback):
         super().__init__(order=CallbackOrder.Checkpoint)
         self.trained_on = trained_on
         self.run_dir, self.cfg, self.monitor, self.top_k = Path(run_dir), cfg, monitor, max(0, top_k)
+        self.paths = RunPaths(self.run_dir)
         self.sign = -1.0 if minimize else 1.0  # scores are kept higher-is-better
         resume_state = resume_state or {}
         self.history: list[dict] = list(resume_state.get("history", []))
@@ -61,7 +59,7 @@ class CheckpointCallback(Callback):
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.paths.checkpoints
 
     def on_epoch_end(self, runner) -> None:
         if not runner.engine.is_main_process:
@@ -80,7 +78,7 @@ class CheckpointCallback(Callback):
         model = unwrap(runner.model)
         best_before = max((t["score"] for t in self.top), default=None)
         if self.top_k and (len(self.top) < self.top_k or score > min(t["score"] for t in self.top)):
-            path = self.checkpoint_dir / f"epoch_{epoch:03d}.pth"
+            path = self.paths.epoch(epoch)
             save_checkpoint(path, model, self.cfg, epoch, metrics, trained_on=self.trained_on)
             self.top.append(
                 {
@@ -96,11 +94,9 @@ class CheckpointCallback(Callback):
                 (self.checkpoint_dir / dropped["path"]).unlink(missing_ok=True)
             del self.top[self.top_k :]
         if best_before is None or score > best_before:
-            save_checkpoint(
-                self.checkpoint_dir / "best.pth", model, self.cfg, epoch, metrics, trained_on=self.trained_on
-            )
+            save_checkpoint(self.paths.best, model, self.cfg, epoch, metrics, trained_on=self.trained_on)
         save_checkpoint(
-            self.checkpoint_dir / "last.pth",
+            self.paths.last,
             model,
             self.cfg,
             epoch,
@@ -111,12 +107,12 @@ class CheckpointCallback(Callback):
             history=self.history,
             top=self.top,
         )
-        with atomic_write(self.run_dir / "history.json") as handle:
+        with atomic_write(self.paths.history) as handle:
             json.dump(self.history, handle, indent=1)
 
     def on_experiment_end(self, runner) -> None:
         if runner.engine.is_main_process and self.history:
-            plot_curves(self.history, self.monitor, self.run_dir / "curves.png")
+            plot_curves(self.history, self.monitor, self.paths.curves)
 
 
 PER_CLASS = re.compile(r"(.+)_(\d|none)$")  # dice_3, iou_3, f1_4, f1_none

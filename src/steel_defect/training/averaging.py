@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from catalyst.core.callback import Callback, CallbackOrder
 
+from steel_defect.config.layout import RunPaths
 from steel_defect.models.checkpoint import load_checkpoint, save_checkpoint, unwrap
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,15 @@ class AveragingCallback(Callback):
 
     def __init__(self, run_dir: Path, cfg, swa: int | None, snapshot_epochs: list[int], trained_on=None):
         super().__init__(order=CallbackOrder.External)  # after CheckpointCallback wrote its files
-        self.checkpoints = Path(run_dir) / "checkpoints"
+        self.paths = RunPaths(Path(run_dir))
+        self.checkpoints = self.paths.checkpoints
         self.cfg, self.swa, self.snapshot_epochs, self.trained_on = cfg, swa, snapshot_epochs, trained_on
 
     def on_epoch_end(self, runner) -> None:
         if runner.engine.is_main_process and runner.epoch_step in self.snapshot_epochs:
             k = self.snapshot_epochs.index(runner.epoch_step) + 1
             metrics = {loader: dict(v) for loader, v in runner.epoch_metrics.items() if loader != "_epoch_"}
-            path = self.checkpoints / f"snapshot_{k}.pth"
+            path = self.paths.snapshot(k)
             save_checkpoint(
                 path, unwrap(runner.model), self.cfg, runner.epoch_step, metrics, trained_on=self.trained_on
             )
@@ -94,7 +96,5 @@ class AveragingCallback(Callback):
         batches = recompute_batchnorm(model, runner.loaders["train"])
         epochs = [t["epoch"] for t in top]
         metrics = {"swa": {"epochs": epochs, "bn_batches": batches}}
-        save_checkpoint(
-            self.checkpoints / "swa.pth", model, self.cfg, max(epochs), metrics, trained_on=self.trained_on
-        )
-        log.info("SWA of epochs %s -> %s", epochs, self.checkpoints / "swa.pth")
+        save_checkpoint(self.paths.swa, model, self.cfg, max(epochs), metrics, trained_on=self.trained_on)
+        log.info("SWA of epochs %s -> %s", epochs, self.paths.swa)

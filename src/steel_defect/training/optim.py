@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from steel_defect.config.errors import ComponentError
+from steel_defect.config.registry import check_params, lookup
 
 OPTIMIZERS = {
     "radam": torch.optim.RAdam,
@@ -19,15 +24,6 @@ OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,
 }
-
-
-def _check_params(kind: str, name: str, cls, params: dict, skip: tuple[str, ...] = ()) -> None:
-    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", *skip)]
-    for key in params:
-        if key not in accepted:
-            raise ValueError(
-                f"{kind}.params.{key}: {name} does not accept '{key}'; valid: {', '.join(accepted)}"
-            )
 
 
 def param_groups(model: nn.Module, lr: float, encoder_lr: float | None) -> list[dict]:
@@ -47,12 +43,14 @@ def param_groups(model: nn.Module, lr: float, encoder_lr: float | None) -> list[
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """Optimizer named by ``cfg.optimizer.name`` over the encoder/decoder parameter groups."""
     opt = cfg.optimizer
-    if opt.name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name '{opt.name}' is unknown; valid: {', '.join(OPTIMIZERS)}")
-    cls = OPTIMIZERS[opt.name]
-    params = dict(opt.params)
-    _check_params("optimizer", opt.name, cls, params, skip=("params", "lr"))
+    cls, params = check_optimizer(cfg)
     return cls(param_groups(model, opt.lr, opt.encoder_lr), lr=opt.lr, **params)
+
+
+def check_optimizer(cfg) -> tuple[type[torch.optim.Optimizer], dict]:
+    """The class and checked params of ``cfg.optimizer`` (the config loader calls it)."""
+    cls = lookup("optimizer", cfg.optimizer.name, OPTIMIZERS, "optimizer.name")
+    return cls, check_params(cls, cfg.optimizer.params, "optimizer.params", skip=("params", "lr"))
 
 
 def warmup_cosine(epochs: int, warmup_epochs: int = 0, min_factor: float = 0.0):
@@ -106,6 +104,49 @@ def cycle_ends(cfg) -> list[int]:
     return list(range(length, cfg.train.epochs + 1, length))
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A registered schedule: a torch scheduler class, or a per-epoch factor of the base rate
+    (``factor``: a function of ``params`` and, if it takes them, ``epochs``) run by LambdaLR."""
+
+    target: Callable
+    factor: bool = False
+    fixed: tuple[tuple[str, object], ...] = ()  # arguments the runner sets, not the config
+
+    def skip(self) -> tuple[str, ...]:
+        return ("epochs",) if self.factor else ("optimizer", *(k for k, _ in self.fixed))
+
+
+# ReduceLROnPlateau steps on the monitored metric, which SchedulerCallback makes higher-is-better.
+SCHEDULERS: dict[str, Schedule] = {
+    "plateau": Schedule(torch.optim.lr_scheduler.ReduceLROnPlateau, fixed=(("mode", "max"),)),
+    "cosine": Schedule(warmup_cosine, factor=True),
+    "cosine_restarts": Schedule(cosine_restarts, factor=True),
+    "noam": Schedule(noam, factor=True),
+    "step": Schedule(torch.optim.lr_scheduler.StepLR),
+    "multistep": Schedule(torch.optim.lr_scheduler.MultiStepLR),
+}
+
+
+def check_scheduler(cfg) -> Callable | None:
+    """``optimizer -> scheduler`` for ``cfg.scheduler`` after checking its name and params (and,
+    for the factor schedules, their values against ``train.epochs``); None when ``name`` is null.
+    The config loader calls it, so a bad schedule fails before anything is written."""
+    name = cfg.scheduler.name
+    if name is None:
+        return None
+    schedule = lookup("scheduler", name, SCHEDULERS, "scheduler.name")
+    params = check_params(schedule.target, cfg.scheduler.params, "scheduler.params", skip=schedule.skip())
+    if not schedule.factor:
+        return lambda optimizer: schedule.target(optimizer, **dict(schedule.fixed), **params)
+    takes_epochs = "epochs" in inspect.signature(schedule.target).parameters
+    try:
+        factor = schedule.target(cfg.train.epochs, **params) if takes_epochs else schedule.target(**params)
+    except (TypeError, ValueError) as err:
+        raise ComponentError("scheduler.params", f"{name}: {err}") from None
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg):
     """Scheduler from ``cfg.scheduler`` (None when ``name`` is null), stepped once per epoch.
 
@@ -118,30 +159,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg):
     * ``noam``: ``warmup_epochs`` (1) of linear warm-up, then inverse square-root decay;
     * ``step``: StepLR (``step_size``, ``gamma``); ``multistep``: MultiStepLR (``milestones``, ``gamma``).
     """
-    name, params = cfg.scheduler.name, dict(cfg.scheduler.params)
-    if name is None:
-        return None
-    if name == "plateau":
-        cls = torch.optim.lr_scheduler.ReduceLROnPlateau
-        _check_params("scheduler", name, cls, params, skip=("optimizer", "mode"))
-        return cls(optimizer, mode="max", **params)
-    if name == "step":
-        cls = torch.optim.lr_scheduler.StepLR
-        _check_params("scheduler", name, cls, params, skip=("optimizer",))
-        return cls(optimizer, **params)
-    if name == "multistep":
-        cls = torch.optim.lr_scheduler.MultiStepLR
-        _check_params("scheduler", name, cls, params, skip=("optimizer",))
-        return cls(optimizer, **params)
-    factors = {"cosine": warmup_cosine, "cosine_restarts": cosine_restarts, "noam": noam}
-    if name in factors:
-        function = factors[name]
-        takes_epochs = "epochs" in inspect.signature(function).parameters
-        _check_params("scheduler", name, function, params, skip=("epochs",))
-        try:
-            factor = function(cfg.train.epochs, **params) if takes_epochs else function(**params)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"scheduler {name}: {err}") from None
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    valid = "plateau, cosine, cosine_restarts, noam, step, multistep, null"
-    raise ValueError(f"scheduler.name '{name}' is unknown; valid: {valid}")
+    make = check_scheduler(cfg)
+    return None if make is None else make(optimizer)

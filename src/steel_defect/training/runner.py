@@ -15,6 +15,7 @@ from catalyst import dl
 from catalyst.core.runner import IRunner
 
 from steel_defect.config import model_classes, model_cls_head, save_config
+from steel_defect.config.layout import RunPaths
 from steel_defect.data.folds import read_folds, split_ids
 from steel_defect.data.loaders import build_loaders, extra_image_ids
 from steel_defect.data.synth import images_source
@@ -75,7 +76,7 @@ def training_data(cfg, fold: int) -> dict:
 
 def run_dir(cfg, fold: int) -> Path:
     """Where the run of ``fold`` writes: ``<work_dir>/fold<K>``."""
-    return Path(cfg.paths.work_dir) / f"fold{fold}"
+    return RunPaths.of(cfg.paths.work_dir, fold).run_dir
 
 
 class SteelRunner(IRunner):
@@ -100,7 +101,7 @@ class SteelRunner(IRunner):
         return build_engine(self.engine_name, self.nproc, self.cfg.train.amp)
 
     def get_loggers(self):
-        logs = self.run_dir / "logs"
+        logs = RunPaths(self.run_dir).logs
         return {
             "console": dl.ConsoleLogger(),
             "csv": dl.CSVLogger(logdir=str(logs)),
@@ -196,31 +197,28 @@ class SteelRunner(IRunner):
             self.batch["logits"] = output
 
 
-def train(
-    cfg, fold: int | None = None, resume: bool = False, engine: str | None = None, nproc: int = 1
-) -> dict:
+def train(cfg, fold: int | None = None, resume: bool = False, nproc: int = 1) -> dict:
     """Train ``cfg.task`` on one fold; returns ``{"run_dir", "best", "epochs"}``.
 
     ``resume`` continues from ``<run_dir>/checkpoints/last.pth`` without repeating finished
-    epochs. ``engine`` / ``nproc`` override ``cfg.train.engine`` (ddp spawns ``nproc`` workers).
+    epochs. ``cfg.train.engine`` picks the engine; ddp spawns ``nproc`` workers.
     """
     fold = cfg.folds.valid_fold if fold is None else fold
     cfg.folds.valid_fold = fold
-    engine = engine or cfg.train.engine
-    cfg.train.engine = engine
+    engine = cfg.train.engine
     directory = run_dir(cfg, fold)
     resume_state = None
     if resume:
-        last = directory / "checkpoints" / "last.pth"
+        last = RunPaths(directory).last
         if not last.is_file():
             raise CheckpointError(f"--resume: no checkpoint at {last}; start the run without --resume")
         resume_state = load_checkpoint(last)
         log.info("resuming %s after epoch %d of %d", last, resume_state["epoch"], cfg.train.epochs)
     directory.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, directory / "config.yml")
+    save_config(cfg, RunPaths(directory).config)
     runner = SteelRunner(cfg, fold, engine, nproc, resume_state)
     runner.run()
-    state = load_checkpoint(directory / "checkpoints" / "last.pth")
+    state = load_checkpoint(RunPaths(directory).last)
     return {
         "run_dir": str(directory),
         "best": state["top"][0] if state["top"] else None,

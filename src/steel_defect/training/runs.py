@@ -15,15 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
+from steel_defect.config.layout import RunPaths
 from steel_defect.training.runner import TASKS
 
-FOLD_DIR = re.compile(r"fold\d+")
 COLUMNS = (
     "run",
     "name",
@@ -49,9 +48,9 @@ def find_runs(roots) -> list[tuple[Path, Path]]:
     for root in map(Path, roots):
         if not root.is_dir():
             raise FileNotFoundError(f"{root} is not a folder; pass work directories that hold fold<K>/ runs")
-        candidates = [root] if FOLD_DIR.fullmatch(root.name) else sorted(root.rglob("fold*"))
+        candidates = [root] if RunPaths.is_run_dir(root) else sorted(root.rglob("fold*"))
         for run in candidates:
-            if FOLD_DIR.fullmatch(run.name) and (run / "config.yml").is_file() and run.resolve() not in seen:
+            if RunPaths.is_run_dir(run) and RunPaths(run).config.is_file() and run.resolve() not in seen:
                 seen.add(run.resolve())
                 found.append((root, run))
     return found
@@ -105,8 +104,9 @@ def _name(root: Path, run_dir: Path) -> str:
 
 def read_run(root: Path, run_dir: Path) -> dict:
     """One leaderboard row (keys :data:`COLUMNS`) from the files a run left in ``run_dir``."""
-    cfg = _read_yaml(run_dir / "config.yml")
-    history = _read_history(run_dir / "history.json")
+    paths = RunPaths(run_dir)
+    cfg = _read_yaml(paths.config)
+    history = _read_history(paths.history)
     _, _, monitor, minimize = TASKS.get(cfg["task"], (None, None, None, False))
     scored = [h for h in history if monitor in h.get("valid", {})]
     best = None
@@ -116,10 +116,10 @@ def read_run(root: Path, run_dir: Path) -> dict:
     if history and all(s is not None for s in seconds):
         wall = sum(seconds)
     elif history:  # runs from before epochs were timed: from config.yml (start) to the last epoch
-        wall = (run_dir / "history.json").stat().st_mtime - (run_dir / "config.yml").stat().st_mtime
+        wall = paths.history.stat().st_mtime - paths.config.stat().st_mtime
     else:
         wall = None
-    last = (run_dir / "history.json") if history else (run_dir / "config.yml")
+    last = paths.history if history else paths.config
     date = history[-1].get("finished") if history else None
     date = date or datetime.fromtimestamp(last.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
     model = cfg.get("model", {})
@@ -128,12 +128,12 @@ def read_run(root: Path, run_dir: Path) -> dict:
         "name": _name(root, run_dir),
         "task": cfg["task"],
         "model": f"{model.get('name')}/{model.get('encoder')}",
-        "fold": int(run_dir.name.removeprefix("fold")),
+        "fold": paths.fold,
         "epochs": f"{len(history)}/{cfg.get('train', {}).get('epochs')}",
         "best_epoch": best["epoch"] if best else None,
         "monitor": monitor,
         "best": best["valid"][monitor] if best else None,
-        "oof_dice": _out_of_fold(run_dir / "checkpoints" / "best.pth"),
+        "oof_dice": _out_of_fold(paths.best),
         "wall_s": None if wall is None else round(max(wall, 0.0), 1),
         "date": date[:16].replace("T", " "),
     }
@@ -164,7 +164,7 @@ def diff_configs(run_a: str | Path, run_b: str | Path) -> list[tuple[str, object
     """``(key, value in A, value in B)`` of every config key that differs; ``"<absent>"`` if missing."""
     configs = []
     for run in (Path(run_a), Path(run_b)):
-        path = run / "config.yml" if run.is_dir() else run
+        path = RunPaths(run).config if run.is_dir() else run
         if not path.is_file():
             raise FileNotFoundError(f"{run}: no config.yml; pass a run folder (fold<K>/) or its config.yml")
         configs.append(_flat(_read_yaml(path)))

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from steel_defect.config.layout import demo_summary
+
 log = logging.getLogger(__name__)
 DEMO_DIR = Path("work/demo")
 
@@ -26,7 +28,7 @@ class NoModelError(FileNotFoundError):
 
 def demo_model(demo_dir: str | Path = DEMO_DIR) -> tuple[list[str], str | None]:
     """Checkpoints and post-processing YAML that ``make demo`` recorded in its summary.json."""
-    summary_path = Path(demo_dir) / "summary.json"
+    summary_path = demo_summary(demo_dir)
     if not summary_path.is_file():
         raise NoModelError(
             f"no --checkpoints given and no trained demo model at {summary_path}: run `make demo` "

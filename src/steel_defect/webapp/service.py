@@ -116,6 +116,8 @@ class InferenceService:
             "checkpoints": checkpoints,
             "provenance": {"summary": checkpoints[0]["summary"], "warning": model_warning(checkpoints)},
             "postprocessing": self.post.to_dict(),
+            # a class the threshold search switched off (min_area above a frame): the page says "off"
+            "switched_off": {c: p.disabled for c, p in zip(CLASS_IDS, self.post.classes, strict=True)},
             "classes": [{"class_id": c, "name": CLASS_NAMES[c], "color": CLASS_COLORS[c]} for c in CLASS_IDS],
         }
 

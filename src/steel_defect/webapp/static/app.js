@@ -233,7 +233,9 @@ function updateControls() {
     row.querySelector(".tvalue").textContent = Number(p.threshold).toFixed(2);
     row.querySelector('input[type="range"]').value = p.threshold;
     const off = row.querySelector(".off");
-    off.hidden = !(p.min_area > 1600 * 256);
+    // the served thresholds switch it off, and no min_area override of this page turns it back on
+    const overridden = state.overrides[c.class_id] && "min_area" in state.overrides[c.class_id];
+    off.hidden = !(state.model.switched_off[c.class_id] && !overridden);
     off.title = "min area is larger than a frame: the threshold search found no gain for this class. " +
       "Lower it under 'Post-processing per class' to see its masks.";
   }
