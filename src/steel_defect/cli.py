@@ -27,6 +27,8 @@ import os
 import sys
 from pathlib import Path
 
+from steel_defect.constants import ENGINES
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import otherwise calls the network
 
 log = logging.getLogger("steel_defect")
@@ -69,13 +71,13 @@ def _cmd_synth(args) -> int:
 
 def _cmd_split(args) -> int:
     from steel_defect.config import load_config
-    from steel_defect.data.folds import split_folds
+    from steel_defect.data.folds import FLAG_COLUMNS, split_folds
 
     cfg = load_config(
         args.config, args.opts, require=("paths.train_csv", "paths.train_images"), components=False
     )
     table = split_folds(cfg)
-    counts = table.groupby("fold")[["defect_free", "class_1", "class_2", "class_3", "class_4"]].sum()
+    counts = table.groupby("fold")[FLAG_COLUMNS].sum()
     counts.insert(0, "images", table.groupby("fold").size())
     print(counts.to_string())
     print(f"wrote {cfg.paths.folds_csv}")
@@ -357,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue from <work_dir>/fold<K>/checkpoints/last.pth"
     )
-    p.add_argument("--engine", choices=("cpu", "gpu", "dp", "ddp"), help="overrides train.engine")
+    p.add_argument("--engine", choices=ENGINES, help="overrides train.engine")
     p.add_argument("--nproc", type=int, default=1, help="DDP worker processes on this node")
     p.set_defaults(func=_cmd_train)
 

@@ -6,6 +6,8 @@ IMAGE_SHAPE = (IMAGE_HEIGHT, IMAGE_WIDTH)
 
 CLASS_IDS = (1, 2, 3, 4)
 NUM_CLASSES = len(CLASS_IDS)
+# Training engines (training/engines.py builds them; the config and the CLI offer them).
+ENGINES = ("cpu", "gpu", "dp", "ddp")
 # Names used in reports and the GUI; the challenge itself only numbers them.
 CLASS_NAMES = {
     1: "pits and spots",

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from steel_defect.constants import ENGINES
+
 
 @dataclass(frozen=True)
 class Opt:
@@ -161,7 +163,7 @@ SCHEMA: dict[str, Any] = {
             choices=(None, "fp16", "bf16"),
             nullable=True,
         ),
-        "engine": Opt("cpu", str, "cpu, gpu, dp or ddp", choices=("cpu", "gpu", "dp", "ddp")),
+        "engine": Opt("cpu", str, "cpu, gpu, dp or ddp", choices=ENGINES),
         "early_stopping": Opt(None, int, "epochs without improvement before stopping", nullable=True),
         "save_top_k": Opt(1, int, "best checkpoints to keep"),
         "swa": Opt(

@@ -144,3 +144,17 @@ def read_image(
     except OSError as err:
         raise ImageReadError(f"{path}: cannot read ({err.strerror or err})") from err
     return decode_image(data, channels, name=str(path), expected_shape=expected_shape)
+
+
+# Files the image readers accept (predict on a folder, serve --examples).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def encode_jpeg(image: np.ndarray, quality: int, what: str = "the image", rgb: bool = False) -> bytes:
+    """JPEG bytes of a uint8 (H, W) or (H, W, 3) image (BGR, or RGB with ``rgb``), grey kept grey."""
+    if rgb and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise OSError(f"OpenCV could not encode {what} as JPEG")
+    return data.tobytes()

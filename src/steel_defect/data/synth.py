@@ -28,6 +28,7 @@ import numpy as np
 from steel_defect.atomic import atomic_write
 from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLASSES
 from steel_defect.data.annotations import WIDE_HEADER, write_annotations
+from steel_defect.data.images import encode_jpeg
 from steel_defect.data.rle import masks_to_rles
 
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
@@ -246,13 +247,9 @@ def _image_ids(rng: np.random.Generator, n: int) -> list[str]:
 
 def _write_jpeg(path: Path, image: np.ndarray) -> None:
     """Encode a (H, W) uint8 image as a 3-channel JPEG and move it into place whole."""
-    ok, data = cv2.imencode(
-        ".jpg", cv2.merge([image, image, image]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    )
-    if not ok:
-        raise OSError(f"{path}: OpenCV could not encode the image as JPEG")
+    data = encode_jpeg(cv2.merge([image, image, image]), JPEG_QUALITY, str(path))
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from steel_defect.constants import CLASS_COLORS
+from steel_defect.data.images import encode_jpeg
 
 FILL_ALPHA = 0.45
 FRAME_JPEG_QUALITY = 85
@@ -109,7 +110,4 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, class_id: in
     )
     cv2.drawContours(frame, contours, -1, (20, 20, 20), 4)
     cv2.drawContours(frame, contours, -1, _bgr(CLASS_COLORS[class_id]), 2)
-    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the overlay as JPEG")
-    return data.tobytes()
+    return encode_jpeg(frame, FRAME_JPEG_QUALITY, "the overlay")

@@ -27,13 +27,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
-from steel_defect.data.images import ImageReadError, read_image
+from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, read_image
 from steel_defect.data.rle import mask_to_rle
 from steel_defect.data.submission import read_sample_submission, read_submission, write_submission
 from steel_defect.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass

@@ -20,9 +20,10 @@ import torch
 import torch.distributed as dist
 from catalyst import dl
 
+from steel_defect.constants import ENGINES
+
 log = logging.getLogger(__name__)
 
-ENGINES = ("cpu", "gpu", "dp", "ddp")
 _AMP = {None: "no", "fp16": "fp16", "bf16": "bf16"}
 
 

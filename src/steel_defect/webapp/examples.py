@@ -15,10 +15,10 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS
+from steel_defect.data.images import IMAGE_SUFFIXES, encode_jpeg
 from steel_defect.data.synth import generate_frame
 from steel_defect.webapp.uploads import UploadError, decode_upload, display_name
 
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 EXAMPLE_SEED = 28  # its five defect frames cover all four classes
 N_EXAMPLES = 6
 MAX_FOLDER_EXAMPLES = 12  # buttons on one line of the page; also bounds the start-up reads
-FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class ExamplesError(ValueError):
@@ -44,10 +43,7 @@ def example_images() -> dict[str, bytes]:
     for index in range(1, N_EXAMPLES + 1):
         image, masks = generate_frame(rng, defect_free=index == N_EXAMPLES)
         drawn = "".join(f"c{c}" for c in CLASS_IDS if masks[c - 1].any()) or "clean"
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        if not ok:
-            raise RuntimeError("OpenCV could not encode an example frame")
-        examples[f"example-{index}-{drawn}.jpg"] = data.tobytes()
+        examples[f"example-{index}-{drawn}.jpg"] = encode_jpeg(image, 92, "an example frame")
     return examples
 
 
@@ -65,7 +61,7 @@ def folder_examples(
         raise ExamplesError(f"--examples {folder}: no such folder; pass a folder of 1600x256 frames")
     # Hidden files are editor and macOS leftovers (``._a.jpg``), not frames.
     paths = sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in FOLDER_SUFFIXES and not p.name.startswith(".")
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
     examples: dict[str, bytes] = {}
     for index, path in enumerate(paths):
@@ -93,7 +89,7 @@ def folder_examples(
         if paths:
             problem = f"none of its {len(paths)} image files is a readable 1600x256 frame (see the warnings)"
         else:
-            problem = f"it holds no {'/'.join(s.lstrip('.') for s in FOLDER_SUFFIXES)} file"
+            problem = f"it holds no {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} file"
         raise ExamplesError(
             f"--examples {folder}: {problem}; pass a folder of 1600x256 Severstal-format frames"
         )

@@ -21,11 +21,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS, CLASS_NAMES
 from steel_defect.data.annotations import write_rows
+from steel_defect.data.images import encode_jpeg
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.inference.postprocess import PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
@@ -56,10 +56,7 @@ def _size(result: StoredResult) -> int:
 
 
 def _jpeg(frame: np.ndarray) -> bytes:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the preview JPEG")
-    return data.tobytes()
+    return encode_jpeg(frame, 90, "the preview", rgb=True)
 
 
 class InferenceService:
