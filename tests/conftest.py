@@ -30,12 +30,16 @@ def real_sample() -> Path:
     return REAL_SAMPLE
 
 
-@pytest.fixture
-def repo_configs() -> list[Path]:
-    """Every experiment YAML shipped under configs/."""
-    paths = sorted((REPO / "configs").rglob("*.yml"))
+# Every YAML shipped under configs/, and the experiments among them (all but the shared base).
+SHIPPED_CONFIGS = sorted((REPO / "configs").rglob("*.yml"))
+SHIPPED_EXPERIMENTS = [p for p in SHIPPED_CONFIGS if p.name != "base.yml"]
+
+
+def each_config(paths: list[Path]):
+    """Parametrize a test over ``paths`` as ``path``: one case per shipped config, named by it."""
     assert paths, "no configs shipped"
-    return paths
+    ids = [str(p.relative_to(REPO / "configs")) for p in paths]
+    return pytest.mark.parametrize("path", paths, ids=ids)
 
 
 def random_checkpoints(out_dir: Path, seg_prior: float = 0.3) -> dict[str, Path]:

@@ -5,6 +5,7 @@ import yaml
 
 from steel_defect.config import ConfigError, load_config, save_config
 from steel_defect.config.loader import parse_overrides
+from tests.conftest import SHIPPED_CONFIGS, each_config
 
 
 def _yaml(path, data):
@@ -114,7 +115,6 @@ def test_saved_config_loads_back_identically(tmp_path):
     assert again == cfg
 
 
-def test_every_shipped_config_loads(repo_configs):
-    for path in repo_configs:
-        cfg = load_config(path)
-        assert cfg.task in ("cls", "seg"), path
+@each_config(SHIPPED_CONFIGS)
+def test_every_shipped_config_loads(path):
+    assert load_config(path).task in ("cls", "seg")

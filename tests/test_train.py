@@ -24,7 +24,7 @@ from steel_defect.models import build_model
 from steel_defect.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from steel_defect.training.optim import build_optimizer
 from steel_defect.training.runner import train
-from tests.conftest import REPO, SMALL_OPTS
+from tests.conftest import REPO, SHIPPED_EXPERIMENTS, SMALL_OPTS, each_config
 
 
 @pytest.fixture(scope="module")
@@ -43,36 +43,34 @@ def _cfg(synth, config="configs/demo/synth_seg.yml", *opts, work="work"):
     return cfg
 
 
-def test_every_shipped_config_trains_one_batch(synth, repo_configs):
-    for path in repo_configs:
-        if path.name == "base.yml":
-            continue
-        # the ensemble members are full-resolution GPU recipes: their components run on small frames
-        small = SMALL_OPTS[:2] if path.parent.name == "ensemble" else []
-        cfg = load_config(
-            path,
-            [
-                f"paths.data_dir={synth / 'data'}",
-                f"paths.work_dir={synth / 'cfgs'}",
-                "model.encoder_weights=null",
-                "data.batch_size=2",
-                "data.num_workers=0",
-                "folds.n_splits=3",
-                *small,
-            ],
-        )
-        split_folds(cfg)
-        model = build_model(cfg)
-        optimizer = build_optimizer(model, cfg)
-        loss_fn = build_loss(cfg.loss.name, cfg.loss.params)
-        batch = next(iter(build_loaders(cfg)["train"]))
-        target = batch["mask" if cfg.task == "seg" else "targets"]
-        before = [p.detach().clone() for p in model.parameters()]
-        loss = loss_fn(model(batch["image"]), target)
-        loss.backward()
-        optimizer.step()
-        assert torch.isfinite(loss), path
-        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)), path
+@each_config(SHIPPED_EXPERIMENTS)
+def test_every_shipped_config_trains_one_batch(synth, path):
+    # the ensemble members are full-resolution GPU recipes: their components run on small frames
+    small = SMALL_OPTS[:2] if path.parent.name == "ensemble" else []
+    cfg = load_config(
+        path,
+        [
+            f"paths.data_dir={synth / 'data'}",
+            f"paths.work_dir={synth / 'cfgs' / path.stem}",
+            "model.encoder_weights=null",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "folds.n_splits=3",
+            *small,
+        ],
+    )
+    split_folds(cfg)
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg)
+    loss_fn = build_loss(cfg.loss.name, cfg.loss.params)
+    batch = next(iter(build_loaders(cfg)["train"]))
+    target = batch["mask" if cfg.task == "seg" else "targets"]
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = loss_fn(model(batch["image"]), target)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
 
 
 def test_train_leaves_checkpoints_logs_and_curves(synth):
