@@ -108,6 +108,79 @@ def _round_result(score: dict, search: dict) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class DemoData:
+    """Where a demo run's frames are: the labelled training set and the test frames to score."""
+
+    train_csv: Path
+    train_images: Path
+    test_images: Path
+    sample: Path  # the sample submission: which test frames to predict, in order
+
+
+def prepare_data(data_dir: str | Path | None, work: Path, n_images: int, seed: int) -> DemoData:
+    """Synthetic frames (written once), or a real folder with a held-out quarter as the test set;
+    writes ``work/test_truth.csv`` either way."""
+    if data_dir is None:
+        data = work / "data"
+        if not (data / "train.csv").is_file():
+            log.info("writing %d synthetic frames to %s", n_images, data)
+            write_synthetic_dataset(data, n=n_images, seed=seed)
+        mark_synthetic(data)  # folders written before the marker existed
+        (work / "test_truth.csv").write_bytes((data / "test_truth.csv").read_bytes())
+        return DemoData(
+            data / "train.csv", data / "train_images", data / "test_images", data / "sample_submission.csv"
+        )
+    train_csv, train_images, test_ids = _holdout_real(Path(data_dir), work, seed)
+    sample = work / "sample_submission.csv"
+    write_submission(sample, test_ids, [["1 1"] * 4 for _ in test_ids])  # predict exactly these
+    return DemoData(train_csv, train_images, train_images, sample)
+
+
+def load_configs(steps: Recipe, data: DemoData, work: Path, seed: int, epochs, opts) -> tuple:
+    """(segmenter config, classifier config or None, the segmenter's opts for a second round)."""
+    paths = [
+        f"paths.train_csv={data.train_csv}",
+        f"paths.train_images={data.train_images}",
+        f"paths.folds_csv={work / 'folds.csv'}",
+        f"seed={seed}",
+    ]
+    extra = [f"train.epochs={epochs}"] if epochs else []
+    seg_opts = [*paths, f"paths.work_dir={work / 'seg'}", *extra, *(opts or [])]
+    seg_cfg = load_config(CONFIGS / steps.seg, seg_opts)
+    cls_cfg = None
+    if steps.cls is not None:
+        cls_cfg = load_config(CONFIGS / steps.cls, [*paths, f"paths.work_dir={work / 'cls'}", *extra])
+    return seg_cfg, cls_cfg, seg_opts
+
+
+def pseudo_round(steps, seg_opts, cls_cfg, folds, predictor, data, work, settings, timings) -> tuple:
+    """Pseudo-label ``settings["images"]`` with the first round's ensemble, train again with them
+    under ``work/round2``; (its work folder, checkpoints, search, score, pseudo summary)."""
+    t0 = time.perf_counter()
+    pseudo = pseudo_label(predictor, settings["images"], work / "pseudo", batch_size=4)
+    timings["pseudo_label_s"] = round(time.perf_counter() - t0, 1)
+    work = work / "round2"
+    extra = [f"paths.work_dir={work / 'seg'}", extra_opt(pseudo, settings["weight"]), *settings["opts"]]
+    seg_cfg = load_config(CONFIGS / steps.seg, [*seg_opts, *extra])
+    second: dict = {}
+    checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second, train_cls=False)
+    (work / "test_truth.csv").write_bytes((work.parent / "test_truth.csv").read_bytes())
+    post = PostProcessing.load(layout.postprocessing(work))
+    predictor = Predictor(checkpoints, post, tta=tuple(seg_cfg.inference.tta))
+    score = _predict_and_score(predictor, data.test_images, data.sample, work, second)
+    timings.update({f"round2_{key}": value for key, value in second.items()})
+    return work, checkpoints, search, score, pseudo
+
+
+def score_empty(work: Path) -> dict:
+    """The challenge metric of all-empty masks on the test frames: the baseline to beat."""
+    empty = work / "empty_submission.csv"
+    truth_ids = read_annotations(work / "test_truth.csv").image_ids
+    write_submission(empty, truth_ids, [[""] * 4 for _ in truth_ids])
+    return evaluate_files(empty, work / "test_truth.csv")
+
+
 def run_demo(
     data_dir: str | Path | None = None,
     work_dir: str | Path = "work/demo",
@@ -136,76 +209,44 @@ def run_demo(
     start = time.perf_counter()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    if data_dir is None:
-        data = work / "data"
-        if not (data / "train.csv").is_file():
-            log.info("writing %d synthetic frames to %s", n_images, data)
-            write_synthetic_dataset(data, n=n_images, seed=seed)
-        mark_synthetic(data)  # folders written before the marker existed
-        train_csv, train_images = data / "train.csv", data / "train_images"
-        test_images, sample = data / "test_images", data / "sample_submission.csv"
-        (work / "test_truth.csv").write_bytes((data / "test_truth.csv").read_bytes())
-    else:
-        data = Path(data_dir)
-        train_csv, train_images, test_ids = _holdout_real(data, work, seed)
-        test_images, sample = train_images, work / "sample_submission.csv"
-        write_submission(sample, test_ids, [["1 1"] * 4 for _ in test_ids])  # predict exactly these
-    paths = [
-        f"paths.train_csv={train_csv}",
-        f"paths.train_images={train_images}",
-        f"paths.folds_csv={work / 'folds.csv'}",
-        f"seed={seed}",
-    ]
-    extra = [f"train.epochs={epochs}"] if epochs else []
-    seg_opts = [*paths, f"paths.work_dir={work / 'seg'}", *extra, *(opts or [])]
-    seg_cfg = load_config(CONFIGS / steps.seg, seg_opts)
-    cls_cfg = None
-    if steps.cls is not None:
-        cls_cfg = load_config(CONFIGS / steps.cls, [*paths, f"paths.work_dir={work / 'cls'}", *extra])
+    data = prepare_data(data_dir, work, n_images, seed)
+    seg_cfg, cls_cfg, seg_opts = load_configs(steps, data, work, seed, epochs, opts)
     split_folds(seg_cfg)
     folds = range(seg_cfg.folds.n_splits) if steps.all_folds else (0,)
     timings: dict = {}
     checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, timings)
-    tta = tuple(seg_cfg.inference.tta)
-    predictor = Predictor(checkpoints, PostProcessing.load(layout.postprocessing(work)), tta=tta)
-    score = _predict_and_score(predictor, test_images, sample, work, timings)
+    post = PostProcessing.load(layout.postprocessing(work))
+    predictor = Predictor(checkpoints, post, tta=tuple(seg_cfg.inference.tta))
+    score = _predict_and_score(predictor, data.test_images, data.sample, work, timings)
     rounds = []
     if pseudo_images is not None:
         rounds.append(_round_result(score, search))
-        t0 = time.perf_counter()
-        pseudo = pseudo_label(predictor, pseudo_images, work / "pseudo", batch_size=4)
-        timings["pseudo_label_s"] = round(time.perf_counter() - t0, 1)
-        work = work / "round2"
-        seg_cfg = load_config(
-            CONFIGS / steps.seg,
-            [
-                *seg_opts,
-                f"paths.work_dir={work / 'seg'}",
-                extra_opt(pseudo, pseudo_weight),
-                *(pseudo_opts or []),
-            ],
+        settings = {"images": pseudo_images, "weight": pseudo_weight, "opts": pseudo_opts or []}
+        work, checkpoints, search, score, pseudo = pseudo_round(
+            steps, seg_opts, cls_cfg, folds, predictor, data, work, settings, timings
         )
-        second: dict = {}
-        checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second, train_cls=False)
-        (work / "test_truth.csv").write_bytes((work.parent / "test_truth.csv").read_bytes())
-        predictor = Predictor(checkpoints, PostProcessing.load(layout.postprocessing(work)), tta=tta)
-        score = _predict_and_score(predictor, test_images, sample, work, second)
         rounds.append({**_round_result(score, search), "pseudo": pseudo})
-        timings.update({f"round2_{key}": value for key, value in second.items()})
-    empty = work / "empty_submission.csv"
-    truth_ids = read_annotations(work / "test_truth.csv").image_ids
-    write_submission(empty, truth_ids, [[""] * 4 for _ in truth_ids])
-    baseline = evaluate_files(empty, work / "test_truth.csv")
+    baseline = score_empty(work)
     t0 = time.perf_counter()
     report = write_report(
         work / "submission.csv",
         work / "test_truth.csv",
-        test_images,
+        data.test_images,
         work / "report.html",
         search_report=layout.search_report(layout.postprocessing(work)),
     )
     timings["report_s"] = round(time.perf_counter() - t0, 1)
-    summary = {
+    timings["total_s"] = round(time.perf_counter() - start, 1)
+    summary = _summary(recipe, score, baseline, search, report, checkpoints, work, timings)
+    if rounds:
+        summary["rounds"] = rounds
+    with atomic_write(layout.demo_summary(work)) as handle:
+        json.dump(summary, handle, indent=2)
+    return summary
+
+
+def _summary(recipe, score, baseline, search, report, checkpoints, work: Path, timings) -> dict:
+    return {
         "mean_dice": score["mean_dice"],
         "per_class": score["per_class"],
         "empty_baseline": baseline["mean_dice"],
@@ -219,16 +260,11 @@ def run_demo(
         "report": report["out"],
         "test_truth": str(work / "test_truth.csv"),
         "checkpoints": [str(c) for c in checkpoints],
-        "timings": {**timings, "total_s": round(time.perf_counter() - start, 1)},
+        "timings": timings,
         "serve": f"steel-defect serve --demo-dir {work}",
         "predict": f"steel-defect predict --checkpoints {' '.join(str(c) for c in checkpoints)} "
         f"--postprocessing {layout.postprocessing(work)} --images DIR --out submission.csv",
     }
-    if rounds:
-        summary["rounds"] = rounds
-    with atomic_write(layout.demo_summary(work)) as handle:
-        json.dump(summary, handle, indent=2)
-    return summary
 
 
 def format_summary(summary: dict) -> str:
