@@ -16,7 +16,7 @@ import torch
 
 from steel_defect.cli import main
 from steel_defect.config import load_config
-from steel_defect.data.folds import split_folds
+from steel_defect.data.folds import read_folds, split_folds
 from steel_defect.data.images import read_image
 from steel_defect.data.submission import read_sample_submission, read_submission
 from steel_defect.data.synth import write_synthetic_dataset
@@ -262,6 +262,27 @@ def test_demo_recipe_end_to_end_on_a_tiny_set(tmp_path, capsys):
     truth_empty = summary["empty_baseline"]
     assert 0.0 < truth_empty <= 1.0 and 0.0 <= summary["mean_dice"] <= 1.0
     assert PostProcessing.load(summary["postprocessing"]).classes
+
+
+def test_oof_predicts_each_fold_with_that_folds_model(trained, tmp_path):
+    cfg = copy.deepcopy(trained["seg_cfg"])
+    cfg.paths.work_dir = str(tmp_path / "two_folds")
+    models = {}
+    for fold, prior in ((0, 0.2), (1, 0.7)):  # two networks whose maps differ everywhere
+        models[fold] = random_checkpoints(tmp_path / f"prior{fold}", seg_prior=prior)["seg"]
+        (tmp_path / f"two_folds/fold{fold}/checkpoints").mkdir(parents=True)
+        shutil.copy(models[fold], tmp_path / f"two_folds/fold{fold}/checkpoints/best.pth")
+    oof = collect_oof(cfg)
+    folds = read_folds(cfg.paths.folds_csv).set_index("ImageId")["fold"]
+    assert sorted(oof["folds"]) == [0, 1] and {int(folds[i]) for i in oof["ids"]} == {0, 1}
+    for fold in (0, 1):
+        rows = [k for k, image_id in enumerate(oof["ids"]) if folds[image_id] == fold]
+        ids = [oof["ids"][k] for k in rows]
+        assert set(ids) == set(folds.index[folds == fold])  # every validation image of the fold, once
+        frames = [read_image(Path(cfg.paths.train_images) / i) for i in ids]
+        expected = Predictor([models[fold]], tta=tuple(cfg.inference.tta)).segment(frames)
+        expected = downsample_probs(expected, oof["factor"])
+        assert np.abs(oof["probs"][rows].astype(int) - expected).max() <= 1
 
 
 def test_ensemble_oof_averages_every_members_fold_model(trained, tmp_path):
