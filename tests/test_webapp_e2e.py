@@ -7,6 +7,7 @@ Playwright never downloads a browser here: it launches the system one at ``CHROM
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -133,8 +134,18 @@ def _row_area(page, class_id: int) -> int:
 
 
 def _union(classes: list[dict], ids) -> int:
-    masks = [rle_to_mask(c["rle"]) for c in classes if c["class_id"] in ids]
-    return int(np.logical_or.reduce(masks).sum())
+    return int(_union_mask(classes, ids).sum())
+
+
+def _union_mask(classes: list[dict], ids) -> np.ndarray:
+    return np.logical_or.reduce([rle_to_mask(c["rle"]) for c in classes if c["class_id"] in ids])
+
+
+def _overlay_pixels(page) -> np.ndarray:
+    """Where the page's overlay canvas is painted: (H, W) bool, read back through a PNG."""
+    url = page.evaluate("document.getElementById('overlay').toDataURL('image/png')")
+    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.imdecode(png, cv2.IMREAD_UNCHANGED)[:, :, 3] > 0
 
 
 def test_upload_inspect_tune_and_download(server, browser, tmp_path):
@@ -163,6 +174,8 @@ def test_upload_inspect_tune_and_download(server, browser, tmp_path):
         assert _row_area(page, c["class_id"]) == c["area"]
     painted = int(page.get_attribute("#overlay", "data-painted"))
     assert painted == _union(classes, {1, 2, 3, 4}) > 0
+    # pixel by pixel, not just the count: a row/column mix-up in the page's RLE decoder fails here
+    assert np.array_equal(_overlay_pixels(page), _union_mask(classes, {1, 2, 3, 4}))
     assert page.evaluate("document.getElementById('frame').naturalWidth") == 1600
 
     # Toggle class 1 off: the overlay keeps only the other classes.
