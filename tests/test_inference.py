@@ -154,6 +154,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.slow  # torchrun with two processes: run by `make test` after the default suite
 def test_sharded_inference_equals_single_process(trained, tmp_path):
     data = trained["root"] / "data"
     single = tmp_path / "single.csv"
@@ -244,6 +245,7 @@ def test_predictor_gives_the_same_on_gpu(trained):
     np.testing.assert_allclose(cpu, gpu, atol=1e-3)
 
 
+@pytest.mark.slow  # a subprocess or the whole demo: minutes, run by `make test` after the default suite
 def test_demo_recipe_end_to_end_on_a_tiny_set(tmp_path, capsys):
     assert main(["demo", "--work-dir", str(tmp_path / "demo"), "--n", "24", "--epochs", "1"]) == 0
     out = capsys.readouterr().out

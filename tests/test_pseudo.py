@@ -130,6 +130,7 @@ def test_pseudo_label_writes_the_kept_frames_labels(tiny_synth, tmp_path):
     assert strict["kept"] == 0 and read_annotations(tmp_path / "strict/train.csv").image_ids == []
 
 
+@pytest.mark.slow  # a subprocess or the whole demo: minutes, run by `make test` after the default suite
 def test_demo_second_round_trains_on_pseudo_labels(tmp_path, capsys):
     work = tmp_path / "demo"
     args = ["demo", "--work-dir", str(work), "--n", "24", "--epochs", "1"]

@@ -185,6 +185,7 @@ def test_resume_after_a_kill_continues_without_repeating_epochs(synth):
     assert history[0] == first[0]  # the finished epoch was kept, not repeated
 
 
+@pytest.mark.slow  # a subprocess or the whole demo: minutes, run by `make test` after the default suite
 def test_ddp_two_cpu_processes(synth):
     work = "work_ddp"
     _cfg(synth, work=work)
