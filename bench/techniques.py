@@ -7,6 +7,8 @@ split), tunes its thresholds on fold 0's validation images (out of fold) and pre
 60 synthetic test frames, which neither training nor the search sees. The baseline is that
 run as it is; each other row changes one thing:
 
+* ``classifier``: the baseline's segmenter gated by the demo's separate 5-class classifier
+  (``configs/demo/synth_cls.yml``, fold 0), the pair the two-head model replaces;
 * ``two_head_hard`` / ``two_head_soft``: ``model.cls_head`` (the encoder's deepest features feed a
   presence head trained jointly); hard: the search tunes the head's gate; soft: maps x head;
 * ``balanced``: ``data.sampler: balanced`` (half the draws defect images, half defect-free);
@@ -45,9 +47,11 @@ from steel_defect.inference.run import predict_folder
 from steel_defect.training.runner import train
 
 CONFIG = REPO / "configs/demo/synth_seg.yml"
+CLS_CONFIG = REPO / "configs/demo/synth_cls.yml"
 LOVASZ = "loss.params={terms: [{name: bce, weight: 0.75}, {name: lovasz_hinge, weight: 0.25}]}"
 VARIANTS = {
     "baseline": [],
+    "classifier": [],
     "two_head_hard": ["model.cls_head={gate: hard}"],
     "two_head_soft": ["model.cls_head={gate: soft}"],
     "balanced": ["data.sampler=balanced"],
@@ -75,8 +79,12 @@ def run_variant(name: str, common: list[str], work: Path, data: Path) -> dict:
     out = work / name
     opts = [*common, f"paths.work_dir={out / 'seg'}", *VARIANTS[name]]
     start = time.perf_counter()
-    members = []
-    if name == "top_gate":  # the baseline's model, a wider search
+    members, cls_cfg = [], None
+    if name == "classifier":  # the baseline's segmenter, gated by a classifier trained on fold 0
+        cfg = load_config(CONFIG, [*common, f"paths.work_dir={work / 'baseline' / 'seg'}"])
+        cls_cfg = load_config(CLS_CONFIG, [*common, f"paths.work_dir={out / 'cls'}"])
+        checkpoints = [work / "baseline" / "seg" / "fold0" / "checkpoints" / "best.pth", _train(cls_cfg)]
+    elif name == "top_gate":  # the baseline's model, a wider search
         cfg = load_config(CONFIG, [*common, f"paths.work_dir={work / 'baseline' / 'seg'}", *VARIANTS[name]])
         checkpoints = [work / "baseline" / "seg" / "fold0" / "checkpoints" / "best.pth"]
     elif name == "per_class":
@@ -99,7 +107,7 @@ def run_variant(name: str, common: list[str], work: Path, data: Path) -> dict:
             cfg = _member(cfg, snapshots[0], out / "snapshot0", opts)
             members = [_member(cfg, s, out / f"snapshot{i}", opts) for i, s in enumerate(snapshots[1:], 1)]
             checkpoints = snapshots
-    search = search_thresholds(cfg, None, out / "postprocessing.yml", members=members, record=False)
+    search = search_thresholds(cfg, cls_cfg, out / "postprocessing.yml", members=members, record=False)
     predictor = Predictor(checkpoints, PostProcessing.load(out / "postprocessing.yml"), tta=("hflip",))
     predict_folder(
         predictor,
@@ -142,7 +150,7 @@ def main() -> None:
     results_path = args.work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     names = args.only or list(VARIANTS)
-    if "top_gate" in names and "baseline" not in names and "baseline" not in results:
+    if {"top_gate", "classifier"} & set(names) and "baseline" not in names and "baseline" not in results:
         names.insert(0, "baseline")
     for name in names:
         results[name] = run_variant(name, common, args.work, data)
