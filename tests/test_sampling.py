@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -81,3 +82,45 @@ def test_the_loader_draws_hard_negatives_from_the_oof_scores(tiny_synth, tmp_pat
             ),
             valid_fold=0,
         )
+
+
+@pytest.mark.parametrize("make", ["balanced", "mix"])
+def test_under_ddp_the_ranks_share_one_epoch_draw_and_follow_the_epoch(make):
+    """Two DDP ranks (accelerate's prepared loaders, as the ddp engine builds them): each epoch
+    they split one seeded draw between them, and the epoch callback still reaches the sampler."""
+    import torch
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from steel_defect.data.sampling import MixSampler
+    from steel_defect.training.callbacks import EpochCallback
+
+    labels = np.zeros((16, 4), bool)
+    labels[:5, 2] = True
+
+    def sampler():
+        return (
+            BalancedSampler(labels, seed=3) if make == "balanced" else MixSampler([10, 6], [1.0, 0.5], seed=3)
+        )
+
+    dataset = TensorDataset(torch.arange(16))
+    reference = sampler()
+    for epoch in (0, 4):  # e.g. the first epoch, and a resumed run's fifth
+        reference.set_epoch(epoch)
+        expected = list(reference)
+        ranks = []
+        for rank in (0, 1):  # every process builds its own sampler from the same seed
+            loader = prepare_data_loader(
+                DataLoader(dataset, sampler=sampler(), batch_size=2, drop_last=True),  # as build_loaders
+                num_processes=2,
+                process_index=rank,
+                put_on_device=False,
+            )
+            # the runner's epoch counter starts at 1; the callback must find the sampler inside
+            EpochCallback().on_epoch_start(
+                SimpleNamespace(loaders={"train": loader}, epoch_step=epoch + 1, criterion=None)
+            )
+            ranks.append([batch[0].tolist() for batch in loader])
+        # batches 0, 2, 4, ... go to rank 0 and 1, 3, 5, ... to rank 1: one epoch's draw, split
+        merged = [i for pair in zip(*ranks, strict=True) for batch in pair for i in batch]
+        assert merged == expected[: len(expected) // 2 * 2]  # the last odd draw is dropped

@@ -190,7 +190,14 @@ def test_ddp_two_cpu_processes(synth):
     work = "work_ddp"
     _cfg(synth, work=work)
     done = subprocess.run(
-        [*_train_cmd(synth, work, "train.epochs=1"), "--engine", "ddp", "--nproc", "2"],
+        # with the balanced sampler: its draw must reach both ranks through accelerate's shards
+        [
+            *_train_cmd(synth, work, "train.epochs=1", "data.sampler=balanced"),
+            "--engine",
+            "ddp",
+            "--nproc",
+            "2",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -200,6 +207,7 @@ def test_ddp_two_cpu_processes(synth):
     run = synth / work / "fold0"
     state = load_checkpoint(run / "checkpoints" / "last.pth")
     assert state["epoch"] == 1 and state["config"]["train"]["engine"] == "ddp"
+    assert state["config"]["data"]["sampler"] == "balanced"
     model, _ = model_from_checkpoint(run / "checkpoints" / "best.pth")
     assert model(torch.zeros(1, 3, 64, 384)).shape == (1, 4, 64, 384)
     assert 0.0 <= state["metrics"]["valid"]["dice"] <= 1.0

@@ -282,9 +282,22 @@ class EpochCallback(Callback):
     def on_epoch_start(self, runner) -> None:
         if hasattr(runner.criterion, "set_epoch"):
             runner.criterion.set_epoch(runner.epoch_step)
-        sampler = getattr(runner.loaders.get("train"), "sampler", None)
-        if isinstance(sampler, EpochSampler):
+        sampler = epoch_sampler(runner.loaders.get("train"))
+        if sampler is not None:
             sampler.set_epoch(runner.epoch_step - 1)
+
+
+def epoch_sampler(loader) -> EpochSampler | None:
+    """The loader's :class:`EpochSampler`, also where DDP hid it: accelerate's prepared loader
+    keeps a plain sampler and shards the batches of the original one
+    (``loader.batch_sampler.batch_sampler.sampler``)."""
+    for path in (("sampler",), ("batch_sampler", "sampler"), ("batch_sampler", "batch_sampler", "sampler")):
+        found = loader
+        for name in path:
+            found = getattr(found, name, None)
+        if isinstance(found, EpochSampler):
+            return found
+    return None
 
 
 class BatchLimitCallback(Callback):
