@@ -33,7 +33,12 @@ class MixCallback(Callback):
     def __init__(self, mixup_alpha: float, cutmix_alpha: float, target_key: str, seed: int = 0):
         super().__init__(order=CallbackOrder.Internal)
         self.mixup_alpha, self.cutmix_alpha, self.target_key = mixup_alpha, cutmix_alpha, target_key
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+
+    def on_epoch_start(self, runner) -> None:
+        # draws depend on the seed and the epoch only, so a resumed run mixes as an uninterrupted one
+        self.rng = np.random.default_rng([self.seed, runner.epoch_step])
 
     def on_batch_start(self, runner) -> None:
         if not runner.is_train_loader or (self.mixup_alpha <= 0 and self.cutmix_alpha <= 0):
@@ -270,14 +275,18 @@ class ClsHeadCallback(Callback):
 
 
 class EpochCallback(Callback):
-    """Tell the loss (:mod:`steel_defect.losses.combo`) and the mixing sampler which epoch starts.
+    """Tell the loss (:mod:`steel_defect.losses.combo`), the mixing sampler and the augmentation
+    pipelines which epoch starts.
 
-    Both depend on the epoch, and both must follow catalyst's epoch counter rather than count
+    All depend on the epoch, and all must follow catalyst's epoch counter rather than count
     calls themselves, so that a resumed run continues exactly where an uninterrupted one would be.
+    Augmentations are reseeded from ``seed`` and the epoch (in-process loading; DataLoader workers
+    get their seeds from torch's generator, which catalyst reseeds every epoch).
     """
 
-    def __init__(self):
+    def __init__(self, seed: int = 0):
         super().__init__(order=CallbackOrder.Internal)
+        self.seed = seed
 
     def on_epoch_start(self, runner) -> None:
         if hasattr(runner.criterion, "set_epoch"):
@@ -285,6 +294,12 @@ class EpochCallback(Callback):
         sampler = getattr(runner.loaders.get("train"), "sampler", None)
         if isinstance(sampler, EpochSampler):
             sampler.set_epoch(runner.epoch_step - 1)
+        for loader in runner.loaders.values():
+            dataset = getattr(loader, "dataset", None)
+            for part in getattr(dataset, "datasets", [dataset]):  # a ConcatDataset's parts
+                transforms = getattr(part, "transforms", None)
+                if hasattr(transforms, "set_random_seed"):
+                    transforms.set_random_seed(self.seed * 1_000_003 + runner.epoch_step)
 
 
 class BatchLimitCallback(Callback):
