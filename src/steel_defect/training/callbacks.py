@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from catalyst.callbacks.misc import EarlyStoppingCallback
 from catalyst.core.callback import (
     Callback,
     CallbackOrder,
@@ -323,3 +324,21 @@ class BatchLimitCallback(Callback):
         # the next loader (and the epoch loop) do not stop too
         if self.stopped:
             runner.need_early_stop = False
+
+
+class ResumableEarlyStopping(EarlyStoppingCallback):
+    """Catalyst's early stopping, with the epochs of a resumed run's ``history`` replayed first,
+    so the patience left is the same as in an uninterrupted run."""
+
+    def __init__(self, history: list[dict], **kwargs):
+        super().__init__(**kwargs)
+        self.history = history
+
+    def on_experiment_start(self, runner) -> None:
+        super().on_experiment_start(runner)
+        for entry in self.history:
+            score = entry[self.loader_key][self.metric_key]
+            if self.best_score is None or self.is_better(score, self.best_score):
+                self.best_score, self.num_no_improvement_epochs = score, 0
+            else:
+                self.num_no_improvement_epochs += 1

@@ -31,6 +31,7 @@ from steel_defect.training.callbacks import (
     ClsHeadCallback,
     EpochCallback,
     MixCallback,
+    ResumableEarlyStopping,
     SchedulerCallback,
     SegmentationMetricsCallback,
 )
@@ -175,7 +176,8 @@ class SteelRunner(IRunner):
                 trained_on=training_data(self.cfg, self.fold),
             )
         if train.early_stopping:
-            callbacks["early_stopping"] = dl.EarlyStoppingCallback(
+            callbacks["early_stopping"] = ResumableEarlyStopping(
+                (self.resume_state or {}).get("history", []),
                 patience=train.early_stopping,
                 loader_key="valid",
                 metric_key=self.monitor,
