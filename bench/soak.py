@@ -4,7 +4,8 @@ Run: ``.venv/bin/python bench/soak.py [--seconds 300] [--clients 4] [--checkpoin
 (checkpoints as in bench/inference.py: the demo's when present, else untrained full-size models).
 
 The server runs as its own process (``steel-defect serve --keep 8 --max-file-mb 1``, so results
-are evicted and the request-size limit is 33 MB). Each client draws requests at random:
+are evicted and the request-size limit is 33 MB). Each client sends every kind of request once,
+then draws them at random:
 real-size synthetic frames, a frame beside a corrupt file, corrupt files, decompression bombs
 (tests/bombs.py), a file over the size limit, a body over the request limit (streamed, and
 declared in Content-Length), 33 files, a frame trickled over 2 s, and re-thresholding of the
@@ -12,8 +13,10 @@ ids it got earlier (most of them evicted by then). One more client stalls mid-bo
 server's deadline. Every answer must be JSON with the status the API documents for its kind.
 
 Targets (exit status 1 when one is missed): no 5xx, no dropped connection, every answer JSON
-with its documented status, server RSS at the end <= RSS after warm-up + 10%. ``--json FILE``
-writes the figures (tests/test_soak.py runs a short form).
+with its documented status, server RSS at the end <= RSS after warm-up + 10%. Both RSS figures
+are taken idle (after warm-up the clients wait until the requests in flight are answered), so
+what was in flight at that instant does not decide the comparison. ``--json FILE`` writes the
+figures (tests/test_soak.py runs a short form).
 """
 
 from __future__ import annotations
@@ -140,6 +143,9 @@ class Soak:
         self.bombs = [(f"bomb.{kind.lower()}", bombs.bomb(kind)) for kind in bombs.BUILDERS]
         self.records: list[tuple[str, int | None, float, str]] = []  # kind, status, seconds, problem
         self.lock = threading.Lock()
+        self.open = threading.Event()  # cleared: clients finish their request and wait
+        self.open.set()
+        self.busy = 0  # client requests in flight
         self.oversize_file = np.random.default_rng(seed).bytes(int(MAX_FILE_MB * 2**20) + 4096)
 
     def record(self, kind: str, status: int | None, seconds: float, problem: str = "") -> None:
@@ -207,11 +213,14 @@ class Soak:
         first_round = names[index % len(names) :] + names[: index % len(names)]  # every kind once
         with httpx.Client(base_url=self.url, timeout=300) as client:
             while time.monotonic() < deadline:
+                self.open.wait()
                 if first_round:
                     kind = first_round.pop(0)
                 else:
                     kind = names[int(rng.choice(len(names), p=weights / weights.sum()))]
                 start = time.perf_counter()
+                with self.lock:
+                    self.busy += 1
                 try:
                     status, answer = self.request(client, kind, rng, ids)
                 except (httpx.TransportError, OSError) as err:  # dropped: reset, refused, no answer
@@ -220,6 +229,9 @@ class Soak:
                 except ValueError as err:  # an answer that is not JSON
                     self.record(kind, -1, time.perf_counter() - start, str(err)[:200])
                     continue
+                finally:
+                    with self.lock:
+                        self.busy -= 1
                 problem = "" if status in KINDS[kind][1] else f"status {status}: {str(answer)[:150]}"
                 if kind in ("frames", "frame_and_corrupt") and status == 200:
                     entries = answer.get("images", [])
@@ -270,6 +282,18 @@ def start_server(checkpoints: list[str], timeout: float, log_path: Path) -> tupl
         time.sleep(0.25)
     server.kill()
     raise RuntimeError("the server did not answer /api/health within 180 s")
+
+
+def idle_rss(soak: Soak, pid: int) -> float:
+    """The server's RSS once the clients' requests in flight are answered (they wait meanwhile)."""
+    soak.open.clear()
+    try:
+        while soak.busy:
+            time.sleep(0.1)
+        time.sleep(1)
+        return rss_mb(pid)
+    finally:
+        soak.open.set()
 
 
 def rss_mb(pid: int) -> float:
@@ -335,10 +359,11 @@ def main() -> int:
             while any(t.is_alive() for t in threads):
                 time.sleep(0.5)
                 now, current = time.monotonic() - begin, rss_mb(server.pid)
-                if "warm" not in rss and now >= warmup:
-                    rss["warm"] = current
                 if not timeline or now - timeline[-1][0] >= 5:
                     timeline.append((round(now), round(current)))
+                if "warm" not in rss and now >= warmup:
+                    rss["warm"] = idle_rss(soak, server.pid)  # compared idle to idle with the end
+            time.sleep(1)
             rss["end"] = rss_mb(server.pid)
             rss.setdefault("warm", rss["end"])
             rss["peak"] = max([rss["end"], *(mb for _, mb in timeline)])

@@ -1,4 +1,4 @@
-"""The soak benchmark's short form: 45 s of valid and hostile traffic from 4 clients against a
+"""The soak benchmark's short form: 40 s of valid and hostile traffic from 4 clients against a
 real `steel-defect serve` process (bench/soak.py; the README has a 5-minute run)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def test_a_short_soak_meets_its_targets(tmp_path):
         [
             sys.executable,
             str(REPO / "bench" / "soak.py"),
-            *("--seconds", "45", "--clients", "4", "--timeout", "30", "--warmup", "25"),
+            *("--seconds", "40", "--clients", "4", "--timeout", "60", "--warmup", "20"),
             *("--json", str(out)),
         ],
         capture_output=True,
