@@ -348,6 +348,7 @@ def main() -> int:
         server, port = start_server(checkpoints, args.timeout, Path(tmp) / "server.log")
         try:
             rss = {"start": rss_mb(server.pid)}
+            fds = {"start": psutil.Process(server.pid).num_fds()}
             soak = Soak(port, frames(12, args.seed), args.seed)
             begin = time.monotonic()
             deadline = begin + args.seconds
@@ -363,8 +364,10 @@ def main() -> int:
                     timeline.append((round(now), round(current)))
                 if "warm" not in rss and now >= warmup:
                     rss["warm"] = idle_rss(soak, server.pid)  # compared idle to idle with the end
+                    fds["warm"] = psutil.Process(server.pid).num_fds()
             time.sleep(1)
             rss["end"] = rss_mb(server.pid)
+            fds["end"] = psutil.Process(server.pid).num_fds()  # open files and sockets: a leak shows
             rss.setdefault("warm", rss["end"])
             rss["peak"] = max([rss["end"], *(mb for _, mb in timeline)])
             alive = server.poll() is None
@@ -373,7 +376,11 @@ def main() -> int:
             server.wait(30)
         result = summarise(soak.records, rss, time.monotonic() - begin)
         result.update(
-            checkpoints=checkpoints, clients=args.clients, server_alive=alive, rss_timeline=timeline
+            open_files=fds,
+            checkpoints=checkpoints,
+            clients=args.clients,
+            server_alive=alive,
+            rss_timeline=timeline,
         )
         result["targets_met"] = result["targets_met"] and alive
     print(json.dumps(result, indent=1))
