@@ -58,13 +58,14 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_deterministic_runs_repeat_bitwise_across_thread_counts(tiny_synth, torch_globals):
-    one = _train(tiny_synth, "det1", 1, "train.deterministic=true")
-    two = _train(tiny_synth, "det2", 2, "train.deterministic=true")  # a 2-core machine's default
+    pinned = ("train.deterministic=true", "train.threads=null")  # the demo config pins 2
+    one = _train(tiny_synth, "det1", 1, *pinned)
+    two = _train(tiny_synth, "det2", 2, *pinned)  # a 2-core machine's default
     assert torch.get_num_threads() == 1  # pinned: train.threads is null, so 1
     assert _same(one, two)
     # without the pin, 2 threads sum a conv's weight gradient in another order: the runs part
-    free = _train(tiny_synth, "free2", 2, "train.threads=2")
-    again = _train(tiny_synth, "free2b", 2, "train.threads=2")
+    free = _train(tiny_synth, "free2", 2, "train.deterministic=false", "train.threads=2")
+    again = _train(tiny_synth, "free2b", 2, "train.deterministic=false", "train.threads=2")
     assert _same(free, again)  # same machine, same threads: bit for bit
     assert not _same(free, one)
     first, last = free["history"][0]["train"]["loss"], one["history"][0]["train"]["loss"]
