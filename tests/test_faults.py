@@ -76,6 +76,7 @@ def _final(run: Path) -> dict:
     return state
 
 
+@pytest.mark.slow  # four training subprocesses: minutes; `make test` (and CI) runs it after the default suite
 def test_training_killed_mid_epoch_and_mid_checkpoint_resumes_to_the_uninterrupted_result(tiny_synth):
     root = tiny_synth
     split_folds(tiny_cfg(root))
@@ -118,6 +119,7 @@ def frames(tmp_path_factory) -> Path:
     return root / "data" / "test_images"
 
 
+@pytest.mark.slow  # three predict subprocesses
 def test_predict_killed_leaves_no_partial_csv(frames, tmp_path):
     checkpoints = random_checkpoints(tmp_path)
     out = tmp_path / "submission.csv"
