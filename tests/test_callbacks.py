@@ -11,6 +11,7 @@ from steel_defect.training.callbacks import (
     BatchLimitCallback,
     ClassificationMetricsCallback,
     MixCallback,
+    ResumableEarlyStopping,
     SegmentationMetricsCallback,
 )
 
@@ -180,3 +181,15 @@ def test_epoch_callback_sets_the_loss_stage_and_the_sampler_draw():
     runner.epoch_step = 1
     EpochCallback().on_epoch_start(runner)
     assert loss.current == 0 and list(sampler) == first_epoch
+
+
+def test_early_stopping_resumes_with_the_patience_it_had_left():
+    history = [{"valid": {"loss": loss}} for loss in (1.0, 0.9, 0.95, 0.96)]  # 2 epochs without gain
+    stopper = ResumableEarlyStopping(
+        history, patience=3, loader_key="valid", metric_key="loss", minimize=True
+    )
+    runner = SimpleNamespace(need_early_stop=False, epoch_metrics={"valid": {"loss": 0.91}})
+    stopper.on_experiment_start(runner)
+    assert stopper.best_score == 0.9 and stopper.num_no_improvement_epochs == 2
+    stopper.on_epoch_end(runner)  # the third epoch without gain: stop, as an uninterrupted run would
+    assert runner.need_early_stop

@@ -118,3 +118,19 @@ def test_limits_are_checked_and_reported(predictor):
         InferenceService(predictor, keep_mb=0)
     limits = TestClient(create_app(InferenceService(predictor))).get("/api/model").json()["limits"]
     assert (limits["timeout_s"], limits["max_queued"]) == (120.0, 8)
+
+
+def test_a_streamed_body_over_the_limit_is_413_even_inside_form_parsing(predictor):
+    # FastAPI's multipart parser turns any error into 400; the limit must still answer 413
+    client = TestClient(create_app(InferenceService(predictor), Limits(max_request_bytes=2**20)))
+    head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\n\r\n'
+
+    def stream():  # chunked: no Content-Length to refuse up front
+        yield head
+        for _ in range(3):
+            yield bytes(2**19)
+
+    response = client.post(
+        "/api/predict", content=stream(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status_code == 413 and "over the limit of 1 MB" in response.json()["detail"]

@@ -11,6 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from steel_defect.pause import hold, wanted
+
 
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs):
@@ -23,10 +25,26 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
-            yield handle
+            yield _PausingWriter(handle) if wanted(f"write:{path.name}") else handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class _PausingWriter:
+    """A file that pauses (:mod:`steel_defect.pause`) after its first write reaches the disk."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def write(self, data):
+        written = self._handle.write(data)
+        self._handle.flush()
+        hold()
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)

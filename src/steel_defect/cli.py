@@ -91,6 +91,8 @@ def _cmd_train(args) -> int:
     opts = list(args.opts)
     if args.engine:
         opts.append(f"train.engine={args.engine}")
+    if args.deterministic:
+        opts.append("train.deterministic=true")
     cfg = load_config(args.config, opts, require=("paths.train_csv", "paths.train_images", "paths.folds_csv"))
     result = train(cfg, fold=args.fold, resume=args.resume, nproc=args.nproc)
     print(json.dumps(result, indent=2))
@@ -361,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--engine", choices=ENGINES, help="overrides train.engine")
     p.add_argument("--nproc", type=int, default=1, help="DDP worker processes on this node")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="train.deterministic=true: fixed thread count, deterministic kernels (README, Reproducibility)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="images -> submission CSV (classifier gate, TTA, post-processing)")

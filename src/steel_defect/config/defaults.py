@@ -181,6 +181,19 @@ SCHEMA: dict[str, Any] = {
         ),
         "max_train_batches": Opt(None, int, "cap batches per train epoch (quick runs)", nullable=True),
         "max_valid_batches": Opt(None, int, "cap batches per valid epoch (quick runs)", nullable=True),
+        "threads": Opt(
+            None,
+            int,
+            "torch CPU threads of the training process; null: torch's default (one per core)",
+            nullable=True,
+        ),
+        "deterministic": Opt(
+            False,
+            bool,
+            "repeat bit for bit across machines: fixed thread count (train.threads, 1 when null; "
+            "a conv's weight gradient is summed in a per-thread order) and deterministic kernels. "
+            "Without it a run repeats only on the same machine with the same thread count",
+        ),
     },
     "inference": {
         "tta": Opt(["hflip"], list, "flip views averaged with the plain prediction: hflip, vflip, hvflip"),

@@ -31,6 +31,7 @@ from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, read_image
 from steel_defect.data.rle import mask_to_rle
 from steel_defect.data.submission import read_sample_submission, read_submission, write_submission
 from steel_defect.inference.predictor import Predictor
+from steel_defect.pause import pause_point
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def predict_rows(
         for (image_id, _), prediction in zip(good, predictions, strict=True):
             rows[image_id] = [mask_to_rle(mask) for mask in prediction.masks]
             summary.skipped_segmenter += prediction.probs is None
+        pause_point("batch:predict")  # test-only: a kill before the CSV (tests/test_faults.py)
     summary.seconds = time.perf_counter() - start
     return rows, summary
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from catalyst.callbacks.misc import EarlyStoppingCallback
 from catalyst.core.callback import (
     Callback,
     CallbackOrder,
@@ -33,7 +34,12 @@ class MixCallback(Callback):
     def __init__(self, mixup_alpha: float, cutmix_alpha: float, target_key: str, seed: int = 0):
         super().__init__(order=CallbackOrder.Internal)
         self.mixup_alpha, self.cutmix_alpha, self.target_key = mixup_alpha, cutmix_alpha, target_key
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+
+    def on_epoch_start(self, runner) -> None:
+        # draws depend on the seed and the epoch only, so a resumed run mixes as an uninterrupted one
+        self.rng = np.random.default_rng([self.seed, runner.epoch_step])
 
     def on_batch_start(self, runner) -> None:
         if not runner.is_train_loader or (self.mixup_alpha <= 0 and self.cutmix_alpha <= 0):
@@ -270,14 +276,18 @@ class ClsHeadCallback(Callback):
 
 
 class EpochCallback(Callback):
-    """Tell the loss (:mod:`steel_defect.losses.combo`) and the mixing sampler which epoch starts.
+    """Tell the loss (:mod:`steel_defect.losses.combo`), the mixing sampler and the augmentation
+    pipelines which epoch starts.
 
-    Both depend on the epoch, and both must follow catalyst's epoch counter rather than count
+    All depend on the epoch, and all must follow catalyst's epoch counter rather than count
     calls themselves, so that a resumed run continues exactly where an uninterrupted one would be.
+    Augmentations are reseeded from ``seed`` and the epoch (in-process loading; DataLoader workers
+    get their seeds from torch's generator, which catalyst reseeds every epoch).
     """
 
-    def __init__(self):
+    def __init__(self, seed: int = 0):
         super().__init__(order=CallbackOrder.Internal)
+        self.seed = seed
 
     def on_epoch_start(self, runner) -> None:
         if hasattr(runner.criterion, "set_epoch"):
@@ -285,6 +295,12 @@ class EpochCallback(Callback):
         sampler = epoch_sampler(runner.loaders.get("train"))
         if sampler is not None:
             sampler.set_epoch(runner.epoch_step - 1)
+        for loader in runner.loaders.values():
+            dataset = getattr(loader, "dataset", None)
+            for part in getattr(dataset, "datasets", [dataset]):  # a ConcatDataset's parts
+                transforms = getattr(part, "transforms", None)
+                if hasattr(transforms, "set_random_seed"):
+                    transforms.set_random_seed(self.seed * 1_000_003 + runner.epoch_step)
 
 
 def epoch_sampler(loader) -> EpochSampler | None:
@@ -321,3 +337,21 @@ class BatchLimitCallback(Callback):
         # the next loader (and the epoch loop) do not stop too
         if self.stopped:
             runner.need_early_stop = False
+
+
+class ResumableEarlyStopping(EarlyStoppingCallback):
+    """Catalyst's early stopping, with the epochs of a resumed run's ``history`` replayed first,
+    so the patience left is the same as in an uninterrupted run."""
+
+    def __init__(self, history: list[dict], **kwargs):
+        super().__init__(**kwargs)
+        self.history = history
+
+    def on_experiment_start(self, runner) -> None:
+        super().on_experiment_start(runner)
+        for entry in self.history:
+            score = entry[self.loader_key][self.metric_key]
+            if self.best_score is None or self.is_better(score, self.best_score):
+                self.best_score, self.num_no_improvement_epochs = score, 0
+            else:
+                self.num_no_improvement_epochs += 1

@@ -22,6 +22,7 @@ from steel_defect.data.synth import images_source
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
 from steel_defect.models.checkpoint import CheckpointError, load_checkpoint
+from steel_defect.pause import pause_point
 from steel_defect.training.artifacts import CheckpointCallback
 from steel_defect.training.averaging import AveragingCallback
 from steel_defect.training.callbacks import (
@@ -31,9 +32,11 @@ from steel_defect.training.callbacks import (
     ClsHeadCallback,
     EpochCallback,
     MixCallback,
+    ResumableEarlyStopping,
     SchedulerCallback,
     SegmentationMetricsCallback,
 )
+from steel_defect.training.determinism import configure as configure_determinism
 from steel_defect.training.engines import build_engine, patch_catalyst_all_gather
 from steel_defect.training.optim import build_optimizer, build_scheduler, cycle_ends
 
@@ -140,7 +143,7 @@ class SteelRunner(IRunner):
         train = self.cfg.train
         callbacks = OrderedDict(
             mix=MixCallback(train.mixup_alpha, train.cutmix_alpha, self.target_key, seed=self.cfg.seed),
-            epoch=EpochCallback(),
+            epoch=EpochCallback(seed=self.cfg.seed),
             loss=dl.CriterionCallback(input_key="logits", target_key=self.target_key, metric_key="loss"),
             metrics=self.metrics_callback(classes=model_classes(self.cfg))
             if self.cfg.task == "seg"
@@ -174,7 +177,8 @@ class SteelRunner(IRunner):
                 trained_on=training_data(self.cfg, self.fold),
             )
         if train.early_stopping:
-            callbacks["early_stopping"] = dl.EarlyStoppingCallback(
+            callbacks["early_stopping"] = ResumableEarlyStopping(
+                (self.resume_state or {}).get("history", []),
                 patience=train.early_stopping,
                 loader_key="valid",
                 metric_key=self.monitor,
@@ -185,6 +189,7 @@ class SteelRunner(IRunner):
     def on_experiment_start(self, runner) -> None:
         if self.engine_name == "ddp":
             patch_catalyst_all_gather()  # again here: spawned workers start from a fresh import
+        configure_determinism(self.cfg.train.deterministic, self.cfg.train.threads)  # DDP workers too
         super().on_experiment_start(runner)
         if self.resume_state is not None:
             self.epoch_step = int(self.resume_state["epoch"])  # the epoch loop continues after it
@@ -195,6 +200,8 @@ class SteelRunner(IRunner):
             self.batch["logits"], self.batch["head_logits"] = output
         else:
             self.batch["logits"] = output
+        if self.is_train_loader:
+            pause_point("batch:train")  # test-only: a kill mid-epoch (tests/test_faults.py)
 
 
 def train(cfg, fold: int | None = None, resume: bool = False, nproc: int = 1) -> dict:
@@ -213,6 +220,9 @@ def train(cfg, fold: int | None = None, resume: bool = False, nproc: int = 1) ->
         if not last.is_file():
             raise CheckpointError(f"--resume: no checkpoint at {last}; start the run without --resume")
         resume_state = load_checkpoint(last)
+        for stale in (directory / "checkpoints").glob(".*.tmp"):  # a write the kill interrupted
+            log.info("removing %s, left by an interrupted checkpoint write", stale)
+            stale.unlink()
         log.info("resuming %s after epoch %d of %d", last, resume_state["epoch"], cfg.train.epochs)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(cfg, RunPaths(directory).config)

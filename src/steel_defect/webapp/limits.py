@@ -38,20 +38,25 @@ class BodySizeLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(send)
-        received = 0
-        started = False
+        received, started, over = 0, False, False
 
         async def counting_receive():
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    over = True
                     raise _TooLarge
             return message
 
         async def tracking_send(message):
             nonlocal started
+            if over:  # the app caught _TooLarge (FastAPI's form parsing answers 400): 413 instead
+                if not started:
+                    started = True
+                    await self._reject(send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
