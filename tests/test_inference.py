@@ -245,27 +245,6 @@ def test_predictor_gives_the_same_on_gpu(trained):
     np.testing.assert_allclose(cpu, gpu, atol=1e-3)
 
 
-@pytest.mark.slow  # a subprocess or the whole demo: minutes, run by `make test` after the default suite
-def test_demo_recipe_end_to_end_on_a_tiny_set(tmp_path, capsys):
-    assert main(["demo", "--work-dir", str(tmp_path / "demo"), "--n", "24", "--epochs", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "empty" in out and "class 4" in out
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    # the error analysis of the test frames, scored as evaluate scores them
-    assert summary["report"] == str(tmp_path / "demo" / "report.html") and summary["report"] in out
-    page = (tmp_path / "demo" / "report.html").read_text()
-    assert f"<td>mean (all pairs)</td><td>{summary['mean_dice']:.4f}</td>" in page
-    assert page.count("Dice against threshold and min area") == 4  # the search's curves, per class
-    assert summary["test_images"] == 6
-    read_submission(
-        tmp_path / "demo" / "submission.csv",
-        expected_ids=read_sample_submission(tmp_path / "demo" / "data" / "sample_submission.csv"),
-    )
-    truth_empty = summary["empty_baseline"]
-    assert 0.0 < truth_empty <= 1.0 and 0.0 <= summary["mean_dice"] <= 1.0
-    assert PostProcessing.load(summary["postprocessing"]).classes
-
-
 def test_oof_predicts_each_fold_with_that_folds_model(trained, tmp_path):
     cfg = copy.deepcopy(trained["seg_cfg"])
     cfg.paths.work_dir = str(tmp_path / "two_folds")

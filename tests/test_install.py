@@ -1,4 +1,5 @@
-"""A plain (non-editable) ``pip install .`` carries the configs: ``steel-defect demo`` runs from it.
+"""A plain (non-editable) ``pip install .`` carries the configs: ``steel-defect demo`` runs from it,
+end to end on a tiny synthetic set (the whole-demo test of the suite).
 
 The package is built from a copy of the checkout (as the Docker image copies it) into a fresh
 virtual environment that borrows this one's dependencies through a ``.pth`` line, offline
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from steel_defect.data.submission import read_sample_submission, read_submission
+from steel_defect.inference.postprocess import PostProcessing
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -57,7 +60,7 @@ def test_a_plain_install_finds_its_configs_and_runs_the_demo(tmp_path):
     assert Path(where.strip()).is_relative_to(site)  # the installed package, not a checkout
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     work = tmp_path / "demo"
-    _run(
+    done = _run(
         str(venv / "bin" / "steel-defect"),
         "demo",
         "--work-dir",
@@ -69,5 +72,17 @@ def test_a_plain_install_finds_its_configs_and_runs_the_demo(tmp_path):
         cwd=tmp_path,
         env={**env, "NO_ALBUMENTATIONS_UPDATE": "1"},
     )
+    # the demo end to end (this is also the tiny-demo test of the default pipeline)
     summary = json.loads((work / "summary.json").read_text())
-    assert summary["test_images"] == 6 and Path(summary["submission"]).is_file()
+    assert summary["test_images"] == 6
+    assert "empty" in done.stdout and "class 4" in done.stdout
+    # the error analysis of the test frames, scored as evaluate scores them
+    assert summary["report"] == str(work / "report.html") and summary["report"] in done.stdout
+    page = (work / "report.html").read_text()
+    assert f"<td>mean (all pairs)</td><td>{summary['mean_dice']:.4f}</td>" in page
+    assert page.count("Dice against threshold and min area") == 4  # the search's curves, per class
+    read_submission(
+        work / "submission.csv", expected_ids=read_sample_submission(work / "data" / "sample_submission.csv")
+    )
+    assert 0.0 < summary["empty_baseline"] <= 1.0 and 0.0 <= summary["mean_dice"] <= 1.0
+    assert PostProcessing.load(summary["postprocessing"]).classes
