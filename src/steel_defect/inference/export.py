@@ -31,6 +31,7 @@ from steel_defect.atomic import atomic_write
 from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.inference.networks import PROVENANCE_KEYS, Network, describe_state
 from steel_defect.inference.onnx_backend import FORMAT, METADATA_KEY, VERSION, file_sha256, load_onnx
+from steel_defect.inference.predictor import network_input
 from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 OPSET = 17
@@ -139,7 +140,7 @@ def quantize_int8(
 
     fp32, out = Path(fp32), Path(out)
     network = load_onnx(fp32, threads=1)
-    batches = iter([{"image": batch_of(network, [frame])} for frame in frames])
+    batches = iter([{"image": network_input(network, [frame])} for frame in frames])
 
     class Frames(CalibrationDataReader):
         def get_next(self):
@@ -177,13 +178,6 @@ def set_int8_report(path: str | Path, report: dict) -> None:
     model_bytes = _with_metadata(path.read_bytes(), meta)
     with atomic_write(path, "wb") as handle:
         handle.write(model_bytes)
-
-
-def batch_of(network: Network, frames: list[np.ndarray]) -> np.ndarray:
-    """(N, C, H, W) float32 network input for uint8 (H, W, 3) frames."""
-    from steel_defect.inference.predictor import network_input
-
-    return network_input(network, frames)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,15 +256,16 @@ def export_all(checkpoints, out_dir, cfg=None, post=None, int8=False, n_calib=16
     for checkpoint in map(Path, checkpoints):
         name = export_name(checkpoint, taken)
         fp32 = export_onnx(checkpoint, out_dir / f"{name}.onnx")
+        meta = _read_meta(fp32)
         entry = {
             "checkpoint": str(checkpoint),
             "onnx": str(fp32),
-            **{k: _read_meta(fp32)[k] for k in ("source_sha256", "max_abs_diff_vs_torch")},
+            **{k: meta[k] for k in ("source_sha256", "max_abs_diff_vs_torch")},
         }
         summary.append(entry)
         if not int8:
             continue
-        valid_fold = _read_meta(fp32)["config"]["folds"]["valid_fold"]
+        valid_fold = meta["config"]["folds"]["valid_fold"]
         calib, holdout, truth = int8_frames(cfg, valid_fold, n_calib, n_holdout)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             candidate = quantize_int8(fp32, Path(tmp) / "int8.onnx", calib)

@@ -66,32 +66,38 @@ def read_metadata(session, path: Path) -> dict:
     return meta
 
 
-def _cached_export(checkpoint: Path) -> Path:
-    """The up-to-date export of ``checkpoint``, written first if missing or stale (needs torch)."""
+def _cached_session(checkpoint: Path, threads: int | None):
+    """(path, session, metadata) of ``checkpoint``'s up-to-date export, written first if missing
+    or stale (that needs torch). A valid cached export is opened once, not once to check it and
+    again to run it."""
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} does not exist")
     onnx_path = cache_path(checkpoint)
     if onnx_path.is_file():
         try:
-            meta = read_metadata(_session(onnx_path, 1), onnx_path)
+            session = _session(onnx_path, threads)
+            meta = read_metadata(session, onnx_path)
             if meta.get("source_sha256") == file_sha256(checkpoint) and meta.get("precision") == "fp32":
-                return onnx_path
+                return onnx_path, session, meta
         except ExportError:
             pass  # unreadable or foreign: export again
     from steel_defect.inference.export import export_onnx
 
-    return export_onnx(checkpoint, onnx_path)
+    export_onnx(checkpoint, onnx_path)
+    session = _session(onnx_path, threads)
+    return onnx_path, session, read_metadata(session, onnx_path)
 
 
 def load_onnx(path: str | Path, threads: int | None = None) -> Network:
     """An ``.onnx`` export as it is, or a ``.pth`` checkpoint through its cached export."""
     path = Path(path)
     if path.suffix != ".onnx":
-        path = _cached_export(path)
+        path, session, meta = _cached_session(path, threads)
     elif not path.is_file():
         raise ExportError(f"ONNX model {path} does not exist")
-    session = _session(path, threads)
-    meta = read_metadata(session, path)
+    else:
+        session = _session(path, threads)
+        meta = read_metadata(session, path)
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
 
