@@ -11,7 +11,8 @@ and their ratio (target >= 0.9: the loader costs at most 10 %). Then the same ba
 each knob changed on its own: ``data.num_workers`` 0/1/2 (with the loader), ``channels_last``
 model and input, bf16 autocast, and with ``--compile`` ``torch.compile``. On a GPU (when
 CUDA is available) also ``pin_memory`` and fp16/bf16 AMP. Each figure is the best of
-``--repeats`` runs of ``--batches`` batches, after one warm-up batch.
+``--repeats`` rounds of ``--batches`` batches, after one warm-up batch; every round runs each
+variant once, in turn.
 
 Default config: the real-steel recipe (``configs/real/unet_effnet_lite0.yml``: batch 4, 128x400
 crops of 128x800 frames), the one meant to train on a CPU.
@@ -91,9 +92,6 @@ def main() -> None:
         preloaded = _take(loader, n)
         _loop(model, loss, optimizer, preloaded[:2], device)  # warm-up: allocator, kernel caches
 
-        def best(fn) -> float:
-            return min(fn() for _ in range(args.repeats))
-
         def with_loader(workers: int, pin: bool = False):
             cfg.data.num_workers = workers
             loaders = build_loaders(cfg, 0)
@@ -109,33 +107,42 @@ def main() -> None:
 
             return run
 
+        def layout(channels_last: bool):
+            def run():
+                model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                try:
+                    return _loop(model, loss, optimizer, timed, device, channels_last)
+                finally:
+                    model.to(memory_format=torch.contiguous_format)
+
+            return run
+
         timed = preloaded[1:]
         images = args.batches * cfg.data.batch_size
-        rates = {
-            "bare loop, preloaded batches": images
-            / best(lambda: _loop(model, loss, optimizer, timed, device))
-        }
         default_workers = int(cfg.data.num_workers)
+        variants = {"bare loop, preloaded batches": layout(False)}
         for workers in sorted({default_workers, 0, 1, 2}):
-            rates[f"with the loader, num_workers={workers}"] = images / best(with_loader(workers))
-        rates["bare loop, channels_last"] = images / best(
-            lambda: _loop(model.to(memory_format=torch.channels_last), loss, optimizer, timed, device, True)
-        )
-        model.to(memory_format=torch.contiguous_format)
-        rates["bare loop, bf16 autocast"] = images / best(
-            lambda: _loop(model, loss, optimizer, timed, device, autocast=torch.bfloat16)
+            variants[f"with the loader, num_workers={workers}"] = with_loader(workers)
+        variants["bare loop, channels_last"] = layout(True)
+        variants["bare loop, bf16 autocast"] = lambda: _loop(
+            model, loss, optimizer, timed, device, autocast=torch.bfloat16
         )
         if device.type == "cuda":
-            rates["bare loop, fp16 autocast"] = images / best(
-                lambda: _loop(model, loss, optimizer, timed, device, autocast=torch.float16)
+            variants["bare loop, fp16 autocast"] = lambda: _loop(
+                model, loss, optimizer, timed, device, autocast=torch.float16
             )
-            rates["with the loader, pin_memory"] = images / best(with_loader(default_workers, pin=True))
+            variants["with the loader, pin_memory"] = with_loader(default_workers, pin=True)
         if args.compile:
             compiled = torch.compile(model)
             _loop(compiled, loss, optimizer, timed[:1], device)  # builds the graph
-            rates["bare loop, torch.compile"] = images / best(
-                lambda: _loop(compiled, loss, optimizer, timed, device)
-            )
+            variants["bare loop, torch.compile"] = lambda: _loop(compiled, loss, optimizer, timed, device)
+        # Round robin: every variant once per round, so a slow spell of a shared machine (or the
+        # allocator warming up) does not land on whichever variant happens to run first.
+        seconds = {name: float("inf") for name in variants}
+        for _ in range(args.repeats):
+            for name, run in variants.items():
+                seconds[name] = min(seconds[name], run())
+        rates = {name: images / value for name, value in seconds.items()}
     bare = rates["bare loop, preloaded batches"]
     default = rates[f"with the loader, num_workers={default_workers}"]
     rows = [(f"{name} (images/s)", f"{rate:.2f}") for name, rate in rates.items()]

@@ -262,3 +262,28 @@ def test_two_head_model_trains_its_head_and_logs_both_metrics(synth):
     assert head and any(not torch.equal(v, start[k]) for k, v in head.items())  # the joint loss reached it
     with pytest.raises(ConfigError, match=r"cls_head\.gate"):
         _cfg(synth, "configs/demo/synth_seg.yml", "model.cls_head={gate: maybe}")
+
+
+def test_training_runs_channels_last_and_bf16_on_the_cpu(synth):
+    from steel_defect.training.engines import build_engine
+    from steel_defect.training.runner import SteelRunner
+
+    def first_conv(cfg):
+        model = SteelRunner(cfg, 0, "cpu").get_model()
+        return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight
+
+    nhwc = first_conv(_cfg(synth))  # the default: 1.27x the images/s of NCHW (bench/train.py)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
+    assert first_conv(_cfg(synth, "configs/demo/synth_seg.yml", "train.channels_last=false")).is_contiguous()
+    assert build_engine("cpu", amp="bf16").mixed_precision == "bf16"
+    assert build_engine("cpu", amp="fp16").mixed_precision == "no"  # fp16 needs a GPU
+
+
+def test_a_bf16_cpu_run_trains(synth):
+    cfg = _cfg(
+        synth, "configs/demo/synth_seg.yml", "train.epochs=1", "train.amp=bf16", "train.max_train_batches=2",
+        work="work_bf16",
+    )
+    state = load_checkpoint(train(cfg)["run_dir"] + "/checkpoints/last.pth")
+    assert all(v.dtype == torch.float32 for v in state["model_state"].values() if v.is_floating_point())
+    assert state["metrics"]["valid"]["loss"] == pytest.approx(state["metrics"]["valid"]["loss"])  # finite

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from accelerate.state import AcceleratorState
 from catalyst import dl
 
 from steel_defect.constants import ENGINES
@@ -57,7 +58,8 @@ def free_port() -> int:
 def build_engine(name: str, nproc: int = 1, amp: str | None = None):
     """Catalyst engine for ``name`` (one of :data:`ENGINES`).
 
-    ``amp`` (fp16 / bf16) needs a GPU; on CPU it is ignored with a note.
+    ``amp``: fp16 needs a GPU and is ignored on the CPU with a note; bf16 runs on both (on the
+    CPU through ``torch.autocast("cpu")``; fast where the CPU has bf16 instructions).
     """
     if name not in ENGINES:
         raise ValueError(f"engine '{name}' is unknown; valid: {', '.join(ENGINES)}")
@@ -65,10 +67,14 @@ def build_engine(name: str, nproc: int = 1, amp: str | None = None):
     if name in ("gpu", "dp") and not cuda:
         raise ValueError(f"engine '{name}' needs a CUDA device and none is visible; use --engine cpu")
     on_gpu = cuda and name != "cpu"
-    if amp is not None and not on_gpu:
-        log.info("train.amp=%s ignored: mixed precision needs a GPU and this run is on the CPU", amp)
+    if amp == "fp16" and not on_gpu:
+        log.info("train.amp=fp16 ignored: fp16 needs a GPU and this run is on the CPU (bf16 runs there)")
         amp = None
     kwargs = {"mixed_precision": _AMP[amp]}
+    if name != "ddp":
+        # accelerate keeps one precision per process and refuses another one later; a process
+        # that trains twice (the demo, the tests) may change train.amp between runs.
+        AcceleratorState._reset_state()
     if name == "cpu":
         return dl.CPUEngine(**kwargs)
     if name == "gpu":

@@ -11,6 +11,7 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
+import torch
 from catalyst import dl
 from catalyst.core.runner import IRunner
 
@@ -118,6 +119,8 @@ class SteelRunner(IRunner):
         model = build_model(self.cfg)
         if self.resume_state is not None:
             model.load_state_dict(self.resume_state["model_state"])
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         return model
 
     def get_criterion(self):
@@ -195,7 +198,10 @@ class SteelRunner(IRunner):
             self.epoch_step = int(self.resume_state["epoch"])  # the epoch loop continues after it
 
     def handle_batch(self, batch) -> None:
-        output = self.model(batch["image"])
+        image = batch["image"]
+        if self.cfg.train.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        output = self.model(image)
         if isinstance(output, tuple):  # a segmenter with a classification head (model.cls_head)
             self.batch["logits"], self.batch["head_logits"] = output
         else:
