@@ -52,12 +52,12 @@ format: install
 
 # The default suite (browser test included), then the slow "it learns" tests (CI runs both).
 test: lint browser
-	$(VENV)/bin/pytest
-	$(VENV)/bin/pytest -m slow
+	$(VENV)/bin/pytest --durations=15
+	$(VENV)/bin/pytest -m slow --durations=15
 
 # The default suite only, for a quick local loop.
 test-fast: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=15
 
 bench: install
 	$(PY) bench/rle.py

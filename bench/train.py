@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import torch
 from benchdata import REPO, print_rows
 
@@ -107,6 +108,18 @@ def main() -> None:
 
             return run
 
+        def single_threaded_cv2(run):
+            # OpenCV's own thread pool (decode, resize) beside torch's on the same cores
+            def wrapped():
+                threads = cv2.getNumThreads()
+                cv2.setNumThreads(1)
+                try:
+                    return run()
+                finally:
+                    cv2.setNumThreads(threads)
+
+            return wrapped
+
         def layout(channels_last: bool):
             def run():
                 model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -123,6 +136,9 @@ def main() -> None:
         variants = {"bare loop, preloaded batches": layout(False)}
         for workers in sorted({default_workers, 0, 1, 2}):
             variants[f"with the loader, num_workers={workers}"] = with_loader(workers)
+        variants[f"with the loader, num_workers={default_workers}, OpenCV 1 thread"] = single_threaded_cv2(
+            with_loader(default_workers)
+        )
         variants["bare loop, channels_last"] = layout(True)
         variants["bare loop, bf16 autocast"] = lambda: _loop(
             model, loss, optimizer, timed, device, autocast=torch.bfloat16

@@ -88,6 +88,20 @@ def test_random_crop_cuts_image_and_mask_at_the_same_place(seed):
     np.testing.assert_array_equal(out_mask, mask[top : top + 32, left : left + 100])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_non_empty_crop_keeps_a_defect_in_view(seed):
+    image = gradient_image()
+    mask = np.zeros((H, W, 4), np.uint8)
+    mask[40:44, 330:336, 2] = 1  # one small class-3 defect near the right edge
+    spec = {"name": "CropNonEmptyMaskIfExists", "params": {"height": 32, "width": 100}}
+    out_image, out_mask = run([spec], image, mask, seed)
+    assert out_mask[..., 2].any()  # a plain random crop of this size misses it 3 times in 4
+    top, left = locate(out_image[0, 0])
+    np.testing.assert_array_equal(out_mask, mask[top : top + 32, left : left + 100])
+    # without a defect it is an ordinary random crop
+    assert run([spec], image, np.zeros_like(mask), seed)[0].shape == (32, 100, 3)
+
+
 def test_center_crop_takes_the_middle():
     image, mask = gradient_image(), random_mask()
     out_image, out_mask = run([{"name": "CenterCrop", "params": {"height": 32, "width": 100}}], image, mask)
@@ -217,6 +231,7 @@ EXAMPLE_PARAMS = {
     "Resize": {"height": 32, "width": 200},
     "Affine": {"scale": [0.9, 1.1]},
     "Normalize": {},
+    "CropNonEmptyMaskIfExists": {"height": 32, "width": 100},
     "GaussNoise": {},
     "RandomBrightnessContrast": {},
     "RandomGamma": {},

@@ -47,6 +47,9 @@ TRANSFORMS: dict[str, type] = {
     "CoarseDropout": A.CoarseDropout,
     "RandomCrop": A.RandomCrop,
     "CenterCrop": A.CenterCrop,
+    # Crop ``height`` x ``width`` around a defect pixel when the image has one (else anywhere):
+    # small real sets have few defect pixels, and a plain random crop often misses them.
+    "CropNonEmptyMaskIfExists": A.CropNonEmptyMaskIfExists,
     # Crop a random region (height in ``min_max_height``, width = height * ``w2h_ratio``)
     # and scale it to ``size``; with w2h_ratio 6.25 it keeps the 1600/256 frame shape.
     "RandomSizedCrop": A.RandomSizedCrop,

@@ -41,7 +41,14 @@ def cache_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".onnx")
 
 
-def _session(path: Path, threads: int | None):
+# Whether ONNX Runtime's worker threads busy-wait for the next operator instead of sleeping
+# (its default). Spinning trims each operator's hand-over, but a thread that keeps spinning
+# after ``run`` returns takes a core from the decoding and post-processing around it; on a
+# 2-core CPU the pipeline is what counts (bench/inference.py measures both).
+SPIN = True
+
+
+def _session(path: Path, threads: int | None, spin: bool | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -50,6 +57,7 @@ def _session(path: Path, threads: int | None):
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if (SPIN if spin is None else spin) else "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # truncated file, not ONNX, unsupported operator
@@ -66,7 +74,7 @@ def read_metadata(session, path: Path) -> dict:
     return meta
 
 
-def _cached_session(checkpoint: Path, threads: int | None):
+def _cached_session(checkpoint: Path, threads: int | None, spin: bool | None = None):
     """(path, session, metadata) of ``checkpoint``'s up-to-date export, written first if missing
     or stale (that needs torch). A valid cached export is opened once, not once to check it and
     again to run it."""
@@ -75,7 +83,7 @@ def _cached_session(checkpoint: Path, threads: int | None):
     onnx_path = cache_path(checkpoint)
     if onnx_path.is_file():
         try:
-            session = _session(onnx_path, threads)
+            session = _session(onnx_path, threads, spin)
             meta = read_metadata(session, onnx_path)
             if meta.get("source_sha256") == file_sha256(checkpoint) and meta.get("precision") == "fp32":
                 return onnx_path, session, meta
@@ -84,19 +92,20 @@ def _cached_session(checkpoint: Path, threads: int | None):
     from steel_defect.inference.export import export_onnx
 
     export_onnx(checkpoint, onnx_path)
-    session = _session(onnx_path, threads)
+    session = _session(onnx_path, threads, spin)
     return onnx_path, session, read_metadata(session, onnx_path)
 
 
-def load_onnx(path: str | Path, threads: int | None = None) -> Network:
-    """An ``.onnx`` export as it is, or a ``.pth`` checkpoint through its cached export."""
+def load_onnx(path: str | Path, threads: int | None = None, spin: bool | None = None) -> Network:
+    """An ``.onnx`` export as it is, or a ``.pth`` checkpoint through its cached export.
+    ``spin``: let idle worker threads busy-wait (default :data:`SPIN`)."""
     path = Path(path)
     if path.suffix != ".onnx":
-        path, session, meta = _cached_session(path, threads)
+        path, session, meta = _cached_session(path, threads, spin)
     elif not path.is_file():
         raise ExportError(f"ONNX model {path} does not exist")
     else:
-        session = _session(path, threads)
+        session = _session(path, threads, spin)
         meta = read_metadata(session, path)
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
