@@ -265,7 +265,7 @@ def test_two_head_model_trains_its_head_and_logs_both_metrics(synth):
 
 
 def test_training_runs_channels_last_and_bf16_on_the_cpu(synth):
-    from steel_defect.training.engines import build_engine
+    from steel_defect.training.engines import build_engine, native_bf16
     from steel_defect.training.runner import SteelRunner
 
     def first_conv(cfg):
@@ -277,6 +277,8 @@ def test_training_runs_channels_last_and_bf16_on_the_cpu(synth):
     assert first_conv(_cfg(synth, "configs/demo/synth_seg.yml", "train.channels_last=false")).is_contiguous()
     assert build_engine("cpu", amp="bf16").mixed_precision == "bf16"
     assert build_engine("cpu", amp="fp16").mixed_precision == "no"  # fp16 needs a GPU
+    native = native_bf16(on_gpu=False)
+    assert build_engine("cpu", amp="auto").mixed_precision == ("bf16" if native else "no")
 
 
 def test_a_bf16_cpu_run_trains(synth):

@@ -159,8 +159,9 @@ SCHEMA: dict[str, Any] = {
         "amp": Opt(
             None,
             str,
-            "mixed precision: fp16 (GPU only), bf16 (GPU, or a CPU with bf16 support) or null",
-            choices=(None, "fp16", "bf16"),
+            "mixed precision: fp16 (GPU only), bf16, auto (bf16 where the device computes it "
+            "natively: a GPU that supports it, a CPU with AVX512-BF16 or AMX; else none) or null",
+            choices=(None, "fp16", "bf16", "auto"),
             nullable=True,
         ),
         "engine": Opt("cpu", str, "cpu, gpu, dp or ddp", choices=ENGINES),
