@@ -138,12 +138,6 @@ def main() -> None:
         batches = [network_input(first, frames[i : i + args.batch]) for i in range(0, args.n, args.batch)]
         for net in networks.values():
             net.run(batches[0])  # warm-up
-        runs = {name: (lambda net=net: [net.run(b) for b in batches]) for name, net in networks.items()}
-        model_s = {name: sec / args.n for name, sec in _interleaved(runs, args.repeats).items()}
-        flops = model_flops(seg, batches[0].shape[1:])
-        peak = matmul_peak(args.threads)
-        floor = flops / peak
-
         predictors = {}
         for name in (
             "torch eager (contiguous)",
@@ -158,8 +152,17 @@ def main() -> None:
         def pipeline(predictor):
             predict_folder(predictor, small, work / "p.csv", batch_size=args.batch, progress=False)
 
-        runs = {name: (lambda p=p: pipeline(p)) for name, p in predictors.items()}
-        pipe_s = {name: sec / args.n for name, sec in _interleaved(runs, args.repeats).items()}
+        # Model-only and pipeline runs take turns in the same rounds, so their ratio is measured
+        # side by side; on this shared machine two separate rounds a minute apart can differ
+        # by 1.5x.
+        runs = {("model", name): (lambda net=net: [net.run(b) for b in batches]) for name, net in networks.items()}
+        runs |= {("pipeline", name): (lambda p=p: pipeline(p)) for name, p in predictors.items()}
+        timed = _interleaved(runs, args.repeats)
+        model_s = {name: sec / args.n for (kind, name), sec in timed.items() if kind == "model"}
+        pipe_s = {name: sec / args.n for (kind, name), sec in timed.items() if kind == "pipeline"}
+        flops = model_flops(seg, batches[0].shape[1:])
+        peak = matmul_peak(args.threads)
+        floor = flops / peak
         fastest_fp32 = min(
             ("torch channels-last", "ONNX Runtime fp32", "ONNX Runtime fp32, no spinning"),
             key=lambda name: pipe_s[name],

@@ -120,11 +120,11 @@ def main() -> None:
 
             return wrapped
 
-        def layout(channels_last: bool):
+        def layout(channels_last: bool, autocast=None):
             def run():
                 model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 try:
-                    return _loop(model, loss, optimizer, timed, device, channels_last)
+                    return _loop(model, loss, optimizer, timed, device, channels_last, autocast)
                 finally:
                     model.to(memory_format=torch.contiguous_format)
 
@@ -143,6 +143,7 @@ def main() -> None:
         variants["bare loop, bf16 autocast"] = lambda: _loop(
             model, loss, optimizer, timed, device, autocast=torch.bfloat16
         )
+        variants["bare loop, channels_last + bf16 autocast (train.amp: bf16)"] = layout(True, torch.bfloat16)
         if device.type == "cuda":
             variants["bare loop, fp16 autocast"] = lambda: _loop(
                 model, loss, optimizer, timed, device, autocast=torch.float16

@@ -42,10 +42,11 @@ def cache_path(checkpoint: str | Path) -> Path:
 
 
 # Whether ONNX Runtime's worker threads busy-wait for the next operator instead of sleeping
-# (its default). Spinning trims each operator's hand-over, but a thread that keeps spinning
-# after ``run`` returns takes a core from the decoding and post-processing around it; on a
-# 2-core CPU the pipeline is what counts (bench/inference.py measures both).
-SPIN = True
+# (its default). A thread that keeps spinning after ``run`` returns takes a core from the
+# decoding and post-processing around it. On the 2-core CPU (bench/inference.py, side by side)
+# sleeping was faster in the pipeline (0.371 against 0.407 s a frame) and not slower for the
+# network alone (0.310 against 0.325).
+SPIN = False
 
 
 def _session(path: Path, threads: int | None, spin: bool | None = None):
