@@ -155,7 +155,9 @@ def main() -> None:
         # Model-only and pipeline runs take turns in the same rounds, so their ratio is measured
         # side by side; on this shared machine two separate rounds a minute apart can differ
         # by 1.5x.
-        runs = {("model", name): (lambda net=net: [net.run(b) for b in batches]) for name, net in networks.items()}
+        runs = {
+            ("model", name): (lambda net=net: [net.run(b) for b in batches]) for name, net in networks.items()
+        }
         runs |= {("pipeline", name): (lambda p=p: pipeline(p)) for name, p in predictors.items()}
         timed = _interleaved(runs, args.repeats)
         model_s = {name: sec / args.n for (kind, name), sec in timed.items() if kind == "model"}

@@ -283,7 +283,11 @@ def test_training_runs_channels_last_and_bf16_on_the_cpu(synth):
 
 def test_a_bf16_cpu_run_trains(synth):
     cfg = _cfg(
-        synth, "configs/demo/synth_seg.yml", "train.epochs=1", "train.amp=bf16", "train.max_train_batches=2",
+        synth,
+        "configs/demo/synth_seg.yml",
+        "train.epochs=1",
+        "train.amp=bf16",
+        "train.max_train_batches=2",
         work="work_bf16",
     )
     state = load_checkpoint(train(cfg)["run_dir"] + "/checkpoints/last.pth")

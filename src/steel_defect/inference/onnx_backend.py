@@ -58,7 +58,9 @@ def _session(path: Path, threads: int | None, spin: bool | None = None):
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if (SPIN if spin is None else spin) else "0")
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if (SPIN if spin is None else spin) else "0"
+    )
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # truncated file, not ONNX, unsupported operator
