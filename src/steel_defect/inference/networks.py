@@ -42,7 +42,9 @@ Run = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 class Network:
     path: str
     task: str  # "seg" or "cls"
-    run: Run  # (N, C, H, W) float32 -> (sigmoid of the main output, of the head or None)
+    # (N, C, H, W) float32 -> (sigmoid of the main output, of the head or None), as fresh arrays
+    # that the caller owns: the predictor averages views and networks into them in place
+    run: Run
     transform: Callable[..., dict]  # called as transform(image=...) like an albumentations Compose
     channels: int
     name: str

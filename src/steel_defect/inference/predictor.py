@@ -47,15 +47,21 @@ class Prediction:
 
 def network_input(network: Network, images: list[np.ndarray]) -> np.ndarray:
     """(N, C, H, W) float32: each frame through the network's validation transform; uint8 / 255."""
-    arrays = []
-    for image in images:
+    batch = None
+    for index, image in enumerate(images):
         if network.channels == 1 and image.shape[-1] == 3:
             image = image[..., :1]
         image = network.transform(image=image)["image"]
         if image.ndim == 2:
             image = image[:, :, None]
-        arrays.append(image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image)
-    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2), dtype=np.float32)
+        if batch is None:  # filled in place: one copy per frame instead of a stack and a transpose
+            height, width, channels = image.shape
+            batch = np.empty((len(images), channels, height, width), np.float32)
+        if image.dtype == np.uint8:
+            np.multiply(image.transpose(2, 0, 1), np.float32(1 / 255), out=batch[index])
+        else:
+            batch[index] = image.transpose(2, 0, 1)
+    return batch
 
 
 def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -64,6 +70,17 @@ def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     for index in np.ndindex(*maps.shape[:2]):
         out[index] = cv2.resize(maps[index], shape[::-1], interpolation=cv2.INTER_LINEAR)
     return out
+
+
+def _mean(arrays: list[np.ndarray]) -> np.ndarray:
+    """The element-wise mean, summed into the first array (a network's own output, no longer
+    needed as it is) instead of stacking them all into a new one."""
+    total = arrays[0] if arrays[0].flags.writeable else arrays[0].copy()
+    for other in arrays[1:]:
+        np.add(total, other, out=total)
+    if len(arrays) > 1:
+        total *= np.float32(1 / len(arrays))
+    return total
 
 
 class Predictor:
@@ -142,8 +159,7 @@ class Predictor:
             for (m, _), dims in zip(outputs, views, strict=True)
         ]
         heads = [h for _, h in outputs if h is not None]
-        main = np.add.reduce(mains) / np.float32(len(mains))
-        return main, (np.add.reduce(heads) / np.float32(len(heads)) if heads else None)
+        return _mean(mains), (_mean(heads) if heads else None)
 
     def classify(self, images: list[np.ndarray]) -> np.ndarray | None:
         """Probabilities of classes 1..4, (N, 4), averaged over classifiers; None without one."""
@@ -167,7 +183,7 @@ class Predictor:
         heads are averaged per class and gate like a classifier (``cls_threshold``). A class no
         hard head predicts gets probability 1 (it is never gated).
         """
-        total = np.zeros((len(images), NUM_CLASSES, *shape), np.float32)
+        total = None  # the first network covering every class is taken as it is, not copied
         count = np.zeros(NUM_CLASSES, np.float32)
         head_total = np.zeros((len(images), NUM_CLASSES), np.float32)
         head_count = np.zeros(NUM_CLASSES, np.float32)
@@ -181,9 +197,16 @@ class Predictor:
             elif head is not None:
                 head_total[:, channels] += head
                 head_count[channels] += 1
-            total[:, channels] += probs
+            if total is None and channels == list(range(NUM_CLASSES)) and probs.flags.writeable:
+                total = probs
+            else:
+                if total is None:
+                    total = np.zeros((len(images), NUM_CLASSES, *shape), np.float32)
+                total[:, channels] += probs
             count[channels] += 1
-        maps = total / np.maximum(count, 1)[:, None, None]
+        maps = total
+        for channel in np.flatnonzero(count > 1):  # in place: a full-size copy costs ~10 ms a frame
+            maps[:, channel] *= np.float32(1 / count[channel])
         if not head_count.any():
             return maps, None
         heads = np.where(head_count > 0, head_total / np.maximum(head_count, 1), np.float32(1))
