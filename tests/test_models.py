@@ -245,3 +245,26 @@ def test_models_hold_no_device_calls():
     model = build_model(cls_cfg())
     assert isinstance(model, nn.Module)
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_a_model_with_an_unsaved_buffer_is_rebuilt_for_real(monkeypatch):
+    """model_from_checkpoint builds on the meta device; a tensor the state dict lacks (a
+    non-persistent buffer) would stay without storage, so that model is built again for real."""
+    import steel_defect.models.checkpoint as checkpoint
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.register_buffer("scale", torch.full((1,), 2.0), persistent=False)
+
+        def forward(self, x):
+            return self.conv(x) * self.scale
+
+    monkeypatch.setattr(checkpoint, "build_model", lambda cfg: Scaled())
+    saved = Scaled()
+    cfg = {"model": {"encoder_weights": None}, "paths": {"encoder_weights": None}}
+    model, _ = checkpoint.model_from_checkpoint({"config": cfg, "model_state": saved.state_dict()})
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    x = torch.randn(1, 3, 4, 4)
+    torch.testing.assert_close(model(x), saved(x))

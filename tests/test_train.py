@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -264,6 +265,16 @@ def test_two_head_model_trains_its_head_and_logs_both_metrics(synth):
         _cfg(synth, "configs/demo/synth_seg.yml", "model.cls_head={gate: maybe}")
 
 
+def _conv_dtype(engine) -> torch.dtype:
+    """The dtype a convolution computes in, inside a model prepared by ``engine``."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    seen = []
+    model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    out = engine.prepare(model)(torch.randn(1, 3, 8, 8))
+    assert out.dtype == torch.float32  # outputs come back in fp32 for the loss
+    return seen[0]
+
+
 def test_training_runs_channels_last_and_bf16_on_the_cpu(synth):
     from steel_defect.training.engines import build_engine, native_bf16
     from steel_defect.training.runner import SteelRunner
@@ -272,13 +283,14 @@ def test_training_runs_channels_last_and_bf16_on_the_cpu(synth):
         model = SteelRunner(cfg, 0, "cpu").get_model()
         return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight
 
-    nhwc = first_conv(_cfg(synth))  # the default: 1.27x the images/s of NCHW (bench/train.py)
+    nhwc = first_conv(_cfg(synth))  # the default: 1.24-1.53x the images/s of NCHW (bench/train.py)
     assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
     assert first_conv(_cfg(synth, "configs/demo/synth_seg.yml", "train.channels_last=false")).is_contiguous()
-    assert build_engine("cpu", amp="bf16").mixed_precision == "bf16"
-    assert build_engine("cpu", amp="fp16").mixed_precision == "no"  # fp16 needs a GPU
-    native = native_bf16(on_gpu=False)
-    assert build_engine("cpu", amp="auto").mixed_precision == ("bf16" if native else "no")
+    assert _conv_dtype(build_engine("cpu", amp="bf16")) == torch.bfloat16  # autocast on the CPU
+    assert _conv_dtype(build_engine("cpu", amp="fp16")) == torch.float32  # fp16 needs a GPU
+    assert _conv_dtype(build_engine("cpu")) == torch.float32  # and a later run may switch back
+    expected = torch.bfloat16 if native_bf16(on_gpu=False) else torch.float32
+    assert _conv_dtype(build_engine("cpu", amp="auto")) == expected
 
 
 def test_a_bf16_cpu_run_trains(synth):
@@ -291,5 +303,6 @@ def test_a_bf16_cpu_run_trains(synth):
         work="work_bf16",
     )
     state = load_checkpoint(train(cfg)["run_dir"] + "/checkpoints/last.pth")
+    # the weights stay fp32 (autocast computes in bf16, the optimizer steps in fp32)
     assert all(v.dtype == torch.float32 for v in state["model_state"].values() if v.is_floating_point())
-    assert state["metrics"]["valid"]["loss"] == pytest.approx(state["metrics"]["valid"]["loss"])  # finite
+    assert math.isfinite(state["metrics"]["valid"]["loss"])

@@ -95,7 +95,7 @@ def test_non_empty_crop_keeps_a_defect_in_view(seed):
     mask[40:44, 330:336, 2] = 1  # one small class-3 defect near the right edge
     spec = {"name": "CropNonEmptyMaskIfExists", "params": {"height": 32, "width": 100}}
     out_image, out_mask = run([spec], image, mask, seed)
-    assert out_mask[..., 2].any()  # a plain random crop of this size misses it 3 times in 4
+    assert out_mask[..., 2].any()  # a plain random crop of this size misses it about 6 times in 7
     top, left = locate(out_image[0, 0])
     np.testing.assert_array_equal(out_mask, mask[top : top + 32, left : left + 100])
     # without a defect it is an ordinary random crop

@@ -168,8 +168,8 @@ SCHEMA: dict[str, Any] = {
         "channels_last": Opt(
             True,
             bool,
-            "train the model and its input in channels-last memory layout (NHWC): 1.27x the "
-            "images/s of contiguous NCHW on the 2-core CPU (bench/train.py); false: NCHW",
+            "train the model and its input in channels-last memory layout (NHWC): 1.24-1.53x "
+            "the images/s of contiguous NCHW on the 2-core CPU (bench/train.py); false: NCHW",
         ),
         "early_stopping": Opt(None, int, "epochs without improvement before stopping", nullable=True),
         "save_top_k": Opt(1, int, "best checkpoints to keep"),

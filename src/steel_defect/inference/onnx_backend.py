@@ -44,8 +44,8 @@ def cache_path(checkpoint: str | Path) -> Path:
 # Whether ONNX Runtime's worker threads busy-wait for the next operator instead of sleeping
 # (its default). A thread that keeps spinning after ``run`` returns takes a core from the
 # decoding and post-processing around it. On the 2-core CPU (bench/inference.py, side by side)
-# sleeping was faster in the pipeline (0.371 against 0.407 s a frame) and not slower for the
-# network alone (0.310 against 0.325).
+# sleeping won two pipeline runs, tied one and lost one: within the noise, so the threads sleep
+# and leave the cores to the rest of the machine.
 SPIN = False
 
 
@@ -58,9 +58,8 @@ def _session(path: Path, threads: int | None, spin: bool | None = None):
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if (SPIN if spin is None else spin) else "0"
-    )
+    spin = SPIN if spin is None else spin
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # truncated file, not ONNX, unsupported operator

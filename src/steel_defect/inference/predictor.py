@@ -197,7 +197,7 @@ class Predictor:
             elif head is not None:
                 head_total[:, channels] += head
                 head_count[channels] += 1
-            if total is None and channels == list(range(NUM_CLASSES)) and probs.flags.writeable:
+            if total is None and channels == list(range(NUM_CLASSES)):
                 total = probs
             else:
                 if total is None:
