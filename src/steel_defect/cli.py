@@ -256,6 +256,7 @@ def _cmd_demo(args) -> int:
         pseudo_images=args.pseudo_images,
         pseudo_weight=args.pseudo_weight,
         pseudo_opts=args.pseudo_opts,
+        holdout=args.holdout,
     )
     print(format_summary(summary))
     return 0
@@ -486,6 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
         "steel (configs/real/), every fold (use with --data-dir)",
     )
     p.add_argument("--opts", nargs="*", default=[], help="key=value overrides of the segmenter config")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        choices=range(4),
+        metavar="{0,1,2,3}",
+        help="with --data-dir: which stratified quarter of the labelled frames is the test set",
+    )
     p.add_argument(
         "--pseudo-images",
         metavar="DIR",

@@ -57,13 +57,19 @@ RECIPES = {
 }
 
 
-def _holdout_real(data_dir: Path, work: Path, seed: int) -> tuple[Path, Path, list[str]]:
-    """Split a real labelled folder into train (3/4) and test (1/4) label files in ``work``."""
+HOLDOUT_PARTS = 4  # a real folder's labelled frames split into quarters: one is the test set
+
+
+def _holdout_real(data_dir: Path, work: Path, seed: int, part: int = 0) -> tuple[Path, Path, list[str]]:
+    """Split a real labelled folder into train (3/4) and test (quarter ``part``, stratified)
+    label files in ``work``."""
+    if not 0 <= part < HOLDOUT_PARTS:
+        raise ValueError(f"holdout part {part} is not one of 0..{HOLDOUT_PARTS - 1}")
     annotations = read_annotations(data_dir / "train.csv")
     ids = resolve_image_ids(annotations, data_dir / "train_images")
-    table = make_folds_table(ids, annotations.labels(ids), n_splits=4, seed=seed)
-    test_ids = table.ImageId[table.fold == 0].tolist()
-    train_ids = table.ImageId[table.fold != 0].tolist()
+    table = make_folds_table(ids, annotations.labels(ids), n_splits=HOLDOUT_PARTS, seed=seed)
+    test_ids = table.ImageId[table.fold == part].tolist()
+    train_ids = table.ImageId[table.fold != part].tolist()
     write_annotations(work / "train.csv", train_ids, [annotations.rles(i) for i in train_ids])
     write_annotations(work / "test_truth.csv", test_ids, [annotations.rles(i) for i in test_ids])
     return work / "train.csv", data_dir / "train_images", test_ids
@@ -118,9 +124,11 @@ class DemoData:
     sample: Path  # the sample submission: which test frames to predict, in order
 
 
-def prepare_data(data_dir: str | Path | None, work: Path, n_images: int, seed: int) -> DemoData:
-    """Synthetic frames (written once), or a real folder with a held-out quarter as the test set;
-    writes ``work/test_truth.csv`` either way."""
+def prepare_data(
+    data_dir: str | Path | None, work: Path, n_images: int, seed: int, holdout: int = 0
+) -> DemoData:
+    """Synthetic frames (written once), or a real folder with a held-out quarter (number
+    ``holdout`` of the stratified split) as the test set; writes ``work/test_truth.csv`` either way."""
     if data_dir is None:
         data = work / "data"
         if not (data / "train.csv").is_file():
@@ -131,7 +139,7 @@ def prepare_data(data_dir: str | Path | None, work: Path, n_images: int, seed: i
         return DemoData(
             data / "train.csv", data / "train_images", data / "test_images", data / "sample_submission.csv"
         )
-    train_csv, train_images, test_ids = _holdout_real(Path(data_dir), work, seed)
+    train_csv, train_images, test_ids = _holdout_real(Path(data_dir), work, seed, holdout)
     sample = work / "sample_submission.csv"
     write_submission(sample, test_ids, [["1 1"] * 4 for _ in test_ids])  # predict exactly these
     return DemoData(train_csv, train_images, train_images, sample)
@@ -192,6 +200,7 @@ def run_demo(
     pseudo_images: str | Path | None = None,
     pseudo_weight: float = 1.0,
     pseudo_opts: list[str] | None = None,
+    holdout: int = 0,
 ) -> dict:
     """Run the whole recipe; returns (and writes to ``summary.json``) the scores and paths.
 
@@ -201,7 +210,9 @@ def run_demo(
     segmenter trains again with them as ``data.extra`` (under ``round2/``), and the summary
     gives both rounds' scores on the same test frames. ``pseudo_weight`` is the pseudo set's
     ``data.extra`` weight; ``pseudo_opts`` override the second round's segmenter config only
-    (e.g. fewer epochs, since each epoch now holds more frames).
+    (e.g. fewer epochs, since each epoch now holds more frames). ``holdout`` picks which
+    quarter of a real folder is the test set (0..3); running all four scores every frame once
+    (``bench/real_holdout.py``).
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
@@ -209,7 +220,7 @@ def run_demo(
     start = time.perf_counter()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(data_dir, work, n_images, seed)
+    data = prepare_data(data_dir, work, n_images, seed, holdout)
     seg_cfg, cls_cfg, seg_opts = load_configs(steps, data, work, seed, epochs, opts)
     split_folds(seg_cfg)
     folds = range(seg_cfg.folds.n_splits) if steps.all_folds else (0,)
@@ -238,6 +249,8 @@ def run_demo(
     timings["report_s"] = round(time.perf_counter() - t0, 1)
     timings["total_s"] = round(time.perf_counter() - start, 1)
     summary = _summary(recipe, score, baseline, search, report, checkpoints, work, timings)
+    if data_dir is not None:
+        summary["holdout"] = holdout
     if rounds:
         summary["rounds"] = rounds
     with atomic_write(layout.demo_summary(work)) as handle:
