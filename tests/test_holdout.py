@@ -1,0 +1,33 @@
+"""``steel-defect demo --data-dir DIR --holdout K``: the four quarters of a real folder's
+labelled frames are disjoint, cover every frame, and each trains on the other three."""
+
+from __future__ import annotations
+
+import pytest
+
+from steel_defect.cli import build_parser
+from steel_defect.data.annotations import read_annotations
+from steel_defect.demo import HOLDOUT_PARTS, _holdout_real
+
+
+def test_the_four_holdout_quarters_partition_the_labelled_frames(tiny_synth, tmp_path):
+    data = tiny_synth / "data"
+    every = set(read_annotations(data / "train.csv").image_ids)
+    tested = []
+    for part in range(HOLDOUT_PARTS):
+        work = tmp_path / f"holdout{part}"
+        work.mkdir()
+        train_csv, _, test_ids = _holdout_real(data, work, seed=0, part=part)
+        train_ids = set(read_annotations(train_csv).image_ids)
+        assert test_ids and set(test_ids) == set(read_annotations(work / "test_truth.csv").image_ids)
+        assert train_ids.isdisjoint(test_ids) and train_ids | set(test_ids) == every
+        tested += test_ids
+    assert sorted(tested) == sorted(every)  # every frame is tested exactly once
+
+
+def test_a_holdout_outside_the_four_quarters_is_refused(tiny_synth, tmp_path):
+    with pytest.raises(ValueError, match="holdout part 4"):
+        _holdout_real(tiny_synth / "data", tmp_path, seed=0, part=4)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--holdout", "4"])
+    assert build_parser().parse_args(["demo", "--holdout", "3"]).holdout == 3
