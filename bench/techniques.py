@@ -21,7 +21,10 @@ run as it is; each other row changes one thing:
 
 One table: test mean Dice and per class, beside all-empty masks, and the out-of-fold mean.
 Training is seeded, but CPU kernels are not bit-reproducible across thread counts, so rerun a
-row before trusting a difference under about 0.01 (README, "What repeats").
+row before trusting a difference under about 0.01 (README, "What repeats"). ``--train-seed S``
+reruns the chosen variants with another training seed (initialisation, draw order, augmentation)
+on the same data and split, stored as ``<variant>@seed<S>``: how far two runs of one row land
+apart is the noise the other rows' differences must clear.
 """
 
 from __future__ import annotations
@@ -75,8 +78,8 @@ def _member(cfg, checkpoint: Path, root: Path, opts: list[str]):
     return load_config(CONFIG, [*opts, f"paths.work_dir={root}"])
 
 
-def run_variant(name: str, common: list[str], work: Path, data: Path) -> dict:
-    out = work / name
+def run_variant(name: str, common: list[str], work: Path, data: Path, out: Path | None = None) -> dict:
+    out = out or work / name
     opts = [*common, f"paths.work_dir={out / 'seg'}", *VARIANTS[name]]
     start = time.perf_counter()
     members, cls_cfg = [], None
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to run (default all)")
     parser.add_argument("--epochs", type=int, help="override train.epochs (default the demo's 10)")
     parser.add_argument("--n", type=int, default=240, help="synthetic frames (train + test)")
+    parser.add_argument("--train-seed", type=int, help="rerun with this training seed (same data and split)")
     args = parser.parse_args()
     data = args.work / "data"
     if not (data / "train.csv").is_file():
@@ -153,7 +157,12 @@ def main() -> None:
     if {"top_gate", "classifier"} & set(names) and "baseline" not in names and "baseline" not in results:
         names.insert(0, "baseline")
     for name in names:
-        results[name] = run_variant(name, common, args.work, data)
+        if args.train_seed is None:
+            results[name] = run_variant(name, common, args.work, data)
+            continue
+        key = f"{name}@seed{args.train_seed}"  # the split is already written: only training changes
+        seeded = [*common, f"seed={args.train_seed}"]
+        results[key] = run_variant(name, seeded, args.work, data, args.work / key)
         results_path.write_text(json.dumps(results, indent=2))
     print(f"{len(ids)} synthetic test frames; mean Dice (per class 1-4); OOF = fold 0's validation images")
     print(f"{'variant':<16}{'mean':>8}{'c1':>8}{'c2':>8}{'c3':>8}{'c4':>8}{'OOF':>8}{'min':>6}")
