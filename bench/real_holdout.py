@@ -25,17 +25,14 @@ from steel_defect.config import layout
 from steel_defect.demo import HOLDOUT_PARTS, run_demo
 
 
-def pooled(summaries: list[dict], key: str, empty_key: str) -> tuple[dict, dict]:
-    """Per-class means over all test frames of the quarters (weighted by their frame counts)."""
+def pooled(summaries: list[dict], key: str) -> dict:
+    """Per-class means of ``key`` over all test frames of the quarters (weighted by frame counts)."""
     total = sum(s["test_images"] for s in summaries)
-    classes = summaries[0][key]
-    model = {c: sum(s[key][c] * s["test_images"] for s in summaries) / total for c in classes}
-    empty = {c: sum(s[empty_key][c] * s["test_images"] for s in summaries) / total for c in classes}
-    return model, empty
+    return {c: sum(s[key][c] * s["test_images"] for s in summaries) / total for c in summaries[0][key]}
 
 
 def table(summaries: list[dict]) -> str:
-    model, empty = pooled(summaries, "per_class", "empty_per_class")
+    model, empty = pooled(summaries, "per_class"), pooled(summaries, "empty_per_class")
     frames = sum(s["test_images"] for s in summaries)
     mean = sum(model.values()) / len(model)
     empty_mean = sum(empty.values()) / len(empty)

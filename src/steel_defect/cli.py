@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from steel_defect.constants import ENGINES
+from steel_defect.constants import ENGINES, HOLDOUT_PARTS
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import otherwise calls the network
 
@@ -491,8 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout",
         type=int,
         default=0,
-        choices=range(4),
-        metavar="{0,1,2,3}",
+        choices=range(HOLDOUT_PARTS),
+        metavar=f"{{0..{HOLDOUT_PARTS - 1}}}",
         help="with --data-dir: which stratified quarter of the labelled frames is the test set",
     )
     p.add_argument(

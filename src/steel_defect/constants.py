@@ -18,3 +18,6 @@ CLASS_NAMES = {
 # Okabe-Ito colours: told apart with the common colour-vision deficiencies, visible on grey steel.
 # The web page and the error-analysis report draw classes in them.
 CLASS_COLORS = {1: "#F0E442", 2: "#56B4E9", 3: "#D55E00", 4: "#CC79A7"}
+
+# a real folder's labelled frames split into quarters by `demo --holdout K`: one is the test set
+HOLDOUT_PARTS = 4

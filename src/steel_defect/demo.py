@@ -23,6 +23,7 @@ from pathlib import Path
 
 from steel_defect.atomic import atomic_write
 from steel_defect.config import layout, load_config
+from steel_defect.constants import HOLDOUT_PARTS
 from steel_defect.data.annotations import read_annotations, resolve_image_ids, write_annotations
 from steel_defect.data.folds import make_folds_table, split_folds
 from steel_defect.data.submission import write_submission
@@ -55,9 +56,6 @@ RECIPES = {
     "synthetic": Recipe("demo/synth_seg.yml", "demo/synth_cls.yml", all_folds=False),
     "real": Recipe("real/unet_effnet_lite0.yml", None, all_folds=True),
 }
-
-
-HOLDOUT_PARTS = 4  # a real folder's labelled frames split into quarters: one is the test set
 
 
 def _holdout_real(data_dir: Path, work: Path, seed: int, part: int = 0) -> tuple[Path, Path, list[str]]:
