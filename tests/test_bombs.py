@@ -64,7 +64,8 @@ def test_training_and_inference_datasets_refuse_bombs(folder, kind, tmp_path):
 
 def test_predict_on_a_folder_reports_each_bomb_and_predicts_the_rest(folder, checkpoint, tmp_path, capsys):
     out = tmp_path / "sub.csv"
-    code = main(["predict", "--checkpoints", str(checkpoint), "--images", str(folder), "--out", str(out)])
+    argv = ["predict", "--untuned", "--checkpoints", str(checkpoint), "--images", str(folder)]
+    code = main([*argv, "--out", str(out)])
     assert code == 1
     err = capsys.readouterr().err
     for suffix in SUFFIXES.values():

@@ -16,17 +16,22 @@ import torch
 
 from steel_defect.cli import main
 from steel_defect.config import load_config
-from steel_defect.data.folds import read_folds, split_folds
+from steel_defect.data.folds import read_folds, split_folds, write_folds
 from steel_defect.data.images import read_image
 from steel_defect.data.submission import read_sample_submission, read_submission
 from steel_defect.data.synth import write_synthetic_dataset
-from steel_defect.inference.oof import collect_oof, search_thresholds
+from steel_defect.inference.oof import SplitMismatchError, collect_oof, search_thresholds
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor, network_input
 from steel_defect.inference.run import predict_folder
 from steel_defect.inference.search import downsample_probs
-from steel_defect.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from steel_defect.training.runner import train
+from steel_defect.training.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    update_checkpoint,
+)
+from steel_defect.training.runner import train, training_data
 from tests.conftest import REPO, SMALL_OPTS, random_checkpoints
 
 
@@ -47,12 +52,14 @@ def trained(tmp_path_factory):
     split_folds(seg)
     train(seg, fold=0)
     train(cls, fold=0)
+    search_thresholds(seg, cls, root / "postprocessing.yml")
     return {
         "root": root,
         "seg_cfg": seg,
         "cls_cfg": cls,
         "seg": root / "seg/fold0/checkpoints/best.pth",
         "cls": root / "cls/fold0/checkpoints/best.pth",
+        "post": root / "postprocessing.yml",
     }
 
 
@@ -105,9 +112,8 @@ def test_predict_cli_writes_a_valid_submission_in_sample_order(trained, tmp_path
     code = main(
         [
             "predict",
-            "--checkpoints",
-            str(trained["seg"]),
-            str(trained["cls"]),
+            "--postprocessing",
+            str(trained["post"]),
             "--images",
             str(data / "test_images"),
             "--out",
@@ -129,7 +135,8 @@ def test_unreadable_image_gets_empty_rows_and_a_nonzero_exit(trained, tmp_path, 
     broken = sorted(images.iterdir())[0]
     broken.write_bytes(broken.read_bytes()[:500])
     out = tmp_path / "sub.csv"
-    code = main(["predict", "--checkpoints", str(trained["seg"]), "--images", str(images), "--out", str(out)])
+    argv = ["predict", "--untuned", "--checkpoints", str(trained["seg"]), "--images", str(images)]
+    code = main([*argv, "--out", str(out)])
     assert code == 1
     err = capsys.readouterr().err
     assert f"{broken.name}: " in err and "truncated JPEG" in err and "1 FAILED" in err
@@ -142,6 +149,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     code = main(
         [
             "predict",
+            "--untuned",
             "--checkpoints",
             str(tmp_path / "nope.pth"),
             "--images",
@@ -253,6 +261,9 @@ def test_oof_predicts_each_fold_with_that_folds_model(trained, tmp_path):
         models[fold] = random_checkpoints(tmp_path / f"prior{fold}", seg_prior=prior)["seg"]
         (tmp_path / f"two_folds/fold{fold}/checkpoints").mkdir(parents=True)
         shutil.copy(models[fold], tmp_path / f"two_folds/fold{fold}/checkpoints/best.pth")
+        update_checkpoint(
+            tmp_path / f"two_folds/fold{fold}/checkpoints/best.pth", trained_on=training_data(cfg, fold)
+        )
     oof = collect_oof(cfg)
     folds = read_folds(cfg.paths.folds_csv).set_index("ImageId")["fold"]
     assert sorted(oof["folds"]) == [0, 1] and {int(folds[i]) for i in oof["ids"]} == {0, 1}
@@ -271,7 +282,9 @@ def test_ensemble_oof_averages_every_members_fold_model(trained, tmp_path):
     member.paths.work_dir = str(tmp_path / "member")
     other = random_checkpoints(tmp_path)["seg"]  # a different network on the same folds
     (tmp_path / "member/fold0/checkpoints").mkdir(parents=True)
-    shutil.copy(other, tmp_path / "member/fold0/checkpoints/best.pth")
+    member_best = tmp_path / "member/fold0/checkpoints/best.pth"
+    shutil.copy(other, member_best)
+    update_checkpoint(member_best, trained_on=training_data(member, 0))
     alone = collect_oof(trained["seg_cfg"])
     both = collect_oof(trained["seg_cfg"], members=[member])
     assert both["ids"] == alone["ids"] and len(both["checkpoints"]) == 2
@@ -280,11 +293,15 @@ def test_ensemble_oof_averages_every_members_fold_model(trained, tmp_path):
     expected = downsample_probs(predictor.segment(frames), both["factor"])
     assert np.abs(both["probs"][:2].astype(int) - expected).max() <= 1
     assert np.abs(both["probs"].astype(int) - alone["probs"]).max() > 5  # the member counted
+    # a member trained on another split (one image in another fold): its fold-0 maps are not out of fold
     member.paths.folds_csv = str(tmp_path / "other_folds.csv")
-    shutil.copy(trained["seg_cfg"].paths.folds_csv, member.paths.folds_csv)
-    with open(member.paths.folds_csv, "a") as handle:
-        handle.write("extra.jpg,1,1,0,0,0,0\n")
-    with pytest.raises(ValueError, match="differs from"):
+    folds = read_folds(trained["seg_cfg"].paths.folds_csv)
+    folds.loc[folds.fold == 1, "fold"] = 0  # every frame of fold 1 now validates in fold 0
+    write_folds(folds, member.paths.folds_csv)
+    update_checkpoint(member_best, trained_on=training_data(member, 0))
+    with pytest.raises(
+        SplitMismatchError, match=r"member/fold0/checkpoints/best.pth was trained on the split"
+    ):
         collect_oof(trained["seg_cfg"], members=[member])
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +13,16 @@ import pytest
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e .[onnx]")
 
 from steel_defect.cli import main
+from steel_defect.config import load_config
+from steel_defect.data.folds import read_folds
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import mask_to_rle
 from steel_defect.inference import export
 from steel_defect.inference.onnx_backend import ExportError, cache_path, file_sha256, load_onnx
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
+from steel_defect.models.checkpoint import update_checkpoint
+from steel_defect.training.runner import training_data
 from tests.conftest import REPO, SMALL_OPTS, random_checkpoints
 from tests.test_startup_imports import loaded_modules
 
@@ -121,7 +127,7 @@ def test_predict_with_onnx_files_never_imports_torch(tmp_path, exported, tiny_sy
     images.mkdir()
     (images / frame.name).write_bytes(frame.read_bytes())
     out = tmp_path / "submission.csv"
-    argv = ["predict", "--checkpoints", str(exported["seg"]), str(exported["cls"])]
+    argv = ["predict", "--untuned", "--checkpoints", str(exported["seg"]), str(exported["cls"])]
     loaded = loaded_modules(tmp_path, *argv, "--images", str(images), "--out", str(out))
     assert out.read_text().count(frame.name) == 4
     assert "torch" not in loaded and "catalyst" not in loaded, sorted(loaded)
@@ -131,19 +137,33 @@ def _split(root):
     assert main(["split", "--config", str(REPO / "configs/demo/synth_seg.yml"), "--opts", *_opts(root)]) == 0
 
 
+def _trained_on_fold(checkpoint, root, out: Path, fold: int = 1) -> Path:
+    """A copy of ``checkpoint`` that records fold ``fold`` of ``root``'s split as its validation."""
+    cfg = load_config(REPO / "configs/demo/synth_seg.yml", _opts(root))
+    out = Path(shutil.copy(checkpoint, out))
+    update_checkpoint(out, trained_on=training_data(cfg, fold))
+    return out
+
+
 def _opts(root):
     return [f"paths.data_dir={root / 'data'}", f"paths.folds_csv={root / 'folds.csv'}", "folds.n_splits=3"]
 
 
 def test_export_command_writes_int8_with_its_dice_change(tmp_path, tiny_synth, checkpoints, capsys):
     _split(tiny_synth)
+    seg = _trained_on_fold(checkpoints["seg"], tiny_synth, tmp_path / "seg.pth")
     capsys.readouterr()
     out = tmp_path / "export"
-    argv = ["export", "--checkpoints", str(checkpoints["seg"]), "--out", str(out), "--int8"]
+    argv = ["export", "--untuned", "--checkpoints", str(seg), "--out", str(out), "--int8"]
     argv += ["--calib-images", "4", "--holdout-images", "3", "--force", "--opts", *_opts(tiny_synth)]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     report = summary[0]["int8"]
+    # scored on frames of the validation fold the checkpoint records, calibrated on none of them
+    folds = read_folds(tiny_synth / "folds.csv")
+    assert (
+        set(report["holdout_ids"]) <= set(folds.ImageId[folds.fold == 1]) and len(report["holdout_ids"]) == 3
+    )
     int8 = load_onnx(report["onnx"], threads=1)
     assert int8.info["precision"] == "int8" and int8.name.endswith("(int8)")
     assert int8.info["int8"]["dice_change"] == pytest.approx(report["dice_int8"] - report["dice_fp32"])
@@ -153,9 +173,10 @@ def test_export_command_writes_int8_with_its_dice_change(tmp_path, tiny_synth, c
 
 def test_export_refuses_an_int8_model_that_loses_dice(tmp_path, tiny_synth, checkpoints, monkeypatch, capsys):
     _split(tiny_synth)
+    seg = _trained_on_fold(checkpoints["seg"], tiny_synth, tmp_path / "seg.pth")
     monkeypatch.setattr(export, "INT8_MAX_DICE_LOSS", -1.0)  # any int8 model "loses too much"
     out = tmp_path / "export"
-    argv = ["export", "--checkpoints", str(checkpoints["seg"]), "--out", str(out), "--int8"]
+    argv = ["export", "--untuned", "--checkpoints", str(seg), "--out", str(out), "--int8"]
     argv += ["--calib-images", "2", "--holdout-images", "2", "--opts", *_opts(tiny_synth)]
     assert main(argv) == 2
     assert "pass --force" in capsys.readouterr().err

@@ -104,7 +104,15 @@ def test_predict_imports_neither_catalyst_nor_albumentations(tmp_path, data, che
     (images / frame.name).write_bytes(frame.read_bytes())
     out = tmp_path / "submission.csv"
     loaded = loaded_modules(
-        tmp_path, "predict", "--checkpoints", *checkpoints, "--images", str(images), "--out", str(out)
+        tmp_path,
+        "predict",
+        "--untuned",
+        "--checkpoints",
+        *checkpoints,
+        "--images",
+        str(images),
+        "--out",
+        str(out),
     )
     assert out.read_text().count(frame.name) == 4  # it did predict (one row per class)
     assert "torch" in loaded  # the probe sees what the command really imports
@@ -112,6 +120,6 @@ def test_predict_imports_neither_catalyst_nor_albumentations(tmp_path, data, che
 
 
 def test_serve_imports_neither_catalyst_nor_albumentations(tmp_path, checkpoints):
-    loaded = loaded_modules(tmp_path, "serve", "--checkpoints", *checkpoints, "--port", "0")
+    loaded = loaded_modules(tmp_path, "serve", "--untuned", "--checkpoints", *checkpoints, "--port", "0")
     assert {"torch", "fastapi"} <= loaded
     assert loaded.isdisjoint(PREDICT_FORBIDDEN), sorted(loaded)

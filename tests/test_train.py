@@ -14,11 +14,12 @@ import yaml
 from steel_defect.config import ConfigError, load_config
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.datasets import SegmentationDataset
-from steel_defect.data.folds import read_folds, split_folds
+from steel_defect.data.folds import read_folds, split_digest, split_folds
 from steel_defect.data.loaders import build_loaders
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
+from steel_defect.models.checkpoint import weights_digest
 from steel_defect.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from steel_defect.training.optim import build_optimizer
 from steel_defect.training.runner import train
@@ -101,7 +102,9 @@ def test_train_leaves_checkpoints_logs_and_curves(synth):
         "valid_frames": int((folds.fold == 1).sum()),
         "train_csv": cfg.paths.train_csv,
         "fold": 1,
+        "split": {"sha256": split_digest(folds), "valid_ids": folds.ImageId[folds.fold == 1].tolist()},
     }
+    assert state["weights_sha256"] == weights_digest(state["model_state"])
     assert state["weights_source"] == {"encoder": "resnet18", "kind": "random"}
     assert state["metrics"]["valid"]["iou"] == result["best"]["value"] == result["best"]["score"]
     model, model_cfg = model_from_checkpoint(run / "checkpoints" / "best.pth")

@@ -3,9 +3,10 @@
     steel-defect synth --out data/synth --n 200 --seed 0
     steel-defect split --config configs/seg/unet_resnet18_bcedice.yml
     steel-defect train --config configs/seg/unet_resnet18_bcedice.yml [--fold K] [--resume]
-    steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]
-    steel-defect predict --checkpoints A.pth [B.pth ...] --images DIR --out submission.csv [--backend onnx]
-    steel-defect export --checkpoints A.pth [B.pth ...] --out DIR [--int8]   # ONNX files
+    steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]   # -> postprocessing.yml
+    steel-defect predict --postprocessing WORK/postprocessing.yml --images DIR --out submission.csv
+    steel-defect predict --checkpoints A.pth --untuned --images DIR --out sub.csv   # no thresholds
+    steel-defect export --postprocessing WORK/postprocessing.yml --out DIR [--int8]   # ONNX files
     steel-defect evaluate --pred submission.csv --truth test_truth.csv [--json]
     steel-defect report --pred submission.csv --truth T.csv --images DIR --out report.html
     steel-defect runs [WORK_DIR ...] [--diff RUN_A RUN_B] [--csv | --json]   # leaderboard
@@ -49,6 +50,20 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
     )
 
 
+def _add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postprocessing",
+        help="the tuned pipeline: postprocessing.yml of `steel-defect thresholds` (default "
+        "paths.postprocessing, or <work_dir>/postprocessing.yml of --config)",
+    )
+    parser.add_argument(
+        "--untuned",
+        action="store_true",
+        help="run without a tuned pipeline: --checkpoints as given, the config's TTA, threshold 0.5 "
+        "(or --postprocessing's classes, unchecked); prints a warning",
+    )
+
+
 def _add_backend_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
@@ -71,12 +86,26 @@ def _cmd_synth(args) -> int:
 
 def _cmd_split(args) -> int:
     from steel_defect.config import load_config
-    from steel_defect.data.folds import FLAG_COLUMNS, split_folds
+    from steel_defect.data.folds import FLAG_COLUMNS, make_split, read_folds, split_digest, write_split
 
     cfg = load_config(
         args.config, args.opts, require=("paths.train_csv", "paths.train_images"), components=False
     )
-    table = split_folds(cfg)
+    table = make_split(cfg)
+    path = Path(cfg.paths.folds_csv)
+    if path.is_file() and not args.force:
+        old = split_digest(read_folds(path))
+        if old != split_digest(table):
+            from steel_defect.models.checkpoint import checkpoints_on_split
+
+            used = checkpoints_on_split({Path(cfg.paths.work_dir), path.parent}, old)
+            if used:
+                raise UserError(
+                    f"{path} would change, and {len(used)} checkpoint(s) were trained on it (e.g. "
+                    f"{used[0]}): their validation folds would no longer be out of fold. Write the new "
+                    "split elsewhere (--opts paths.folds_csv=...), or pass --force and retrain them"
+                )
+    write_split(cfg, table)
     counts = table.groupby("fold")[FLAG_COLUMNS].sum()
     counts.insert(0, "images", table.groupby("fold").size())
     print(counts.to_string())
@@ -107,33 +136,39 @@ def _device(name: str) -> str:
     return name
 
 
-def _postprocessing(cfg, override: str | None):
+def _tuned_path(cfg, override: str | None) -> Path | None:
+    """The tuned pipeline's YAML: ``--postprocessing``, else ``paths.postprocessing``, else
+    ``<work_dir>/postprocessing.yml`` of the ``--config`` when it exists; None when there is none."""
     from steel_defect.config import layout
-    from steel_defect.inference.postprocess import PostProcessing
 
     path = override or cfg.paths.postprocessing
     default = layout.postprocessing(cfg.paths.work_dir)
     if path is None and default.is_file():
         path = default
-    if path is None:
-        log.info("no post-processing YAML (paths.postprocessing): threshold 0.5, no size filters, no gates")
-        return PostProcessing()
-    log.info("post-processing from %s", path)
-    return PostProcessing.load(path)
+    if path is not None:
+        log.info("tuned pipeline from %s", path)
+    return Path(path) if path is not None else None
 
 
-def _predictor(cfg, args, checkpoints, post, device: str | None = None):
-    """The Predictor of predict, serve and pseudo-label: ``--backend``/``--threads`` override the config."""
-    from steel_defect.inference.predictor import Predictor
+def _predictor(cfg, args, checkpoints, post_path, device: str | None = None):
+    """The predictor of predict, serve and pseudo-label, built from the tuned pipeline (or
+    ``--untuned``); ``--backend``/``--threads`` override the config."""
+    from steel_defect.inference.pipeline import build_predictor
 
     backend = args.backend or cfg.inference.backend
-    if all(Path(c).suffix == ".onnx" for c in checkpoints):
+    if checkpoints and all(Path(c).suffix == ".onnx" for c in checkpoints):
         backend = "onnx"  # exports run on ONNX Runtime whatever the config says
     threads = args.threads or cfg.inference.threads
     # The ONNX backend runs on the CPU and must not import torch just to ask about CUDA.
     device = "cpu" if backend == "onnx" else _device(device or cfg.inference.device)
-    return Predictor(
-        checkpoints, post, tta=tuple(cfg.inference.tta), device=device, backend=backend, threads=threads
+    return build_predictor(
+        post_path,
+        checkpoints,
+        untuned=args.untuned,
+        tta=tuple(cfg.inference.tta),
+        device=device,
+        backend=backend,
+        threads=threads,
     )
 
 
@@ -142,7 +177,7 @@ def _cmd_predict(args) -> int:
     from steel_defect.inference.run import predict_folder, summary_text
 
     cfg = load_config(args.config, args.opts, components=False)  # the models come from the checkpoints
-    predictor = _predictor(cfg, args, args.checkpoints, _postprocessing(cfg, args.postprocessing))
+    predictor = _predictor(cfg, args, args.checkpoints, _tuned_path(cfg, args.postprocessing))
     summary = predict_folder(
         predictor,
         args.images or cfg.paths.test_images,
@@ -162,7 +197,7 @@ def _cmd_pseudo_label(args) -> int:
 
     cfg = load_config(args.config, args.opts, components=False)
     rules = PseudoRules(upper=args.upper, lower=args.lower, agree=not args.no_agree)
-    predictor = _predictor(cfg, args, args.checkpoints, _postprocessing(cfg, args.postprocessing))
+    predictor = _predictor(cfg, args, args.checkpoints, _tuned_path(cfg, args.postprocessing))
     summary = pseudo_label(predictor, args.images, args.out, rules, batch_size=cfg.inference.batch_size)
     print(json.dumps(summary, indent=2))
     print(f"train on them with: --opts '{extra_opt(summary)}'", file=sys.stderr)
@@ -184,13 +219,11 @@ def _cmd_serve(args) -> int:
     max_file_bytes = int(args.max_file_mb * 2**20)
     # Read before the model loads, so a wrong folder fails in a second.
     examples = folder_examples(args.examples, max_file_bytes) if args.examples else None
-    checkpoints, post_path = args.checkpoints, args.postprocessing
-    if not checkpoints:
-        checkpoints, demo_post = demo_model(args.demo_dir)
-        post_path = post_path or demo_post
+    checkpoints, post_path = args.checkpoints, _tuned_path(cfg, args.postprocessing)
+    if not checkpoints and post_path is None:
+        checkpoints, post_path = demo_model(args.demo_dir)
         log.info("serving the demo model: %s", " ".join(checkpoints))
-    post = _postprocessing(cfg, post_path)
-    predictor = _predictor(cfg, args, checkpoints, post, device=args.device)
+    predictor = _predictor(cfg, args, checkpoints, post_path, device=args.device)
     limits = Limits(
         max_file_bytes=max_file_bytes,
         max_files=args.max_files,
@@ -215,7 +248,8 @@ def _cmd_export(args) -> int:
         args.checkpoints,
         args.out,
         cfg,
-        _postprocessing(cfg, args.postprocessing),
+        _tuned_path(cfg, args.postprocessing),
+        untuned=args.untuned,
         int8=args.int8,
         n_calib=args.calib_images,
         n_holdout=args.holdout_images,
@@ -234,10 +268,13 @@ def _cmd_thresholds(args) -> int:
 
     need = ("paths.train_csv", "paths.train_images", "paths.folds_csv")
     seg_cfg = load_config(args.config, args.opts, require=need, components=False)
-    cls_cfg = load_config(args.cls_config, args.opts, components=False) if args.cls_config else None
-    members = [load_config(path, args.opts, components=False) for path in args.ensemble]
+    # --opts are the segmenter's alone: a paths.work_dir there must not move the other models
+    cls_cfg = load_config(args.cls_config, args.cls_opts, components=False) if args.cls_config else None
+    members = [load_config(path, args.member_opts, components=False) for path in args.ensemble]
     device = "cpu" if seg_cfg.inference.backend == "onnx" else _device(seg_cfg.inference.device)
-    summary = search_thresholds(seg_cfg, cls_cfg, args.out, device=device, members=members)
+    summary = search_thresholds(
+        seg_cfg, cls_cfg, args.out, device=device, members=members, name=args.checkpoint_name
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -354,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("split", help="multilabel-stratified k-fold split -> <work_dir>/folds.csv")
     _add_config_args(p)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite a folds.csv that trained checkpoints were trained on (they then need retraining)",
+    )
     p.set_defaults(func=_cmd_split)
 
     p = sub.add_parser("train", help="train the classifier or segmenter that the config names")
@@ -373,11 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="images -> submission CSV (classifier gate, TTA, post-processing)")
     _add_config_args(p, required=False)
-    p.add_argument("--checkpoints", nargs="+", required=True, help="segmenter and classifier checkpoints")
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        help="default: the tuned pipeline's; else exactly its models (checkpoints or their ONNX exports)",
+    )
     p.add_argument("--images", help="folder of images (default paths.test_images)")
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.add_argument("--sample-submission", help="predict its images, in its order")
-    p.add_argument("--postprocessing", help="per-class thresholds YAML (default paths.postprocessing)")
+    _add_pipeline_args(p)
     _add_backend_args(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -385,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pseudo-label", help="label unlabelled frames with an ensemble, keeping only confident ones"
     )
     _add_config_args(p, required=False)
-    p.add_argument("--checkpoints", nargs="+", required=True, help="the ensemble: segmenters, classifiers")
-    p.add_argument("--postprocessing", help="per-class thresholds YAML (default paths.postprocessing)")
+    p.add_argument("--checkpoints", nargs="+", help="the ensemble (default: the tuned pipeline's)")
+    _add_pipeline_args(p)
     p.add_argument("--images", required=True, help="folder of unlabelled frames")
     p.add_argument("--out", required=True, help="folder for train.csv and pseudo_labels.csv")
     p.add_argument("--upper", type=float, default=0.8, help="a painted class needs a pixel this sure")
@@ -397,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="web GUI and REST API on the predictor (http://127.0.0.1:8000)")
     _add_config_args(p, required=False)
-    p.add_argument("--checkpoints", nargs="+", help="default: the model `make demo` trained")
-    p.add_argument("--postprocessing", help="per-class thresholds YAML (default: the demo's / config's)")
+    p.add_argument("--checkpoints", nargs="+", help="default: the tuned pipeline's, or `make demo`'s")
+    _add_pipeline_args(p)
     p.add_argument("--demo-dir", default="work/demo", help="where `make demo` wrote its summary.json")
     p.add_argument(
         "--host",
@@ -441,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="checkpoints -> ONNX files for --backend onnx (fp32, optional int8)")
     _add_config_args(p, required=False)
-    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints to export")
+    p.add_argument("--checkpoints", nargs="+", help="checkpoints to export (default: the tuned pipeline's)")
     p.add_argument("--out", required=True, help="folder for <fold>_<name>.onnx (and .int8.onnx)")
     p.add_argument(
         "--int8",
@@ -453,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--holdout-images", type=int, default=16, help="frames of the validation fold for the int8 Dice check"
     )
-    p.add_argument("--postprocessing", help="thresholds YAML for the int8 Dice check")
+    _add_pipeline_args(p)
     p.add_argument("--force", action="store_true", help="write the int8 model even if it loses Dice")
     p.set_defaults(func=_cmd_export)
 
@@ -466,7 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CFG",
         help="more segmenter configs trained on the same folds: fold K's maps average every config's "
-        "fold-K model, as the ensemble predicts (--opts apply to them too)",
+        "fold-K model, as the ensemble predicts",
+    )
+    p.add_argument("--cls-opts", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of --cls-config")
+    p.add_argument(
+        "--member-opts",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of each --ensemble config",
+    )
+    p.add_argument(
+        "--checkpoint-name",
+        metavar="NAME",
+        help="which checkpoint of each segmenter fold to tune: best, swa, snapshot_K, last "
+        "(default inference.search_checkpoint)",
     )
     p.add_argument(
         "--out", help="YAML to write (default paths.postprocessing or <work_dir>/postprocessing.yml)"

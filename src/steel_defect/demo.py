@@ -31,8 +31,7 @@ from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import write_report
 from steel_defect.inference.oof import search_thresholds
-from steel_defect.inference.postprocess import PostProcessing
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.pseudo import extra_opt, pseudo_label
 from steel_defect.inference.run import predict_folder, summary_text
 from steel_defect.training.runner import train
@@ -88,9 +87,11 @@ def _train_round(
     t0 = time.perf_counter()
     search = search_thresholds(seg_cfg, cls_cfg, layout.postprocessing(work))
     timings["threshold_search_s"] = round(time.perf_counter() - t0, 1)
-    checkpoints = layout.best_checkpoints(seg_cfg.paths.work_dir, folds)
+    checkpoints = layout.best_checkpoints(seg_cfg.paths.work_dir, folds, seg_cfg.inference.search_checkpoint)
     if cls_cfg is not None:
-        checkpoints += layout.best_checkpoints(cls_cfg.paths.work_dir, folds)
+        checkpoints += layout.best_checkpoints(
+            cls_cfg.paths.work_dir, folds, cls_cfg.inference.search_checkpoint
+        )
     return checkpoints, search
 
 
@@ -172,8 +173,7 @@ def pseudo_round(steps, seg_opts, cls_cfg, folds, predictor, data, work, setting
     second: dict = {}
     checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second, train_cls=False)
     (work / "test_truth.csv").write_bytes((work.parent / "test_truth.csv").read_bytes())
-    post = PostProcessing.load(layout.postprocessing(work))
-    predictor = Predictor(checkpoints, post, tta=tuple(seg_cfg.inference.tta))
+    predictor = build_predictor(layout.postprocessing(work), checkpoints)
     score = _predict_and_score(predictor, data.test_images, data.sample, work, second)
     timings.update({f"round2_{key}": value for key, value in second.items()})
     return work, checkpoints, search, score, pseudo
@@ -224,8 +224,8 @@ def run_demo(
     folds = range(seg_cfg.folds.n_splits) if steps.all_folds else (0,)
     timings: dict = {}
     checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, timings)
-    post = PostProcessing.load(layout.postprocessing(work))
-    predictor = Predictor(checkpoints, post, tta=tuple(seg_cfg.inference.tta))
+    # the tuned pipeline as `steel-defect predict` and `serve` rebuild it: the same checks
+    predictor = build_predictor(layout.postprocessing(work), checkpoints)
     score = _predict_and_score(predictor, data.test_images, data.sample, work, timings)
     rounds = []
     if pseudo_images is not None:
@@ -266,6 +266,7 @@ def _summary(recipe, score, baseline, search, report, checkpoints, work: Path, t
         "recipe": recipe,
         "oof_search": search["mean"],
         "out_of_fold": search["out_of_fold"],
+        "full_resolution": search.get("full_resolution"),
         "postprocessing": str(layout.postprocessing(work)),
         "submission": str(work / "submission.csv"),
         "report": report["out"],
@@ -273,8 +274,8 @@ def _summary(recipe, score, baseline, search, report, checkpoints, work: Path, t
         "checkpoints": [str(c) for c in checkpoints],
         "timings": timings,
         "serve": f"steel-defect serve --demo-dir {work}",
-        "predict": f"steel-defect predict --checkpoints {' '.join(str(c) for c in checkpoints)} "
-        f"--postprocessing {layout.postprocessing(work)} --images DIR --out submission.csv",
+        "predict": f"steel-defect predict --postprocessing {layout.postprocessing(work)} "
+        "--images DIR --out submission.csv",
     }
 
 
@@ -296,6 +297,12 @@ def format_summary(summary: dict) -> str:
         lines.append(
             f"out-of-fold ({oof['images']} images, thresholds tuned there): "
             f"{oof['mean_dice']:.4f} vs {oof['empty']:.4f} empty"
+        )
+    full = summary.get("full_resolution")
+    if full:
+        lines.append(
+            f"the same, re-scored at full resolution as inference runs: {full['mean_dice']:.4f} "
+            f"(one (image, class) pair is {full['one_pair']:.4f})"
         )
     lines += [
         f"submission:      {summary['submission']}",

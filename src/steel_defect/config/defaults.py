@@ -218,6 +218,19 @@ SCHEMA: dict[str, Any] = {
         ),
         "threads": Opt(None, int, "CPU threads of the networks (default: the physical cores)", nullable=True),
         "search_downsample": Opt(4, int, "threshold search keeps OOF maps this many times smaller per side"),
+        "search_checkpoint": Opt(
+            "best",
+            str,
+            "the checkpoint of each fold that the threshold search tunes (and so inference runs): "
+            "best, last, swa, snapshot_K or epoch_NNN",
+        ),
+        "search_full_res_check": Opt(
+            True,
+            bool,
+            "after the search, predict the out-of-fold frames again as inference does and score the "
+            "chosen parameters at full resolution (postprocessing.report.json); doubles the search's "
+            "forward passes",
+        ),
         "search_top_threshold": Opt(
             False,
             bool,

@@ -55,9 +55,13 @@ class RunPaths:
     def checkpoints(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    def named(self, name: str) -> Path:
+        """A checkpoint by its name: ``best``, ``last``, ``swa``, ``snapshot_K``, ``epoch_NNN``."""
+        return self.checkpoints / f"{name}.pth"
+
     @property
     def best(self) -> Path:
-        return self.checkpoints / "best.pth"
+        return self.named("best")
 
     @property
     def last(self) -> Path:
@@ -88,18 +92,32 @@ class RunPaths:
         return self.run_dir / "logs"
 
 
-def trained_folds(work_dir: str | Path) -> dict[int, Path]:
-    """``{fold: best.pth}`` of every fold trained under ``work_dir``, by fold."""
+CHECKPOINT_NAME = re.compile(r"best|last|swa|snapshot_\d+|epoch_\d{3}")
+
+
+def check_checkpoint_name(name: str) -> str:
+    """``name`` if it names a checkpoint a run writes (``best``, ``swa``, ``snapshot_2``, ...)."""
+    if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
+        raise ValueError(
+            f"unknown checkpoint name {name!r}; valid: best, last, swa, snapshot_K, epoch_NNN "
+            "(the files in fold<K>/checkpoints/ without .pth)"
+        )
+    return name
+
+
+def trained_folds(work_dir: str | Path, name: str = "best") -> dict[int, Path]:
+    """``{fold: <name>.pth}`` of every fold under ``work_dir`` that has one, by fold."""
+    check_checkpoint_name(name)
     found = {}
     for run_dir in Path(work_dir).glob("fold*"):
-        if RunPaths.is_run_dir(run_dir) and RunPaths(run_dir).best.is_file():
-            found[RunPaths(run_dir).fold] = RunPaths(run_dir).best
+        if RunPaths.is_run_dir(run_dir) and RunPaths(run_dir).named(name).is_file():
+            found[RunPaths(run_dir).fold] = RunPaths(run_dir).named(name)
     return dict(sorted(found.items()))
 
 
-def best_checkpoints(work_dir: str | Path, folds) -> list[Path]:
-    """``best.pth`` of each of ``folds`` under ``work_dir`` (whether trained or not)."""
-    return [RunPaths.of(work_dir, fold).best for fold in folds]
+def best_checkpoints(work_dir: str | Path, folds, name: str = "best") -> list[Path]:
+    """``<name>.pth`` (default ``best.pth``) of each of ``folds`` under ``work_dir``."""
+    return [RunPaths.of(work_dir, fold).named(check_checkpoint_name(name)) for fold in folds]
 
 
 def folds_csv(work_dir: str | Path) -> Path:

@@ -8,6 +8,7 @@ so a rare class (2, 4) is present in every validation fold. Run as
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,18 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     return table
 
 
+def split_digest(table: pd.DataFrame) -> str:
+    """SHA-256 of the assignment alone (``ImageId,fold`` lines sorted by id): two files that put
+    every image in the same fold have the same digest, whatever their other columns or order.
+
+    Checkpoints record it (``trained_on.split``), so the threshold search can refuse a model
+    that was trained on another split than the one whose folds it predicts out of fold.
+    """
+    pairs = sorted(zip(table.ImageId.astype(str), table.fold.astype(int), strict=True))
+    text = "".join(f"{image_id},{fold}\n" for image_id, fold in pairs)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def split_ids(table: pd.DataFrame, valid_fold: int) -> tuple[list[str], list[str]]:
     """(train ids, valid ids): validate on ``valid_fold``, train on the other folds."""
     folds = sorted(int(f) for f in table.fold.unique())
@@ -79,11 +92,21 @@ def split_ids(table: pd.DataFrame, valid_fold: int) -> tuple[list[str], list[str
     return table.ImageId[~is_valid].tolist(), table.ImageId[is_valid].tolist()
 
 
-def split_folds(cfg) -> pd.DataFrame:
-    """Read the labels named by ``cfg.paths``, split, write ``paths.folds_csv`` and the config."""
+def make_split(cfg) -> pd.DataFrame:
+    """The fold table of the labels named by ``cfg.paths`` (nothing is written)."""
     annotations = read_annotations(cfg.paths.train_csv)
     image_ids = resolve_image_ids(annotations, cfg.paths.train_images)
-    table = make_folds_table(image_ids, annotations.labels(image_ids), cfg.folds.n_splits, cfg.seed)
+    return make_folds_table(image_ids, annotations.labels(image_ids), cfg.folds.n_splits, cfg.seed)
+
+
+def write_split(cfg, table: pd.DataFrame) -> None:
+    """Write ``paths.folds_csv`` and the config that made it."""
     write_folds(table, cfg.paths.folds_csv)
     save_config(cfg, Path(cfg.paths.work_dir) / "split_config.yml")
+
+
+def split_folds(cfg) -> pd.DataFrame:
+    """Split the labels named by ``cfg.paths``, write ``paths.folds_csv`` and the config."""
+    table = make_split(cfg)
+    write_split(cfg, table)
     return table

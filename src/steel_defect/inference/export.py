@@ -32,7 +32,7 @@ from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.inference.networks import PROVENANCE_KEYS, Network, describe_state
 from steel_defect.inference.onnx_backend import FORMAT, METADATA_KEY, VERSION, file_sha256, load_onnx
 from steel_defect.inference.predictor import network_input
-from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint
+from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
 
 OPSET = 17
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -102,6 +102,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
         "epoch": state["epoch"],
         "metrics": state["metrics"],
         **{key: state.get(key) for key in PROVENANCE_KEYS},
+        # the source's identity: a tuned pipeline accepts the export in its checkpoint's place
+        "weights_sha256": state.get("weights_sha256") or weights_digest(state["model_state"]),
         "source": checkpoint.name,
         "source_sha256": file_sha256(checkpoint),
         "precision": "fp32",
@@ -182,7 +184,7 @@ def set_int8_report(path: str | Path, report: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # `steel-defect export`: checkpoints -> a folder of ONNX files, int8 checked against fp32 on
-# frames the model did not train on.
+# the frames the model did not train on, inside the tuned pipeline.
 
 INT8_MAX_DICE_LOSS = 0.005
 
@@ -200,44 +202,56 @@ def export_name(checkpoint: Path, taken: set[str]) -> str:
     return name
 
 
-def int8_frames(cfg, valid_fold: int, n_calib: int, n_holdout: int, seed: int = 0):
-    """(calibration frames, held-out frames, held-out truth masks (N, 4, H, W)).
+def int8_frame_ids(cfg, trained_on: dict | None, source: str, n_calib: int, n_holdout: int, seed: int = 0):
+    """(calibration ids, held-out ids) for a model's int8 check.
 
-    With ``paths.folds_csv`` the calibration frames come from the checkpoint's training folds
-    and the held-out ones from its validation fold; without, from a seeded split of train.csv.
+    The held-out frames are the validation frames its checkpoint records
+    (``trained_on.split.valid_ids``): frames the model never learnt from, whatever split file
+    is around now. Calibration frames are other frames of ``paths.train_csv``. A model that does
+    not record its validation frames is refused (ValueError): scoring it on frames it may have
+    learnt from would make the check meaningless.
     """
     from steel_defect.data.annotations import read_annotations, resolve_image_ids
-    from steel_defect.data.folds import read_folds, split_ids
+
+    valid = ((trained_on or {}).get("split") or {}).get("valid_ids")
+    if not valid:
+        raise ValueError(
+            f"{source} does not record its validation frames (trained before checkpoints recorded "
+            "the split): the int8 check cannot tell which frames it never learnt from; retrain it, "
+            "or export without --int8"
+        )
+    annotations = read_annotations(cfg.paths.train_csv)
+    known = set(resolve_image_ids(annotations, cfg.paths.train_images))
+    holdout = [i for i in valid if i in known][:n_holdout]
+    rng = np.random.default_rng(seed)
+    others = sorted(known - set(valid))
+    calib = [str(i) for i in rng.permutation(others)[:n_calib]] if others else []
+    if not calib or not holdout:
+        raise ValueError(
+            f"{cfg.paths.train_csv}: {len(holdout)} of {source}'s validation frames and {len(calib)} "
+            f"other frames found; the int8 check needs at least one of each"
+        )
+    return calib, holdout
+
+
+def read_frames(cfg, ids: list[str]):
+    """(uint8 RGB frames, truth masks (N, 4, H, W)) of ``ids`` in ``paths.train_images``."""
+    from steel_defect.data.annotations import read_annotations
     from steel_defect.data.images import read_image
     from steel_defect.data.rle import rles_to_masks
 
     annotations = read_annotations(cfg.paths.train_csv)
-    rng = np.random.default_rng(seed)
-    if cfg.paths.folds_csv and Path(cfg.paths.folds_csv).is_file():
-        train_ids, valid_ids = split_ids(read_folds(cfg.paths.folds_csv), valid_fold)
-    else:
-        ids = list(rng.permutation(resolve_image_ids(annotations, cfg.paths.train_images)))
-        train_ids, valid_ids = ids[n_holdout:], ids[:n_holdout]
-    calib = [str(i) for i in rng.permutation(train_ids)[:n_calib]]
-    holdout = [str(i) for i in valid_ids[:n_holdout]]
-    if not calib or not holdout:
-        raise ValueError(
-            f"{cfg.paths.train_csv}: too few images for {n_calib} calibration + {n_holdout} held-out"
-        )
     images = Path(cfg.paths.train_images)
-    read = (
-        [read_image(images / i, channels=3) for i in calib],
-        [read_image(images / i, channels=3) for i in holdout],
-    )
-    truth = np.stack([rles_to_masks(annotations.rles(i)) for i in holdout])
-    return read[0], read[1], truth
+    frames = [read_image(images / i, channels=3) for i in ids]
+    return frames, np.stack([rles_to_masks(annotations.rles(i)) for i in ids])
 
 
-def mean_dice(model: Path, frames, truth, post, batch: int = 4) -> float:
+def mean_dice(models: list[Path], frames, truth, post, tta=(), batch: int = 4) -> float:
+    """Mean Dice of the pipeline of ``models`` (``.onnx`` on ONNX Runtime, ``.pth`` on torch)."""
     from steel_defect.evaluation.metric import dice_pairs
     from steel_defect.inference.predictor import Predictor
 
-    predictor = Predictor([model], post, tta=(), backend="onnx")
+    predictor = Predictor(models, post, tta=tuple(tta), backend="torch")
     masks = [
         p.masks
         for start in range(0, len(frames), batch)
@@ -246,12 +260,49 @@ def mean_dice(model: Path, frames, truth, post, batch: int = 4) -> float:
     return float(dice_pairs(np.stack(masks), truth).mean())
 
 
-def export_all(checkpoints, out_dir, cfg=None, post=None, int8=False, n_calib=16, n_holdout=16, force=False):
+def _check_pipeline(checkpoint: Path, spec):
+    """(the other models of ``checkpoint``'s fold in the tuned pipeline, post-processing, TTA):
+    the int8 model is scored inside the pipeline it will run in, gate included."""
+    from steel_defect.inference.postprocess import PostProcessing
+
+    if spec is None:  # --untuned: the model alone, threshold 0.5
+        return [], PostProcessing(), ()
+    digest = load_checkpoint(checkpoint).get("weights_sha256")
+    mine = [m for m in spec.models if m.weights_sha256 == digest]
+    if not mine:
+        raise ValueError(f"{checkpoint} is not a model of the tuned pipeline {spec.source}")
+    others = [m.path for m in spec.of_fold(mine[0].fold) if m.weights_sha256 != digest]
+    return others, spec.post, spec.tta
+
+
+def export_all(
+    checkpoints,
+    out_dir,
+    cfg=None,
+    postprocessing=None,
+    untuned=False,
+    int8=False,
+    n_calib=16,
+    n_holdout=16,
+    force=False,
+):
     """Export every checkpoint to ``out_dir`` (and its int8 twin); a list of per-file summaries.
 
-    An int8 model that loses more than ``INT8_MAX_DICE_LOSS`` mean Dice on the held-out frames
-    is not written unless ``force``; the fp32 file is written either way.
+    ``postprocessing``: the tuned pipeline (:mod:`.pipeline`); ``checkpoints`` default to its
+    models. The int8 check scores each model on the validation frames its checkpoint records,
+    inside its fold's share of the tuned pipeline (same gate, TTA and thresholds), fp32 against
+    int8; without a pipeline it needs ``untuned`` and scores the model alone at threshold 0.5.
+    An int8 model that loses more than ``INT8_MAX_DICE_LOSS`` mean Dice is not written unless
+    ``force``; the fp32 file is written either way.
     """
+    from steel_defect.inference.pipeline import UNTUNED_HINT, PipelineError, read_tuned
+
+    spec = read_tuned(postprocessing)[1] if postprocessing is not None else None
+    if int8 and spec is None and not untuned:
+        raise PipelineError(f"the int8 check runs the tuned pipeline: {UNTUNED_HINT}")
+    checkpoints = checkpoints or (spec.checkpoints if spec else None)
+    if not checkpoints:
+        raise PipelineError("nothing to export: pass --checkpoints or --postprocessing (a tuned pipeline)")
     out_dir, taken, summary = Path(out_dir), set(), []
     for checkpoint in map(Path, checkpoints):
         name = export_name(checkpoint, taken)
@@ -265,16 +316,26 @@ def export_all(checkpoints, out_dir, cfg=None, post=None, int8=False, n_calib=16
         summary.append(entry)
         if not int8:
             continue
-        valid_fold = meta["config"]["folds"]["valid_fold"]
-        calib, holdout, truth = int8_frames(cfg, valid_fold, n_calib, n_holdout)
+        try:
+            calib_ids, holdout_ids = int8_frame_ids(
+                cfg, meta.get("trained_on"), str(checkpoint), n_calib, n_holdout
+            )
+        except ValueError as err:
+            entry["int8"] = {"refused": str(err)}
+            continue
+        others, post, tta = _check_pipeline(checkpoint, None if untuned else spec)
+        calib, _ = read_frames(cfg, calib_ids)
+        holdout, truth = read_frames(cfg, holdout_ids)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             candidate = quantize_int8(fp32, Path(tmp) / "int8.onnx", calib)
             dice_fp32, dice_int8 = (
-                mean_dice(fp32, holdout, truth, post),
-                mean_dice(candidate, holdout, truth, post),
+                mean_dice([fp32, *others], holdout, truth, post, tta),
+                mean_dice([candidate, *others], holdout, truth, post, tta),
             )
             report = {
                 "holdout_frames": len(holdout),
+                "holdout_ids": holdout_ids,
+                "pipeline": [str(p) for p in others],
                 "dice_fp32": dice_fp32,
                 "dice_int8": dice_int8,
                 "dice_change": dice_int8 - dice_fp32,

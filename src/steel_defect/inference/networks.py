@@ -48,7 +48,7 @@ class Network:
     transform: Callable[..., dict]  # called as transform(image=...) like an albumentations Compose
     channels: int
     name: str
-    info: dict  # epoch, validation metrics, resolved config and PROVENANCE_KEYS of the checkpoint
+    info: dict  # epoch, validation metrics, resolved config, PROVENANCE_KEYS and weights_sha256
     backend: str = "torch"
     classes: tuple[int, ...] = CLASS_IDS  # a segmenter's output channels, as class ids
     head_gate: str | None = None  # a segmenter's classification head: "hard", "soft" or None
@@ -61,6 +61,8 @@ def describe_state(state: dict, path: str | Path) -> dict:
     head = model_cls_head(cfg) if seg else None
     info = {"epoch": state["epoch"], "metrics": state["metrics"], "config": cfg}
     info.update({key: state.get(key) for key in PROVENANCE_KEYS})  # None in older checkpoints
+    # the weights' identity, which a tuned pipeline names (None in files older than it)
+    info["weights_sha256"] = state.get("weights_sha256")
     return {
         "path": str(path),
         "task": state["task"],

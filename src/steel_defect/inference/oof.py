@@ -1,11 +1,15 @@
 """Out-of-fold threshold search: each fold's validation images, predicted by that fold's models.
 
 ``steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]`` finds
-``<work_dir>/fold<K>/checkpoints/best.pth`` for every trained fold, predicts the images of
-fold K with fold K's segmenter (and classifier), keeps the probability maps as uint8 at
-``inference.search_downsample`` times smaller per side (a 256x1600 frame costs 4 x 64 x 400
-bytes at the default 4), searches the per-class parameters and writes them as YAML for
-inference (``paths.postprocessing``, default ``<work_dir>/postprocessing.yml``).
+``<work_dir>/fold<K>/checkpoints/best.pth`` (or ``inference.search_checkpoint``) for every
+trained fold, checks that each model was trained with fold K held out of this very split,
+predicts the images of fold K with fold K's segmenter (and classifier), keeps the probability
+maps as uint8 at ``inference.search_downsample`` times smaller per side (a 256x1600 frame costs
+4 x 64 x 400 bytes at the default 4), searches the per-class parameters and writes them, with
+the pipeline they were tuned on (:mod:`.pipeline`), as YAML for inference
+(``paths.postprocessing``, default ``<work_dir>/postprocessing.yml``). It then predicts the
+same frames again as inference does and scores the chosen parameters at full resolution, so
+the report shows what the downsampled search costs.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from steel_defect.config import layout
 from steel_defect.config.layout import trained_folds
 from steel_defect.constants import CLASS_IDS
 from steel_defect.data.annotations import read_annotations
-from steel_defect.data.folds import read_folds, split_ids
+from steel_defect.data.folds import read_folds, split_digest, split_ids
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
+from steel_defect.evaluation.metric import dice_pairs
+from steel_defect.inference.pipeline import save_spec
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.search import downsample_mask, downsample_probs, search_all
 from steel_defect.models.checkpoint import update_checkpoint
@@ -32,76 +38,133 @@ from steel_defect.models.checkpoint import update_checkpoint
 log = logging.getLogger(__name__)
 
 
-def _member_folds(seg_cfg, members, seg_folds: dict[int, Path]) -> list[dict[int, Path]]:
-    """Trained folds of each ensemble member; they must share the main config's split and folds."""
-    found = []
-    split = Path(seg_cfg.paths.folds_csv).read_bytes()
+class SplitMismatchError(ValueError):
+    """A fold's model was trained on another split than the one the search predicts out of fold."""
+
+
+def _short(digest) -> str:
+    return str(digest)[:12]
+
+
+def check_split(network, fold: int, digest: str, folds_csv) -> None:
+    """Refuse ``network`` unless it was trained with ``fold`` held out of the split ``digest``.
+
+    Otherwise its "out-of-fold" maps would be of frames it learnt from, and the thresholds
+    tuned on them would be too optimistic.
+    """
+    trained_on = network.info.get("trained_on") or {}
+    recorded = (trained_on.get("split") or {}).get("sha256")
+    if recorded is None:
+        raise SplitMismatchError(
+            f"{network.path} does not record the split it was trained on (saved by an older version); "
+            "retrain it so the search can check that its validation fold is out of fold"
+        )
+    if recorded != digest:
+        raise SplitMismatchError(
+            f"{network.path} was trained on the split {_short(recorded)}, but {folds_csv} is the split "
+            f"{_short(digest)} (re-split since, or another seed): its fold {fold} frames are not out of "
+            "fold for it. Retrain it on this split, or restore the folds.csv it was trained on"
+        )
+    if trained_on.get("fold") != fold:
+        raise SplitMismatchError(
+            f"{network.path} was trained with fold {trained_on.get('fold')} held out, not fold {fold}"
+        )
+
+
+def _trained(cfg, name: str, what: str) -> dict[int, Path]:
+    folds = trained_folds(cfg.paths.work_dir, name)
+    if not folds:
+        raise FileNotFoundError(
+            f"no trained fold under {cfg.paths.work_dir} for the {what} (expected "
+            f"fold<K>/checkpoints/{name}.pth); run train.py first"
+        )
+    return folds
+
+
+def fold_models(seg_cfg, cls_cfg=None, members=(), name: str | None = None) -> dict[int, list[Path]]:
+    """``{fold: [segmenter, members' segmenters..., classifier]}`` of every trained fold.
+
+    ``name``: which checkpoint of each segmenter fold (default ``inference.search_checkpoint``);
+    the classifier's comes from its own config. Every member must have every fold; a classifier
+    that does not cover the segmenter's folds is left out with a warning.
+    """
+    name = name or seg_cfg.inference.search_checkpoint
+    seg_folds = _trained(seg_cfg, name, "segmenter")
+    models = {fold: [path] for fold, path in seg_folds.items()}
     for member in members:
-        if Path(member.paths.folds_csv).read_bytes() != split:
-            raise ValueError(
-                f"ensemble member {member.paths.work_dir} uses the split {member.paths.folds_csv}, "
-                f"which differs from {seg_cfg.paths.folds_csv}; out-of-fold maps of different splits "
-                "cannot be averaged (give every member the same paths.folds_csv)"
-            )
-        folds = trained_folds(member.paths.work_dir)
+        folds = _trained(member, name, f"ensemble member {member.paths.work_dir}")
         missing = sorted(set(seg_folds) - set(folds))
         if missing:
             raise FileNotFoundError(
                 f"ensemble member {member.paths.work_dir} has no trained fold(s) {missing} "
-                f"(expected fold<K>/checkpoints/best.pth); train them or leave the member out"
+                f"(expected fold<K>/checkpoints/{name}.pth); train them or leave the member out"
             )
-        found.append(folds)
-    return found
+        for fold in models:
+            models[fold].append(folds[fold])
+    if cls_cfg is not None:
+        cls_folds = trained_folds(cls_cfg.paths.work_dir, cls_cfg.inference.search_checkpoint)
+        if all(k in cls_folds for k in seg_folds):
+            for fold in models:
+                models[fold].append(cls_folds[fold])
+        else:
+            log.warning(
+                "classifier folds %s do not cover segmenter folds %s: searching without gates",
+                sorted(cls_folds),
+                sorted(seg_folds),
+            )
+    return models
 
 
-def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=()) -> dict:
-    """Compact out-of-fold predictions of every trained fold.
-
-    ``members``: further segmenter configs trained on the same split; fold K's maps are the
-    average of every config's fold-K model, as the ensemble will predict at inference.
-
-    Returns ``{"ids": [...], "probs": uint8 (N, 4, h, w), "truth": bool (N, 4, h, w),
-    "cls": float (N, 4) or None, "top": float (N, 4) maximum of each full-resolution map,
-    "folds": [...], "factor": int}``.
-    """
-    seg_folds = trained_folds(seg_cfg.paths.work_dir)
-    if not seg_folds:
-        raise FileNotFoundError(
-            f"no trained fold under {seg_cfg.paths.work_dir} (expected fold<K>/checkpoints/best.pth); "
-            "run train.py first"
-        )
-    member_folds = _member_folds(seg_cfg, members, seg_folds)
-    cls_folds = trained_folds(cls_cfg.paths.work_dir) if cls_cfg is not None else {}
-    factor = seg_cfg.inference.search_downsample
-    annotations = read_annotations(seg_cfg.paths.train_csv)
-    folds = read_folds(seg_cfg.paths.folds_csv)
-    images_dir = Path(seg_cfg.paths.train_images)
-    ids, probs, truth, cls_probs, top = [], [], [], [], []
-    use_cls = bool(cls_folds) and all(k in cls_folds for k in seg_folds)
-    if cls_folds and not use_cls:
-        log.warning(
-            "classifier folds %s do not cover segmenter folds %s: searching without gates",
-            sorted(cls_folds),
-            sorted(seg_folds),
-        )
-    for fold, seg_path in seg_folds.items():
-        checkpoints = [seg_path, *(folds[fold] for folds in member_folds)]
-        checkpoints += [cls_folds[fold]] if use_cls else []
+def _fold_predictors(seg_cfg, models: dict[int, list[Path]], device: str, post=None):
+    """(fold, predictor, validation ids) per fold, every model checked against the split."""
+    table = read_folds(seg_cfg.paths.folds_csv)
+    digest = split_digest(table)
+    for fold, checkpoints in models.items():
         predictor = Predictor(
             checkpoints,
+            post,
             tta=tuple(seg_cfg.inference.tta),
             device=device,
             backend=seg_cfg.inference.backend,
             threads=seg_cfg.inference.threads,
         )
-        _, valid_ids = split_ids(folds, fold)
-        log.info("fold %d: predicting %d validation images with %s", fold, len(valid_ids), seg_path)
-        batch = seg_cfg.inference.batch_size
-        for start in range(0, len(valid_ids), batch):
-            chunk = valid_ids[start : start + batch]
-            images = [read_image(images_dir / image_id) for image_id in chunk]
+        for network in predictor.segmenters + predictor.classifiers:
+            check_split(network, fold, digest, seg_cfg.paths.folds_csv)
+        _, valid_ids = split_ids(table, fold)
+        yield fold, predictor, valid_ids
+
+
+def _chunks(seg_cfg, ids):
+    images_dir, batch = Path(seg_cfg.paths.train_images), seg_cfg.inference.batch_size
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        yield chunk, [read_image(images_dir / image_id) for image_id in chunk]
+
+
+def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=(), name: str | None = None) -> dict:
+    """Compact out-of-fold predictions of every trained fold.
+
+    ``members``: further segmenter configs trained on the same split; fold K's maps are the
+    average of every config's fold-K model, as the ensemble will predict at inference. Every
+    model must have been trained with its fold held out of ``paths.folds_csv``
+    (:func:`check_split`). ``name``: see :func:`fold_models`.
+
+    Returns ``{"ids": [...], "probs": uint8 (N, 4, h, w), "truth": bool (N, 4, h, w),
+    "cls": float (N, 4) or None, "top": float (N, 4) maximum of each full-resolution map,
+    "folds": [...], "factor": int, "models": {fold: [paths]}, "networks": [loaded networks],
+    "gate": "classifier" | "head" | "none", "split": digest}``.
+    """
+    models = fold_models(seg_cfg, cls_cfg, members, name)
+    factor = seg_cfg.inference.search_downsample
+    annotations = read_annotations(seg_cfg.paths.train_csv)
+    ids, probs, truth, cls_probs, top, networks, gates = [], [], [], [], [], [], set()
+    for fold, predictor, valid_ids in _fold_predictors(seg_cfg, models, device):
+        log.info("fold %d: predicting %d validation images with %s", fold, len(valid_ids), models[fold][0])
+        networks += predictor.segmenters + predictor.classifiers
+        gates.add(predictor.gate)
+        for chunk, images in _chunks(seg_cfg, valid_ids):
             seg, heads = predictor.segment_with_heads(images)
-            if use_cls:
+            if predictor.classifiers:
                 cls_probs.extend(predictor.classify(images))
             elif heads is not None:  # a two-head segmenter: its head is the gate to tune
                 cls_probs.extend(heads)
@@ -110,18 +173,38 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=()) -> dict:
                 probs.append(downsample_probs(p, factor))
                 top.append(p.max(axis=(1, 2)))  # before block averaging lowers it
                 truth.append(downsample_mask(rles_to_masks(annotations.rles(image_id)), factor))
+    if len(gates) != 1:
+        raise ValueError(f"the folds' models gate differently ({sorted(gates)}); train every fold alike")
     return {
         "ids": ids,
         "probs": np.stack(probs),
         "truth": np.stack(truth),
         "cls": np.stack(cls_probs) if cls_probs else None,
         "top": np.stack(top),
-        "folds": sorted(seg_folds),
+        "folds": sorted(models),
         "factor": factor,
-        "checkpoints": [str(p) for p in seg_folds.values()]
-        + [str(folds[k]) for folds in member_folds for k in seg_folds]
-        + ([str(cls_folds[k]) for k in seg_folds] if use_cls else []),
+        "models": models,
+        "networks": networks,
+        "gate": gates.pop(),
+        "split": split_digest(read_folds(seg_cfg.paths.folds_csv)),
+        "checkpoints": [str(p) for fold in sorted(models) for p in models[fold]],
     }
+
+
+def full_resolution_score(seg_cfg, models, post, device: str = "cpu") -> dict:
+    """Mean and per-class Dice of ``post`` on the out-of-fold frames, predicted as inference
+    predicts (full-resolution maps, quantised, gated): what the search's downsampled score
+    estimates. Returns ``{"mean_dice", "per_class": {class: dice}, "images"}``."""
+    annotations = read_annotations(seg_cfg.paths.train_csv)
+    pairs = []
+    for _, predictor, valid_ids in _fold_predictors(seg_cfg, models, device, post):
+        for chunk, images in _chunks(seg_cfg, valid_ids):
+            truth = np.stack([rles_to_masks(annotations.rles(i)) for i in chunk])
+            masks = np.stack([p.masks for p in predictor.predict(images)])
+            pairs.append(dice_pairs(masks, truth))
+    dice = np.concatenate(pairs)  # (N, 4)
+    per_class = {str(c): float(dice[:, i].mean()) for i, c in enumerate(CLASS_IDS)}
+    return {"mean_dice": float(dice.mean()), "per_class": per_class, "images": len(dice)}
 
 
 def write_oof_scores(path: Path, oof: dict) -> Path:
@@ -157,28 +240,50 @@ def out_of_fold_score(report: dict, images: int) -> dict:
 
 
 def search_thresholds(
-    seg_cfg, cls_cfg=None, out: str | Path | None = None, device: str = "cpu", members=(), record=True
+    seg_cfg,
+    cls_cfg=None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    members=(),
+    record=True,
+    name: str | None = None,
 ) -> dict:
-    """Collect OOF predictions, search per-class parameters, write YAML + JSON report.
+    """Collect OOF predictions, search per-class parameters, write the tuned pipeline (YAML:
+    thresholds + :mod:`.pipeline` spec) and the JSON report.
 
     ``members``: further segmenter configs of an ensemble (see :func:`collect_oof`).
     ``record``: write the OOF score into the checkpoints (False for what-if searches).
+    ``name``: the checkpoint of each fold to tune (default ``inference.search_checkpoint``).
     """
-    oof = collect_oof(seg_cfg, cls_cfg, device, members)
+    oof = collect_oof(seg_cfg, cls_cfg, device, members, name)
     top = oof["top"] if seg_cfg.inference.search_top_threshold else None
     params, report = search_all(oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top)
     out = Path(out or seg_cfg.paths.postprocessing or layout.postprocessing(seg_cfg.paths.work_dir))
-    params.save(out)
+    tta = tuple(seg_cfg.inference.tta)
+    save_spec(
+        out, params, oof["networks"], tta, oof["gate"], oof["factor"], seg_cfg.paths.folds_csv, oof["split"]
+    )
     summary = {
         "postprocessing": str(out),
         "images": len(oof["ids"]),
         "folds": oof["folds"],
         "gated": oof["cls"] is not None,
+        "gate": oof["gate"],
         "top_threshold_searched": top is not None,
         "mean": report["mean"],
         "classes": {str(c): {k: v for k, v in r.items()} for c, r in report["classes"].items()},
     }
     summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
+    if seg_cfg.inference.search_full_res_check:
+        full = full_resolution_score(seg_cfg, oof["models"], params, device)
+        searched = summary["out_of_fold"]
+        summary["full_resolution"] = {
+            **full,
+            "search_mean_dice": searched["mean_dice"],
+            "search_per_class": searched["per_class"],
+            "difference": full["mean_dice"] - searched["mean_dice"],
+            "one_pair": 1.0 / (len(CLASS_IDS) * len(oof["ids"])),
+        }
     # the file alone also says which checkpoints earned the score (`steel-defect runs`) and how
     # Dice moves around the chosen point (`steel-defect report --search-report`)
     extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
@@ -186,7 +291,7 @@ def search_thresholds(
         json.dump({**summary, **extra}, handle, indent=2, default=str)
     summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof))
     # the models carry the score their thresholds earned, for the web page and for whoever
-    # finds the checkpoint later without its report
+    # finds the checkpoint later without its report (their weights, which the spec names, stay)
     for path in oof["checkpoints"] if record else []:
         update_checkpoint(path, out_of_fold=summary["out_of_fold"])
     return summary

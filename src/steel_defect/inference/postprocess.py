@@ -111,10 +111,16 @@ class PostProcessing:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "post-processing config") -> PostProcessing:
-        """Build from ``{"classes": {1: {...}, ...}}``; a missing class gets default params."""
-        if not isinstance(data, dict) or set(data) - {"classes"}:
-            extra = sorted(map(str, set(data) - {"classes"})) if isinstance(data, dict) else data
-            raise ValueError(f"{source}: expected a mapping with the single key 'classes', got {extra!r}")
+        """Build from ``{"classes": {1: {...}, ...}}``; a missing class gets default params.
+
+        A ``pipeline`` entry (what the search tuned, :mod:`steel_defect.inference.pipeline`) may
+        stand beside ``classes``; that module reads and checks it.
+        """
+        if not isinstance(data, dict) or set(data) - {"classes", "pipeline"}:
+            extra = sorted(map(str, set(data) - {"classes", "pipeline"})) if isinstance(data, dict) else data
+            raise ValueError(
+                f"{source}: expected a mapping with the keys 'classes' (and 'pipeline'), got {extra!r}"
+            )
         classes = data.get("classes") or {}
         if not isinstance(classes, dict):
             raise ValueError(f"{source}: 'classes' must map class ids {list(CLASS_IDS)} to parameters")
@@ -220,6 +226,17 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     keep = stats[:, cv2.CC_STAT_AREA] >= min_size
     keep[0] = False  # label 0 is the background
     return keep[labels]
+
+
+def quantise(probs: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as uint8 ``round(p * 255)``: what every mask is thresholded from.
+
+    ``predict``, the web app and the threshold search all post-process these levels, so a
+    threshold means the same everywhere and the page's stored maps give the CLI's masks.
+    """
+    out = np.clip(probs, 0.0, 1.0)
+    out *= 255.0
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 def postprocess(probs: np.ndarray, params: PostProcessing, cls_probs: np.ndarray | None = None) -> np.ndarray:

@@ -8,7 +8,9 @@ the file alone; the task stored in it says whether it segments or classifies. Pr
 are averaged over checkpoints of the same task (fold or architecture ensembles; per class over
 the segmenters that predict it, so per-class models mix with 4-class ones) and over flip TTA,
 then brought back to full resolution. With a classifier, images whose every class
-is gated off skip the segmenter entirely.
+is gated off skip the segmenter entirely. Masks are thresholded from the maps quantised to
+uint8 (the levels the threshold search tunes on), so the web app's stored maps give exactly
+these masks.
 
 The networks run on a backend (:mod:`.networks`: ``torch``, or ``onnx`` through ONNX Runtime);
 everything here is numpy and OpenCV, so with the ONNX backend a prediction never imports torch.
@@ -25,7 +27,7 @@ import numpy as np
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
 from steel_defect.inference.networks import PROVENANCE_KEYS, Network, default_threads, load_network
-from steel_defect.inference.postprocess import PostProcessing, postprocess
+from steel_defect.inference.postprocess import PostProcessing, postprocess, quantise
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +39,15 @@ TTA_DIMS = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
 
 @dataclass
 class Prediction:
-    """One image: probabilities (4, H, W) float32 (None if the segmenter was skipped),
-    classifier probabilities (4,) for classes 1..4 (None without a classifier), masks (4, H, W) uint8."""
+    """One image: probabilities (4, H, W) float32 (None if the segmenter was skipped), the gate's
+    probabilities (4,) for classes 1..4 (the classifier's, else a two-head segmenter's hard head;
+    None without either), masks (4, H, W) uint8 0/1, and ``levels``: the probabilities as the
+    uint8 levels the masks were thresholded from (:func:`quantise`; None when skipped)."""
 
     probs: np.ndarray | None
     cls_probs: np.ndarray | None
     masks: np.ndarray
+    levels: np.ndarray | None = None
 
 
 def network_input(network: Network, images: list[np.ndarray]) -> np.ndarray:
@@ -212,14 +217,29 @@ class Predictor:
         heads = np.where(head_count > 0, head_total / np.maximum(head_count, 1), np.float32(1))
         return maps, heads.astype(np.float32)
 
-    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
-        """Predict a batch of uint8 (H, W, C) frames of one size."""
+    @property
+    def gate(self) -> str:
+        """What ``cls_threshold`` gates on: ``classifier``, ``head`` (a two-head segmenter's hard
+        head) or ``none``. The classifier wins when both are there, as :meth:`predict` does."""
+        if self.classifiers:
+            return "classifier"
+        if any(n.head_gate == "hard" for n in self.segmenters):
+            return "head"
+        return "none"
+
+    def predict(self, images: list[np.ndarray], skip_gated: bool = True) -> list[Prediction]:
+        """Predict a batch of uint8 (H, W, C) frames of one size.
+
+        ``skip_gated``: frames whose every class the classifier gates off skip the segmenter
+        (their ``probs`` are None). The web app and pseudo-labelling pass False: they need the
+        maps of every frame; the masks are the same either way.
+        """
         if not images:
             return []
         shape = images[0].shape[:2]
         cls_probs = self.classify(images)
         run = list(range(len(images)))
-        if self.can_skip:
+        if self.can_skip and skip_gated:
             gates = np.array([c.cls_threshold for c in self.post.classes])
             run = [i for i in run if (cls_probs[i] >= gates).any()]
         probs, heads = self.segment_with_heads([images[i] for i in run], shape) if run else (None, None)
@@ -231,7 +251,8 @@ class Predictor:
             image_cls = None if cls_probs is None else cls_probs[i]
             if i in position:
                 p = probs[position[i]]
-                results.append(Prediction(p, image_cls, postprocess(p, self.post, image_cls)))
+                levels = quantise(p)
+                results.append(Prediction(p, image_cls, postprocess(levels, self.post, image_cls), levels))
             else:
                 results.append(Prediction(None, image_cls, np.zeros((NUM_CLASSES, *shape), np.uint8)))
         return results

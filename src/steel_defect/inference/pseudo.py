@@ -54,7 +54,7 @@ class PseudoRules:
 
 def evidence(prediction: Prediction) -> tuple[np.ndarray, np.ndarray | None]:
     """(painted (4,) bool: the post-processed mask is not empty, peaks (4,) maximum probability
-    per class, or None when the classifier gated every class off and the segmenter never ran)."""
+    per class, or None when the segmenter never ran; :func:`pseudo_label` always runs it)."""
     painted = prediction.masks.reshape(len(CLASS_IDS), -1).any(axis=1)
     peaks = None if prediction.probs is None else prediction.probs.reshape(len(CLASS_IDS), -1).max(axis=1)
     return painted, peaks
@@ -66,10 +66,12 @@ def judge(prediction: Prediction, rules: PseudoRules, found=None) -> str | None:
     ``found``: :func:`evidence` of the prediction when the caller has it already.
     """
     painted, peaks = found if found is not None else evidence(prediction)
+    if peaks is None:  # a gate closed and the maps were never computed: nothing to be sure of
+        return "the segmenter did not run (classifier gate): no pixel evidence either way"
     for i, class_id in enumerate(CLASS_IDS):
-        if peaks is not None and painted[i] and peaks[i] < rules.upper:
+        if painted[i] and peaks[i] < rules.upper:
             return f"class {class_id} painted but its peak probability {peaks[i]:.2f} < upper {rules.upper}"
-        if peaks is not None and not painted[i] and peaks[i] >= rules.lower:
+        if not painted[i] and peaks[i] >= rules.lower:
             return f"class {class_id} empty but its peak probability {peaks[i]:.2f} >= lower {rules.lower}"
         if rules.agree and prediction.cls_probs is not None:
             says = prediction.cls_probs[i] >= 0.5
@@ -103,7 +105,10 @@ def pseudo_label(
             except ImageReadError as err:
                 log.error("%s", err)
                 table.append({"ImageId": image_id, "kept": 0, "reason": f"unreadable: {err}"})
-        for image_id, prediction in zip(chunk, predictor.predict(frames), strict=True):
+        # The segmenter runs on every frame, gated or not: a frame the classifier gate closed
+        # at 0.49 under 0.5 is no confident "defect-free" until its maps say so too.
+        predictions = predictor.predict(frames, skip_gated=False)
+        for image_id, prediction in zip(chunk, predictions, strict=True):
             painted, peaks = found = evidence(prediction)
             reason = judge(prediction, rules, found)
             row = {"ImageId": image_id, "kept": int(reason is None), "reason": reason or ""}

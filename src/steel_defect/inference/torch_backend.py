@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from steel_defect.inference.networks import Network, describe_state
-from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint
+from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
 
 
 def load_torch(
@@ -38,4 +38,7 @@ def load_torch(
         main = torch.sigmoid(main.float()).contiguous().cpu().numpy()
         return main, None if head is None else torch.sigmoid(head.float()).cpu().numpy()
 
-    return Network(run=run, backend="torch", **describe_state(state, path))
+    fields = describe_state(state, path)
+    if fields["info"]["weights_sha256"] is None:  # saved before checkpoints recorded it
+        fields["info"]["weights_sha256"] = weights_digest(state["model_state"])
+    return Network(run=run, backend="torch", **fields)

@@ -10,6 +10,7 @@ previous checkpoint intact. ``model_from_checkpoint`` rebuilds a model from the 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,24 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def weights_digest(model_state: dict) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and bytes: the identity of the weights.
+
+    Saved in every checkpoint (``weights_sha256``) and copied into its ONNX exports, it names the
+    model that a tuned pipeline was tuned for (``inference.pipeline``): rewriting the file's other
+    entries (``update_checkpoint``) keeps it, retraining changes it.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model_state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, cfg, epoch: int, metrics: dict, **extra: Any) -> Path:
     """Write a checkpoint atomically. ``extra`` may hold optimizer/scheduler states, history."""
+    model_state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -47,7 +64,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg, epoch: int, metrics
         "class_names": {str(k): v for k, v in CLASS_NAMES.items()},
         "epoch": int(epoch),
         "metrics": to_plain(metrics),
-        "model_state": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "model_state": model_state,
+        "weights_sha256": weights_digest(model_state),
         # where the encoder's starting weights came from (package, hub, file or random)
         "weights_source": getattr(unwrap(model), "weights_source", None),
         **extra,
@@ -81,6 +99,29 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path} has format version {state['version']}; this code reads up to {VERSION}"
         )
     return state
+
+
+def read_entry(path: str | Path, key: str) -> Any:
+    """One top-level entry of a checkpoint, read memory-mapped (its weights are never loaded);
+    None for a file that is not a readable checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an old, foreign or truncated file has no entry to give
+        return None
+    return state.get(key) if isinstance(state, dict) and state.get("format") == FORMAT else None
+
+
+def checkpoints_on_split(roots, digest: str) -> list[Path]:
+    """Checkpoints under ``roots`` (``<root>/[<name>/]fold<K>/checkpoints/*.pth``) whose
+    ``trained_on`` records the split ``digest``: what a re-split would leave out of fold no more."""
+    found = set()
+    for root in map(Path, roots):
+        for pattern in ("fold*/checkpoints/*.pth", "*/fold*/checkpoints/*.pth"):
+            for path in root.glob(pattern):
+                split = (read_entry(path, "trained_on") or {}).get("split") or {}
+                if split.get("sha256") == digest:
+                    found.add(path)
+    return sorted(found)
 
 
 def model_from_checkpoint(path_or_state: str | Path | dict) -> tuple[nn.Module, EasyDict]:

@@ -17,7 +17,7 @@ from catalyst.core.runner import IRunner
 
 from steel_defect.config import model_classes, model_cls_head, save_config
 from steel_defect.config.layout import RunPaths
-from steel_defect.data.folds import read_folds, split_ids
+from steel_defect.data.folds import read_folds, split_digest, split_ids
 from steel_defect.data.loaders import build_loaders, extra_image_ids
 from steel_defect.data.synth import images_source
 from steel_defect.losses import build_loss
@@ -56,14 +56,21 @@ TASKS = {
 
 
 def training_data(cfg, fold: int) -> dict:
-    """What a run learns from, recorded in its checkpoints (the web page shows it)."""
-    train_ids, valid_ids = split_ids(read_folds(cfg.paths.folds_csv), fold)
+    """What a run learns from, recorded in its checkpoints (the web page shows it).
+
+    ``split`` identifies the fold split (:func:`split_digest`) and lists the validation frames:
+    the threshold search refuses a checkpoint trained on another split, and the int8 export
+    scores on exactly the frames this run never learnt from.
+    """
+    table = read_folds(cfg.paths.folds_csv)
+    train_ids, valid_ids = split_ids(table, fold)
     found = {
         "source": images_source(cfg.paths.train_images),
         "train_frames": len(train_ids),
         "valid_frames": len(valid_ids),
         "train_csv": str(cfg.paths.train_csv),
         "fold": fold,
+        "split": {"sha256": split_digest(table), "valid_ids": valid_ids},
     }
     if cfg.data.extra:
         found["extra"] = [

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from steel_defect.config.layout import RunPaths
+from steel_defect.models.checkpoint import read_entry
 from steel_defect.training.runner import TASKS
 
 COLUMNS = (
@@ -84,13 +85,7 @@ def _out_of_fold(checkpoint: Path) -> float | None:
     """The OOF mean Dice a threshold search recorded in the checkpoint, if any."""
     if not checkpoint.is_file():
         return None
-    import torch
-
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # an old or foreign file: the leaderboard shows no score rather than failing
-        return None
-    oof = state.get("out_of_fold") if isinstance(state, dict) else None
+    oof = read_entry(checkpoint, "out_of_fold")  # an old or foreign file: no score, no failure
     return oof.get("mean_dice") if isinstance(oof, dict) else None
 
 

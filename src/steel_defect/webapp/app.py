@@ -29,6 +29,7 @@ import hmac
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -84,7 +85,16 @@ class PostOverrides(BaseModel):
 
 
 class SubmissionRequest(PostOverrides):
-    ids: list[str] = Field(min_length=1, description="result ids from /api/predict, in CSV order")
+    ids: list[str] = Field(
+        min_length=1, description="result ids from /api/predict, in CSV order (at most the server's --keep)"
+    )
+
+
+def attachment(file_name: str) -> str:
+    """A Content-Disposition that any file name survives (RFC 6266): an ASCII ``filename`` for old
+    clients and the UTF-8 ``filename*`` that browsers prefer (``缺陷_mask.png``)."""
+    fallback = file_name.encode("ascii", "replace").decode("ascii").replace("?", "_").replace('"', "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
@@ -214,12 +224,18 @@ def create_app(
         return Response(
             service.mask_png(result, overrides(body)),
             media_type="image/png",
-            headers={"Content-Disposition": f'attachment; filename="{stem}_mask.png"'},
+            headers={"Content-Disposition": attachment(f"{stem}_mask.png")},
         )
 
     @app.post("/api/submission", response_class=Response)
     def submission(body: SubmissionRequest) -> Response:
         """Submission CSV (``ImageId_ClassId,EncodedPixels``, 4 rows an image) of these results."""
+        if len(body.ids) > service.keep:
+            raise HTTPException(
+                413,
+                f"{len(body.ids)} ids in one request (repeats included); the server keeps at most "
+                f"{service.keep} results, so that is the limit",
+            )
         post = overrides(body)
         try:
             text = service.submission_csv(body.ids, post)

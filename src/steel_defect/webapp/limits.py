@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from steel_defect.webapp.security import routed_path
 from steel_defect.webapp.uploads import megabytes
 
 
@@ -72,9 +73,10 @@ class RequestGuard:
 
     A request not answered within ``timeout_s`` gets 408 when its body had not all arrived
     (a slow or stalled client) and 503 with ``Retry-After`` otherwise; a prediction already
-    running finishes in the background (its batch holds the network) and its answer is
-    dropped. A request to one of ``queued_paths`` while ``max_queued`` are in progress, the
-    running one included, gets 503 with ``Retry-After`` at once instead of waiting in line.
+    running finishes in the background (its batch holds the network), still counted as in
+    progress until its thread ends, and its answer is dropped. A request to one of
+    ``queued_paths`` while ``max_queued`` are in progress, the running one included, gets 503
+    with ``Retry-After`` at once instead of waiting in line.
     """
 
     def __init__(self, app, timeout_s: float, max_queued: int, queued_paths=("/api/predict",)):
@@ -83,11 +85,12 @@ class RequestGuard:
         self.max_queued = max_queued
         self.queued_paths = queued_paths
         self.in_progress = 0  # only touched on the event loop's thread
+        self._abandoned: set[asyncio.Task] = set()  # answered already, still running: kept alive
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        queued = scope["path"] in self.queued_paths
+        queued = routed_path(scope) in self.queued_paths
         retry = str(max(1, round(self.timeout_s / 4)))
         if queued and self.in_progress >= self.max_queued:
             message = f"the server is busy ({self.in_progress} predictions in progress); retry in {retry} s"
@@ -117,11 +120,16 @@ class RequestGuard:
             task.cancel()  # the answer is half sent: all we can do is stop
             return
         state["abandoned"] = True
-        task.cancel()  # cancels a pending read; a running batch still ends in its thread
         if state["body_done"]:
+            # The endpoint runs in a worker thread that cancelling would not stop: let the task
+            # finish (its answer is dropped), so the request holds its queue slot until the
+            # thread is done and slow requests cannot pile up beyond max_queued.
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
             message = f"not answered within {self.timeout_s:g} s; send fewer files per request"
             await _answer(send, 503, message, [(b"retry-after", retry.encode())])
         else:
+            task.cancel()  # still reading the body: no thread has started, nothing else to wait for
             message = f"request body not received within {self.timeout_s:g} s"
             await _answer(send, 408, message, [(b"connection", b"close")])
 

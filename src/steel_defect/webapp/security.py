@@ -74,6 +74,16 @@ def access_token(host: str, token: str | None, no_auth: bool, env=os.environ) ->
     return token
 
 
+def routed_path(scope) -> str:
+    """The path the app routes on: ``scope["path"]`` without the ``root_path`` prefix that a proxy
+    mount (``uvicorn --root-path /steel``) leaves in it, as Starlette's router strips it. Checks
+    on the raw path would let ``/steel/api/predict`` pass as a non-API path."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
 def session_value(token: str) -> str:
     """The cookie's value: derived from the token, so the cookie never holds the token itself."""
     return hmac.new(token.encode(), b"steel-defect session", hashlib.sha256).hexdigest()
@@ -110,7 +120,7 @@ class TokenAuth:
         return cookie is not None and hmac.compare_digest(cookie.encode(), self.session)
 
     async def __call__(self, scope, receive, send):
-        path = scope.get("path", "")
+        path = routed_path(scope)
         if scope["type"] != "http" or not path.startswith("/api/") or path in OPEN_PATHS:
             return await self.app(scope, receive, send)
         if self.allowed(dict(scope["headers"])):
@@ -139,7 +149,7 @@ class SecurityHeaders:
             (b"referrer-policy", b"no-referrer"),
             (b"x-frame-options", b"DENY"),
         ]
-        if not scope.get("path", "").startswith(_DOCS):
+        if not routed_path(scope).startswith(_DOCS):
             extra.append((b"content-security-policy", CSP.encode()))
 
         async def with_headers(message):

@@ -2,11 +2,13 @@
 
 The page re-thresholds without running the network again, so each prediction keeps its
 probability maps (uint8, p * 255, 1.6 MB a frame: the quantisation the threshold search
-tunes on) in a store bounded in count and in MB, oldest dropped first. Masks, reports, the submission CSV and
-the mask PNGs are all computed from those maps with the same :func:`postprocess` as
-``inference.py``; per-request post-processing overrides never change the server's defaults.
+tunes on, and the levels every mask is thresholded from) in a store bounded in count and in
+MB, oldest dropped first. Masks, reports, the submission CSV and the mask PNGs are computed from
+those maps and the gate's probabilities (classifier or hard head) with the same
+:func:`postprocess` as ``steel-defect predict``, so under the server's post-processing they are
+predict's masks; per-request overrides never change the server's defaults.
 
-    service = InferenceService(Predictor([...], post), keep=256)
+    service = InferenceService(build_predictor("work/postprocessing.yml"), keep=256)
     results = service.predict([("a.jpg", frame), ...])   # serialised across threads
     service.report(results[0].id, service.post_with({3: {"threshold": 0.3}}))
 """
@@ -33,6 +35,24 @@ from steel_defect.webapp.provenance import model_warning, provenance_line, train
 from steel_defect.webapp.reports import CLASS_COLORS, class_report, mask_png
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with repeats suffixed (``a.jpg, a-2.jpg, a-3.jpg``), in one pass: each name's next
+    suffix is remembered, and a suffixed name that is taken already moves on to the next."""
+    taken: set[str] = set()
+    next_suffix: dict[str, int] = {}
+    out = []
+    for original in names:
+        name = original
+        while name in taken:
+            n = next_suffix.get(original, 2)
+            next_suffix[original] = n + 1
+            stem, dot, suffix = original.rpartition(".")
+            name = f"{stem}-{n}.{suffix}" if dot else f"{original}-{n}"
+        taken.add(name)
+        out.append(name)
+    return out
+
+
 class ResultNotFound(KeyError):
     """A result id that never existed or was dropped from the store to make room."""
 
@@ -42,13 +62,16 @@ class StoredResult:
     id: str
     file_name: str
     probs: np.ndarray  # uint8 (4, H, W): probability * 255
-    cls_probs: np.ndarray | None  # (4,) or None without a classifier
+    cls_probs: np.ndarray | None  # (4,) the gate's (classifier or hard head), None without one
     seconds: float  # network time per image of its batch
     preview: bytes  # the frame as JPEG, for the page (browsers do not all show TIFF or BMP)
 
 
-def _quantise(probs: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+def _without_ids(trained_on: dict | None) -> dict | None:
+    if not isinstance(trained_on, dict) or not isinstance(trained_on.get("split"), dict):
+        return trained_on
+    split = {k: v for k, v in trained_on["split"].items() if k != "valid_ids"}
+    return {**trained_on, "split": split}
 
 
 def _size(result: StoredResult) -> int:
@@ -101,7 +124,8 @@ class InferenceService:
                     "epoch": m.info["epoch"],
                     "metrics": m.info["metrics"],
                     "config": m.info["config"],
-                    "trained_on": trained_on,
+                    # the validation frame list is for the int8 check, not for every page load
+                    "trained_on": _without_ids(trained_on),
                     "weights_source": weights_source,
                     "out_of_fold": out_of_fold,
                     "summary": provenance_line(trained_on, out_of_fold, weights_source),
@@ -119,11 +143,12 @@ class InferenceService:
         }
 
     def predict(self, items: list[tuple[str, np.ndarray]]) -> list[StoredResult]:
-        """Run the network on ``(file_name, frame)`` pairs of one size and store the maps.
+        """Run the predictor on ``(file_name, frame)`` pairs of one size and store the maps.
 
-        Unlike the batch CLI the segmenter runs even where the classifier gate is closed, so
-        the page can still show and re-threshold its maps; the gate is applied by
-        :func:`postprocess`, which gives the same masks as :meth:`Predictor.predict`.
+        The same :meth:`Predictor.predict` as ``steel-defect predict``, gate included (a
+        classifier, or a two-head segmenter's hard head), except that the segmenter runs even
+        where the gate is closed, so the page can still show and re-threshold those maps; the
+        masks are the same.
         """
         results = []
         for start in range(0, len(items), self.batch_size):
@@ -131,16 +156,16 @@ class InferenceService:
             frames = [frame for _, frame in chunk]
             with self._network:
                 t0 = time.perf_counter()
-                cls_probs = self.predictor.classify(frames)
-                probs = self.predictor.segment(frames, frames[0].shape[:2])
+                predictions = self.predictor.predict(frames, skip_gated=False)
                 seconds = (time.perf_counter() - t0) / len(chunk)
-            for i, (name, frame) in enumerate(chunk):
+            for (name, frame), prediction in zip(chunk, predictions, strict=True):
+                gate = prediction.cls_probs
                 results.append(
                     StoredResult(
                         uuid.uuid4().hex,
                         name,
-                        _quantise(probs[i]),
-                        None if cls_probs is None else cls_probs[i].astype(np.float32),
+                        prediction.levels,
+                        None if gate is None else np.asarray(gate, np.float32),
                         seconds,
                         _jpeg(frame),
                     )
@@ -207,14 +232,7 @@ class InferenceService:
     def submission_csv(self, result_ids: list[str], post: PostProcessing | None = None) -> str:
         """``ImageId_ClassId,EncodedPixels`` for these results, in order; repeated names get a suffix."""
         results = [self.get(i) for i in result_ids]
-        names: list[str] = []
-        for result in results:
-            name, n = result.file_name, 1
-            while name in names:
-                n += 1
-                stem, dot, suffix = result.file_name.rpartition(".")
-                name = f"{stem}-{n}.{suffix}" if dot else f"{result.file_name}-{n}"
-            names.append(name)
+        names = unique_names([result.file_name for result in results])
         buffer = io.StringIO()
         rles = [masks_to_rles(self.masks(result, post)) for result in results]
         write_rows(buffer, names, rles, layout="wide")
