@@ -15,6 +15,7 @@ from steel_defect.cli import main
 from steel_defect.config import ConfigError, load_config
 from steel_defect.data.annotations import read_annotations, write_annotations
 from steel_defect.data.folds import read_folds, split_folds, split_ids
+from steel_defect.data.images import read_image
 from steel_defect.data.loaders import build_loaders
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.data.sampling import MixSampler
@@ -143,3 +144,18 @@ def test_demo_second_round_trains_on_pseudo_labels(tmp_path, capsys):
     pseudo = summary["rounds"][1]["pseudo"]
     trained_on = load_checkpoint(work / "round2/seg/fold0/checkpoints/best.pth")["trained_on"]
     assert trained_on["extra"][0]["frames"] == pseudo["kept"] and trained_on["extra"][0]["weight"] == 1.0
+
+
+def test_a_frame_the_gate_closed_is_still_judged_by_its_maps(tiny_synth, tmp_path):
+    """A closed classifier gate is no evidence of a defect-free frame: the maps must agree."""
+    checkpoints = random_checkpoints(tmp_path, seg_prior=0.3)  # untrained maps sit around 0.3
+    closed = PostProcessing(tuple(ClassParams(0.5, cls_threshold=1.0) for _ in range(4)))
+    predictor = Predictor([checkpoints["seg"], checkpoints["cls"]], closed, tta=())
+    images = tiny_synth / "data/test_images"
+    frames = [read_image(p) for p in sorted(images.glob("*.jpg"))[:2]]
+    assert all(p.probs is None for p in predictor.predict(frames))  # predict itself skips them
+    summary = pseudo_label(predictor, images, tmp_path / "out", PseudoRules(0.8, 0.2, agree=False))
+    assert summary["images"] > 0 and summary["kept"] == 0
+    with open(tmp_path / "out/pseudo_labels.csv") as handle:
+        reasons = [r["reason"] for r in csv.DictReader(handle)]
+    assert all("empty but its peak probability" in r and ">= lower 0.2" in r for r in reasons), reasons

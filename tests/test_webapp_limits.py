@@ -15,7 +15,7 @@ from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import Limits, create_app
 from steel_defect.webapp.examples import example_images
 from steel_defect.webapp.limits import RequestGuard
-from steel_defect.webapp.service import InferenceService
+from steel_defect.webapp.service import InferenceService, unique_names
 from tests.conftest import random_checkpoints
 
 
@@ -134,3 +134,63 @@ def test_a_streamed_body_over_the_limit_is_413_even_inside_form_parsing(predicto
         "/api/predict", content=stream(), headers={"Content-Type": "multipart/form-data; boundary=b"}
     )
     assert response.status_code == 413 and "over the limit of 1 MB" in response.json()["detail"]
+
+
+def test_a_timed_out_prediction_holds_its_queue_slot_until_its_thread_ends(predictor, monkeypatch):
+    service = InferenceService(predictor)
+    real, entered, release, done = service.predict, threading.Event(), threading.Event(), threading.Event()
+
+    def held(items):
+        entered.set()
+        release.wait(30)
+        results = real(items)
+        done.set()
+        return results
+
+    monkeypatch.setattr(service, "predict", held)
+    with TestClient(create_app(service, Limits(timeout_s=0.5, max_queued=1))) as client:
+        first = _upload(client)
+        assert first.status_code == 503 and "not answered within 0.5 s" in first.json()["detail"]
+        assert entered.is_set() and not done.is_set()
+        # its thread still holds the network: the next prediction is turned away, not queued behind it
+        busy = _upload(client)
+        assert (
+            busy.status_code == 503
+            and "the server is busy (1 predictions in progress)" in busy.json()["detail"]
+        )
+        release.set()
+        assert done.wait(60)
+        statuses = []
+        for _ in range(50):  # the event loop notes the finished task before or after this request
+            statuses.append(_upload(client).status_code)
+            if statuses[-1] == 200:
+                break
+        assert statuses[-1] == 200 and set(statuses) <= {200, 503}
+
+
+def test_submission_ids_are_capped_repeats_included(predictor):
+    service = InferenceService(predictor, keep=8)
+    client = TestClient(create_app(service))
+    result = _upload(client).json()["images"][0]
+    response = client.post("/api/submission", json={"ids": [result["id"]] * 10_000})
+    assert response.status_code == 413
+    assert (
+        "10000 ids in one request (repeats included); the server keeps at most 8" in response.json()["detail"]
+    )
+    response = client.post("/api/submission", json={"ids": [result["id"]] * 8})
+    assert response.status_code == 200
+    stem, suffix = result["file_name"].rsplit(".", 1)
+    names = [line.rsplit("_", 1)[0] for line in response.text.splitlines()[1::4]]
+    assert names == [result["file_name"], *(f"{stem}-{n}.{suffix}" for n in range(2, 9))]
+
+
+def test_unique_names_are_linear_and_never_collide():
+    assert unique_names(["a.jpg", "a-2.jpg", "a.jpg", "b", "b"]) == [
+        "a.jpg",
+        "a-2.jpg",
+        "a-3.jpg",
+        "b",
+        "b-2",
+    ]
+    many = unique_names(["x.jpg"] * 20_000)  # the old quadratic scan took minutes here
+    assert len(set(many)) == 20_000 and many[-1] == "x-20000.jpg"

@@ -133,3 +133,24 @@ def test_no_cors_and_security_headers(service, guarded):
     # without a token the login is a no-op and sets nothing
     login = client.post("/api/login", json={"token": "anything"})
     assert login.status_code == 204 and "set-cookie" not in login.headers
+
+
+def test_the_token_is_checked_on_the_routed_path_under_a_root_path(service):
+    """Behind a proxy mount (``uvicorn --root-path /steel``) the raw path is /steel/api/...:
+    the check must see the path the router sees, or the API would be open."""
+    client = TestClient(create_app(service, token=TOKEN), root_path="/steel")
+    assert client.get("/steel/api/model").status_code == 401
+    assert client.get("/steel/api/model", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert client.get("/steel/api/health").status_code == 200  # the liveness probe stays open
+    assert _upload(client).status_code == 401
+
+
+def test_a_unicode_file_name_downloads_its_mask_png(service):
+    client = TestClient(create_app(service))
+    data = next(iter(example_images().values()))
+    result = client.post("/api/predict", files=[("files", ("缺陷.jpg", data))]).json()["images"][0]
+    assert result["file_name"] == "缺陷.jpg"
+    response = client.post(f"/api/results/{result['id']}/mask.png")
+    assert response.status_code == 200 and response.content[:8] == b"\x89PNG\r\n\x1a\n"
+    disposition = response.headers["content-disposition"]
+    assert disposition == "attachment; filename=\"___mask.png\"; filename*=UTF-8''%E7%BC%BA%E9%99%B7_mask.png"
