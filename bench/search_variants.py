@@ -19,8 +19,7 @@ from pathlib import Path
 from steel_defect.config import load_config
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.inference.oof import search_thresholds
-from steel_defect.inference.postprocess import PostProcessing
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.run import predict_folder
 
 VARIANTS = {"plain search": [], "+ top-threshold gate": ["inference.search_top_threshold=true"]}
@@ -38,7 +37,7 @@ def run_variants(work: Path) -> list[dict]:
         cfg = load_config(config, opts)
         out = work / "variants" / (name.strip("+ ").replace(" ", "_") + ".yml")
         search = search_thresholds(cfg, out=out, record=False)  # leave the demo's checkpoints as they are
-        predictor = Predictor(summary["checkpoints"], PostProcessing.load(out), tta=tuple(cfg.inference.tta))
+        predictor = build_predictor(out)  # the models, TTA and gate that this search tuned
         submission = out.with_suffix(".csv")
         predict_folder(predictor, test_images, submission, sample, progress=False)
         score = evaluate_files(submission, summary["test_truth"])

@@ -44,8 +44,7 @@ from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.inference.oof import search_thresholds
-from steel_defect.inference.postprocess import PostProcessing
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.run import predict_folder
 from steel_defect.training.runner import train
 
@@ -102,8 +101,8 @@ def run_variant(name: str, common: list[str], work: Path, data: Path, out: Path 
         best = _train(cfg)
         checkpoints = [best]
         directory = best.parent
-        if name == "swa":
-            cfg = _member(cfg, directory / "swa.pth", out / "swa_model", opts)
+        if name == "swa":  # the search tunes each fold's swa.pth instead of its best.pth
+            cfg = load_config(CONFIG, [*opts, "inference.search_checkpoint=swa"])
             checkpoints = [directory / "swa.pth"]
         elif name == "snapshots":
             snapshots = sorted(directory.glob("snapshot_*.pth"))
@@ -111,7 +110,7 @@ def run_variant(name: str, common: list[str], work: Path, data: Path, out: Path 
             members = [_member(cfg, s, out / f"snapshot{i}", opts) for i, s in enumerate(snapshots[1:], 1)]
             checkpoints = snapshots
     search = search_thresholds(cfg, cls_cfg, out / "postprocessing.yml", members=members, record=False)
-    predictor = Predictor(checkpoints, PostProcessing.load(out / "postprocessing.yml"), tta=("hflip",))
+    predictor = build_predictor(out / "postprocessing.yml", checkpoints)
     predict_folder(
         predictor,
         data / "test_images",

@@ -525,11 +525,17 @@ def test_api_model_exposes_provenance_and_the_warning(tmp_path):
     synth = _resave(paths["seg"], tmp_path / "seg_synth.pth", trained_on=SYNTHETIC, out_of_fold=None)
     weak = _resave(paths["seg"], tmp_path / "seg_weak.pth", trained_on=REAL, out_of_fold=_oof(0.70, 0.80))
     for checkpoints, expected in (([seg], None), ([weak], "caution"), ([weak, synth], "danger")):
-        info = (
-            TestClient(create_app(InferenceService(Predictor(checkpoints, POST)), LIMITS))
-            .get("/api/model")
-            .json()
-        )
+        predictor = Predictor(checkpoints, POST)
+        predictor.pipeline = "postprocessing.yml"  # as build_predictor marks a tuned pipeline
+        info = TestClient(create_app(InferenceService(predictor), LIMITS)).get("/api/model").json()
         warning = info["provenance"]["warning"]
         assert (warning and warning["level"]) == expected, checkpoints
     assert warning["checkpoints"] == ["seg_synth.pth"] and "synthetic frames only" in warning["message"]
+    # the same good model served --untuned: the page says its thresholds were never searched
+    info = TestClient(create_app(InferenceService(Predictor([seg], POST)), LIMITS)).get("/api/model").json()
+    warning = info["provenance"]["warning"]
+    assert (
+        info["pipeline"] is None
+        and warning["level"] == "caution"
+        and warning["message"].startswith("Untuned")
+    )

@@ -109,7 +109,7 @@ def server(tmp_path_factory):
     """`steel-defect serve` with an untrained model."""
     root = tmp_path_factory.mktemp("e2e")
     paths = random_checkpoints(root)
-    with _serve(root, "--checkpoints", str(paths["seg"]), str(paths["cls"])) as url:
+    with _serve(root, "--untuned", "--checkpoints", str(paths["seg"]), str(paths["cls"])) as url:
         yield url
 
 
@@ -258,7 +258,7 @@ def token_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e_token")
     paths = random_checkpoints(root)
     with _serve(
-        root, "--checkpoints", str(paths["seg"]), env={**os.environ, "STEEL_DEFECT_TOKEN": TOKEN}
+        root, "--untuned", "--checkpoints", str(paths["seg"]), env={**os.environ, "STEEL_DEFECT_TOKEN": TOKEN}
     ) as url:
         yield url
 
@@ -301,7 +301,8 @@ def real_frames_server(tmp_path_factory):
     state = torch.load(paths["seg"], map_location="cpu", weights_only=True)
     state["trained_on"] = {"source": "synthetic", "train_frames": 160, "valid_frames": 40, "fold": 0}
     torch.save(state, root / "seg_synth.pth")
-    args = ["--checkpoints", str(root / "seg_synth.pth"), str(paths["cls"]), "--examples", str(REAL_FRAMES)]
+    args = ["--untuned", "--checkpoints", str(root / "seg_synth.pth"), str(paths["cls"])]
+    args += ["--examples", str(REAL_FRAMES)]
     with _serve(root, *args) as url:
         yield url
 

@@ -268,6 +268,7 @@ def build_predictor(
         paths = list(checkpoints) if checkpoints else spec.checkpoints
         predictor = Predictor(paths, spec.post, tta=spec.tta, device=device, backend=backend, threads=threads)
         check_predictor(predictor, spec)
+        predictor.pipeline = str(spec.source) if spec.source else "given spec"
         return predictor
     if not untuned:
         what = f"{postprocessing} has no 'pipeline' entry" if postprocessing else "no tuned pipeline given"

@@ -124,6 +124,7 @@ class Predictor:
             if class_id not in covered:
                 log.warning("no segmenter predicts class %d: its masks stay empty", class_id)
         self.post = postprocessing or PostProcessing()
+        self.pipeline: str | None = None  # the tuned pipeline's YAML, set by build_predictor
         self.tta = tuple(tta)
         self.batch_tta = batch_tta
         gates = [c.cls_threshold for c in self.post.classes]

@@ -135,3 +135,20 @@ def model_warning(checkpoints: list[dict]) -> dict | None:
         c["file"] for c in checkpoints if c.get("warning") and c["warning"]["message"] == worst["message"]
     ]
     return {**worst, "checkpoints": files}
+
+
+UNTUNED = {
+    "level": "caution",
+    "message": (
+        "Untuned: these masks use threshold 0.5 (or a hand-written YAML), not thresholds searched "
+        "out of fold for these models. Serve with --postprocessing <work_dir>/postprocessing.yml."
+    ),
+}
+
+
+def server_warning(checkpoints: list[dict], tuned: bool) -> dict | None:
+    """:func:`model_warning`, or when there is none and the server runs ``--untuned``, that."""
+    warning = model_warning(checkpoints)
+    if warning is None and not tuned:
+        return {**UNTUNED, "checkpoints": [c["file"] for c in checkpoints]}
+    return warning

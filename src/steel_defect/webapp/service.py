@@ -31,7 +31,7 @@ from steel_defect.data.images import encode_jpeg
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.inference.postprocess import PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
-from steel_defect.webapp.provenance import model_warning, provenance_line, training_warning
+from steel_defect.webapp.provenance import provenance_line, server_warning, training_warning
 from steel_defect.webapp.reports import CLASS_COLORS, class_report, mask_png
 
 
@@ -135,7 +135,12 @@ class InferenceService:
         return {
             **self.predictor.describe(),
             "checkpoints": checkpoints,
-            "provenance": {"summary": checkpoints[0]["summary"], "warning": model_warning(checkpoints)},
+            # the tuned pipeline the server runs (None: --untuned), and the page's warning
+            "pipeline": self.predictor.pipeline,
+            "provenance": {
+                "summary": checkpoints[0]["summary"],
+                "warning": server_warning(checkpoints, self.predictor.pipeline is not None),
+            },
             "postprocessing": self.post.to_dict(),
             # a class the threshold search switched off (min_area above a frame): the page says "off"
             "switched_off": {c: p.disabled for c, p in zip(CLASS_IDS, self.post.classes, strict=True)},
