@@ -256,3 +256,14 @@ def test_a_two_head_gate_is_applied_by_predict_and_by_the_web_app_alike(tmp_path
         gated_off += sum(1 for k in range(4) if plain[k].any() and not web[k])
     assert gated_off >= len(names) + 1  # class 1 everywhere and class 3 somewhere
     assert all(not rows[n][0] for n in names)
+
+
+def test_thresholds_opts_apply_to_the_segmenter_config_alone(run, tmp_path, capsys):
+    """A paths.work_dir in --opts must not turn the classifier's config into a second segmenter."""
+    seg_yml, cls_yml = run["root"] / "seg/fold0/config.yml", run["root"] / "cls/fold0/config.yml"
+    out = tmp_path / "post.yml"
+    argv = ["thresholds", "--config", str(seg_yml), "--cls-config", str(cls_yml), "--out", str(out)]
+    argv += ["--opts", f"paths.work_dir={run['root'] / 'seg'}", "inference.search_full_res_check=false"]
+    assert main(argv) == 0
+    _, spec = read_tuned(out)
+    assert spec.gate == "classifier" and [m.task for m in spec.models] == ["seg", "cls", "seg", "cls"]
