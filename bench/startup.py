@@ -120,11 +120,20 @@ def main() -> None:
         commands = {
             "--help": ["--help"],
             "evaluate": ["evaluate", "--pred", truth, "--truth", truth],
-            "predict": ["predict", "--checkpoints", checkpoint, "--images", one, "--out", out],
-            "predict, onnx": ["predict", "--checkpoints", exported, "--images", one, "--out", out],
+            "predict": ["predict", "--untuned", "--checkpoints", checkpoint, "--images", one, "--out", out],
+            "predict, onnx": [
+                "predict",
+                "--untuned",
+                "--checkpoints",
+                exported,
+                "--images",
+                one,
+                "--out",
+                out,
+            ],
             # The start-up part of predict alone, without the forward pass (no budget of its own).
             "predictor ready": ["-c", _READY, checkpoint],
-            "serve": ["serve", "--checkpoints", checkpoint, "--device", "cpu"],
+            "serve": ["serve", "--untuned", "--checkpoints", checkpoint, "--device", "cpu"],
         }
         runs = {(src, name): [] for src in args.src for name in commands}
         # Interleaved (run 1 of everything, then run 2...), so a burst of load hits every

@@ -126,6 +126,7 @@ def test_predict_killed_leaves_no_partial_csv(frames, tmp_path):
     cmd = [
         sys.executable,
         str(REPO / "inference.py"),
+        "--untuned",
         "--checkpoints",
         str(checkpoints["seg"]),
         "--images",
