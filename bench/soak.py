@@ -266,7 +266,8 @@ def start_server(checkpoints: list[str], timeout: float, log_path: Path) -> tupl
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     cmd = [
-        sys.executable, "-m", "steel_defect.cli", "serve", "--port", str(port), "--untuned", "--checkpoints", *checkpoints,
+        sys.executable, "-m", "steel_defect.cli", "serve", "--port", str(port),
+        "--untuned", "--checkpoints", *checkpoints,
         "--keep", str(KEEP), "--max-file-mb", str(MAX_FILE_MB), "--timeout", str(timeout),
     ]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
