@@ -315,7 +315,7 @@ def test_concurrent_requests_get_their_own_answers(service, jpegs):
 def test_serve_without_a_model_says_how_to_get_one(tmp_path, capsys):
     assert main(["serve", "--demo-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "make demo" in err and "--checkpoints" in err
+    assert "make demo" in err and "--postprocessing" in err and "--untuned --checkpoints" in err
 
 
 # ---------- --examples DIR ----------
@@ -462,7 +462,7 @@ def test_training_warning(trained_on, out_of_fold, level, needle):
     else:
         assert warning["level"] == level and needle in warning["message"]
         if level == "danger":
-            assert "make demo-real" in warning["message"] and "--checkpoints" in warning["message"]
+            assert "make demo-real" in warning["message"] and "--postprocessing" in warning["message"]
 
 
 def test_provenance_line():

@@ -18,7 +18,7 @@ from typing import Any
 
 REAL_RECIPE = (
     "Train the real recipe (make demo-real) and serve it with --demo-dir work/demo-real, "
-    "or your own with --checkpoints SEG.pth [CLS.pth]."
+    "or your own with --postprocessing <work_dir>/postprocessing.yml."
 )
 LEVELS = ("caution", "danger")  # in rising order of severity
 

@@ -33,8 +33,9 @@ def demo_model(demo_dir: str | Path = DEMO_DIR) -> tuple[list[str], str | None]:
     summary_path = demo_summary(demo_dir)
     if not summary_path.is_file():
         raise NoModelError(
-            f"no --checkpoints given and no trained demo model at {summary_path}: run `make demo` "
-            "(about 6 minutes on a CPU) or pass --checkpoints SEG.pth [CLS.pth ...]"
+            f"no --postprocessing given and no trained demo model at {summary_path}: run `make demo` "
+            "(about 6 minutes on a CPU), pass --postprocessing <work_dir>/postprocessing.yml (the tuned "
+            "pipeline `steel-defect thresholds` wrote), or --untuned --checkpoints SEG.pth [CLS.pth ...]"
         )
     summary = json.loads(summary_path.read_text())
     checkpoints = [str(c) for c in summary["checkpoints"]]
