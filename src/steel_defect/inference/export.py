@@ -260,14 +260,14 @@ def mean_dice(models: list[Path], frames, truth, post, tta=(), batch: int = 4) -
     return float(dice_pairs(np.stack(masks), truth).mean())
 
 
-def _check_pipeline(checkpoint: Path, spec):
+def _check_pipeline(checkpoint: Path, digest: str, spec):
     """(the other models of ``checkpoint``'s fold in the tuned pipeline, post-processing, TTA):
-    the int8 model is scored inside the pipeline it will run in, gate included."""
+    the int8 model is scored inside the pipeline it will run in, gate included. ``digest``: the
+    checkpoint's weights SHA-256."""
     from steel_defect.inference.postprocess import PostProcessing
 
     if spec is None:  # --untuned: the model alone, threshold 0.5
         return [], PostProcessing(), ()
-    digest = load_checkpoint(checkpoint).get("weights_sha256")
     mine = [m for m in spec.models if m.weights_sha256 == digest]
     if not mine:
         raise ValueError(f"{checkpoint} is not a model of the tuned pipeline {spec.source}")
@@ -323,7 +323,7 @@ def export_all(
         except ValueError as err:
             entry["int8"] = {"refused": str(err)}
             continue
-        others, post, tta = _check_pipeline(checkpoint, None if untuned else spec)
+        others, post, tta = _check_pipeline(checkpoint, meta["weights_sha256"], None if untuned else spec)
         calib, _ = read_frames(cfg, calib_ids)
         holdout, truth = read_frames(cfg, holdout_ids)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:

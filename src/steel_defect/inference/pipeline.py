@@ -244,7 +244,7 @@ def check_gates(predictor: Predictor, post: PostProcessing, source: str) -> None
 
 
 def build_predictor(
-    postprocessing: str | Path | PipelineSpec | None,
+    postprocessing: str | Path | None,
     checkpoints=None,
     *,
     untuned: bool = False,
@@ -255,20 +255,17 @@ def build_predictor(
 ) -> Predictor:
     """The predictor of a tuned pipeline, checked against it; every command builds it here.
 
-    ``postprocessing``: a spec (or the YAML holding one). ``checkpoints`` default to the spec's;
+    ``postprocessing``: the YAML of a tuned pipeline. ``checkpoints`` default to the spec's;
     given ones (checkpoints or their ONNX exports) must be exactly the spec's models. TTA comes
     from the spec. Without a spec ``untuned`` must be True: ``checkpoints`` are required, ``tta``
     is used and the YAML's classes (or threshold 0.5) apply, with a warning.
     """
-    spec = postprocessing if isinstance(postprocessing, PipelineSpec) else None
-    post = spec.post if spec else None
-    if spec is None and postprocessing is not None:
-        post, spec = read_tuned(postprocessing)
+    post, spec = read_tuned(postprocessing) if postprocessing is not None else (None, None)
     if spec is not None and not untuned:
         paths = list(checkpoints) if checkpoints else spec.checkpoints
         predictor = Predictor(paths, spec.post, tta=spec.tta, device=device, backend=backend, threads=threads)
         check_predictor(predictor, spec)
-        predictor.pipeline = str(spec.source) if spec.source else "given spec"
+        predictor.pipeline = str(spec.source)
         return predictor
     if not untuned:
         what = f"{postprocessing} has no 'pipeline' entry" if postprocessing else "no tuned pipeline given"
@@ -276,7 +273,7 @@ def build_predictor(
     if not checkpoints:
         raise PipelineError("--untuned needs --checkpoints (there is no tuned pipeline to name them)")
     log.warning(
-        "running UNTUNED: %s; scores will be below what a threshold search reaches",
+        "running UNTUNED: %s; no threshold search was run for these models",
         f"classes of {postprocessing}, not checked against these models"
         if post
         else "threshold 0.5, no size filters, no gates",
