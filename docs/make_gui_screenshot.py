@@ -14,8 +14,7 @@ import argparse
 from playwright.sync_api import sync_playwright
 from tests.test_webapp_e2e import CHROMIUM, CHROMIUM_ARGS
 
-from steel_defect.inference.postprocess import PostProcessing
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.pipeline import build_predictor
 from steel_defect.webapp.app import create_app
 from steel_defect.webapp.server import demo_model, serve_in_thread
 from steel_defect.webapp.service import InferenceService
@@ -30,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     checkpoints, post = demo_model(args.demo_dir)
-    predictor = Predictor(checkpoints, PostProcessing.load(post) if post else None)
+    predictor = build_predictor(post, checkpoints)  # the demo's tuned pipeline, as `serve` runs it
     server, url = serve_in_thread(create_app(InferenceService(predictor)))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
