@@ -267,3 +267,28 @@ def test_thresholds_opts_apply_to_the_segmenter_config_alone(run, tmp_path, caps
     assert main(argv) == 0
     _, spec = read_tuned(out)
     assert spec.gate == "classifier" and [m.task for m in spec.models] == ["seg", "cls", "seg", "cls"]
+
+
+def test_a_damaged_spec_is_refused_naming_the_file_and_key(run, tmp_path):
+    data = yaml.safe_load(run["post"].read_text())
+    cases = {
+        "unknown": (
+            {**data["pipeline"], "tta_views": ["hflip"]},
+            r"unknown key\(s\) \['tta_views'\] in pipeline",
+        ),
+        "gate": (
+            {**data["pipeline"], "gate": "oracle"},
+            r"pipeline.gate 'oracle'; valid: classifier, head, none",
+        ),
+        "tta": ({**data["pipeline"], "tta": ["rot90"]}, r"unknown TTA \['rot90'\] in pipeline.tta"),
+        "missing": (
+            {k: v for k, v in data["pipeline"].items() if k != "folds"},
+            r"pipeline.folds is missing",
+        ),
+        "entry": ({**data["pipeline"], "checkpoints": [{"path": "x.pth"}]}, r"checkpoints\[0\] needs path"),
+    }
+    for name, (pipeline, message) in cases.items():
+        path = tmp_path / f"{name}.yml"
+        path.write_text(yaml.safe_dump({**data, "pipeline": pipeline}))
+        with pytest.raises(PipelineError, match=rf"{name}\.yml: .*{message}"):
+            build_predictor(path)
