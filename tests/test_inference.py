@@ -21,6 +21,7 @@ from steel_defect.data.images import read_image
 from steel_defect.data.submission import read_sample_submission, read_submission
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.inference.oof import SplitMismatchError, collect_oof, search_thresholds
+from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor, network_input
 from steel_defect.inference.run import predict_folder
@@ -166,8 +167,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 def test_sharded_inference_equals_single_process(trained, tmp_path):
     data = trained["root"] / "data"
     single = tmp_path / "single.csv"
-    predictor = Predictor([trained["seg"]], tta=("hflip",))
-    predict_folder(predictor, data / "test_images", single, progress=False)
+    predict_folder(build_predictor(trained["post"]), data / "test_images", single, progress=False)
     sharded = tmp_path / "sharded.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -179,8 +179,8 @@ def test_sharded_inference_equals_single_process(trained, tmp_path):
             "--nproc_per_node",
             "2",
             str(REPO / "inference.py"),
-            "--checkpoints",
-            str(trained["seg"]),
+            "--postprocessing",
+            str(trained["post"]),  # the tuned pipeline: segmenter, classifier gate and TTA
             "--images",
             str(data / "test_images"),
             "--out",

@@ -309,3 +309,15 @@ def test_a_bf16_cpu_run_trains(synth):
     # the weights stay fp32 (autocast computes in bf16, the optimizer steps in fp32)
     assert all(v.dtype == torch.float32 for v in state["model_state"].values() if v.is_floating_point())
     assert math.isfinite(state["metrics"]["valid"]["loss"])
+
+
+def test_auto_precision_follows_a_onednn_isa_cap(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 imitates an AVX2-only CPU: there oneDNN would emulate bf16, so
+    ``train.amp: auto`` must mean fp32, as on the machine being imitated."""
+    from steel_defect.training.engines import native_bf16
+
+    hardware = native_bf16(on_gpu=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert native_bf16(on_gpu=False) is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")  # a cap at or above bf16: the CPU decides
+    assert native_bf16(on_gpu=False) is hardware

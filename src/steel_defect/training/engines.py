@@ -55,12 +55,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# ONEDNN_MAX_CPU_ISA values (oneDNN's names) below and at or above native bf16 compute.
+LOWER_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+BF16_ISAS = (
+    "AVX512_CORE_BF16",
+    "AVX10_1_512",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX512_CORE_AMX_FP16",
+    "DEFAULT",
+    "ALL",
+)
+
+
 def native_bf16(on_gpu: bool) -> bool:
     """Whether the device computes bf16 natively, so that bf16 autocast is a speed-up: on this
     project's 2-core CPU with AMX, 1.5x the images/s of fp32 (bench/train.py). Elsewhere the CPU
-    emulates bf16, slower than fp32."""
+    emulates bf16, slower than fp32, and so does oneDNN capped below bf16 by
+    ``ONEDNN_MAX_CPU_ISA`` (how an AVX2-only machine is imitated on this one)."""
     if on_gpu:
         return torch.cuda.is_bf16_supported()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and cap not in BF16_ISAS and cap in LOWER_ISAS:
+        # oneDNN is capped below bf16 (an AVX2 machine imitated on this one): it would emulate
+        # bf16, so auto means fp32 here as it does on the machine being imitated
+        return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence the guard
     return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
