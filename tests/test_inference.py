@@ -198,10 +198,16 @@ def test_sharded_inference_equals_single_process(trained, tmp_path):
 
 
 def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
-    oof = collect_oof(trained["seg_cfg"], trained["cls_cfg"])
+    coarse = copy.deepcopy(trained["seg_cfg"])
+    coarse.inference.search_downsample = 4  # maps kept 4x smaller per side
+    oof = collect_oof(coarse, trained["cls_cfg"])
     n_valid = len(oof["ids"])
     assert oof["probs"].shape == (n_valid, 4, 64, 400) and oof["probs"].dtype == np.uint8
-    assert oof["truth"].dtype == bool and oof["cls"].shape == (n_valid, 4)
+    assert oof["truth"].dtype == bool and oof["cls"].shape == (n_valid, 4) and oof["tables"] is None
+    exact = collect_oof(trained["seg_cfg"], trained["cls_cfg"])  # the default: no map kept at all
+    area, inter, truth_area = exact["tables"]
+    assert exact["probs"] is None and area.shape == inter.shape == (n_valid, 4, 11, 7)
+    assert truth_area.shape == (n_valid, 4) and (inter <= area).all()
     summary = search_thresholds(trained["seg_cfg"], trained["cls_cfg"], tmp_path / "pp.yml")
     params = PostProcessing.load(tmp_path / "pp.yml")
     assert (
@@ -256,6 +262,7 @@ def test_predictor_gives_the_same_on_gpu(trained):
 def test_oof_predicts_each_fold_with_that_folds_model(trained, tmp_path):
     cfg = copy.deepcopy(trained["seg_cfg"])
     cfg.paths.work_dir = str(tmp_path / "two_folds")
+    cfg.inference.search_downsample = 4
     models = {}
     for fold, prior in ((0, 0.2), (1, 0.7)):  # two networks whose maps differ everywhere
         models[fold] = random_checkpoints(tmp_path / f"prior{fold}", seg_prior=prior)["seg"]
@@ -285,8 +292,10 @@ def test_ensemble_oof_averages_every_members_fold_model(trained, tmp_path):
     member_best = tmp_path / "member/fold0/checkpoints/best.pth"
     shutil.copy(other, member_best)
     update_checkpoint(member_best, trained_on=training_data(member, 0))
-    alone = collect_oof(trained["seg_cfg"])
-    both = collect_oof(trained["seg_cfg"], members=[member])
+    coarse = copy.deepcopy(trained["seg_cfg"])
+    coarse.inference.search_downsample = 4
+    alone = collect_oof(coarse)
+    both = collect_oof(coarse, members=[member])
     assert both["ids"] == alone["ids"] and len(both["checkpoints"]) == 2
     predictor = Predictor([trained["seg"], other], tta=tuple(trained["seg_cfg"].inference.tta))
     frames = [read_image(Path(trained["seg_cfg"].paths.train_images) / i) for i in both["ids"][:2]]

@@ -87,30 +87,47 @@ def test_the_search_writes_the_pipeline_it_tuned(run):
         "cls",
     ] * 2
     assert spec.tta == tuple(run["seg_cfg"].inference.tta) and spec.gate == "classifier"
-    assert spec.search_downsample == 4
+    assert spec.search_downsample == 1  # scored at full resolution: no second pass needed
+    assert "full_resolution" not in run["summary"]
     raw = yaml.safe_load(run["post"].read_text())["pipeline"]
     assert raw["checkpoints"][0]["path"] == "seg/fold0/checkpoints/best.pth"  # relative: the folder can move
-    # the report holds the same parameters re-scored at full resolution, as inference predicts
-    full = run["summary"]["full_resolution"]
-    assert set(full["per_class"]) == {"1", "2", "3", "4"} and full["images"] == run["summary"]["images"]
 
 
-def test_full_resolution_score_is_what_the_tuned_predictor_scores(run):
-    """Re-scoring must be the inference path itself: fold K's share of the spec on fold K's frames."""
-    _, spec = read_tuned(run["post"])
-    cfg = run["seg_cfg"]
+def _inference_dice(cfg, spec) -> np.ndarray:
+    """Dice per (frame, class) of each fold's share of ``spec`` on that fold's frames: what the
+    tuned pipeline scores out of fold when it runs as inference runs."""
     folds = read_folds(cfg.paths.folds_csv)
     truth_file = read_annotations(cfg.paths.train_csv)
     dice = []
-    for fold in (0, 1):
-        models = [m.path for m in spec.of_fold(fold)]
-        predictor = Predictor(models, spec.post, tta=spec.tta)
+    for fold in sorted({m.fold for m in spec.models}):
+        predictor = Predictor([m.path for m in spec.of_fold(fold)], spec.post, tta=spec.tta)
         ids = folds.ImageId[folds.fold == fold].tolist()
         frames = [read_image(Path(cfg.paths.train_images) / i) for i in ids]
         masks = np.stack([p.masks for p in predictor.predict(frames)])
         truth = np.stack([rles_to_masks(truth_file.rles(i)) for i in ids])
         dice.append(dice_pairs(masks, truth))
-    assert run["summary"]["full_resolution"]["mean_dice"] == pytest.approx(float(np.concatenate(dice).mean()))
+    return np.concatenate(dice)
+
+
+def test_the_search_scores_exactly_what_inference_scores(run):
+    """At full resolution the search's out-of-fold Dice is inference's, to the last pair."""
+    _, spec = read_tuned(run["post"])
+    dice = _inference_dice(run["seg_cfg"], spec)
+    oof = run["summary"]["out_of_fold"]
+    assert oof["mean_dice"] == pytest.approx(float(dice.mean()), abs=1e-12)
+    for i, c in enumerate("1234"):
+        assert oof["per_class"][c] == pytest.approx(float(dice[:, i].mean()), abs=1e-12)
+
+
+def test_a_downsampled_search_reports_its_full_resolution_score(run, tmp_path):
+    cfg = copy.deepcopy(run["seg_cfg"])
+    cfg.inference.search_downsample = 4
+    summary = search_thresholds(cfg, run["cls_cfg"], tmp_path / "post.yml", record=False)
+    _, spec = read_tuned(tmp_path / "post.yml")
+    assert spec.search_downsample == 4
+    full = summary["full_resolution"]
+    assert full["mean_dice"] == pytest.approx(float(_inference_dice(cfg, spec).mean()), abs=1e-12)
+    assert full["difference"] == pytest.approx(full["mean_dice"] - summary["out_of_fold"]["mean_dice"])
 
 
 def test_predict_without_a_spec_is_refused_and_runs_with_untuned(run, tmp_path, capsys, caplog):

@@ -217,7 +217,13 @@ SCHEMA: dict[str, Any] = {
             choices=("torch", "onnx"),
         ),
         "threads": Opt(None, int, "CPU threads of the networks (default: the physical cores)", nullable=True),
-        "search_downsample": Opt(4, int, "threshold search keeps OOF maps this many times smaller per side"),
+        "search_downsample": Opt(
+            1,
+            int,
+            "threshold search resolution: 1 scores every candidate at full resolution on the levels "
+            "inference thresholds (a few numbers kept per image, no map); f > 1 keeps OOF maps f times "
+            "smaller per side (faster, approximate: see search_full_res_check)",
+        ),
         "search_checkpoint": Opt(
             "best",
             str,
@@ -227,9 +233,9 @@ SCHEMA: dict[str, Any] = {
         "search_full_res_check": Opt(
             True,
             bool,
-            "after the search, predict the out-of-fold frames again as inference does and score the "
-            "chosen parameters at full resolution (postprocessing.report.json); doubles the search's "
-            "forward passes",
+            "with search_downsample > 1: after the search, predict the out-of-fold frames again as "
+            "inference does and score the chosen parameters at full resolution "
+            "(postprocessing.report.json); doubles the search's forward passes",
         ),
         "search_top_threshold": Opt(
             False,

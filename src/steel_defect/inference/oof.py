@@ -31,8 +31,15 @@ from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
 from steel_defect.evaluation.metric import dice_pairs
 from steel_defect.inference.pipeline import save_spec
+from steel_defect.inference.postprocess import quantise
 from steel_defect.inference.predictor import Predictor
-from steel_defect.inference.search import downsample_mask, downsample_probs, search_all
+from steel_defect.inference.search import (
+    area_table,
+    downsample_mask,
+    downsample_probs,
+    search_all,
+    search_tables,
+)
 from steel_defect.models.checkpoint import update_checkpoint
 
 log = logging.getLogger(__name__)
@@ -149,7 +156,12 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=(), name: st
     model must have been trained with its fold held out of ``paths.folds_csv``
     (:func:`check_split`). ``name``: see :func:`fold_models`.
 
-    Returns ``{"ids": [...], "probs": uint8 (N, 4, h, w), "truth": bool (N, 4, h, w),
+    With ``inference.search_downsample`` 1 (the default) each full-resolution map is reduced at
+    once to its :func:`~.search.area_table` per class, so the search scores exactly what
+    inference will; with ``f > 1`` the maps are kept ``f`` times smaller per side.
+
+    Returns ``{"ids": [...], "probs": uint8 (N, 4, h, w) and "truth": bool (N, 4, h, w) (f > 1,
+    else None), "tables": (area, inter (N, 4, T, M), truth_area (N, 4)) (f = 1, else None),
     "cls": float (N, 4) or None, "top": float (N, 4) maximum of each full-resolution map,
     "folds": [...], "factor": int, "models": {fold: [paths]}, "networks": [loaded networks],
     "gate": "classifier" | "head" | "none", "split": digest}``.
@@ -158,6 +170,7 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=(), name: st
     factor = seg_cfg.inference.search_downsample
     annotations = read_annotations(seg_cfg.paths.train_csv)
     ids, probs, truth, cls_probs, top, networks, gates = [], [], [], [], [], [], set()
+    areas, inters, truth_areas = [], [], []
     for fold, predictor, valid_ids in _fold_predictors(seg_cfg, models, device):
         log.info("fold %d: predicting %d validation images with %s", fold, len(valid_ids), models[fold][0])
         networks += predictor.segmenters + predictor.classifiers
@@ -170,15 +183,25 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=(), name: st
                 cls_probs.extend(heads)
             for image_id, p in zip(chunk, seg, strict=True):
                 ids.append(image_id)
-                probs.append(downsample_probs(p, factor))
-                top.append(p.max(axis=(1, 2)))  # before block averaging lowers it
-                truth.append(downsample_mask(rles_to_masks(annotations.rles(image_id)), factor))
+                masks = rles_to_masks(annotations.rles(image_id))
+                if factor == 1:  # the levels inference thresholds; a few numbers kept, no map
+                    levels = quantise(p)
+                    tables = [area_table(levels[c], masks[c]) for c in range(len(CLASS_IDS))]
+                    areas.append(np.stack([a for a, _ in tables]))
+                    inters.append(np.stack([i for _, i in tables]))
+                    truth_areas.append(masks.reshape(len(CLASS_IDS), -1).sum(axis=1, dtype=np.int64))
+                    top.append(levels.reshape(len(CLASS_IDS), -1).max(axis=1) / 255.0)
+                else:
+                    probs.append(downsample_probs(p, factor))
+                    top.append(p.max(axis=(1, 2)))  # before block averaging lowers it
+                    truth.append(downsample_mask(masks, factor))
     if len(gates) != 1:
         raise ValueError(f"the folds' models gate differently ({sorted(gates)}); train every fold alike")
     return {
         "ids": ids,
-        "probs": np.stack(probs),
-        "truth": np.stack(truth),
+        "probs": np.stack(probs) if probs else None,
+        "truth": np.stack(truth) if truth else None,
+        "tables": (np.stack(areas), np.stack(inters), np.stack(truth_areas)) if areas else None,
         "cls": np.stack(cls_probs) if cls_probs else None,
         "top": np.stack(top),
         "folds": sorted(models),
@@ -257,7 +280,12 @@ def search_thresholds(
     """
     oof = collect_oof(seg_cfg, cls_cfg, device, members, name)
     top = oof["top"] if seg_cfg.inference.search_top_threshold else None
-    params, report = search_all(oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top)
+    if oof["tables"] is not None:
+        params, report = search_tables(*oof["tables"], oof["cls"], top_probs=top)
+    else:
+        params, report = search_all(
+            oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top
+        )
     out = Path(out or seg_cfg.paths.postprocessing or layout.postprocessing(seg_cfg.paths.work_dir))
     tta = tuple(seg_cfg.inference.tta)
     save_spec(
@@ -274,7 +302,7 @@ def search_thresholds(
         "classes": {str(c): {k: v for k, v in r.items()} for c, r in report["classes"].items()},
     }
     summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
-    if seg_cfg.inference.search_full_res_check:
+    if oof["factor"] > 1 and seg_cfg.inference.search_full_res_check:
         full = full_resolution_score(seg_cfg, oof["models"], params, device)
         searched = summary["out_of_fold"]
         summary["full_resolution"] = {

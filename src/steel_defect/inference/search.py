@@ -80,26 +80,40 @@ def _blocks(array: np.ndarray, factor: int) -> np.ndarray:
     return array.reshape(*lead, h // factor, factor, w // factor, factor)
 
 
-def _areas(probs, truth, thresholds, min_components):
-    """Post-processed area and intersection, int64 (T, M, N), before min_area and gating."""
-    n = len(probs)
-    area = np.zeros((len(thresholds), len(min_components), n), dtype=np.int64)
+def area_table(probs, truth, thresholds=DEFAULT_THRESHOLDS, min_components=DEFAULT_MIN_COMPONENTS):
+    """One map's post-processed area and intersection with ``truth``, int64 (T, M) each, per
+    (threshold, min_component), before min_area and the gates.
+
+    probs: (H, W) uint8 levels (:func:`~.postprocess.quantise`) or float; truth: (H, W) bool.
+    These few numbers are all the search needs of an image, so the out-of-fold search can take
+    them from each full-resolution map as it is predicted and keep no map at all.
+    """
+    area = np.zeros((len(thresholds), len(min_components)), dtype=np.int64)
     inter = np.zeros_like(area)
     mins = np.asarray(min_components, dtype=np.int64)[:, None]
-    for j in range(n):
-        for t, threshold in enumerate(thresholds):
-            pred = binarize(probs[j], threshold)
-            if not pred.any():
-                continue
-            _, labels, stats, _ = cv2.connectedComponentsWithStats(
-                pred.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
-            )
-            sizes = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
-            hits = np.bincount(labels[truth[j]], minlength=len(stats))[1:]
-            keep = sizes[None, :] >= mins  # (M, components); min 0 or 1 keeps all
-            area[t, :, j] = keep @ sizes
-            inter[t, :, j] = keep @ hits
+    truth = np.asarray(truth, dtype=bool)
+    for t, threshold in enumerate(thresholds):
+        pred = binarize(probs, threshold)
+        if not pred.any():
+            continue
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(
+            pred.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        )
+        sizes = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+        hits = np.bincount(labels[truth], minlength=len(stats))[1:]
+        keep = sizes[None, :] >= mins  # (M, components); min 0 or 1 keeps all
+        area[t] = keep @ sizes
+        inter[t] = keep @ hits
     return area, inter
+
+
+def _areas(probs, truth, thresholds, min_components):
+    """Post-processed area and intersection, int64 (T, M, N), before min_area and gating."""
+    tables = [area_table(p, t, thresholds, min_components) for p, t in zip(probs, truth, strict=True)]
+    if not tables:
+        empty = np.zeros((len(thresholds), len(min_components), 0), dtype=np.int64)
+        return empty, empty.copy()
+    return np.stack([a for a, _ in tables], axis=-1), np.stack([i for _, i in tables], axis=-1)
 
 
 def _gate(values, thresholds, n):
@@ -178,6 +192,40 @@ def search_class(
     float64 (T, M, A, G, K) indexed like the grids.
     """
     probs, truth, cls_probs, top_probs = _check(probs, truth, cls_probs, top_probs, 3)
+    area, inter = _areas(probs, truth, tuple(thresholds), tuple(min_components))
+    truth_area = truth.sum(axis=(1, 2), dtype=np.int64)
+    return search_class_tables(
+        area,
+        inter,
+        truth_area,
+        cls_probs,
+        thresholds,
+        min_components,
+        min_areas,
+        cls_thresholds,
+        top_probs,
+        top_thresholds,
+    )
+
+
+def search_class_tables(
+    area: np.ndarray,
+    inter: np.ndarray,
+    truth_area: np.ndarray,
+    cls_probs: np.ndarray | None = None,
+    thresholds=DEFAULT_THRESHOLDS,
+    min_components=DEFAULT_MIN_COMPONENTS,
+    min_areas=DEFAULT_MIN_AREAS,
+    cls_thresholds=None,
+    top_probs: np.ndarray | None = None,
+    top_thresholds=None,
+) -> tuple[ClassParams, float, dict]:
+    """:func:`search_class` from the images' :func:`area_table` s: ``area`` and ``inter`` int64
+    (T, M, N) over the ``thresholds`` x ``min_components`` grid, ``truth_area`` (N,)."""
+    n = len(truth_area)
+    for name, values in (("classifier probabilities", cls_probs), ("top probabilities", top_probs)):
+        if values is not None and np.shape(values) != (n,):
+            raise ValueError(f"{name} {np.shape(values)} must be ({n},)")
     cls_thresholds = _gate_grid("cls", cls_probs, cls_thresholds, DEFAULT_CLS_THRESHOLDS)
     top_thresholds = _gate_grid("top", top_probs, top_thresholds, DEFAULT_TOP_THRESHOLDS)
     grids = {"threshold": thresholds, "min_component": min_components, "min_area": min_areas}
@@ -189,9 +237,11 @@ def search_class(
             if value is not None or name not in gates:
                 ClassParams(**{name: value})  # validates the range with a clear message
 
-    area, inter = _areas(probs, truth, tuple(thresholds), tuple(min_components))
-    truth_area = truth.sum(axis=(1, 2), dtype=np.int64)
-    n = len(truth_area)
+    if area.shape != (len(thresholds), len(min_components), n) or inter.shape != area.shape:
+        raise ValueError(
+            f"area tables {area.shape} must be (thresholds {len(thresholds)}, min_components "
+            f"{len(min_components)}, images {n})"
+        )
     cls_gate, top_gate = _gate(cls_probs, cls_thresholds, n), _gate(top_probs, top_thresholds, n)
     scores = _scores(area, inter, truth_area, min_areas, cls_gate, top_gate)
 
@@ -293,14 +343,63 @@ def search_all(
         if any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0 for s in grid):
             raise ValueError(f"{name} must be whole pixel counts >= 0, got {list(grid)}")
     comp_map, area_map = _to_reduced(min_components, scale), _to_reduced(min_areas, scale)
+    tables, baselines = [], []
+    for i in range(NUM_CLASSES):
+        area, inter = _areas(probs[:, i], truth[:, i], tuple(thresholds), tuple(comp_map))
+        tables.append((area, inter, truth[:, i].sum(axis=(1, 2), dtype=np.int64)))
+        baselines.append(search_class(probs[:, i], truth[:, i], None, (0.5,), (0,), (0,))[1])
+    gates = (cls_thresholds, top_thresholds, min_gain)
+    return _search_all(tables, baselines, cls_probs, top_probs, thresholds, comp_map, area_map, gates)
 
+
+def search_tables(
+    area: np.ndarray,
+    inter: np.ndarray,
+    truth_area: np.ndarray,
+    cls_probs: np.ndarray | None = None,
+    thresholds=DEFAULT_THRESHOLDS,
+    min_components=DEFAULT_MIN_COMPONENTS,
+    min_areas=DEFAULT_MIN_AREAS,
+    cls_thresholds=None,
+    min_gain: float | None = None,
+    top_probs: np.ndarray | None = None,
+    top_thresholds=None,
+) -> tuple[PostProcessing, dict]:
+    """:func:`search_all` at full resolution from per-image :func:`area_table` s, no maps kept.
+
+    area, inter: int64 (N, 4, T, M) over ``thresholds`` x ``min_components`` (which must hold
+    the baseline's 0.5 and 0); truth_area: (N, 4) truth pixels. The result is exactly what
+    inference scores with those parameters on the same maps.
+    """
+    area, inter, truth_area = np.asarray(area), np.asarray(inter), np.asarray(truth_area)
+    if 0.5 not in thresholds or 0 not in min_components:
+        raise ValueError("the grids must hold threshold 0.5 and min_component 0 (the baseline)")
+    t, m = list(thresholds).index(0.5), list(min_components).index(0)
+    tables, baselines = [], []
+    for i in range(NUM_CLASSES):
+        a, x = np.moveaxis(area[:, i], 0, -1), np.moveaxis(inter[:, i], 0, -1)  # (T, M, N)
+        tables.append((a, x, truth_area[:, i]))
+        one = (slice(t, t + 1), slice(m, m + 1))
+        base = search_class_tables(a[one], x[one], truth_area[:, i], None, (0.5,), (0,), (0,))
+        baselines.append(base[1])
+    identity = {int(v): int(v) for v in min_components}, {int(v): int(v) for v in min_areas}
+    gates = (cls_thresholds, top_thresholds, min_gain)
+    return _search_all(tables, baselines, cls_probs, top_probs, thresholds, *identity, gates)
+
+
+def _search_all(tables, baselines, cls_probs, top_probs, thresholds, comp_map, area_map, gates):
+    """Every class from its (area, inter, truth_area) tables; sizes searched as ``comp_map`` /
+    ``area_map`` keys and reported as their values (full-resolution pixels)."""
+    cls_thresholds, top_thresholds, min_gain = gates
     found, report = [], {"classes": {}, "mean": {}, "tables": {}, "curves": {}}
     for i, class_id in enumerate(CLASS_IDS):
         cls_i = None if cls_probs is None else cls_probs[:, i]
         top_i = None if top_probs is None else top_probs[:, i]
-        p, score, table = search_class(
-            probs[:, i],
-            truth[:, i],
+        area, inter, truth_area = tables[i]
+        p, score, table = search_class_tables(
+            area,
+            inter,
+            truth_area,
             cls_i,
             thresholds,
             tuple(comp_map),
@@ -309,8 +408,8 @@ def search_all(
             top_i,
             top_thresholds,
         )
-        empty = float(np.mean(~truth[:, i].any(axis=(1, 2))))
-        gain = 1.0 / len(probs) if min_gain is None else min_gain
+        empty = float(np.mean(truth_area == 0))
+        gain = 1.0 / len(truth_area) if min_gain is None else min_gain
         if score < empty + gain - _TIE:
             # Masks that beat predicting nothing by less than one image's worth of Dice are
             # noise on these images, not evidence they help on others, and a false positive
@@ -319,7 +418,7 @@ def search_all(
         else:
             full = replace(p, min_component=comp_map[p.min_component], min_area=area_map[p.min_area])
         found.append(full)
-        _, baseline, _ = search_class(probs[:, i], truth[:, i], None, (0.5,), (0,), (0,))
+        baseline = baselines[i]
         table["min_components"] = list(comp_map.values())
         table["min_areas"] = list(area_map.values())
         report["tables"][class_id] = table
