@@ -3,13 +3,15 @@
 ``steel-defect thresholds --config SEG_CFG [--cls-config CLS_CFG]`` finds
 ``<work_dir>/fold<K>/checkpoints/best.pth`` (or ``inference.search_checkpoint``) for every
 trained fold, checks that each model was trained with fold K held out of this very split,
-predicts the images of fold K with fold K's segmenter (and classifier), keeps the probability
-maps as uint8 at ``inference.search_downsample`` times smaller per side (a 256x1600 frame costs
-4 x 64 x 400 bytes at the default 4), searches the per-class parameters and writes them, with
+predicts the images of fold K with fold K's segmenter (and classifier), reduces each
+full-resolution map at once to its area tables (:func:`~.search.area_table`: the post-processed
+area and overlap with the truth for every threshold and minimum component size, on the uint8
+levels inference thresholds), searches the per-class parameters on them and writes them, with
 the pipeline they were tuned on (:mod:`.pipeline`), as YAML for inference
-(``paths.postprocessing``, default ``<work_dir>/postprocessing.yml``). It then predicts the
-same frames again as inference does and scores the chosen parameters at full resolution, so
-the report shows what the downsampled search costs.
+(``paths.postprocessing``, default ``<work_dir>/postprocessing.yml``). The search's Dice is
+then exactly inference's. With ``inference.search_downsample`` f > 1 it keeps the maps f times
+smaller per side instead, and afterwards predicts the same frames again as inference does and
+scores the chosen parameters at full resolution, so the report shows what that costs.
 """
 
 from __future__ import annotations
