@@ -279,7 +279,7 @@ def test_model_health_docs_and_examples(client):
     assert decode_image(image.content).shape == (256, 1600, 3)
     page = client.get("/")
     assert page.status_code == 200 and 'id="dropzone"' in page.text
-    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/predict.js").status_code == 200
 
 
 def test_old_results_are_dropped_with_a_clear_message(model, jpegs):

@@ -154,7 +154,7 @@ def test_upload_inspect_tune_and_download(server, browser, tmp_path):
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(server)
     page.wait_for_selector('#model-line[data-state="ready"]')
-    assert "unet-resnet18" in page.text_content("#model-line")
+    assert "unet · resnet18" in page.text_content("#model-line")
 
     # Upload a synthetic frame and a corrupt file through the file picker.
     good = _frame_file(tmp_path / "sheet_0042.jpg", seed=3)

@@ -79,7 +79,7 @@ def test_the_api_needs_the_token_but_health_and_the_page_do_not(guarded):
     assert guarded.get("/api/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert guarded.get("/api/model", headers={"Authorization": TOKEN}).status_code == 401  # no scheme
     assert guarded.get("/api/model", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    for path in ("/api/health", "/", "/static/app.js"):
+    for path in ("/api/health", "/", "/static/predict.js"):
         assert guarded.get(path).status_code == 200, path
 
 

@@ -106,24 +106,16 @@ class Login(BaseModel):
     token: str = Field(max_length=1024, description="the server's access token")
 
 
-def create_app(
-    service: InferenceService,
-    limits: Limits = Limits(),
-    examples: dict[str, bytes] | None = None,
-    token: str | None = None,
-) -> FastAPI:
-    """The app; ``examples`` (``{file name: image bytes}``, see ``folder_examples``) replaces the
-    synthetic example frames; with a ``token`` the API needs it (see :mod:`.security`)."""
-    examples = example_images() if examples is None else dict(examples)
-    app = FastAPI(
-        title="steel-defect",
-        summary="Find and classify surface defects in 1600x256 steel-sheet frames (Severstal format).",
-        version="1.0",
-    )
+def new_app(summary: str, limits: Limits, token: str | None, queued_paths=("/api/predict",)) -> FastAPI:
+    """A FastAPI app with the limits, the token check, the security headers, JSON errors and
+    ``/api/login``: what the prediction and the labelling apps share."""
+    app = FastAPI(title="steel-defect", summary=summary, version="1.0")
     # The last added runs first: headers on every answer, then the token, then the deadline
     # and queue, then the body size.
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
-    app.add_middleware(RequestGuard, timeout_s=limits.timeout_s, max_queued=limits.max_queued)
+    app.add_middleware(
+        RequestGuard, timeout_s=limits.timeout_s, max_queued=limits.max_queued, queued_paths=queued_paths
+    )
     if token is not None:
         app.add_middleware(TokenAuth, token=token)
     app.add_middleware(SecurityHeaders)
@@ -140,6 +132,33 @@ def create_app(
         problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in errors]
         hint = " (send images as multipart form field 'files')" if request.url.path == "/api/predict" else ""
         return _error(422, "; ".join(problems) + hint)
+
+    @app.post("/api/login", status_code=204, response_class=Response)
+    def login(body: Login) -> Response:
+        """Exchange the access token for a session cookie (what the page does once)."""
+        if token is None:
+            return Response(status_code=204)  # nothing to log in to
+        if not hmac.compare_digest(body.token.encode(), token.encode()):
+            raise HTTPException(401, "wrong access token; ask whoever started the server for it")
+        response = Response(status_code=204)
+        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/")
+        return response
+
+    return app
+
+
+def create_app(
+    service: InferenceService,
+    limits: Limits = Limits(),
+    examples: dict[str, bytes] | None = None,
+    token: str | None = None,
+) -> FastAPI:
+    """The app; ``examples`` (``{file name: image bytes}``, see ``folder_examples``) replaces the
+    synthetic example frames; with a ``token`` the API needs it (see :mod:`.security`)."""
+    examples = example_images() if examples is None else dict(examples)
+    app = new_app(
+        "Find and classify surface defects in 1600x256 steel-sheet frames (Severstal format).", limits, token
+    )
 
     def overrides(body: PostOverrides | None):
         if body is None:
@@ -162,17 +181,6 @@ def create_app(
     @app.get("/api/health")
     def health() -> dict:
         return {"status": "ok", "device": service.predictor.describe()["device"]}
-
-    @app.post("/api/login", status_code=204, response_class=Response)
-    def login(body: Login) -> Response:
-        """Exchange the access token for a session cookie (what the page does once)."""
-        if token is None:
-            return Response(status_code=204)  # nothing to log in to
-        if not hmac.compare_digest(body.token.encode(), token.encode()):
-            raise HTTPException(401, "wrong access token; ask whoever started the server for it")
-        response = Response(status_code=204)
-        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/")
-        return response
 
     @app.get("/api/model")
     def model() -> dict:

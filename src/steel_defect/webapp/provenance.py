@@ -63,8 +63,16 @@ def encoder_text(weights_source: dict | None) -> str:
     return "encoder weights not recorded"
 
 
-def provenance_line(trained_on: dict | None, out_of_fold: dict | None, weights_source: dict | None) -> str:
-    """One line saying what the model learnt from, how it scored out of fold, where its encoder started."""
+def provenance_line(
+    trained_on: dict | None,
+    out_of_fold: dict | None,
+    weights_source: dict | None,
+    ensemble_frames: int | None = None,
+) -> str:
+    """One line saying what the model learnt from, how it scored out of fold, where its encoder started.
+
+    ``ensemble_frames``: the distinct frames a fold ensemble saw, when more than one model's
+    (``trained on 40 real frames, 30 per fold model``)."""
     source = _source(trained_on)
     if source is None:
         parts = ["training data not recorded"]
@@ -75,6 +83,8 @@ def provenance_line(trained_on: dict | None, out_of_fold: dict | None, weights_s
             if frames is not None
             else f"trained on {source} frames"
         ]
+        if frames is not None and ensemble_frames is not None and ensemble_frames != int(frames):
+            parts = [f"trained on {ensemble_frames} {source} frames, {int(frames)} per fold model"]
         extra = [e for e in _dict(trained_on).get("extra") or [] if isinstance(e, dict)]
         counts = [_number(e.get("frames")) for e in extra]
         if extra and all(c is not None for c in counts):
@@ -152,3 +162,79 @@ def server_warning(checkpoints: list[dict], tuned: bool) -> dict | None:
     if warning is None and not tuned:
         return {**UNTUNED, "checkpoints": [c["file"] for c in checkpoints]}
     return warning
+
+
+def _fold(config: Any) -> int | None:
+    fold = _dict(_dict(config).get("folds")).get("valid_fold")
+    return fold if isinstance(fold, int) and not isinstance(fold, bool) else None
+
+
+def _folds_text(folds: list[int]) -> str:
+    """``[0, 1, 2, 3]`` -> ``"folds 0–3"``; ``[0, 2]`` -> ``"folds 0, 2"``; ``[1]`` -> ``"fold 1"``."""
+    folds = sorted(set(folds))
+    if len(folds) == 1:
+        return f"fold {folds[0]}"
+    if folds == list(range(folds[0], folds[-1] + 1)):
+        return f"folds {folds[0]}–{folds[-1]}"
+    return "folds " + ", ".join(map(str, folds))
+
+
+def ensemble_name(members: list[tuple[str, dict]]) -> str:
+    """The networks of one task, grouped: ``4 × unet · tu-tf_efficientnet_lite0 (folds 0–3)``.
+
+    ``members``: ``(name, info)`` per network, ``name`` as ``<model>-<encoder>`` and ``info``
+    the checkpoint's (its ``config`` says the fold). Groups keep the order of their first member.
+    """
+    groups: dict[str, list[dict]] = {}
+    for name, info in members:
+        groups.setdefault(name, []).append(info)
+    parts = []
+    for name, infos in groups.items():
+        model, _, encoder = name.partition("-")
+        label = f"{model} · {encoder}" if encoder else model
+        folds = [f for f in (_fold(i.get("config")) for i in infos) if f is not None]
+        if len(infos) > 1:
+            label = f"{len(infos)} × {label}"
+        if folds and len(infos) > 1:
+            label += f" ({_folds_text(folds)})"
+        parts.append(label)
+    return " + ".join(parts)
+
+
+def ensemble_frames(infos: list[dict]) -> int | None:
+    """Distinct training frames an ensemble saw: a fold model trains on all but its validation
+    frames, so two or more folds of one split have seen every frame of it (train + validation);
+    None when the checkpoints do not record it."""
+    if not infos:
+        return None
+    split_digests, valid_sets, totals = set(), set(), set()
+    for info in infos:
+        trained_on = _dict(info.get("trained_on"))
+        frames = _number(trained_on.get("train_frames"))
+        if frames is None:
+            return None
+        split = _dict(trained_on.get("split"))
+        valid = split.get("valid_ids")
+        if not isinstance(valid, list):
+            return int(frames) if len(infos) == 1 else None
+        split_digests.add(split.get("sha256"))
+        valid_sets.add(tuple(sorted(map(str, valid))))
+        totals.add(int(frames) + len(valid))
+    if len(valid_sets) > 1 and len(split_digests) == 1 and len(totals) == 1:
+        return totals.pop()
+    return int(_number(_dict(infos[0].get("trained_on")).get("train_frames")))
+
+
+def ensemble_summary(predictor) -> dict:
+    """``{"segmenters", "classifiers", "trained_frames", "per_model_frames"}`` of a predictor's networks."""
+    segs = [(n.name, n.info) for n in predictor.segmenters]
+    clss = [(n.name, n.info) for n in predictor.classifiers]
+    first = (
+        _number(_dict(predictor.segmenters[0].info.get("trained_on")).get("train_frames")) if segs else None
+    )
+    return {
+        "segmenters": ensemble_name(segs),
+        "classifiers": ensemble_name(clss),
+        "trained_frames": ensemble_frames([i for _, i in segs]),
+        "per_model_frames": None if first is None else int(first),
+    }

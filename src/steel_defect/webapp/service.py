@@ -31,7 +31,12 @@ from steel_defect.data.images import encode_jpeg
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.inference.postprocess import PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
-from steel_defect.webapp.provenance import provenance_line, server_warning, training_warning
+from steel_defect.webapp.provenance import (
+    ensemble_summary,
+    provenance_line,
+    server_warning,
+    training_warning,
+)
 from steel_defect.webapp.reports import CLASS_COLORS, class_report, mask_png
 
 
@@ -132,13 +137,22 @@ class InferenceService:
                     "warning": training_warning(trained_on, out_of_fold),
                 }
             )
+        ensemble = ensemble_summary(self.predictor)
+        first = models[0].info
         return {
             **self.predictor.describe(),
+            # "4 × unet · tu-tf_efficientnet_lite0 (folds 0–3)": what the page's header names
+            "ensemble": ensemble,
             "checkpoints": checkpoints,
             # the tuned pipeline the server runs (None: --untuned), and the page's warning
             "pipeline": self.predictor.pipeline,
             "provenance": {
-                "summary": checkpoints[0]["summary"],
+                "summary": provenance_line(
+                    first.get("trained_on"),
+                    first.get("out_of_fold"),
+                    first.get("weights_source"),
+                    ensemble["trained_frames"],
+                ),
                 "warning": server_warning(checkpoints, self.predictor.pipeline is not None),
             },
             "postprocessing": self.post.to_dict(),

@@ -1,9 +1,13 @@
-// The steel-defect page: upload frames, show each one's defects over it, tune thresholds, download.
-// Plain browser JavaScript, no build step. All masks come from the server (the same post-processing
-// as inference.py); this file only decodes their RLE, paints them and keeps the page's state.
-"use strict";
+// The steel-defect prediction page: upload frames, show each one's defects over it, tune
+// thresholds, download. ES modules, no build step. All masks come from the server (the same
+// post-processing as inference.py); this file only decodes their RLE, paints them and keeps the
+// page's state.
 
-const $ = (id) => document.getElementById(id);
+import { api, jsonBody, send } from "./api.js";
+import { $, download, el } from "./dom.js";
+import { composite } from "./overlay.js";
+import { decodeRle } from "./rle.js";
+
 const UPLOAD_CHUNK = 4; // files per request: progress shows early, requests stay small
 
 const state = {
@@ -17,83 +21,6 @@ const state = {
   nextKey: 1,
   refreshing: null,
 };
-
-// ---------- access token ----------
-// A server started with a token answers 401 until the page logs in. We ask once, however many
-// requests failed together; the session cookie the login sets then covers every request,
-// the <img> ones included, and is never sent by another site's page (SameSite=Strict).
-
-let loggingIn = null;
-
-function logIn() {
-  loggingIn = loggingIn || (async () => {
-    let question = "This server needs an access token (ask whoever started it):";
-    for (;;) {
-      const token = window.prompt(question);
-      if (token === null) throw new Error("no access token given; reload the page to enter it");
-      const response = await fetch("/api/login", jsonBody({ token }));
-      if (response.ok) return;
-      question = "That token is wrong; try again:";
-    }
-  })().finally(() => { loggingIn = null; });
-  return loggingIn;
-}
-
-async function send(path, options = {}) {
-  const response = await fetch(path, options);
-  if (response.status !== 401) return response;
-  await logIn();
-  return fetch(path, options);
-}
-
-// ---------- helpers ----------
-
-async function api(path, options = {}) {
-  const response = await send(path, options);
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      message = (await response.json()).detail || message;
-    } catch (_) { /* not JSON */ }
-    const error = new Error(message);
-    error.status = response.status;
-    throw error;
-  }
-  return response;
-}
-
-function jsonBody(body) {
-  return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-}
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the page's CSP
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
-}
-
-function rgb(hex) {
-  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
-}
-
-// RLE is 1-based "start length" pairs over pixels numbered top to bottom, then left to right.
-function decodeRle(rle, width, height) {
-  const mask = new Uint8Array(width * height); // row-major, for ImageData
-  const numbers = rle.trim() ? rle.trim().split(/\s+/).map(Number) : [];
-  for (let i = 0; i < numbers.length; i += 2) {
-    const end = numbers[i] - 1 + numbers[i + 1];
-    for (let p = numbers[i] - 1; p < end; p++) {
-      mask[(p % height) * width + Math.floor(p / height)] = 1;
-    }
-  }
-  return mask;
-}
 
 function formatArea(pixels) {
   return pixels.toLocaleString("en-US") + " px";
@@ -111,15 +38,6 @@ function params(classId) {
   return { ...state.defaults[classId], ...state.overrides[classId] };
 }
 
-function download(blob, filename) {
-  const url = URL.createObjectURL(blob);
-  const link = el("a", { href: url, download: filename });
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 5000);
-}
-
 // ---------- model ----------
 
 async function loadModel() {
@@ -132,8 +50,9 @@ async function loadModel() {
       state.defaults[c.class_id] = model.postprocessing.classes[c.class_id];
       state.visible[c.class_id] = true;
     }
-    const parts = [model.segmenters.join(" + ")];
-    if (model.classifiers.length) parts.push(`classifier ${model.classifiers.join(" + ")}`);
+    const parts = [model.ensemble.segmenters];
+    const classifiers = model.ensemble.classifiers;
+    if (classifiers) parts.push(classifiers.includes("classifier") ? classifiers : `classifier ${classifiers}`);
     if ((model.heads || []).length) parts.push(`classification head ${model.heads.join(" + ")}`);
     parts.push(model.device);
     if (model.tta.length) parts.push(`TTA ${model.tta.join(", ")}`);
@@ -461,18 +380,10 @@ function paint() {
   overlay.height = height;
   const context = overlay.getContext("2d");
   const image = context.createImageData(width, height);
-  const data = image.data;
-  let painted = 0;
-  state.classes.forEach((c, index) => {
-    if (!state.visible[c.class_id]) return;
-    const [r, g, b] = rgb(c.color);
-    const mask = item.masks[index];
-    for (let p = 0; p < mask.length; p++) {
-      if (!mask[p]) continue;
-      if (data[4 * p + 3] === 0) painted++;
-      data[4 * p] = r; data[4 * p + 1] = g; data[4 * p + 2] = b; data[4 * p + 3] = 255;
-    }
-  });
+  const layers = state.classes.map((c, index) => ({
+    mask: item.masks[index], color: c.color, alpha: 1, visible: state.visible[c.class_id],
+  }));
+  const painted = composite(image.data, layers, width, height);
   context.putImageData(image, 0, 0);
   overlay.dataset.painted = String(painted);
 
@@ -540,6 +451,8 @@ function wire() {
     renderBatch();
   });
 }
+
+window.state = state; // the page's state, for the console and the browser tests
 
 wire();
 loadModel();

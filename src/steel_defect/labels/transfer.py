@@ -1,0 +1,128 @@
+"""Labels in and out of the database, in the Severstal layout that the rest of the pipeline reads.
+
+    import_csv(store, "train.csv", images="train_images")    # both layouts; confirmed, "imported"
+    export_folder(store, "export/")                          # export/train.csv + export/train_images/
+
+The export is a folder that ``split_folds.py``, ``train.py`` and ``demo --recipe real --data-dir``
+read as they are: ``train.csv`` in the wide layout (4 rows a frame, so a confirmed defect-free
+frame is listed, not merely absent) of the confirmed frames, and their images. It is built beside
+the target and swapped in whole, so a killed export leaves the previous one untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
+from steel_defect.data.annotations import read_annotations, resolve_image_ids, write_annotations
+from steel_defect.labels.folder import FrameFolder
+from steel_defect.labels.store import LabelStore, now
+
+IMAGES_META = "images_dir"  # the folder `label` or `labels import --images` last used
+EXPORT_MARKER = ".steel-defect-export.json"
+
+
+class ExportError(ValueError):
+    """An export that cannot be written: no confirmed frame, a missing image, a foreign folder."""
+
+
+def import_csv(
+    store: LabelStore, csv_path: str | Path, images: str | Path | None = None, replace: bool = False
+) -> dict[str, int]:
+    """Import a ``train.csv`` (wide or long layout) as confirmed labels; returns the counts.
+
+    With ``images`` the frames are checked against the folder (every labelled one must be there;
+    for the long layout its other frames are the defect-free ones) and the folder is remembered
+    for ``export``. Without it, a long-layout file can only import its defective frames.
+    """
+    annotations = read_annotations(csv_path)
+    height, width = IMAGE_SHAPE
+    if images is not None:
+        folder = FrameFolder(images)
+        ids = resolve_image_ids(annotations, images)
+        unusable = [i for i in ids if i not in folder]
+        if unusable:
+            reasons = dict(folder.skipped)
+            raise ValueError(
+                f"{len(unusable)} frames of {csv_path} are unusable in {images} "
+                f"(first: {unusable[0]}: {reasons.get(unusable[0], 'not an image file')})"
+            )
+    else:
+        ids = list(annotations.image_ids)
+    entries = [(name, width, height, annotations.rles(name)) for name in ids]
+    counts = store.import_labels(entries, source=f"import:{Path(csv_path).name}", replace=replace)
+    if images is not None:
+        store.set_meta(IMAGES_META, str(Path(images).resolve()))
+    counts["frames"] = len(ids)
+    counts["layout"] = annotations.layout
+    return counts
+
+
+def _images_dir(store: LabelStore, images: str | Path | None) -> Path:
+    chosen = images or store.get_meta(IMAGES_META)
+    if chosen is None:
+        raise ExportError(
+            f"{store.path} does not record its images folder; pass --images DIR (the folder the frames are in)"
+        )
+    folder = Path(chosen)
+    if not folder.is_dir():
+        raise ExportError(f"the images folder {folder} does not exist; pass --images DIR")
+    return folder
+
+
+def export_folder(store: LabelStore, out: str | Path, images: str | Path | None = None) -> dict:
+    """Write ``out/train.csv`` and ``out/train_images/`` of the confirmed frames; returns a summary.
+
+    ``out`` must be new, empty or an earlier export (it is replaced whole); anything else is refused.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_MARKER).is_file())):
+        raise ExportError(f"{out} exists and is not an earlier export; choose a new folder")
+    confirmed = list(store.confirmed())
+    if not confirmed:
+        raise ExportError(
+            f"{store.path} has no confirmed frame to export; confirm some in `steel-defect label`"
+        )
+    source = _images_dir(store, images)
+    missing = [name for name, _ in confirmed if not (source / name).is_file()]
+    if missing:
+        raise ExportError(f"{len(missing)} confirmed frames are missing from {source} (first: {missing[0]})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (staging / "train_images").mkdir()
+        for name, _ in confirmed:
+            _link_or_copy(source / name, staging / "train_images" / name)
+        write_annotations(staging / "train.csv", [n for n, _ in confirmed], [m for _, m in confirmed])
+        summary = {
+            "database": str(store.path.resolve()),
+            "images": str(source.resolve()),
+            "exported_at": now(),
+            "frames": len(confirmed),
+            "frames_with_class": {c: sum(bool(m[c - 1]) for _, m in confirmed) for c in CLASS_IDS},
+            "defect_free": sum(not any(m) for _, m in confirmed),
+        }
+        (staging / EXPORT_MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)  # no copy of 12,568 frames when the export is on the same disk
+    except OSError:
+        shutil.copy2(source, target)

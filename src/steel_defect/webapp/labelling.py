@@ -1,0 +1,210 @@
+"""``steel-defect label``: the labelling page and its API, on the labels database.
+
+    store = LabelStore.open("labels.sqlite"); folder = FrameFolder("test_images")
+    app = create_label_app(LabelService(store, folder, predictor=None), Limits())
+
+Routes (OpenAPI docs at ``/docs``):
+
+    GET  /                                    the labelling page
+    GET  /api/health                          liveness
+    GET  /api/label/info                      classes, model, counts, skipped files
+    GET  /api/label/next?after=NAME           the next frame of the active-learning queue
+    GET  /api/label/frames?status=S           names, statuses and queue ranks
+    GET  /api/label/frames/{name}             masks (saved, else the model's proposal), status, version
+    GET  /api/label/frames/{name}/image       the frame
+    PUT  /api/label/frames/{name}             save the four masks on top of ``version``
+    GET  /api/label/frames/{name}/history     every save of the frame
+    POST /api/label/frames/{name}/restore     save an earlier state again
+
+A save whose ``version`` is not the stored one answers 409 with the stored state (another tab
+saved first; nothing is overwritten), RLE that does not fit the frame 422, an unknown name 404.
+Names are looked up in the folder's listing only (:mod:`steel_defect.labels.folder`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
+from steel_defect.data.headers import image_format
+from steel_defect.data.images import ImageReadError, encode_jpeg
+from steel_defect.data.rle import masks_to_rles
+from steel_defect.labels.folder import FrameFolder
+from steel_defect.labels.queue import model_version
+from steel_defect.labels.store import InvalidMasks, LabelStore, StaleSave, UnknownFrame
+from steel_defect.webapp.app import STATIC, Limits, new_app
+from steel_defect.webapp.provenance import ensemble_summary
+
+MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp"}
+
+
+class Save(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=0, description="the version this edit started from (the GET's)")
+    status: Literal["pre-labelled", "confirmed", "skipped"] = "pre-labelled"
+    masks: list[str] = Field(
+        min_length=4, max_length=4, description="RLE of classes 1..4 (Severstal encoding)"
+    )
+
+
+class Restore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(description="the history entry to save again")
+    version: int = Field(ge=0)
+
+
+class LabelService:
+    """The database, the folder and the optional model, shared by the request threads."""
+
+    def __init__(self, store: LabelStore, folder: FrameFolder, predictor=None):
+        self.store = store
+        self.folder = folder
+        self.predictor = predictor
+        self.model_version = model_version(predictor) if predictor is not None else None
+        self._network = threading.Lock()
+        store.add_frames(folder.listing())
+
+    def open_frame(self, name: str) -> dict:
+        """The frame's state; with a model and no save yet, its proposal is made first."""
+        if name not in self.folder:
+            raise UnknownFrame(name)
+        state = self.store.frame(name)
+        if (
+            self.predictor is not None
+            and state.version == 0
+            and state.status != "skipped"
+            and state.proposal_model != self.model_version
+        ):
+            frame = self.folder.decode(name)
+            with self._network:
+                prediction = self.predictor.predict([frame], skip_gated=False)[0]
+            state = self.store.set_proposal(name, masks_to_rles(prediction.masks), self.model_version)
+        return self.describe(state)
+
+    def describe(self, state) -> dict:
+        return {**asdict(state), "queue": self.store.queue_entry(state.name)}
+
+    def info(self) -> dict:
+        stats = self.store.stats()
+        model = None
+        if self.predictor is not None:
+            model = {
+                **self.predictor.describe(),
+                "version": self.model_version,
+                "summary": ensemble_summary(self.predictor),
+            }
+        return {
+            "classes": [{"class_id": c, "name": CLASS_NAMES[c], "color": CLASS_COLORS[c]} for c in CLASS_IDS],
+            "model": model,
+            "database": self.store.path.name,
+            "images": str(self.folder.directory),
+            "frames": len(self.folder.paths),
+            "skipped_files": [{"name": n, "reason": r} for n, r in self.folder.skipped],
+            "stats": asdict(stats),
+        }
+
+
+def _not_found(name: str) -> HTTPException:
+    return HTTPException(404, f"no frame {name!r} in the labelling folder")
+
+
+def create_label_app(service: LabelService, limits: Limits = Limits(), token: str | None = None) -> FastAPI:
+    app = new_app("Label steel-sheet frames in the Severstal encoding.", limits, token, queued_paths=())
+
+    def frame_or_404(name: str) -> dict:
+        try:
+            return service.open_frame(name)
+        except UnknownFrame:
+            raise _not_found(name) from None
+        except ImageReadError as err:
+            raise HTTPException(422, f"{name}: {err}") from None
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "label.html")
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/api/label/info")
+    def info() -> dict:
+        return service.info()
+
+    @app.get("/api/label/next")
+    def next_frame(after: str | None = None) -> dict:
+        """The best-ranked frame still to label after ``after`` (null when none is left)."""
+        return {"name": service.store.next_in_queue(after)}
+
+    @app.get("/api/label/frames")
+    def frames(status: str | None = None) -> list[dict]:
+        names = service.store.names(status)
+        return [{"name": n} for n in names if n in service.folder]
+
+    @app.get("/api/label/frames/{name}")
+    def frame(name: str) -> dict:
+        return frame_or_404(name)
+
+    @app.get("/api/label/frames/{name}/image", response_class=Response)
+    def image(name: str) -> Response:
+        try:
+            data = service.folder.read(name)
+        except UnknownFrame:
+            raise _not_found(name) from None
+        kind = image_format(data)
+        if kind not in MEDIA_TYPES:  # TIFF: browsers do not all show it
+            try:
+                data, kind = encode_jpeg(service.folder.decode(name), 95, name, rgb=True), "JPEG"
+            except ImageReadError as err:
+                raise HTTPException(422, f"{name}: {err}") from None
+        return Response(data, media_type=MEDIA_TYPES[kind], headers={"Cache-Control": "no-cache"})
+
+    @app.put("/api/label/frames/{name}")
+    def save(name: str, body: Save):
+        if name not in service.folder:
+            raise _not_found(name)
+        try:
+            state = service.store.save_masks(name, body.masks, body.version, body.status)
+        except StaleSave as err:
+            return JSONResponse(
+                {"detail": str(err), "current": service.describe(err.current)}, status_code=409
+            )
+        except InvalidMasks as err:
+            raise HTTPException(422, str(err)) from None
+        except UnknownFrame:
+            raise _not_found(name) from None
+        return service.describe(state)
+
+    @app.get("/api/label/frames/{name}/history")
+    def history(name: str) -> list[dict]:
+        try:
+            return service.store.history(name)
+        except UnknownFrame:
+            raise _not_found(name) from None
+
+    @app.post("/api/label/frames/{name}/restore")
+    def restore(name: str, body: Restore):
+        if name not in service.folder:
+            raise _not_found(name)
+        try:
+            state = service.store.restore(name, body.id, body.version)
+        except StaleSave as err:
+            return JSONResponse(
+                {"detail": str(err), "current": service.describe(err.current)}, status_code=409
+            )
+        except InvalidMasks as err:
+            raise HTTPException(422, str(err)) from None
+        return service.describe(state)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+__all__ = ["LabelService", "create_label_app"]
