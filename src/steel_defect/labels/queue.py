@@ -100,7 +100,7 @@ def frame_score(
         mean = maps.mean(0).ravel()
         spread = maps.std(0).ravel() if len(maps) > 1 else np.zeros_like(mean)
         entropy = _entropy(mean)
-        k = max(1, int(round(top_fraction * mean.size)))
+        k = max(1, round(top_fraction * mean.size))
         top = np.argpartition(entropy + 2 * spread, -k)[-k:]
         present = float(gate[index]) if gate is not None else float(mean.max())
         terms = {

@@ -355,7 +355,8 @@ class LabelStore:
         with self._write() as db:
             before = db.execute("SELECT count(*) FROM frames").fetchone()[0]
             db.executemany(
-                "INSERT OR IGNORE INTO frames (name, width, height, added_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO frames (name, width, height, added_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
                 ((name, width, height, stamp, stamp) for name, width, height in frames),
             )
             return db.execute("SELECT count(*) FROM frames").fetchone()[0] - before
@@ -472,7 +473,8 @@ class LabelStore:
             )
             pause_point("save:labels")  # the kill test: written, not committed
             db.execute(
-                "INSERT INTO history (frame, version, status, masks, origins, model_version, source, saved_at) "
+                "INSERT INTO history "
+                "(frame, version, status, masks, origins, model_version, source, saved_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, version + 1, status, json.dumps(masks), json.dumps(origins), model, source, stamp),
             )
@@ -496,7 +498,8 @@ class LabelStore:
                 masks = check_masks(masks, width, height, name)
                 if db.execute("SELECT 1 FROM frames WHERE name = ?", (name,)).fetchone() is None:
                     db.execute(
-                        "INSERT INTO frames (name, width, height, added_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO frames (name, width, height, added_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?)",
                         (name, width, height, stamp, stamp),
                     )
                     counts["added"] += 1
@@ -522,7 +525,8 @@ class LabelStore:
                     (stamp, state.name),
                 )
                 db.execute(
-                    "INSERT INTO history (frame, version, status, masks, origins, model_version, source, saved_at) "
+                    "INSERT INTO history "
+                    "(frame, version, status, masks, origins, model_version, source, saved_at) "
                     "VALUES (?, ?, 'confirmed', ?, ?, NULL, ?, ?)",
                     (
                         state.name,

@@ -66,7 +66,7 @@ def _images_dir(store: LabelStore, images: str | Path | None) -> Path:
     chosen = images or store.get_meta(IMAGES_META)
     if chosen is None:
         raise ExportError(
-            f"{store.path} does not record its images folder; pass --images DIR (the folder the frames are in)"
+            f"{store.path} does not record its images folder; pass --images DIR (where the frames are)"
         )
     folder = Path(chosen)
     if not folder.is_dir():

@@ -115,8 +115,12 @@ def _not_found(name: str) -> HTTPException:
     return HTTPException(404, f"no frame {name!r} in the labelling folder")
 
 
-def create_label_app(service: LabelService, limits: Limits = Limits(), token: str | None = None) -> FastAPI:
-    app = new_app("Label steel-sheet frames in the Severstal encoding.", limits, token, queued_paths=())
+def create_label_app(
+    service: LabelService, limits: Limits | None = None, token: str | None = None
+) -> FastAPI:
+    app = new_app(
+        "Label steel-sheet frames in the Severstal encoding.", limits or Limits(), token, queued_paths=()
+    )
 
     def frame_or_404(name: str) -> dict:
         try:
