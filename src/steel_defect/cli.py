@@ -14,6 +14,8 @@
     steel-defect validate submission.csv [--truth T.csv | --sample-submission S.csv]
     steel-defect config --config CFG [--opts k=v ...]    # print the resolved config
     steel-defect config --docs                            # every key with default and meaning
+    steel-defect label --images DIR --db labels.sqlite [--postprocessing P.yml]   # labelling page
+    steel-defect labels import|export|stats|queue|history|restore --db labels.sqlite ...
 
 ``split_folds.py``, ``train.py`` and ``inference.py`` at the repository root call
 :func:`main` with their subcommand, so both spellings behave the same.
@@ -235,6 +237,116 @@ def _cmd_serve(args) -> int:
         predictor, keep=args.keep, batch_size=cfg.inference.batch_size, keep_mb=args.keep_mb
     )
     serve(create_app(service, limits, examples, token=token), args.host, args.port)
+    return 0
+
+
+def _label_predictor(cfg, args):
+    """The model that pre-labels and scores the queue: only when --postprocessing or --checkpoints
+    name one (a labelling session never picks up a work folder's model by surprise)."""
+    if not args.postprocessing and not args.checkpoints:
+        return None
+    return _predictor(cfg, args, args.checkpoints, Path(args.postprocessing) if args.postprocessing else None)
+
+
+def _cmd_label(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.labels.folder import FrameFolder
+    from steel_defect.labels.store import LabelStore
+    from steel_defect.labels.transfer import IMAGES_META
+    from steel_defect.webapp.app import Limits
+    from steel_defect.webapp.labelling import LabelService, create_label_app
+    from steel_defect.webapp.security import access_token, is_loopback
+    from steel_defect.webapp.server import serve
+
+    token = access_token(args.host, args.token, args.no_auth)
+    if token is None and not is_loopback(args.host):
+        log.warning("--no-auth: anyone who can reach %s can edit the labels", args.host)
+    max_file_bytes = int(args.max_file_mb * 2**20)
+    folder = FrameFolder(args.images, max_file_bytes)
+    store = LabelStore.open(args.db)
+    store.set_meta(IMAGES_META, str(folder.directory.resolve()))
+    cfg = load_config(args.config, args.opts, components=False)
+    predictor = _label_predictor(cfg, args)
+    service = LabelService(store, folder, predictor)
+    log.info(
+        "%d frames to label in %s (%d files skipped), labels in %s",
+        len(folder.paths),
+        folder.directory,
+        len(folder.skipped),
+        store.path,
+    )
+    limits = Limits(max_file_bytes=max_file_bytes, max_request_bytes=8 * 2**20, timeout_s=args.timeout)
+    serve(create_label_app(service, limits, token=token), args.host, args.port)
+    return 0
+
+
+def _print_stats(stats) -> None:
+    print(f"{stats.frames} frames: " + ", ".join(f"{n} {s}" for s, n in stats.by_status.items()))
+    print(f"{stats.saves} saves in the history")
+    for class_id, count in stats.confirmed_with_class.items():
+        origins = ", ".join(f"{n} {o}" for o, n in stats.origins[class_id].items() if n)
+        print(
+            f"class {class_id}: on {count} confirmed frames"
+            + (f"; saved masks: {origins}" if origins else "")
+        )
+    queue = stats.queue
+    if queue["size"]:
+        print(f"queue: {queue['size']} frames, scored by {queue['model_version']} at {queue['scored_at']}")
+    else:
+        print("queue: not scored yet (steel-defect labels queue --db DB --postprocessing ...)")
+
+
+def _cmd_labels(args) -> int:
+    from steel_defect.labels import transfer
+    from steel_defect.labels.store import LabelStore
+
+    action = args.labels_command
+    if action == "stats":
+        with LabelStore.open(args.db, readonly=True) as store:
+            stats = store.stats()
+        if args.json:
+            from dataclasses import asdict
+
+            print(json.dumps(asdict(stats), indent=2))
+        else:
+            _print_stats(stats)
+        return 0
+    if action == "export":
+        with LabelStore.open(args.db, readonly=True) as store:
+            summary = transfer.export_folder(store, args.out, args.images)
+        print(json.dumps(summary, indent=2))
+        print(f"train on it with: steel-defect demo --recipe real --data-dir {args.out}", file=sys.stderr)
+        return 0
+    if action == "history":
+        with LabelStore.open(args.db, readonly=True) as store:
+            for entry in store.history(args.frame):
+                drawn = [c for c, rle in enumerate(entry["masks"], 1) if rle]
+                print(
+                    f"{entry['id']:>6}  version {entry['version']:<4} {entry['saved_at']}  "
+                    f"{entry['status']:<12} classes {drawn or 'none'}  ({entry['source']})"
+                )
+        return 0
+    with LabelStore.open(args.db, create=action == "import") as store:
+        if action == "import":
+            counts = transfer.import_csv(store, args.csv, args.images, replace=args.replace)
+            print(json.dumps(counts, indent=2))
+        elif action == "restore":
+            state = store.restore(args.frame, args.to)
+            print(f"{args.frame}: saved state {args.to} again as version {state.version} ({state.status})")
+        elif action == "queue":
+            from steel_defect.config import load_config
+            from steel_defect.labels.folder import FrameFolder
+            from steel_defect.labels.queue import score_queue
+
+            cfg = load_config(args.config, args.opts, components=False)
+            predictor = _label_predictor(cfg, args)
+            if predictor is None:
+                raise UserError("labels queue needs the model: --postprocessing WORK/postprocessing.yml")
+            images = args.images or store.get_meta(transfer.IMAGES_META)
+            if images is None:
+                raise UserError(f"{args.db} does not record its images folder; pass --images DIR")
+            summary = score_queue(store, FrameFolder(images), predictor, cfg.inference.batch_size)
+            print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -485,6 +597,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
+    p = sub.add_parser("label", help="label frames in the page: pre-labels, queue, labels database")
+    _add_config_args(p, required=False)
+    p.add_argument("--images", required=True, help="folder of the frames to label (1600x256)")
+    p.add_argument("--db", required=True, help="labels database, created when missing (labels.sqlite)")
+    p.add_argument("--checkpoints", nargs="+", help="models that pre-label (default: the tuned pipeline's)")
+    _add_pipeline_args(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="0.0.0.0 exposes it, which needs a token (or --no-auth)"
+    )
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--token", help="require this access token (default $STEEL_DEFECT_TOKEN)")
+    p.add_argument("--no-auth", action="store_true", help="a non-loopback --host without a token")
+    p.add_argument("--device", help="cpu, cuda or auto (default inference.device)")
+    _add_backend_args(p)
+    p.add_argument("--max-file-mb", type=float, default=10.0, help="largest frame file offered")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to answer a request")
+    p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("labels", help="the labels database: import, export, stats, queue, history, restore")
+    actions = p.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    q = actions.add_parser("import", help="train.csv (either layout) -> confirmed labels")
+    q.add_argument("--db", required=True)
+    q.add_argument("csv", help="train.csv: ImageId_ClassId,EncodedPixels or ImageId,ClassId,EncodedPixels")
+    q.add_argument("--images", help="the frames' folder (checked; the long layout's defect-free frames)")
+    q.add_argument("--replace", action="store_true", help="overwrite frames already labelled otherwise")
+    q = actions.add_parser("export", help="confirmed frames -> DIR/train.csv + DIR/train_images/")
+    q.add_argument("--db", required=True)
+    q.add_argument("--out", required=True, help="a new folder, or an earlier export (replaced whole)")
+    q.add_argument("--images", help="the frames' folder (default: the one the database records)")
+    q = actions.add_parser("stats", help="counts per status, class and origin; the queue's model")
+    q.add_argument("--db", required=True)
+    q.add_argument("--json", action="store_true")
+    q = actions.add_parser("queue", help="score the unlabelled frames with the model; store pre-labels")
+    q.add_argument("--db", required=True)
+    _add_config_args(q, required=False)
+    q.add_argument("--images", help="the frames' folder (default: the one the database records)")
+    q.add_argument("--checkpoints", nargs="+")
+    _add_pipeline_args(q)
+    _add_backend_args(q)
+    q.add_argument("--device", help="cpu, cuda or auto")
+    q = actions.add_parser("history", help="every save of one frame")
+    q.add_argument("--db", required=True)
+    q.add_argument("--frame", required=True)
+    q = actions.add_parser("restore", help="save an earlier state of a frame again (see history)")
+    q.add_argument("--db", required=True)
+    q.add_argument("--frame", required=True)
+    q.add_argument("--to", type=int, required=True, help="the history id to restore")
+    p.set_defaults(func=_cmd_labels)
+
     p = sub.add_parser("export", help="checkpoints -> ONNX files for --backend onnx (fp32, optional int8)")
     _add_config_args(p, required=False)
     p.add_argument("--checkpoints", nargs="+", help="checkpoints to export (default: the tuned pipeline's)")
@@ -623,7 +784,9 @@ def _is_user_error(err: Exception) -> bool:
     # only when its module was imported (nothing else can raise it), so that `--help` and
     # `evaluate` do not import OpenCV just to name it.
     images = sys.modules.get("steel_defect.data.images")
+    labels = sys.modules.get("steel_defect.labels.store")
     kinds = (UserError, FileNotFoundError, ValueError) + ((images.ImageReadError,) if images else ())
+    kinds += (labels.LabelStoreError,) if labels else ()
     return isinstance(err, kinds)
 
 

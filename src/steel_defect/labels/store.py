@@ -109,8 +109,12 @@ class LabelStoreError(RuntimeError):
     """The database cannot be used: locked, read-only, corrupt, not ours, or too new. Names the file."""
 
 
-class UnknownFrame(KeyError):
-    """A frame name the database does not list."""
+class UnknownFrame(ValueError):
+    """A frame name the database (or the folder) does not list."""
+
+    def __init__(self, name: str):
+        super().__init__(f"no frame {name!r} in the labels database")
+        self.name = name
 
 
 class InvalidMasks(ValueError):

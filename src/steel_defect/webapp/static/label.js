@@ -1,0 +1,510 @@
+// The labelling page: open the next frame of the queue with the model's masks, edit them, save.
+//
+// Stacked canvases, one per concern: the frame (<img>), the masks, the cursor and the polygon in
+// progress. Every stroke is saved when it ends (never in the middle of one), as the four masks in
+// the Severstal RLE on top of the version the page loaded; a 409 answer (another tab saved first)
+// is shown, never overwritten silently. Pointer positions map to image pixels through the mask
+// canvas's on-screen rectangle, so strokes land under the pointer at every zoom and scroll.
+
+import { ApiError, api, jsonBody } from "./api.js";
+import { $, el } from "./dom.js";
+import { MaskEditor } from "./editor.js";
+import { composite } from "./overlay.js";
+import { decodeRle, encodeRle } from "./rle.js";
+
+const ZOOMS = [0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16];
+const RADII = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+
+const state = {
+  info: null,
+  classes: [],
+  frame: null, // the server's state of the open frame
+  editor: null,
+  visible: [true, true, true, true],
+  opacity: [0.55, 0.55, 0.55, 0.55],
+  tool: "brush",
+  zoom: 1,
+  visited: [], // names opened, for "previous"
+  polygon: [], // corners of the polygon in progress, image coordinates
+  saving: null, // the save in flight (a promise)
+  dirty: false, // a change not yet sent
+  conflict: null, // the server's state after a 409
+  image: null, // ImageData of the mask layer
+  pointer: null, // last pointer position, image coordinates
+  panning: null,
+  spaceHeld: false,
+  eventTimes: [], // ms spent handling each pointer event of a stroke (bench/label_page.py reads it)
+  saveTimes: [], // ms of each save's round trip
+};
+
+// ---------- geometry ----------
+
+function imagePoint(event) {
+  const rect = $("mask-layer").getBoundingClientRect();
+  return [
+    ((event.clientX - rect.left) * state.frame.width) / rect.width,
+    ((event.clientY - rect.top) * state.frame.height) / rect.height,
+  ];
+}
+
+function setZoom(zoom, anchor = null) {
+  const scroll = $("label-scroll");
+  const { width, height } = state.frame || { width: 1600, height: 256 };
+  const before = anchor && imagePointAt(anchor);
+  state.zoom = zoom;
+  const stage = $("label-stage");
+  stage.style.width = `${width * zoom}px`;
+  stage.style.height = `${height * zoom}px`;
+  $("zoom-level").textContent = `${Math.round(zoom * 100)} %`;
+  if (before) { // keep the image point under the pointer
+    const box = scroll.getBoundingClientRect();
+    scroll.scrollLeft = before[0] * zoom - (anchor[0] - box.left);
+    scroll.scrollTop = before[1] * zoom - (anchor[1] - box.top);
+  }
+  drawCursor();
+}
+
+function imagePointAt([clientX, clientY]) {
+  return imagePoint({ clientX, clientY });
+}
+
+function fitZoom() {
+  const width = state.frame ? state.frame.width : 1600;
+  return Math.max(ZOOMS[0], ($("label-scroll").clientWidth - 2) / width);
+}
+
+function stepZoom(direction, anchor = null) {
+  const next = direction > 0 ? ZOOMS.find((z) => z > state.zoom + 1e-6) : [...ZOOMS].reverse().find((z) => z < state.zoom - 1e-6);
+  if (next) setZoom(next, anchor);
+}
+
+// ---------- painting ----------
+
+function layers() {
+  return state.classes.map((c, i) => ({
+    mask: state.editor.masks[i], color: c.color, alpha: state.opacity[i], visible: state.visible[i],
+  }));
+}
+
+function repaint(rect) {
+  if (!state.image) return;
+  const { width, height } = state.frame;
+  const [x0, y0, x1, y1] = rect;
+  composite(state.image.data, layers(), width, height, rect);
+  $("mask-layer").getContext("2d").putImageData(state.image, 0, 0, x0, y0, x1 - x0, y1 - y0);
+}
+
+function repaintAll() {
+  if (state.frame) repaint([0, 0, state.frame.width, state.frame.height]);
+}
+
+function drawCursor() {
+  const canvas = $("cursor-layer");
+  const pen = canvas.getContext("2d");
+  pen.clearRect(0, 0, canvas.width, canvas.height);
+  const line = 1.5 / state.zoom; // about 1.5 screen pixels at any zoom
+  pen.lineWidth = line;
+  if (state.polygon.length) {
+    pen.strokeStyle = "#ffffff";
+    pen.setLineDash([4 / state.zoom, 3 / state.zoom]);
+    pen.beginPath();
+    state.polygon.forEach(([x, y], i) => (i ? pen.lineTo(x, y) : pen.moveTo(x, y)));
+    if (state.pointer) pen.lineTo(...state.pointer);
+    pen.stroke();
+    pen.setLineDash([]);
+  }
+  if (!state.pointer || state.panning || state.spaceHeld) return;
+  const [x, y] = state.pointer;
+  if (state.tool === "brush" || state.tool === "eraser") {
+    // the true footprint: pixels whose centre is within the radius
+    pen.strokeStyle = "#000000";
+    pen.beginPath();
+    pen.arc(x, y, state.editor.radius, 0, 2 * Math.PI);
+    pen.stroke();
+    pen.strokeStyle = state.tool === "eraser" ? "#ffffff" : state.classes[state.editor.classIndex].color;
+    pen.beginPath();
+    pen.arc(x, y, Math.max(0, state.editor.radius - line), 0, 2 * Math.PI);
+    pen.stroke();
+  } else {
+    pen.strokeStyle = "#ffffff";
+    pen.beginPath();
+    pen.moveTo(x - 6 / state.zoom, y); pen.lineTo(x + 6 / state.zoom, y);
+    pen.moveTo(x, y - 6 / state.zoom); pen.lineTo(x, y + 6 / state.zoom);
+    pen.stroke();
+  }
+}
+
+// ---------- the open frame ----------
+
+function showError(message) {
+  const box = $("page-error");
+  box.hidden = !message;
+  box.textContent = message || "";
+}
+
+async function openFrame(name, remember = true) {
+  if (!name) {
+    $("frame-name").textContent = "Every frame is labelled or skipped";
+    return;
+  }
+  await flushSave();
+  let frame;
+  try {
+    frame = await (await api(`/api/label/frames/${encodeURIComponent(name)}`)).json();
+  } catch (error) {
+    showError(`${name}: ${error.message}`);
+    return;
+  }
+  showError(null);
+  state.frame = frame;
+  state.conflict = null;
+  $("conflict").hidden = true;
+  state.polygon = [];
+  const { width, height } = frame;
+  for (const id of ["mask-layer", "cursor-layer"]) {
+    $(id).width = width;
+    $(id).height = height;
+  }
+  state.image = $("mask-layer").getContext("2d").createImageData(width, height);
+  const masks = frame.masks.map((rle) => decodeRle(rle, width, height));
+  if (!state.editor || state.editor.width !== width || state.editor.height !== height) {
+    const keep = state.editor;
+    state.editor = new MaskEditor(width, height, state.classes.length, repaint);
+    if (keep) Object.assign(state.editor, { radius: keep.radius, classIndex: keep.classIndex, exclusive: keep.exclusive });
+  }
+  state.editor.load(masks);
+  $("label-frame").src = `/api/label/frames/${encodeURIComponent(name)}/image`;
+  if (remember && state.visited[state.visited.length - 1] !== name) state.visited.push(name);
+  history.replaceState(null, "", `?frame=${encodeURIComponent(name)}`);
+  renderFrame();
+  setSaveState("idle", frame.version);
+}
+
+function renderFrame() {
+  const frame = state.frame;
+  $("frame-name").textContent = frame.name;
+  const chip = $("frame-status");
+  chip.textContent = frame.status;
+  chip.dataset.status = frame.status;
+  const parts = [`${frame.width}×${frame.height}`, `version ${frame.version}`];
+  if (frame.proposal_model) parts.push(`pre-labelled by ${frame.proposal_model}`);
+  if (frame.queue) parts.push(`queue #${frame.queue.rank + 1} · score ${frame.queue.score.toFixed(3)}`);
+  $("frame-meta").textContent = parts.join(" · ");
+  for (const [i, c] of state.classes.entries()) {
+    const origin = frame.origins[i];
+    const node = $("class-bar").querySelector(`[data-class="${c.class_id}"] .origin`);
+    if (node) node.textContent = origin ? origin : "";
+  }
+  $("prev").disabled = state.visited.length < 2;
+}
+
+function setSaveState(kind, version, text) {
+  const node = $("save-state");
+  node.dataset.state = kind;
+  node.dataset.version = String(version);
+  node.textContent = text || { idle: `version ${version}`, saving: "saving…", saved: `saved · version ${version}`,
+    conflict: "not saved: conflict", error: "not saved" }[kind];
+}
+
+// ---------- saving ----------
+
+function strokeStatus() {
+  const status = state.frame.status;
+  return status === "confirmed" || status === "skipped" ? status : "pre-labelled";
+}
+
+function currentMasks() {
+  const { width, height } = state.frame;
+  return state.editor.masks.map((m) => encodeRle(m, width, height));
+}
+
+// Save the masks as they are now with `status`; saves run one at a time, in order.
+function save(status = strokeStatus(), { force = false } = {}) {
+  if (state.conflict && !force) return Promise.resolve(false);
+  state.dirty = true;
+  const previous = state.saving || Promise.resolve();
+  const run = previous.then(async () => {
+    if (state.conflict && !force) return false;
+    const frame = state.frame;
+    const body = { version: frame.version, status, masks: currentMasks() };
+    state.dirty = false;
+    setSaveState("saving", frame.version);
+    const started = performance.now();
+    try {
+      const response = await api(`/api/label/frames/${encodeURIComponent(frame.name)}`, jsonBody(body, "PUT"));
+      const saved = await response.json();
+      state.saveTimes.push(performance.now() - started);
+      if (state.frame && state.frame.name === saved.name) {
+        state.frame = saved;
+        renderFrame();
+      }
+      setSaveState("saved", saved.version);
+      return true;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 409) {
+        state.conflict = error.body.current;
+        $("conflict-text").textContent = ` ${error.message}`;
+        $("conflict").hidden = false;
+        setSaveState("conflict", frame.version);
+      } else {
+        setSaveState("error", frame.version, `not saved: ${error.message}`);
+      }
+      return false;
+    }
+  });
+  const tracked = run.finally(() => { if (state.saving === tracked) state.saving = null; });
+  state.saving = tracked;
+  return run;
+}
+
+async function flushSave() {
+  while (state.saving) await state.saving;
+}
+
+async function finish(status, clear = false) {
+  if (!state.frame || state.conflict) return;
+  if (clear) state.editor.clearAll();
+  const ok = await save(status);
+  if (ok) await goNext();
+}
+
+async function goNext() {
+  if (!state.frame) return;
+  const { name } = await (await api(`/api/label/next?after=${encodeURIComponent(state.frame.name)}`)).json();
+  await openFrame(name);
+  loadStats();
+}
+
+async function goPrevious() {
+  if (state.visited.length < 2) return;
+  state.visited.pop();
+  await openFrame(state.visited[state.visited.length - 1], false);
+}
+
+// ---------- pointer ----------
+
+let drawing = false;
+
+function onPointerDown(event) {
+  if (!state.frame || state.conflict) return;
+  const stage = $("cursor-layer");
+  if (event.button === 1 || (event.button === 0 && state.spaceHeld)) {
+    const scroll = $("label-scroll");
+    state.panning = { x: event.clientX, y: event.clientY, left: scroll.scrollLeft, top: scroll.scrollTop };
+    $("label-stage").classList.add("panning");
+    stage.setPointerCapture(event.pointerId);
+    event.preventDefault();
+    return;
+  }
+  if (event.button !== 0) return;
+  const point = imagePoint(event);
+  if (state.tool === "polygon" || state.tool === "polygon-erase") {
+    state.polygon.push(point);
+    drawCursor();
+    return;
+  }
+  stage.setPointerCapture(event.pointerId);
+  drawing = true;
+  const started = performance.now();
+  state.editor.begin(state.tool === "eraser");
+  state.editor.to(...point);
+  state.eventTimes.push(performance.now() - started);
+}
+
+function onPointerMove(event) {
+  if (!state.frame) return;
+  if (state.panning) {
+    const scroll = $("label-scroll");
+    scroll.scrollLeft = state.panning.left - (event.clientX - state.panning.x);
+    scroll.scrollTop = state.panning.top - (event.clientY - state.panning.y);
+    return;
+  }
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  const points = (events.length ? events : [event]).map(imagePoint);
+  if (drawing) {
+    const started = performance.now();
+    for (const point of points) state.editor.to(...point);
+    state.eventTimes.push(performance.now() - started);
+  }
+  state.pointer = points[points.length - 1];
+  drawCursor();
+}
+
+function onPointerUp(event) {
+  if (state.panning) {
+    state.panning = null;
+    $("label-stage").classList.remove("panning");
+    return;
+  }
+  if (!drawing) return;
+  drawing = false;
+  state.editor.to(...imagePoint(event));
+  if (state.editor.end()) save();
+}
+
+function closePolygon() {
+  if (state.polygon.length < 3) return;
+  const changed = state.editor.polygon(state.polygon, state.tool === "polygon-erase");
+  state.polygon = [];
+  drawCursor();
+  if (changed) save();
+}
+
+// ---------- controls ----------
+
+function setTool(tool) {
+  state.tool = tool;
+  state.polygon = [];
+  for (const button of $("tools").querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.tool === tool));
+  }
+  drawCursor();
+}
+
+function setClass(index) {
+  state.editor.classIndex = index;
+  for (const node of $("class-bar").children) node.dataset.active = String(Number(node.dataset.index) === index);
+  drawCursor();
+}
+
+function setRadius(step) {
+  const index = RADII.indexOf(state.editor.radius);
+  const next = RADII[Math.min(RADII.length - 1, Math.max(0, (index < 0 ? 5 : index) + step))];
+  state.editor.radius = next;
+  $("brush-size").textContent = `${2 * next} px`;
+  drawCursor();
+}
+
+function buildClassBar() {
+  $("class-bar").replaceChildren(...state.classes.map((c, i) => {
+    const pick = el("button", { type: "button", title: `paint class ${c.class_id} (${c.class_id})`, onclick: () => setClass(i) },
+      el("span", { class: "swatch", style: `background:${c.color}` }), `${c.class_id} · ${c.name}`);
+    const show = el("input", { type: "checkbox", "aria-label": `show class ${c.class_id}` });
+    show.checked = state.visible[i];
+    show.addEventListener("change", () => { state.visible[i] = show.checked; repaintAll(); });
+    const alpha = el("input", { type: "range", min: "0", max: "1", step: "0.05", "aria-label": `opacity of class ${c.class_id}` });
+    alpha.value = state.opacity[i];
+    alpha.addEventListener("input", () => { state.opacity[i] = Number(alpha.value); repaintAll(); });
+    return el("div", { class: "class-chip", "data-class": c.class_id, "data-index": i }, pick, show, alpha,
+      el("span", { class: "origin" }));
+  }));
+}
+
+function onKey(event) {
+  const target = event.target;
+  if (target instanceof HTMLInputElement && target.type !== "checkbox" && target.type !== "range") return;
+  const key = event.key;
+  const ctrl = event.ctrlKey || event.metaKey;
+  if (ctrl && key.toLowerCase() === "z") {
+    event.preventDefault();
+    if (event.shiftKey ? state.editor.redo() : state.editor.undo()) save();
+    return;
+  }
+  if (ctrl) return;
+  if (key === " ") { state.spaceHeld = true; $("label-stage").classList.add("panning"); event.preventDefault(); return; }
+  if (/^[1-4]$/.test(key)) setClass(Number(key) - 1);
+  else if (key === "b" || key === "B") setTool("brush");
+  else if (key === "e" || key === "E") setTool("eraser");
+  else if (key === "p") setTool("polygon");
+  else if (key === "P") setTool("polygon-erase");
+  else if (key === "[") setRadius(-1);
+  else if (key === "]") setRadius(1);
+  else if (key === "x" || key === "X") { $("exclusive").checked = !$("exclusive").checked; state.editor.exclusive = $("exclusive").checked; }
+  else if (key === "=" || key === "+") stepZoom(1);
+  else if (key === "-") stepZoom(-1);
+  else if (key === "f" || key === "F") setZoom(fitZoom());
+  else if (key === "Escape") { state.polygon = []; drawCursor(); }
+  else if (key === "Enter") { if (state.polygon.length) closePolygon(); else finish("confirmed"); }
+  else if (key === "0") finish("confirmed", true);
+  else if (key === "s" || key === "S") finish("skipped");
+  else if (key === "ArrowRight") goNext();
+  else if (key === "ArrowLeft") goPrevious();
+  else return;
+  event.preventDefault();
+}
+
+async function loadStats() {
+  try {
+    const info = await (await api("/api/label/info")).json();
+    const s = info.stats.by_status;
+    $("stats-line").textContent = `${info.frames} frames · ${s.confirmed} confirmed · ${s["pre-labelled"]} pre-labelled · ` +
+      `${s.unlabelled} unlabelled · ${s.skipped} skipped` + (info.stats.queue.size ? ` · queue of ${info.stats.queue.size}` : " · no queue yet");
+    return info;
+  } catch (error) {
+    $("stats-line").textContent = `counts unavailable: ${error.message}`;
+    return null;
+  }
+}
+
+function wire() {
+  const top = $("cursor-layer");
+  top.addEventListener("pointerdown", onPointerDown);
+  top.addEventListener("pointermove", onPointerMove);
+  top.addEventListener("pointerup", onPointerUp);
+  top.addEventListener("pointercancel", onPointerUp);
+  top.addEventListener("pointerleave", () => { state.pointer = null; drawCursor(); });
+  top.addEventListener("dblclick", (event) => { event.preventDefault(); closePolygon(); });
+  top.addEventListener("contextmenu", (event) => event.preventDefault());
+  $("label-scroll").addEventListener("wheel", (event) => {
+    if (!event.ctrlKey) return;
+    event.preventDefault();
+    stepZoom(event.deltaY < 0 ? 1 : -1, [event.clientX, event.clientY]);
+  }, { passive: false });
+  document.addEventListener("keydown", onKey);
+  document.addEventListener("keyup", (event) => {
+    if (event.key === " ") { state.spaceHeld = false; $("label-stage").classList.remove("panning"); }
+  });
+  for (const button of $("tools").querySelectorAll("button")) button.addEventListener("click", () => setTool(button.dataset.tool));
+  $("size-down").addEventListener("click", () => setRadius(-1));
+  $("size-up").addEventListener("click", () => setRadius(1));
+  $("exclusive").addEventListener("change", (event) => { state.editor.exclusive = event.target.checked; });
+  $("undo").addEventListener("click", () => { if (state.editor.undo()) save(); });
+  $("redo").addEventListener("click", () => { if (state.editor.redo()) save(); });
+  $("zoom-fit").addEventListener("click", () => setZoom(fitZoom()));
+  $("zoom-1").addEventListener("click", () => setZoom(1));
+  $("zoom-in").addEventListener("click", () => stepZoom(1));
+  $("zoom-out").addEventListener("click", () => stepZoom(-1));
+  $("prev").addEventListener("click", goPrevious);
+  $("next").addEventListener("click", goNext);
+  $("confirm").addEventListener("click", () => finish("confirmed"));
+  $("defect-free").addEventListener("click", () => finish("confirmed", true));
+  $("skip").addEventListener("click", () => finish("skipped"));
+  $("conflict-load").addEventListener("click", () => openFrame(state.frame.name, false));
+  $("conflict-keep").addEventListener("click", () => {
+    state.frame = { ...state.frame, version: state.conflict.version };
+    state.conflict = null;
+    $("conflict").hidden = true;
+    save(strokeStatus(), { force: true });
+  });
+}
+
+async function start() {
+  wire();
+  const info = await loadStats();
+  if (!info) return;
+  state.info = info;
+  state.classes = info.classes;
+  const model = info.model;
+  const line = $("model-line");
+  line.textContent = model
+    ? `pre-labels from ${model.summary.segmenters}${model.summary.classifiers ? ` + ${model.summary.classifiers}` : ""} · ${model.version}`
+    : "no model: frames open empty (start with --postprocessing to pre-label them)";
+  line.dataset.state = "ready";
+  if (info.skipped_files.length) {
+    $("skipped-files").hidden = false;
+    $("skipped-list").replaceChildren(...info.skipped_files.map((s) => el("li", {}, `${s.name}: ${s.reason}`)));
+  }
+  buildClassBar();
+  state.editor = new MaskEditor(1600, 256, state.classes.length, repaint);
+  setTool("brush");
+  setClass(0);
+  setRadius(0);
+  const wanted = new URLSearchParams(location.search).get("frame");
+  const first = wanted || (await (await api("/api/label/next")).json()).name;
+  await openFrame(first);
+  setZoom(fitZoom());
+  $("label-stage").dataset.ready = "1";
+}
+
+window.labelPage = state; // the page's state, for the console and the browser tests
+start();
