@@ -7,6 +7,7 @@ no mocks. The Chromium tests of the page are in test_label_e2e.py.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -32,6 +33,7 @@ from steel_defect.labels.store import (
     LabelStore,
     LabelStoreError,
     StaleSave,
+    UnknownFrame,
 )
 from steel_defect.labels.transfer import ExportError, export_folder, import_csv
 from steel_defect.webapp.app import Limits
@@ -204,7 +206,7 @@ def test_the_folder_lists_bad_frames_with_their_reasons(tmp_path):
     reasons = dict(frames.skipped)
     assert "1600x255" in reasons["short.jpg"] and "JPEG without a frame header" in reasons["cut.jpg"]
     assert "notes.txt" not in reasons
-    with pytest.raises(Exception, match="no frame '../frames/frame_000.jpg'"):
+    with pytest.raises(UnknownFrame, match=re.escape("no frame '../frames/frame_000.jpg'")):
         frames.read("../frames/frame_000.jpg")
 
 
