@@ -1,0 +1,262 @@
+"""The labelling page in a real browser: Chromium driven by Playwright against `steel-defect label`.
+
+Strokes are drawn with the mouse at known positions; the expected pixels are computed here from
+those positions and the brush's documented footprint (pixels whose centre lies within the radius
+of the path), and encoded here too, with no help from the project's encoder. The RLE in the
+database and in the export must equal them exactly, at 1:1 and at 2x zoom after a pan.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from steel_defect.data.annotations import read_annotations
+from steel_defect.data.rle import mask_to_rle, rle_to_mask
+from steel_defect.labels.store import LabelStore
+from tests.test_labels import _frames, _wait_for
+from tests.test_webapp_e2e import CHROMIUM, CHROMIUM_ARGS, _browser_or_skip
+
+pytestmark = pytest.mark.e2e
+WIDTH, HEIGHT = 1600, 256
+RADIUS = 8.0  # the page's default brush: 16 px across
+
+
+def severstal_rle(mask: np.ndarray) -> str:
+    """Column-major, 1-based ``start length`` runs, written out by hand for the test."""
+    flat = mask.T.ravel()
+    runs, start = [], None
+    for index, value in enumerate(flat):
+        if value and start is None:
+            start = index
+        elif not value and start is not None:
+            runs += [start + 1, index - start]
+            start = None
+    if start is not None:
+        runs += [start + 1, flat.size - start]
+    return " ".join(map(str, runs))
+
+
+def stroke_pixels(points: list[tuple[float, float]], radius: float = RADIUS) -> np.ndarray:
+    """Pixels whose centre is within ``radius`` of the polyline through ``points`` (image
+    coordinates), segment by segment as the pointer events arrive, the first point a disc."""
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
+    cx, cy = xs + 0.5, ys + 0.5
+    mask = np.zeros((HEIGHT, WIDTH), bool)
+    for (ax, ay), (bx, by) in zip([points[0], *points[:-1]], points, strict=True):
+        dx, dy = bx - ax, by - ay
+        length2 = dx * dx + dy * dy
+        t = ((cx - ax) * dx + (cy - ay) * dy) / length2 if length2 > 0 else np.zeros_like(cx)
+        t = np.clip(t, 0, 1)
+        ex, ey = cx - (ax + t * dx), cy - (ay + t * dy)
+        mask |= ex * ex + ey * ey <= radius * radius
+    return mask
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_playwright = _browser_or_skip()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def label_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label")
+    names = _frames(root / "frames", 4, seed=11)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(root / "label.log", "w")
+    command = [
+        sys.executable,
+        "-m",
+        "steel_defect.cli",
+        "label",
+        "--images",
+        str(root / "frames"),
+        "--db",
+        str(root / "labels.sqlite"),
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, process)
+        yield url, root, names
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        process.stderr.close()
+        log.close()
+
+
+def _open(browser, url: str, name: str):
+    page = browser.new_page(viewport={"width": 1800, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{url}/?frame={name}")
+    page.wait_for_selector('#label-stage[data-ready="1"]')
+    assert page.text_content("#frame-name") == name
+    return page, errors
+
+
+def _saved(page, version: int) -> None:
+    page.wait_for_selector(f'#save-state[data-state="saved"][data-version="{version}"]')
+
+
+def _drag(page, box: dict, points: list[tuple[float, float]], zoom: float = 1.0) -> None:
+    """Press at the first image point, move through the others one event each, release."""
+    client = [(box["x"] + x * zoom, box["y"] + y * zoom) for x, y in points]
+    page.mouse.move(*client[0])
+    page.mouse.down()
+    for point in client[1:]:
+        page.mouse.move(*point)
+    page.mouse.up()
+
+
+def _db_masks(root: Path, name: str) -> list[str]:
+    with LabelStore.open(root / "labels.sqlite", readonly=True) as store:
+        return store.frame(name).masks
+
+
+def test_a_stroke_erased_undone_and_redone_lands_exactly_in_the_database_and_the_export(
+    label_server, browser
+):
+    url, root, names = label_server
+    page, errors = _open(browser, url, names[0])
+    page.click("#zoom-1")
+    box = page.locator("#mask-layer").bounding_box()
+    assert box["width"] == WIDTH and box["height"] == HEIGHT
+    page.keyboard.press("3")
+    brush = [(300.0 + 50 * i, 100.0) for i in range(9)]  # one horizontal scratch, 300 -> 700
+    _drag(page, box, brush)
+    _saved(page, 1)
+    page.keyboard.press("e")
+    eraser = [(500.0, 40.0 + 20 * i) for i in range(7)]  # a vertical cut through it
+    _drag(page, box, eraser)
+    _saved(page, 2)
+    painted = stroke_pixels(brush)
+    expected = painted & ~stroke_pixels(eraser)
+    assert 0 < expected.sum() < painted.sum()
+    assert _db_masks(root, names[0]) == ["", "", severstal_rle(expected), ""]
+    page.keyboard.press("Control+z")
+    _saved(page, 3)
+    assert _db_masks(root, names[0]) == ["", "", severstal_rle(painted), ""]
+    page.keyboard.press("Control+Shift+z")
+    _saved(page, 4)
+    assert _db_masks(root, names[0]) == ["", "", severstal_rle(expected), ""]
+    page.click("#confirm")  # confirm and move on to the next frame
+    page.wait_for_selector(f'#frame-name:not(:text-is("{names[0]}"))')
+    out = root / "export"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "steel_defect.cli",
+            "labels",
+            "export",
+            "--db",
+            str(root / "labels.sqlite"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    exported = read_annotations(out / "train.csv")
+    assert exported.rles(names[0]) == ["", "", severstal_rle(expected), ""]
+    assert errors == []
+    page.close()
+
+
+def test_at_2x_zoom_after_a_pan_the_stroke_lands_under_the_pointer(label_server, browser):
+    url, root, names = label_server
+    page, errors = _open(browser, url, names[1])
+    page.click("#zoom-1")
+    page.keyboard.press("=")
+    page.keyboard.press("=")
+    assert page.text_content("#zoom-level") == "200 %"
+    scroll = page.locator("#label-scroll").bounding_box()
+    start = (scroll["x"] + 900, scroll["y"] + 200)
+    page.keyboard.down(" ")  # Space + drag pans
+    page.mouse.move(*start)
+    page.mouse.down()
+    for step in range(1, 6):
+        page.mouse.move(start[0] - 100 * step, start[1])
+    page.mouse.up()
+    page.keyboard.up(" ")
+    assert page.evaluate("document.getElementById('label-scroll').scrollLeft") == 500
+    box = page.locator("#mask-layer").bounding_box()
+    assert box["width"] == 2 * WIDTH and box["x"] < scroll["x"]
+    page.keyboard.press("3")
+    # client positions inside the visible part; their image pixels, as the pointer sees them
+    client = [(scroll["x"] + 200 + 60 * i, scroll["y"] + 150 + 10 * i) for i in range(8)]
+    image = [((x - box["x"]) / 2, (y - box["y"]) / 2) for x, y in client]
+    page.mouse.move(*client[0])
+    page.mouse.down()
+    for point in client[1:]:
+        page.mouse.move(*point)
+    page.mouse.up()
+    _saved(page, 1)
+    expected = stroke_pixels(image)
+    assert image[0][0] > 250  # the pan moved the frame: these pixels are right of the first 250
+    assert _db_masks(root, names[1]) == ["", "", severstal_rle(expected), ""]
+    assert errors == []
+    page.close()
+
+
+def test_a_second_tab_gets_the_conflict_and_the_first_save_is_kept(label_server, browser):
+    url, root, names = label_server
+    first, _ = _open(browser, url, names[2])
+    second, errors = _open(browser, url, names[2])
+    for page in (first, second):
+        page.click("#zoom-1")
+    box = first.locator("#mask-layer").bounding_box()
+    first.keyboard.press("3")
+    _drag(first, box, [(100.0, 50.0), (200.0, 50.0)])
+    _saved(first, 1)
+    kept = _db_masks(root, names[2])
+    assert kept[2]
+    second.keyboard.press("1")
+    _drag(second, box, [(900.0, 150.0), (950.0, 150.0)])
+    second.wait_for_selector('#save-state[data-state="conflict"]')
+    assert second.is_visible("#conflict") and "saved elsewhere" in second.text_content("#conflict")
+    assert _db_masks(root, names[2]) == kept
+    second.click("#conflict-load")
+    second.wait_for_selector('#save-state[data-state="idle"][data-version="1"]')
+    on_page = second.evaluate("Array.from(window.labelPage.editor.masks[2]).reduce((a, b) => a + b, 0)")
+    assert on_page == rle_to_mask(kept[2]).sum()
+    assert errors == []
+    first.close()
+    second.close()
+
+
+def test_the_pages_rle_module_agrees_with_the_python_encoder(label_server, browser):
+    url, _, names = label_server
+    page, _ = _open(browser, url, names[3])
+    rng = np.random.default_rng(4)
+    mask = (rng.random((HEIGHT, WIDTH)) < 0.3).astype(np.uint8)
+    mask[:, -1] = 1  # a run that ends on the last pixel
+    encoded = page.evaluate(
+        """async ([flat, width, height]) => {
+            const rle = await import('/static/rle.js');
+            const mask = Uint8Array.from(flat);
+            const text = rle.encodeRle(mask, width, height);
+            const back = rle.decodeRle(text, width, height);
+            return [text, back.every((v, i) => v === mask[i])];
+        }""",
+        [mask.ravel().tolist(), WIDTH, HEIGHT],
+    )
+    assert encoded[0] == mask_to_rle(mask) and encoded[1]
+    page.close()
