@@ -24,7 +24,7 @@ from steel_defect.inference.postprocess import ClassParams, PostProcessing, post
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import Limits, create_app
 from steel_defect.webapp.examples import ExamplesError, example_images, folder_examples
-from steel_defect.webapp.provenance import provenance_line, training_warning
+from steel_defect.webapp.provenance import ensemble_frames, ensemble_name, provenance_line, training_warning
 from steel_defect.webapp.reports import bounding_boxes, mask_png
 from steel_defect.webapp.server import serve_in_thread
 from steel_defect.webapp.service import InferenceService
@@ -477,6 +477,39 @@ def test_provenance_line():
         "trained on 40 real frames · no out-of-fold Dice recorded · encoder weights not recorded"
     )
     assert provenance_line(None, None, None).startswith("training data not recorded · ")
+
+
+def _fold_info(fold: int, train: int = 30, total: int = 40, split: str = "abc") -> dict:
+    valid = [f"f{i}.jpg" for i in range(total) if i % 4 == fold][: total - train]
+    return {
+        "config": {"folds": {"valid_fold": fold}},
+        "trained_on": {
+            "source": "real",
+            "train_frames": train,
+            "split": {"sha256": split, "valid_ids": valid},
+        },
+    }
+
+
+def test_a_fold_ensemble_is_named_once_and_counts_every_frame_it_saw():
+    infos = [_fold_info(k) for k in range(4)]
+    name = "unet-tu-tf_efficientnet_lite0"
+    assert ensemble_name([(name, i) for i in infos]) == "4 × unet · tu-tf_efficientnet_lite0 (folds 0–3)"
+    assert (
+        ensemble_name([(name, infos[0]), (name, infos[2])])
+        == "2 × unet · tu-tf_efficientnet_lite0 (folds 0, 2)"
+    )
+    assert ensemble_name([(name, infos[1])]) == "unet · tu-tf_efficientnet_lite0"
+    assert ensemble_name([(name, infos[0]), ("fpn-resnet34", {})]) == (
+        "unet · tu-tf_efficientnet_lite0 + fpn · resnet34"
+    )
+    # each fold model saw 30 of the 40 frames; together they saw all 40
+    assert ensemble_frames(infos) == 40
+    assert ensemble_frames(infos[:1]) == 30
+    assert ensemble_frames([_fold_info(0), _fold_info(1, split="other")]) == 30  # two splits: unknown union
+    assert provenance_line(infos[0]["trained_on"], None, None, ensemble_frames(infos)).startswith(
+        "trained on 40 real frames, 30 per fold model · "
+    )
 
 
 def _resave(source, target, **keys):
