@@ -146,6 +146,16 @@ def diverse_order(
     return kept + duplicates, duplicates
 
 
+def score_batch(
+    predictor: Predictor, frames: list[np.ndarray]
+) -> tuple[list, list[float], list[dict], np.ndarray]:
+    """One batch of frames: (the pipeline's predictions, scores, per-class details, thumbnails)."""
+    predictions = predictor.predict(frames, skip_gated=False)
+    members = member_maps(predictor, frames)
+    scored = [frame_score(members[:, i], p.cls_probs) for i, p in enumerate(predictions)]
+    return predictions, [s for s, _ in scored], [d for _, d in scored], thumbnails(frames)
+
+
 def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propose: bool = True) -> dict:
     """Score every unlabelled and pre-labelled frame of ``store`` found in ``folder``, rank them
     and store the queue; with ``propose`` also store each frame's pre-label (the tuned pipeline's
@@ -166,16 +176,14 @@ def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propos
                 unreadable.append((name, str(err)))
         if not frames:
             continue
-        predictions = predictor.predict(frames, skip_gated=False)
-        members = member_maps(predictor, frames)
-        for i, (name, prediction) in enumerate(zip(chunk, predictions, strict=True)):
-            score, detail = frame_score(members[:, i], prediction.cls_probs)
-            names.append(name)
-            scores.append(score)
-            details.append(detail)
+        predictions, chunk_scores, chunk_details, chunk_thumbs = score_batch(predictor, frames)
+        for name, prediction in zip(chunk, predictions, strict=True):
             if propose and store.frame(name).version == 0:
                 store.set_proposal(name, masks_to_rles(prediction.masks), version)
-        thumbs.append(thumbnails(frames))
+        names += chunk
+        scores += chunk_scores
+        details += chunk_details
+        thumbs.append(chunk_thumbs)
     order, duplicates = diverse_order(np.array(scores), np.concatenate(thumbs)) if names else ([], [])
     moved = set(duplicates)
     ranked = [(names[i], scores[i], {**details[i], "near_duplicate": i in moved}) for i in order]
