@@ -40,6 +40,7 @@ from steel_defect.data.rle import RLEError, parse_rle
 from steel_defect.pause import pause_point
 
 STATUSES = ("unlabelled", "pre-labelled", "confirmed", "skipped")
+DONE = ("confirmed", "skipped")  # statuses the queue passes over
 ORIGINS = ("accepted", "edited", "drawn", "imported")
 APPLICATION_ID = 0x53544C44  # "STLD": tells our file from any other SQLite database
 SCHEMA_VERSION = 1
@@ -98,8 +99,10 @@ CREATE TABLE queue (
     score REAL NOT NULL,
     detail TEXT NOT NULL,
     model_version TEXT NOT NULL,
-    scored_at TEXT NOT NULL
+    scored_at TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0  -- the frame is confirmed or skipped: kept in step by every save
 );
+CREATE INDEX queue_to_do ON queue (done, rank);
 """
 # schema version reached -> the statements that reach it from the one before
 MIGRATIONS = {1: _SCHEMA_V1}
@@ -475,6 +478,7 @@ class LabelStore:
                 "WHERE name = ?",
                 (status, model, stamp, name),
             )
+            db.execute("UPDATE queue SET done = ? WHERE frame = ?", (status in DONE, name))
             pause_point("save:labels")  # the kill test: written, not committed
             db.execute(
                 "INSERT INTO history "
@@ -528,6 +532,7 @@ class LabelStore:
                     "updated_at = ? WHERE name = ?",
                     (stamp, state.name),
                 )
+                db.execute("UPDATE queue SET done = 1 WHERE frame = ?", (state.name,))
                 db.execute(
                     "INSERT INTO history "
                     "(frame, version, status, masks, origins, model_version, source, saved_at) "
@@ -606,9 +611,10 @@ class LabelStore:
         with self._write() as db:
             db.execute("DELETE FROM queue")
             db.executemany(
-                "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO queue SELECT ?, ?, ?, ?, ?, ?, status IN ('confirmed', 'skipped') "
+                "FROM frames WHERE name = ?",
                 (
-                    (name, rank, float(score), json.dumps(detail), model_version, stamp)
+                    (name, rank, float(score), json.dumps(detail), model_version, stamp, name)
                     for rank, (name, score, detail) in enumerate(ranked)
                 ),
             )
@@ -618,30 +624,33 @@ class LabelStore:
     def next_in_queue(self, after: str | None = None) -> str | None:
         """The frame to label next: the best-ranked one still unlabelled or pre-labelled after
         ``after`` (in queue order; frames the queue has not scored come last, by name), wrapping
-        round to the start; None when every frame is confirmed or skipped."""
+        round to the start; None when every frame is confirmed or skipped.
+
+        Each step is one query that walks an index in order and stops at the first frame to do:
+        the queue's ``(done, rank)`` index, which every save keeps in step with the frame's
+        status, or the frames' names. Joining the frames' status instead cost 14 ms a call with
+        12,000 of 12,568 frames done (bench/label_page.py), walking every finished one.
+        """
         todo = "f.status IN ('unlabelled', 'pre-labelled')"
-        order = "ORDER BY q.rank IS NULL, q.rank, f.name"
-        base = f"SELECT f.name FROM frames f LEFT JOIN queue q ON q.frame = f.name WHERE {todo}"
+        queued = "SELECT frame FROM queue WHERE done = 0 AND rank > ? AND frame != ? ORDER BY rank LIMIT 1"
+        unqueued = (
+            f"SELECT f.name FROM frames f WHERE {todo} AND f.name > ? AND f.name != ? "
+            "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.frame = f.name) ORDER BY f.name LIMIT 1"
+        )
+        rank, name = -1, ""
         if after is not None:
-            position = self._read(
-                "SELECT q.rank, f.name FROM frames f LEFT JOIN queue q ON q.frame = f.name WHERE f.name = ?",
-                (after,),
-            )
-            if position:
-                rank, name = position[0]
-                later = (
-                    "(q.rank > ? OR q.rank IS NULL)"
-                    if rank is not None
-                    else "(q.rank IS NULL AND f.name > ?)"
-                )
-                rows = self._read(
-                    f"{base} AND {later} AND f.name != ? {order} LIMIT 1",
-                    (rank if rank is not None else name, after),
-                )
-                if rows:
-                    return rows[0][0]
-        rows = self._read(f"{base} AND f.name != ? {order} LIMIT 1", (after or "",))
-        return rows[0][0] if rows else None
+            found = self._read("SELECT rank FROM queue WHERE frame = ?", (after,))
+            if found:
+                rank = found[0][0]
+            else:
+                rank, name = None, after  # past the whole queue, among the unscored frames
+        steps = [] if rank is None else [(queued, (rank, after or ""))]
+        steps += [(unqueued, (name, after or "")), (queued, (-1, after or "")), (unqueued, ("", after or ""))]
+        for sql, params in steps:
+            rows = self._read(sql, params)
+            if rows:
+                return rows[0][0]
+        return None
 
     def queue_entry(self, name: str) -> dict | None:
         rows = self._read(
