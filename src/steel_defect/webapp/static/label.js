@@ -184,7 +184,8 @@ function renderFrame() {
   const frame = state.frame;
   $("frame-name").textContent = frame.name;
   const chip = $("frame-status");
-  chip.textContent = frame.status;
+  // "pre-labelled" in the database: masks not yet confirmed, the model's or a labeller's unfinished ones
+  chip.textContent = frame.status === "pre-labelled" && frame.version > 0 ? "in progress" : frame.status;
   chip.dataset.status = frame.status;
   const parts = [`${frame.width}×${frame.height}`, `version ${frame.version}`];
   if (frame.proposal_model) parts.push(`pre-labelled by ${frame.proposal_model}`);
@@ -193,7 +194,7 @@ function renderFrame() {
   for (const [i, c] of state.classes.entries()) {
     const origin = frame.origins[i];
     const node = $("class-bar").querySelector(`[data-class="${c.class_id}"] .origin`);
-    if (node) node.textContent = origin ? origin : "";
+    if (node) node.textContent = origin && (frame.masks[i] || origin !== "drawn") ? origin : "";
   }
   $("prev").disabled = state.visited.length < 2;
 }
@@ -239,6 +240,7 @@ function save(status = strokeStatus(), { force = false } = {}) {
         renderFrame();
       }
       setSaveState("saved", saved.version);
+      loadStats();
       return true;
     } catch (error) {
       if (error instanceof ApiError && error.status === 409) {
