@@ -314,6 +314,20 @@ def test_the_api_refuses_bad_masks_with_422_and_unknown_names_with_404(label_cli
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
 
 
+def test_a_frame_whose_data_is_corrupt_is_answered_422_naming_it(tmp_path):
+    folder = tmp_path / "frames"
+    names = _frames(folder, 2)
+    data = (folder / names[1]).read_bytes()
+    (folder / names[1]).write_bytes(data[: len(data) // 3])  # the header is whole, the data cut
+    with LabelStore.open(tmp_path / "labels.sqlite") as store:
+        frames = FrameFolder(folder)
+        assert names[1] in frames  # the listing reads headers only
+        client = TestClient(create_label_app(LabelService(store, frames)))
+        answer = client.get(f"/api/label/frames/{names[1]}")
+        assert answer.status_code == 422 and names[1] in answer.json()["detail"]
+        assert client.get(f"/api/label/frames/{names[0]}").status_code == 200
+
+
 def test_the_model_pre_labels_a_frame_when_it_opens(tmp_path):
     from steel_defect.inference.pipeline import build_predictor
 
