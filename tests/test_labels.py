@@ -513,3 +513,12 @@ def test_labels_queue_scores_stores_pre_labels_and_next_follows_it(tmp_path):
         ]
         assert scores == sorted(scores, reverse=True)
         assert store.stats().queue["size"] == 3
+
+
+def test_next_skips_frames_the_folder_does_not_hold(label_client):
+    client, names, store = label_client
+    store.add_frames([("elsewhere.jpg", 1600, 256)])  # listed by an earlier session's folder
+    store.set_queue([("elsewhere.jpg", 0.9, {}), (names[1], 0.5, {}), (names[0], 0.1, {})], "m:1")
+    assert store.next_in_queue() == "elsewhere.jpg"
+    assert client.get("/api/label/next").json() == {"name": names[1]}
+    assert client.get("/api/label/next", params={"after": names[0]}).json() == {"name": names[2]}

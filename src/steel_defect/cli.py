@@ -245,7 +245,8 @@ def _label_predictor(cfg, args):
     name one (a labelling session never picks up a work folder's model by surprise)."""
     if not args.postprocessing and not args.checkpoints:
         return None
-    return _predictor(cfg, args, args.checkpoints, Path(args.postprocessing) if args.postprocessing else None)
+    post = Path(args.postprocessing) if args.postprocessing else None
+    return _predictor(cfg, args, args.checkpoints, post, device=args.device)
 
 
 def _cmd_label(args) -> int:

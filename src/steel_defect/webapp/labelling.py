@@ -92,6 +92,16 @@ class LabelService:
             state = self.store.set_proposal(name, masks_to_rles(prediction.masks), self.model_version)
         return self.describe(state)
 
+    def next_frame(self, after: str | None) -> str | None:
+        """The queue's next frame that this folder holds (a database may list frames of another
+        folder, from an earlier session or an import); None when none is left to do."""
+        seen = set()
+        name = self.store.next_in_queue(after)
+        while name is not None and name not in self.folder and name not in seen:
+            seen.add(name)
+            name = self.store.next_in_queue(name)
+        return name if name in self.folder else None
+
     def describe(self, state) -> dict:
         return {**asdict(state), "queue": self.store.queue_entry(state.name)}
 
@@ -149,7 +159,7 @@ def create_label_app(
     @app.get("/api/label/next")
     def next_frame(after: str | None = None) -> dict:
         """The best-ranked frame still to label after ``after`` (null when none is left)."""
-        return {"name": service.store.next_in_queue(after)}
+        return {"name": service.next_frame(after)}
 
     @app.get("/api/label/frames")
     def frames(status: str | None = None) -> list[dict]:
