@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,7 +79,7 @@ def stroke(page, events: int, zoom_box: dict) -> None:
 
 def page_costs(events: int) -> None:
     from playwright.sync_api import sync_playwright
-    from tests.test_labels import _free_port, _wait_for
+    from tests.test_labels import running_label_server
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -91,26 +90,7 @@ def page_costs(events: int) -> None:
         with LabelStore.open(tmp / "labels.sqlite") as store:
             store.add_frames([("frame.jpg", 1600, 256)])
             store.save_masks("frame.jpg", painted_masks(rng), version=0, status="pre-labelled")
-        port = _free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "steel_defect.cli",
-                "label",
-                "--images",
-                str(tmp / "frames"),
-                "--db",
-                str(tmp / "labels.sqlite"),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_for(url, server)
+        with running_label_server(tmp / "frames", tmp / "labels.sqlite") as (url, _):
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(
                     executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
@@ -148,10 +128,6 @@ def page_costs(events: int) -> None:
                     start = time.perf_counter()
                     client.get("/api/health").raise_for_status()
                     health.append(1000 * (time.perf_counter() - start))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            server.stderr.close()
     print(f"pointer events of a brush stroke, 1600x256, four classes painted ({events} events a stroke):")
     print(f"  {'repaint':30} {'median ms':>10} {'p95 ms':>8} {'p95 / 60 Hz frame':>18}")
     for mode, median, p95, n in rows:

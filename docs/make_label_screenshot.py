@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from playwright.sync_api import sync_playwright
-from tests.test_labels import _free_port, _wait_for
+from tests.test_labels import running_label_server
 from tests.test_webapp_e2e import CHROMIUM, CHROMIUM_ARGS
 
 from steel_defect.data.synth import generate_frame
@@ -53,26 +51,11 @@ def main() -> None:
         (tmp / "frames").mkdir()
         for name, data in example_images().items():
             (tmp / "frames" / name).write_bytes(data)
-        command = [
-            sys.executable,
-            "-m",
-            "steel_defect.cli",
-            "label",
-            "--images",
-            str(tmp / "frames"),
-            "--db",
-            str(tmp / "labels.sqlite"),
-        ]
+        extra = []
         summary = Path(args.demo_dir) / "summary.json"
         if summary.is_file() and json.loads(summary.read_text()).get("postprocessing"):
-            command += ["--postprocessing", json.loads(summary.read_text())["postprocessing"]]
-        port = _free_port()
-        server = subprocess.Popen(
-            [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_for(url, server)
+            extra = ["--postprocessing", json.loads(summary.read_text())["postprocessing"]]
+        with running_label_server(tmp / "frames", tmp / "labels.sqlite", *extra) as (url, _):
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 760})
@@ -116,10 +99,6 @@ def main() -> None:
                 page.click("#keys summary")
                 page.screenshot(path=args.out, full_page=True)
                 browser.close()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            server.stderr.close()
     print(f"wrote {args.out}")
 
 

@@ -93,3 +93,16 @@ def excel_csv(text: str) -> bytes:
     ]
     lines.insert(1, "," * text.splitlines()[0].count(","))
     return "\ufeff".encode() + "\r\n".join(lines).encode() + b"\r\n"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, one per test module (the browser tests' fixture);
+    skips, or fails under ``STEEL_DEFECT_E2E=required``, when either is missing."""
+    from tests.test_webapp_e2e import CHROMIUM, CHROMIUM_ARGS, _browser_or_skip
+
+    sync_playwright = _browser_or_skip()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

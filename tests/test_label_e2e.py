@@ -8,7 +8,6 @@ database and in the export must equal them exactly, at 1:1 and at 2x zoom after 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,7 @@ import pytest
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.rle import mask_to_rle, rle_to_mask
 from steel_defect.labels.store import LabelStore
-from tests.test_labels import _frames, _wait_for
-from tests.test_webapp_e2e import CHROMIUM, CHROMIUM_ARGS, _browser_or_skip
+from tests.test_labels import _frames, running_label_server
 
 pytestmark = pytest.mark.e2e
 WIDTH, HEIGHT = 1600, 256
@@ -59,44 +57,11 @@ def stroke_pixels(points: list[tuple[float, float]], radius: float = RADIUS) -> 
 
 
 @pytest.fixture(scope="module")
-def browser():
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
 def label_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("label")
     names = _frames(root / "frames", 4, seed=11)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(root / "label.log", "w")
-    command = [
-        sys.executable,
-        "-m",
-        "steel_defect.cli",
-        "label",
-        "--images",
-        str(root / "frames"),
-        "--db",
-        str(root / "labels.sqlite"),
-        "--port",
-        str(port),
-    ]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url, process)
+    with running_label_server(root / "frames", root / "labels.sqlite") as (url, _):
         yield url, root, names
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        process.stderr.close()
-        log.close()
 
 
 def _open(browser, url: str, name: str):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -359,30 +360,12 @@ def test_a_server_killed_mid_save_keeps_every_earlier_save(tmp_path):
     names = _frames(folder, 2)
     db = tmp_path / "labels.sqlite"
     marker = tmp_path / "paused"
-    port = _free_port()
     env = {
         **os.environ,
         "STEEL_DEFECT_TEST_PAUSE_AT": "save:labels@2",
         "STEEL_DEFECT_TEST_PAUSE_FILE": str(marker),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "steel_defect.cli",
-        "label",
-        "--images",
-        str(folder),
-        "--db",
-        str(db),
-        "--port",
-        str(port),
-    ]
-    server = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url, server)
+    with running_label_server(folder, db, env=env) as (url, server):
         first = httpx.put(
             f"{url}/api/label/frames/{names[0]}", json={"version": 0, "masks": ["", "", "1 5", ""]}
         )
@@ -398,17 +381,36 @@ def test_a_server_killed_mid_save_keeps_every_earlier_save(tmp_path):
             time.sleep(0.02)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        server.stderr.close()
     assert server.returncode == -signal.SIGKILL
     with LabelStore.open(db) as store:
         state = store.frame(names[0])
         assert state.version == 1 and state.masks == ["", "", "1 5", ""]
         assert [h["version"] for h in store.history(names[0])] == [1]
         assert store.save_masks(names[0], EMPTY, version=1, status="confirmed").version == 2
+
+
+@contextmanager
+def running_label_server(images: Path, db: Path, *extra: str, env: dict | None = None):
+    """``steel-defect label`` in a subprocess (its own process group) on a free port; yields
+    ``(url, process)`` once it answers, and stops it on exit unless it was killed already."""
+    port = _free_port()
+    command = [sys.executable, "-m", "steel_defect.cli", "label", "--images", str(images), "--db", str(db)]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+        process.stderr.close()
 
 
 def _free_port() -> int:

@@ -23,7 +23,7 @@ from steel_defect.evaluation.report import read_search_curves, write_report
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.search import search_class, search_curves
 from tests.conftest import random_checkpoints
-from tests.test_webapp_e2e import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, _browser_or_skip
+from tests.test_webapp_e2e import SCREENSHOT_DIR
 
 
 @pytest.fixture(scope="module")
@@ -214,15 +214,6 @@ def test_probs_from_shows_the_models_probabilities_on_the_drawn_frames(case, tmp
             assert caption.endswith(f" · max pixel p {top:.3f} · classifier p {cls:.3f}"), caption
             shown += 1
     assert shown >= 2
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.mark.e2e

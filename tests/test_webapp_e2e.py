@@ -113,15 +113,6 @@ def server(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 def _frame_file(path: Path, seed: int) -> Path:
     image, _ = generate_frame(np.random.default_rng(seed), defect_free=False)
     cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
