@@ -225,3 +225,42 @@ def test_the_pages_rle_module_agrees_with_the_python_encoder(label_server, brows
     )
     assert encoded[0] == mask_to_rle(mask) and encoded[1]
     page.close()
+
+
+def test_polygons_and_exclusive_strokes_in_the_editor_module(label_server, browser):
+    """The editor's polygon covers the pixels whose centre it contains (checked with matplotlib's
+    even-odd test), and an exclusive stroke clears the other classes under it; undo restores both."""
+    from matplotlib.path import Path as Polygon
+
+    url, _, names = label_server
+    page, _ = _open(browser, url, names[3])
+    # no pixel centre lies exactly on an edge here: the test does not depend on how ties go
+    corners = [(100.37, 20.11), (400.29, 60.23), (380.41, 200.17), (250.13, 120.31), (120.23, 230.07)]
+    result = page.evaluate(
+        """async (corners) => {
+            const { MaskEditor } = await import('/static/editor.js');
+            const editor = new MaskEditor(1600, 256, 4, () => {});
+            editor.classIndex = 2;
+            editor.polygon(corners, false);
+            const polygon = Array.from(editor.masks[2]);
+            editor.classIndex = 0;
+            editor.exclusive = true;
+            editor.radius = 10;
+            editor.begin(false); editor.to(200, 100); editor.to(300, 100); editor.end();
+            const after = [Array.from(editor.masks[0]), Array.from(editor.masks[2])];
+            editor.undo();
+            return { polygon, after, undone: Array.from(editor.masks[2]) };
+        }""",
+        corners,
+    )
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+    centres = np.column_stack([xs.ravel() + 0.5, ys.ravel() + 0.5])
+    inside = Polygon(corners).contains_points(centres).reshape(HEIGHT, WIDTH)
+    polygon = np.array(result["polygon"], bool).reshape(HEIGHT, WIDTH)
+    assert polygon.sum() > 20_000 and np.array_equal(polygon, inside)
+    brush = stroke_pixels([(200.0, 100.0), (200.0, 100.0), (300.0, 100.0)], radius=10)
+    class1, class3 = (np.array(m, bool).reshape(HEIGHT, WIDTH) for m in result["after"])
+    assert np.array_equal(class1, brush)
+    assert np.array_equal(class3, inside & ~brush) and (inside & brush).any()
+    assert np.array_equal(np.array(result["undone"], bool).reshape(HEIGHT, WIDTH), inside)
+    page.close()

@@ -1,11 +1,13 @@
 // Mask editing on a frame: brush, eraser, polygons, per-stroke undo and redo as diffs.
 //
-// Masks are row-major Uint8Arrays, one per class, in image pixels. A brush covers the pixels whose
-// centre (x + 0.5, y + 0.5) lies within `radius` of the stroke's path, a polyline through the
-// pointer positions in image coordinates; a polygon covers the pixels whose centre it contains
-// (even-odd rule). Each stroke records which (class, pixel) it changed with the old and new
-// value, so undo and redo rewrite only those pixels, and `onChange` is told the rectangle to
-// repaint. Nothing here knows about the DOM; label.js wires the pointer to it.
+// Masks are row-major Uint8Arrays, one per class, in image pixels. A brush covers the pixels
+// whose centre (x + 0.5, y + 0.5) lies within `radius` of the stroke's path, a polyline through
+// the pointer positions in image coordinates. A polygon covers the pixels whose centre it
+// contains (even-odd rule; a centre exactly on an edge counts on the polygon's left edges, not on
+// its right ones, so two polygons that share an edge never both cover a pixel). Each stroke
+// records which (class, pixel) it changed with the old and new value, so undo and redo rewrite
+// only those pixels, and `onChange` is told the rectangle to repaint. Nothing here knows about
+// the DOM; label.js wires the pointer to it.
 
 export class MaskEditor {
   constructor(width, height, classes, onChange) {
