@@ -148,6 +148,7 @@ async function openFrame(name, remember = true) {
     return;
   }
   await flushSave();
+  setSaveState("idle", state.frame ? state.frame.version : 0, `opening ${name}…`);
   let frame;
   try {
     frame = await (await api(`/api/label/frames/${encodeURIComponent(name)}`)).json();
@@ -178,6 +179,21 @@ async function openFrame(name, remember = true) {
   history.replaceState(null, "", `?frame=${encodeURIComponent(name)}`);
   renderFrame();
   setSaveState("idle", frame.version);
+  prefetchNext(name);
+}
+
+// Open the queue's next frame on the server in the background, so that its pre-label (a network
+// run, a second or two on a CPU) is ready when the labeller gets there.
+let prefetched = null;
+async function prefetchNext(name) {
+  if (!state.info || !state.info.model) return;
+  try {
+    const next = (await (await api(`/api/label/next?after=${encodeURIComponent(name)}`)).json()).name;
+    if (next && next !== prefetched) {
+      prefetched = next;
+      await api(`/api/label/frames/${encodeURIComponent(next)}`);
+    }
+  } catch (_) { /* only a head start: the real open reports any error */ }
 }
 
 function renderFrame() {
@@ -454,7 +470,16 @@ function wire() {
   }, { passive: false });
   document.addEventListener("keydown", onKey);
   document.addEventListener("keyup", (event) => {
-    if (event.key === " ") { state.spaceHeld = false; $("label-stage").classList.remove("panning"); }
+    if (event.key !== " ") return;
+    state.spaceHeld = false;
+    $("label-stage").classList.remove("panning");
+    event.preventDefault(); // a focused button would take the released Space as a click
+  });
+  // Keys belong to the frame: a clicked button must not keep the focus, or Enter and Space
+  // (confirm, pan) would click it again.
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest && event.target.closest("button");
+    if (button) button.blur();
   });
   for (const button of $("tools").querySelectorAll("button")) button.addEventListener("click", () => setTool(button.dataset.tool));
   $("size-down").addEventListener("click", () => setRadius(-1));
