@@ -19,9 +19,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, get_worker_info
 from steel_defect.config import ConfigError, model_classes
 from steel_defect.config.errors import ComponentError
 from steel_defect.config.registry import check_params, lookup
+from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.data.annotations import read_annotations, resolve_image_ids
+from steel_defect.data.copy_paste import DefectBank, copy_pastes
 from steel_defect.data.datasets import ClassificationDataset, SegmentationDataset
 from steel_defect.data.folds import read_folds, split_ids
+from steel_defect.data.images import read_image
+from steel_defect.data.rle import rles_to_masks
 from steel_defect.data.sampling import BalancedSampler, HardNegativeSampler, MixSampler
 from steel_defect.data.transforms import build_transforms
 
@@ -79,6 +83,7 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
     }
     train = dataset("train", train_ids, cfg.paths.train_csv, cfg.paths.train_images)
     valid = dataset("valid", valid_ids, cfg.paths.train_csv, cfg.paths.train_images)
+    attach_banks(transforms["train"], train, seed=cfg.seed)
     if cfg.data.extra:
         extras = [
             dataset("train", ids, extra.train_csv, extra.train_images)
@@ -86,6 +91,28 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
         ]
         train = ConcatDataset([train, *extras])
     return {"train": train, "valid": valid}
+
+
+def attach_banks(pipeline, train, seed: int = 0) -> DefectBank | None:
+    """Cut the defect bank of the pipeline's :class:`CopyPaste` steps from ``train`` (the fold's
+    training frames, never its validation ones) and attach it; None when there is no such step."""
+    steps = copy_pastes(pipeline)
+    if not steps:
+        return None
+    classes = sorted({c for step in steps for c in step.classes})
+    annotations = train.annotations
+    with_defects = set(annotations.defects.ImageId[annotations.defects.ClassId.isin(classes)])
+
+    def frames():
+        for image_id in train.image_ids:
+            if image_id in with_defects:
+                image = read_image(train.images_dir / image_id, train.channels, IMAGE_SHAPE)
+                yield image_id, image, rles_to_masks(annotations.rles(image_id), IMAGE_SHAPE)
+
+    bank = DefectBank.from_frames(frames(), classes, min_area=min(s.min_area for s in steps), seed=seed)
+    for step in steps:
+        step.attach(bank, train.classes)
+    return bank
 
 
 SAMPLERS = {"balanced": BalancedSampler, "hard_negatives": HardNegativeSampler}

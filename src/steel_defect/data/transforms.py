@@ -38,6 +38,7 @@ import albumentations as A
 
 from steel_defect.config.errors import ComponentError
 from steel_defect.config.registry import check_params, lookup
+from steel_defect.data.copy_paste import CopyPaste, copy_pastes
 
 # One registry for every transform a config may name. ShiftScaleRotate is left out on
 # purpose: albumentations 2.x deprecates it in favour of Affine.
@@ -62,7 +63,11 @@ TRANSFORMS: dict[str, type] = {
     "RandomBrightnessContrast": A.RandomBrightnessContrast,
     "RandomGamma": A.RandomGamma,
     "OneOf": A.OneOf,
+    # Paste defects cut from the fold's training frames (data/copy_paste.py); training only.
+    "CopyPaste": CopyPaste,
 }
+# Transforms that only the training pipeline may hold: they need the fold's training frames.
+_TRAIN_ONLY = {"CopyPaste"}
 
 # Transforms whose nested list comes from the spec's ``transforms`` key.
 _CONTAINERS = {"OneOf"}
@@ -156,4 +161,11 @@ def build_transforms(
     ``seed`` fixes the random draws: albumentations keeps its own generator, which neither
     numpy's nor torch's global seed reaches (None: a fresh random sequence every run).
     """
-    return A.Compose(_build_list(specs or [], key_path), seed=seed)
+    pipeline = A.Compose(_build_list(specs or [], key_path), seed=seed)
+    if key_path != "transforms.train" and copy_pastes(pipeline):
+        raise ComponentError(
+            key_path,
+            "CopyPaste is a training augmentation (its defects come from the fold's training frames); "
+            "move it to transforms.train",
+        )
+    return pipeline
