@@ -6,6 +6,7 @@ no mocks. The Chromium tests of the page are in test_label_e2e.py.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -38,7 +39,7 @@ from steel_defect.labels.store import (
 )
 from steel_defect.labels.transfer import ExportError, export_folder, import_csv
 from steel_defect.webapp.app import Limits
-from steel_defect.webapp.labelling import LabelService, create_label_app
+from steel_defect.webapp.labelling import MAX_SAVE_BYTES, LabelService, create_label_app
 from tests.conftest import REPO, random_checkpoints
 
 EMPTY = ["", "", "", ""]
@@ -524,3 +525,28 @@ def test_next_skips_frames_the_folder_does_not_hold(label_client):
     assert store.next_in_queue() == "elsewhere.jpg"
     assert client.get("/api/label/next").json() == {"name": names[1]}
     assert client.get("/api/label/next", params={"after": names[0]}).json() == {"name": names[2]}
+
+
+def test_with_a_token_the_labelling_api_needs_it(tmp_path):
+    folder = tmp_path / "frames"
+    names = _frames(folder, 1)
+    token = "a-long-enough-token-for-tests"
+    with LabelStore.open(tmp_path / "labels.sqlite") as store:
+        client = TestClient(create_label_app(LabelService(store, FrameFolder(folder)), token=token))
+        assert client.get("/api/health").status_code == 200
+        assert client.get(f"/api/label/frames/{names[0]}").status_code == 401
+        refused = client.put(
+            f"/api/label/frames/{names[0]}", json={"version": 0, "masks": ["1 5", "", "", ""]}
+        )
+        assert refused.status_code == 401 and store.frame(names[0]).version == 0
+        headers = {"Authorization": f"Bearer {token}"}
+        assert client.get(f"/api/label/frames/{names[0]}", headers=headers).status_code == 200
+        assert client.get("/").headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_the_worst_case_save_fits_the_request_limit(tmp_path):
+    from steel_defect.data.rle import mask_to_rle
+
+    checkerboard = (np.indices((256, 1600)).sum(axis=0) % 2).astype(np.uint8)
+    body = len(json.dumps({"version": 0, "status": "confirmed", "masks": [mask_to_rle(checkerboard)] * 4}))
+    assert body < MAX_SAVE_BYTES  # the limit `steel-defect label` serves with

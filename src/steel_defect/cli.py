@@ -255,7 +255,7 @@ def _cmd_label(args) -> int:
     from steel_defect.labels.store import LabelStore
     from steel_defect.labels.transfer import IMAGES_META
     from steel_defect.webapp.app import Limits
-    from steel_defect.webapp.labelling import LabelService, create_label_app
+    from steel_defect.webapp.labelling import MAX_SAVE_BYTES, LabelService, create_label_app
     from steel_defect.webapp.security import access_token, is_loopback
     from steel_defect.webapp.server import serve
 
@@ -276,7 +276,7 @@ def _cmd_label(args) -> int:
         len(folder.skipped),
         store.path,
     )
-    limits = Limits(max_file_bytes=max_file_bytes, max_request_bytes=8 * 2**20, timeout_s=args.timeout)
+    limits = Limits(max_file_bytes=max_file_bytes, max_request_bytes=MAX_SAVE_BYTES, timeout_s=args.timeout)
     serve(create_label_app(service, limits, token=token), args.host, args.port)
     return 0
 

@@ -43,6 +43,8 @@ from steel_defect.webapp.app import STATIC, Limits, new_app
 from steel_defect.webapp.provenance import ensemble_summary
 
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp"}
+# A save carries four RLEs: a 1600x256 checkerboard, the worst case, is 5.8 MB of text a class.
+MAX_SAVE_BYTES = 32 * 2**20
 
 
 class Save(BaseModel):
