@@ -27,7 +27,10 @@ class Opt:
     nullable: bool = False
 
 
-_TRANSFORM_DOC = "albumentations pipeline: a list of {name, params} (see steel_defect.data.transforms)"
+_TRANSFORM_DOC = (
+    "albumentations pipeline: a list of {name, params} (see steel_defect.data.transforms); train "
+    "may start with CopyPaste, defects pasted from the fold's training frames (data/copy_paste.py)"
+)
 
 SCHEMA: dict[str, Any] = {
     "task": Opt(
