@@ -189,6 +189,14 @@ SCHEMA: dict[str, Any] = {
             "keep checkpoints/snapshot_K.pth at the end of every cosine_restarts cycle (a snapshot "
             "ensemble for the predictor)",
         ),
+        "semi": Opt(
+            None,
+            dict,
+            "seg: a semi-supervised term on unlabelled frames (training/semi.py): {name: "
+            "mean_teacher, unlabelled: DIR, weight: 1.0, ema: 0.99, rampup_epochs: 2, batch_size: 4, "
+            "noise: 0.1}; frames of the fold split are left out of DIR; null: none",
+            nullable=True,
+        ),
         "max_train_batches": Opt(None, int, "cap batches per train epoch (quick runs)", nullable=True),
         "max_valid_batches": Opt(None, int, "cap batches per valid epoch (quick runs)", nullable=True),
         "threads": Opt(

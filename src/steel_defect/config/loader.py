@@ -20,7 +20,7 @@ from steel_defect.atomic import atomic_write
 from steel_defect.config.defaults import SCHEMA, Opt
 from steel_defect.config.errors import ConfigError, did_you_mean
 from steel_defect.config.layout import folds_csv
-from steel_defect.config.registry import check_params
+from steel_defect.config.registry import check_params, lookup
 from steel_defect.constants import CLASS_IDS
 
 # No setting nests deeper than a few levels (transforms: list -> mapping -> params); a value
@@ -197,6 +197,39 @@ def _check_cls_head(cfg: dict) -> dict | None:
     return head
 
 
+SEMI_METHODS = ("mean_teacher",)
+SEMI_DEFAULTS = {"weight": 1.0, "ema": 0.99, "rampup_epochs": 2, "batch_size": 4, "noise": 0.1}
+
+
+def _check_semi(cfg: dict) -> dict | None:
+    """``train.semi`` with its defaults filled in, checked; None when off."""
+    semi = cfg["train"]["semi"]
+    if semi is None:
+        return None
+    key = "train.semi"
+    if cfg["task"] != "seg":
+        raise ConfigError(f"config key '{key}' is for segmenters (task: seg)")
+    semi = {**SEMI_DEFAULTS, **check_params(["name", "unlabelled", *SEMI_DEFAULTS], semi, key)}
+    lookup("semi-supervised method", semi.get("name"), dict.fromkeys(SEMI_METHODS), f"{key}.name")
+    folder = semi.get("unlabelled")
+    if not folder or not Path(str(folder)).is_dir():
+        raise ConfigError(
+            f"config key '{key}.unlabelled' must name a folder of unlabelled frames, got {folder!r}"
+        )
+    checks = {
+        "weight": lambda v: v >= 0,
+        "ema": lambda v: 0 < v < 1,
+        "rampup_epochs": lambda v: v >= 0 and float(v).is_integer(),
+        "batch_size": lambda v: v >= 1 and float(v).is_integer(),
+        "noise": lambda v: v >= 0,
+    }
+    for name, ok in checks.items():
+        value = semi[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+            raise ConfigError(f"config key '{key}.{name}' is {value!r}; see `steel-defect config --docs`")
+    return semi
+
+
 def _check_classes(cfg: dict) -> None:
     classes, valid = cfg["model"]["classes"], list(CLASS_IDS)
     bad = any(c not in valid or isinstance(c, bool) for c in classes)
@@ -293,6 +326,7 @@ def load_config(
     _check_classes(cfg)
     _check_averaging(cfg)
     cfg["model"]["cls_head"] = _check_cls_head(cfg)
+    cfg["train"]["semi"] = _check_semi(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
     cfg = EasyDict(cfg)

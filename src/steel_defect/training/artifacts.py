@@ -106,6 +106,8 @@ class CheckpointCallback(Callback):
             scheduler_state=runner.scheduler.state_dict() if runner.scheduler is not None else None,
             history=self.history,
             top=self.top,
+            # the mean teacher of train.semi, so that --resume continues with it
+            **({"teacher_state": runner.semi.state()} if getattr(runner, "semi", None) else {}),
         )
         with atomic_write(self.paths.history) as handle:
             json.dump(self.history, handle, indent=1)

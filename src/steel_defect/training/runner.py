@@ -22,7 +22,7 @@ from steel_defect.data.loaders import build_loaders, extra_image_ids
 from steel_defect.data.synth import images_source
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
-from steel_defect.models.checkpoint import CheckpointError, load_checkpoint
+from steel_defect.models.checkpoint import CheckpointError, load_checkpoint, unwrap
 from steel_defect.pause import pause_point
 from steel_defect.training.artifacts import CheckpointCallback
 from steel_defect.training.averaging import AveragingCallback
@@ -40,6 +40,7 @@ from steel_defect.training.callbacks import (
 from steel_defect.training.determinism import configure as configure_determinism
 from steel_defect.training.engines import build_engine, patch_catalyst_all_gather
 from steel_defect.training.optim import build_optimizer, build_scheduler, cycle_ends
+from steel_defect.training.semi import MeanTeacher, SemiCallback
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class SteelRunner(IRunner):
         self.resume_state = resume_state
         self.target_key, self.metrics_callback, self.monitor, self.minimize = TASKS[cfg.task]
         self.run_dir = run_dir(cfg, fold)
+        self.semi = None  # the mean teacher of train.semi, made once the model is on its device
 
     @property
     def seed(self) -> int:
@@ -173,10 +175,15 @@ class SteelRunner(IRunner):
             progress=dl.TqdmCallback(),
         )
         head = model_cls_head(self.cfg) if self.cfg.task == "seg" else None
-        if head is not None:  # after the criterion, before the backward step: rebuild the order
+        # after the criterion, before the backward step: rebuild the order
+        extra = (
+            [("head", ClsHeadCallback(head["weight"], model_classes(self.cfg)))] if head is not None else []
+        )
+        extra += [("semi", SemiCallback())] if self.cfg.train.semi else []
+        if extra:
             items = list(callbacks.items())
             at = [name for name, _ in items].index("loss") + 1
-            items.insert(at, ("head", ClsHeadCallback(head["weight"], model_classes(self.cfg))))
+            items[at:at] = extra
             callbacks = OrderedDict(items)
         if train.swa or train.snapshots:
             callbacks["averaging"] = AveragingCallback(
@@ -203,16 +210,33 @@ class SteelRunner(IRunner):
         super().on_experiment_start(runner)
         if self.resume_state is not None:
             self.epoch_step = int(self.resume_state["epoch"])  # the epoch loop continues after it
+        if self.cfg.train.semi:
+            rank = int(getattr(self.engine, "process_index", 0) or 0)
+            self.semi = MeanTeacher(self.cfg, unwrap(self.model), rank, self.resume_state)
 
     def handle_batch(self, batch) -> None:
         image = batch["image"]
         if self.cfg.train.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
+        unlabelled = None
+        if self.is_train_loader and self.semi is not None:
+            # the teacher's targets, and the student's noisy view in the labelled batch's forward
+            # pass (one forward per backward, as DDP requires)
+            unlabelled = self.semi.next_batch(image.device)
+            self.batch["unlabelled_targets"] = self.semi.targets(unlabelled)
+            view = self.semi.perturb(unlabelled)
+            if self.cfg.train.channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            image = torch.cat([image, view])
         output = self.model(image)
-        if isinstance(output, tuple):  # a segmenter with a classification head (model.cls_head)
-            self.batch["logits"], self.batch["head_logits"] = output
-        else:
-            self.batch["logits"] = output
+        logits, head = output if isinstance(output, tuple) else (output, None)
+        if unlabelled is not None:
+            n = len(image) - len(unlabelled)
+            self.batch["unlabelled_logits"] = logits[n:]
+            logits, head = logits[:n], None if head is None else head[:n]
+        self.batch["logits"] = logits
+        if head is not None:  # a segmenter with a classification head (model.cls_head)
+            self.batch["head_logits"] = head
         if self.is_train_loader:
             pause_point("batch:train")  # test-only: a kill mid-epoch (tests/test_faults.py)
 
