@@ -39,10 +39,10 @@ from steel_defect.data.rle import masks_to_rles
 from steel_defect.labels.folder import FrameFolder
 from steel_defect.labels.queue import model_version
 from steel_defect.labels.store import InvalidMasks, LabelStore, StaleSave, UnknownFrame
-from steel_defect.webapp.app import STATIC, Limits, new_app
+from steel_defect.webapp.app import MEDIA_TYPES, STATIC, Limits, new_app
 from steel_defect.webapp.provenance import ensemble_summary
 
-MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp"}
+BROWSER_FORMATS = ("JPEG", "PNG", "BMP")  # sent as they are; TIFF is re-encoded, browsers do not all show it
 # A save carries four RLEs: a 1600x256 checkerboard, the worst case, is 5.8 MB of text a class.
 MAX_SAVE_BYTES = 32 * 2**20
 
@@ -179,7 +179,7 @@ def create_label_app(
         except UnknownFrame:
             raise _not_found(name) from None
         kind = image_format(data)
-        if kind not in MEDIA_TYPES:  # TIFF: browsers do not all show it
+        if kind not in BROWSER_FORMATS:
             try:
                 data, kind = encode_jpeg(service.folder.decode(name), 95, name, rgb=True), "JPEG"
             except ImageReadError as err:

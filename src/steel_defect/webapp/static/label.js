@@ -256,8 +256,7 @@ function save(status = strokeStatus(), { force = false } = {}) {
         renderFrame();
       }
       setSaveState("saved", saved.version);
-      loadStats();
-      return true;
+      return true; // the counts refresh when the frame is left (goNext), not on every stroke
     } catch (error) {
       if (error instanceof ApiError && error.status === 409) {
         state.conflict = error.body.current;
