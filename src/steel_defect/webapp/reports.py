@@ -9,56 +9,13 @@ from __future__ import annotations
 
 import io
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
-from steel_defect.data.rle import mask_to_rle
+from steel_defect.constants import CLASS_COLORS, CLASS_IDS
+from steel_defect.inference.verdict import MAX_BOXES, bounding_boxes, class_report
 
-MAX_BOXES = 50
-
-
-def bounding_boxes(mask: np.ndarray) -> list[list[int]]:
-    """``[x, y, width, height]`` of each 8-connected component of an (H, W) mask, largest first."""
-    if not mask.any():
-        return []
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    stats = stats[1:count]  # row 0 is the background
-    order = np.argsort(-stats[:, cv2.CC_STAT_AREA], kind="stable")
-    return [stats[i, :4].tolist() for i in order]
-
-
-def class_report(masks: np.ndarray, probs: np.ndarray, cls_probs: np.ndarray | None) -> list[dict]:
-    """One entry per class 1..4: probability, RLE, area (pixels and percent), boxes.
-
-    masks: uint8 (4, H, W) 0/1. probs: (4, H, W) uint8 (p * 255) or float. cls_probs: (4,)
-    or None. ``boxes`` lists the largest MAX_BOXES components. ``probability`` is the
-    classifier's when there is one, else the segmenter's highest pixel probability;
-    ``probability_source`` says which.
-    """
-    pixels = masks.shape[1] * masks.shape[2]
-    scale = 255.0 if probs.dtype == np.uint8 else 1.0
-    report = []
-    for i, class_id in enumerate(CLASS_IDS):
-        area = int(masks[i].sum())
-        peak = float(probs[i].max()) / scale
-        boxes = bounding_boxes(masks[i])
-        report.append(
-            {
-                "class_id": class_id,
-                "name": CLASS_NAMES[class_id],
-                "probability": round(float(cls_probs[i]) if cls_probs is not None else peak, 4),
-                "probability_source": "classifier" if cls_probs is not None else "segmenter_max",
-                "max_pixel_probability": round(peak, 4),
-                "area": area,
-                "area_percent": round(100.0 * area / pixels, 4),
-                "components": len(boxes),
-                "boxes": boxes[:MAX_BOXES],
-                "rle": mask_to_rle(masks[i]),
-            }
-        )
-    return report
+__all__ = ["MAX_BOXES", "bounding_boxes", "class_report", "mask_png"]
 
 
 def _palette() -> list[int]:
