@@ -16,6 +16,7 @@
     steel-defect config --docs                            # every key with default and meaning
     steel-defect label --images DIR --db labels.sqlite [--postprocessing P.yml]   # labelling page
     steel-defect labels import|export|stats|queue|history|restore --db labels.sqlite ...
+    steel-defect watch DIR --db inspection.sqlite [--postprocessing P.yml] [--archive DIR]  # line
 
 ``split_folds.py``, ``train.py`` and ``inference.py`` at the repository root call
 :func:`main` with their subcommand, so both spellings behave the same.
@@ -236,7 +237,17 @@ def _cmd_serve(args) -> int:
     service = InferenceService(
         predictor, keep=args.keep, batch_size=cfg.inference.batch_size, keep_mb=args.keep_mb
     )
-    serve(create_app(service, limits, examples, token=token), args.host, args.port)
+    inspection_log = None
+    if args.log:
+        from steel_defect.line.log import InspectionLog
+
+        inspection_log = InspectionLog.open(args.log, create=False)
+        log.info("the line's dashboard: http://%s:%d/line", args.host, args.port)
+    serve(
+        create_app(service, limits, examples, token=token, inspection_log=inspection_log),
+        args.host,
+        args.port,
+    )
     return 0
 
 
@@ -278,6 +289,65 @@ def _cmd_label(args) -> int:
     )
     limits = Limits(max_file_bytes=max_file_bytes, max_request_bytes=MAX_SAVE_BYTES, timeout_s=args.timeout)
     serve(create_label_app(service, limits, token=token), args.host, args.port)
+    return 0
+
+
+def _cmd_watch(args) -> int:
+    import threading
+
+    from steel_defect.config import load_config
+    from steel_defect.line.alarms import AlarmMonitor, parse_rule
+    from steel_defect.line.log import InspectionLog
+    from steel_defect.line.watch import Watcher
+    from steel_defect.webapp.security import access_token, is_loopback
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder to watch (create it, or mount the share first)")
+    rules = dict(parse_rule(rule) for rule in args.alarm or [])
+    token = None if args.no_page else access_token(args.host, args.token, args.no_auth)
+    if not args.no_page and token is None and not is_loopback(args.host):
+        log.warning("--no-auth: anyone who can reach %s can read the inspection log", args.host)
+    inspection_log = InspectionLog.open(args.db)  # before the model loads: a bad --db fails in a second
+    cfg = load_config(args.config, args.opts, components=False)
+    predictor = _predictor(
+        cfg, args, args.checkpoints, _tuned_path(cfg, args.postprocessing), device=args.device
+    )
+    watcher = Watcher(
+        folder,
+        inspection_log,
+        predictor,
+        line=args.line,
+        archive=args.archive,
+        settle_s=args.settle,
+        poll_s=args.poll_interval,
+        batch_size=args.batch_size or cfg.inference.batch_size,
+        events=not args.poll,
+        keep_days=args.keep_days,
+        keep_rows=args.keep_rows,
+        alarms=AlarmMonitor(rules, args.alarm_window, args.alarm_min_frames, args.alarm_url)
+        if rules
+        else None,
+    )
+    log.info("watching %s as line %r; log in %s", watcher.folder, watcher.line, inspection_log.name)
+    if args.no_page:
+        watcher.run(idle_exit_s=args.exit_when_idle)
+        return 0
+    from steel_defect.webapp.app import Limits
+    from steel_defect.webapp.dashboard import create_dashboard_app
+    from steel_defect.webapp.server import limit_malloc_arenas, serve_in_thread
+
+    limit_malloc_arenas()
+    app = create_dashboard_app(inspection_log, Limits(timeout_s=args.timeout), token=token, watcher=watcher)
+    server, url = serve_in_thread(app, args.host, port=args.port, log_level="info")
+    log.info("dashboard at %s/ (API docs at /docs)", url)
+    stop = threading.Event()
+    try:
+        watcher.run(stop, idle_exit_s=args.exit_when_idle)
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        server.should_exit = True
     return 0
 
 
@@ -596,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="offer the first 12 frames of DIR (jpg/png/bmp/tif, 1600x256, by name) as the page's "
         "examples instead of the synthetic ones; other files are skipped with a warning",
     )
+    p.add_argument("--log", metavar="DB", help="an inspection log (`watch --db`): its dashboard at /line")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("label", help="label frames in the page: pre-labels, queue, labels database")
@@ -771,6 +842,52 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sample-submission", help="every image of this sample submission must be present")
     p.set_defaults(func=_cmd_validate)
 
+    p = sub.add_parser("watch", help="judge frames as they arrive in a folder; log them; dashboard page")
+    p.add_argument("folder", help="the folder the line camera writes frames into")
+    p.add_argument(
+        "--db", required=True, help="inspection log: a SQLite file (created) or a postgresql+psycopg:// URL"
+    )
+    _add_config_args(p, required=False)
+    p.add_argument("--checkpoints", nargs="+", help="default: the tuned pipeline's")
+    _add_pipeline_args(p)
+    _add_backend_args(p)
+    p.add_argument("--device", help="cpu, cuda or auto (default inference.device)")
+    p.add_argument("--line", help="the line's name in the log and on the page (default: the folder's name)")
+    p.add_argument("--archive", metavar="DIR", help="move judged frames here (default: leave them)")
+    p.add_argument(
+        "--settle", type=float, default=1.0, help="seconds a frame's size must hold before it is read"
+    )
+    p.add_argument("--poll-interval", type=float, default=0.5, help="seconds between listings of the folder")
+    p.add_argument("--poll", action="store_true", help="no file events, listings only (network shares)")
+    p.add_argument(
+        "--batch-size", type=int, help="most frames per batch under a backlog (default inference.batch_size)"
+    )
+    p.add_argument("--keep-days", type=float, help="retention: drop log rows older than this")
+    p.add_argument("--keep-rows", type=int, help="retention: keep at most this many frame rows")
+    p.add_argument(
+        "--alarm",
+        action="append",
+        metavar="CLASS:RATE",
+        help="alarm when CLASS is on more than RATE of the window's frames (repeatable)",
+    )
+    p.add_argument("--alarm-window", type=float, default=300.0, help="seconds of frames an alarm rate covers")
+    p.add_argument(
+        "--alarm-min-frames", type=int, default=20, help="frames the window needs before it can alarm"
+    )
+    p.add_argument("--alarm-url", help="POST each alarm to this URL as JSON")
+    p.add_argument("--no-page", action="store_true", help="no dashboard page, the loop alone")
+    p.add_argument(
+        "--exit-when-idle", type=float, metavar="S", help="stop after S seconds with nothing to judge"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="0.0.0.0 exposes the page, which needs a token (or --no-auth)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require this access token (default $STEEL_DEFECT_TOKEN)")
+    p.add_argument("--no-auth", action="store_true", help="a non-loopback --host without a token")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to answer a request")
+    p.set_defaults(func=_cmd_watch)
+
     p = sub.add_parser("config", help="print the resolved config, or document every key")
     _add_config_args(p, required=False)
     p.add_argument("--docs", action="store_true", help="print a Markdown table of every key")
@@ -788,6 +905,8 @@ def _is_user_error(err: Exception) -> bool:
     labels = sys.modules.get("steel_defect.labels.store")
     kinds = (UserError, FileNotFoundError, ValueError) + ((images.ImageReadError,) if images else ())
     kinds += (labels.LabelStoreError,) if labels else ()
+    line_log = sys.modules.get("steel_defect.line.log")
+    kinds += (line_log.LogError,) if line_log else ()
     return isinstance(err, kinds)
 
 

@@ -1,4 +1,5 @@
-"""What one frame's prediction says, class by class: probability, area, components, boxes, RLE.
+"""What one frame's prediction says, class by class (probability, area, components, boxes, RLE),
+and which model said it (:func:`model_version`).
 
 Pure functions of numpy arrays. The web app's API (:mod:`steel_defect.webapp.reports`) and the
 line's inspection log (:mod:`steel_defect.line.watch`) both describe a prediction with
@@ -6,6 +7,9 @@ line's inspection log (:mod:`steel_defect.line.watch`) both describe a predictio
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import cv2
 import numpy as np
@@ -57,3 +61,15 @@ def class_report(masks: np.ndarray, probs: np.ndarray | None, cls_probs: np.ndar
             }
         )
     return report
+
+
+def model_version(predictor) -> str:
+    """A short name of the model that pre-labelled, scored the queue or judged a line frame: the
+    first segmenter's name and a digest of every network's weights and the post-processing
+    (``unet-...:3f9a1c07b2``)."""
+    digest = hashlib.sha256()
+    for network in predictor.segmenters + predictor.classifiers:
+        digest.update(str(network.info.get("weights_sha256") or network.path).encode())
+    digest.update(json.dumps(predictor.post.to_dict(), sort_keys=True, default=str).encode())
+    name = predictor.segmenters[0].name if predictor.segmenters else "model"
+    return f"{name}:{digest.hexdigest()[:10]}"

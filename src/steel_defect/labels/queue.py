@@ -22,31 +22,18 @@ so a run of consecutive frames of one coil does not fill the labeller's day.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import cv2
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS
 from steel_defect.inference.predictor import TTA_DIMS, Predictor, network_input
+from steel_defect.inference.verdict import model_version
 
 SCORE_SHAPE = (64, 400)  # maps are scored at a quarter of the frame: the doubt is the same, 16x cheaper
 TOP_FRACTION = 0.005  # the 0.5 % most uncertain pixels of a class: 128 of a 64x400 map
 DUPLICATE_SIMILARITY = 0.995
 DIVERSITY_WINDOW = 2000  # near-copies are looked for among the first frames queued only
 THUMB_SHAPE = (16, 100)
-
-
-def model_version(predictor: Predictor) -> str:
-    """A short name of the model that proposed a mask or scored the queue: the first segmenter's
-    name and a digest of every network's weights and the post-processing (``unet-...:3f9a1c07b2``)."""
-    digest = hashlib.sha256()
-    for network in predictor.segmenters + predictor.classifiers:
-        digest.update(str(network.info.get("weights_sha256") or network.path).encode())
-    digest.update(json.dumps(predictor.post.to_dict(), sort_keys=True, default=str).encode())
-    name = predictor.segmenters[0].name if predictor.segmenters else "model"
-    return f"{name}:{digest.hexdigest()[:10]}"
 
 
 def member_maps(predictor: Predictor, images: list[np.ndarray], shape=SCORE_SHAPE) -> np.ndarray:

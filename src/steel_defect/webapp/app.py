@@ -14,6 +14,7 @@ Routes (OpenAPI docs at ``/docs``):
     POST /api/results/{id}/mask.png         indexed PNG of the masks
     POST /api/submission                    submission CSV of several results
     GET  /api/examples[/{name}]             example frames: synthetic, or ``--examples DIR``'s
+    GET  /line, /api/log/*                  the line's dashboard and log API (``serve --log``)
 
 Every error is ``{"detail": "<message>"}`` with its status: 400 malformed request, 401 no or
 wrong access token (when the server has one, see :mod:`.security`), 404
@@ -152,9 +153,12 @@ def create_app(
     limits: Limits = Limits(),
     examples: dict[str, bytes] | None = None,
     token: str | None = None,
+    inspection_log=None,
 ) -> FastAPI:
     """The app; ``examples`` (``{file name: image bytes}``, see ``folder_examples``) replaces the
-    synthetic example frames; with a ``token`` the API needs it (see :mod:`.security`)."""
+    synthetic example frames; with a ``token`` the API needs it (see :mod:`.security`); with an
+    ``inspection_log`` (``serve --log``) the line's dashboard is at ``/line`` and its API under
+    ``/api/log`` (:mod:`.dashboard`)."""
     examples = example_images() if examples is None else dict(examples)
     app = new_app(
         "Find and classify surface defects in 1600x256 steel-sheet frames (Severstal format).", limits, token
@@ -268,5 +272,13 @@ def create_app(
             raise HTTPException(404, f"no example {name!r}; valid: {', '.join(examples)}")
         return Response(data, media_type=MEDIA_TYPES[image_format(data)])
 
+    if inspection_log is not None:
+        from steel_defect.webapp.dashboard import add_log_routes
+
+        @app.get("/line", include_in_schema=False)
+        def line_page():
+            return FileResponse(STATIC / "dashboard.html")
+
+        add_log_routes(app, inspection_log)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -36,8 +36,8 @@ from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
 from steel_defect.data.headers import image_format
 from steel_defect.data.images import ImageReadError, encode_jpeg
 from steel_defect.data.rle import masks_to_rles
+from steel_defect.inference.verdict import model_version
 from steel_defect.labels.folder import FrameFolder
-from steel_defect.labels.queue import model_version
 from steel_defect.labels.store import InvalidMasks, LabelStore, StaleSave, UnknownFrame
 from steel_defect.webapp.app import MEDIA_TYPES, STATIC, Limits, new_app
 from steel_defect.webapp.provenance import ensemble_summary

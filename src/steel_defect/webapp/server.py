@@ -73,22 +73,24 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000) -> None:
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
-def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0):
-    """Run ``app`` on a free port in a daemon thread (tests, benchmarks, notebooks).
+def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0, port: int = 0, log_level="warning"):
+    """Run ``app`` in a daemon thread, on ``port`` (0: a free one), once it listens (tests,
+    benchmarks, notebooks, and ``watch``, whose loop keeps the main thread).
 
     Returns ``(server, url)``; ``server.should_exit = True`` stops it.
     """
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    if not port:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the server on {host}:{port} did not start")
+            raise RuntimeError(f"the server on {host}:{port} did not start (is the port taken?)")
         time.sleep(0.05)
     return server, f"http://{host}:{port}"

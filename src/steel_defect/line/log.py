@@ -1,0 +1,669 @@
+"""The inspection log: one row per frame the line judged, every query of it behind named functions.
+
+    log = InspectionLog.open("inspection.sqlite")            # or postgresql+psycopg://host/db
+    log.judged("/line/in", [("a.jpg", 120_431, 1764_000_000_000_000_000)])   # identities done
+    log.record([FrameRecord(...)])                            # verdicts, one transaction
+    log.search(Search(class_ids=[4], min_area=500, start=t0)) # newest first
+    log.rates(start, end, bucket_s=60)                        # frames and defects per minute
+
+A frame is keyed on its identity: the watched folder, its name, its size and its mtime (ns). A
+camera that reuses a name writes a new identity; a restart finds the old one done. Its verdict
+(one ``frames`` row and four ``detections`` rows: probability, area, regions, boxes, RLE per
+class) is written in one transaction, so a process killed mid-write
+(``STEEL_DEFECT_TEST_PAUSE_AT=write:log``) leaves no half verdict, and the frame is judged again
+after the restart. Images are referenced by path, never stored.
+
+Why SQLAlchemy (Core, no ORM) here when the labels database uses ``sqlite3``: one plant server
+may collect several lines, so the same queries must run on SQLite (the embedded default, WAL
+mode) and on PostgreSQL. The schema is versioned with Alembic (``line/migrations``): a log is
+migrated forward when it opens, and one written by a newer steel-defect is refused.
+
+Times are seconds since the epoch (UTC), as floats: the page buckets them by minute, and the
+arithmetic is the same on both databases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from steel_defect.constants import CLASS_IDS
+from steel_defect.pause import pause_point
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+STATUSES = ("judged", "corrupt", "missing")
+BUSY_TIMEOUT_S = 10.0  # wait this long for another process's write before "locked"
+IN_CHUNK = 500  # names per IN (...) query: far below SQLite's variable limit
+
+metadata = sa.MetaData()
+# Integer on SQLite, where only INTEGER PRIMARY KEY is the auto-incrementing row id.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+frames = sa.Table(
+    "frames",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(1024), nullable=False),  # the watched folder, absolute
+    sa.Column("line", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(512), nullable=False),
+    sa.Column("size", sa.BigInteger(), nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger(), nullable=False),
+    sa.Column("path", sa.String(2048), nullable=False),  # where the image lies now (archive or source)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text()),
+    sa.Column("seen_at", sa.Float(), nullable=False),
+    sa.Column("judged_at", sa.Float(), nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+    sa.Column("model", sa.String(128)),
+    sa.Column("defects", sa.Integer(), nullable=False),  # bit k-1 set: class k present
+    sa.UniqueConstraint("source", "name", "size", "mtime_ns", name="frames_identity"),
+    sa.CheckConstraint("status IN ('judged', 'corrupt', 'missing')", name="frames_status"),
+)
+sa.Index("frames_by_time", frames.c.judged_at)
+sa.Index("frames_by_line", frames.c.line, frames.c.judged_at)
+
+detections = sa.Table(
+    "detections",
+    metadata,
+    sa.Column("frame_id", BigId, sa.ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("class_id", sa.SmallInteger(), primary_key=True),
+    sa.Column("probability", sa.Float(), nullable=False),
+    sa.Column("area", sa.Integer(), nullable=False),
+    sa.Column("regions", sa.Integer(), nullable=False),
+    sa.Column("boxes", sa.Text(), nullable=False),  # JSON [[x, y, w, h], ...], largest first
+    sa.Column("rle", sa.Text(), nullable=False),
+)
+# Only present classes: a search by class walks these, newest first, and stops at its limit.
+sa.Index(
+    "detections_present",
+    detections.c.class_id,
+    detections.c.frame_id,
+    sqlite_where=detections.c.area > 0,
+    postgresql_where=detections.c.area > 0,
+)
+
+watchers = sa.Table(
+    "watchers",
+    metadata,
+    sa.Column("source", sa.String(1024), primary_key=True),
+    sa.Column("line", sa.String(128), nullable=False),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("model", sa.String(128)),
+    sa.Column("started_at", sa.Float(), nullable=False),
+    sa.Column("heartbeat_at", sa.Float(), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),  # running, source missing, stopped
+    sa.Column("message", sa.Text()),
+    sa.Column("backlog", sa.Integer(), nullable=False),
+    sa.Column("judged", sa.BigInteger(), nullable=False),  # frames judged since it started
+)
+
+alarms = sa.Table(
+    "alarms",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("line", sa.String(128), nullable=False),
+    sa.Column("class_id", sa.SmallInteger(), nullable=False),
+    sa.Column("threshold", sa.Float(), nullable=False),
+    sa.Column("window_s", sa.Float(), nullable=False),
+    sa.Column("rate", sa.Float(), nullable=False),  # the rate that raised it
+    sa.Column("frames", sa.Integer(), nullable=False),  # frames in the window then
+    sa.Column("raised_at", sa.Float(), nullable=False),
+    sa.Column("cleared_at", sa.Float()),
+    sa.Column("notified", sa.Text()),  # the POST's outcome, when a URL is set
+)
+sa.Index("alarms_open", alarms.c.line, alarms.c.class_id, alarms.c.cleared_at)
+
+
+class LogError(RuntimeError):
+    """The inspection log cannot be opened, read or written; the message names it."""
+
+
+@dataclass
+class FrameRecord:
+    """One frame's entry. ``classes``: four dicts (class_id, probability, area, regions / components,
+    boxes, rle), as :func:`steel_defect.inference.verdict.class_report` makes them; empty for a
+    corrupt or missing frame."""
+
+    source: str
+    line: str
+    name: str
+    size: int
+    mtime_ns: int
+    path: str
+    status: str
+    seen_at: float
+    judged_at: float
+    reason: str | None = None
+    model: str | None = None
+    classes: list[dict] = field(default_factory=list)
+
+    @property
+    def defects(self) -> int:
+        return sum(1 << (c["class_id"] - 1) for c in self.classes if c["area"] > 0)
+
+
+@dataclass
+class Search:
+    """What the page, the API and the exports ask the log for. ``class_ids``: frames where any of
+    them is present with at least ``min_area`` pixels and ``min_probability``; empty: any frame.
+    ``before_id`` pages backwards (the last id of the previous page)."""
+
+    class_ids: Sequence[int] = ()
+    start: float | None = None
+    end: float | None = None
+    min_area: int = 1
+    min_probability: float = 0.0
+    line: str | None = None
+    source: str | None = None
+    status: str | None = None
+    limit: int = 100
+    before_id: int | None = None
+
+    def check(self) -> Search:
+        bad = [c for c in self.class_ids if c not in CLASS_IDS]
+        if bad:
+            raise ValueError(f"class ids must be among {list(CLASS_IDS)}, got {bad}")
+        if self.status is not None and self.status not in STATUSES:
+            raise ValueError(f"status must be one of {list(STATUSES)}, got {self.status!r}")
+        if self.min_area < 1 or not 0 <= self.min_probability <= 1:
+            raise ValueError("min_area must be at least 1 and min_probability in [0, 1]")
+        if not 1 <= self.limit <= 10_000:
+            raise ValueError(f"limit must be in [1, 10000], got {self.limit}")
+        return self
+
+
+def database_url(target: str | Path) -> str:
+    """A SQLAlchemy URL for ``target``: a URL as it is, a path as a SQLite file."""
+    text = str(target)
+    return text if "://" in text else f"sqlite+pysqlite:///{Path(text).resolve()}"
+
+
+def display_name(url: str) -> str:
+    """The log as a message names it: a SQLite file's path, else the URL without its password."""
+    parsed = sa.engine.make_url(url)
+    return parsed.database if parsed.get_backend_name() == "sqlite" else parsed.render_as_string()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (the page) never block the writer
+    cursor.execute(
+        "PRAGMA synchronous=NORMAL"
+    )  # durable across a crash of the process, which is the fault here
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class InspectionLog:
+    """The log behind one engine; open it with :meth:`open`."""
+
+    def __init__(self, engine: Engine, name: str):
+        self.engine, self.name = engine, name
+        self.sqlite = engine.dialect.name == "sqlite"
+
+    @classmethod
+    def open(cls, target: str | Path, create: bool = True) -> InspectionLog:
+        """Open (and migrate forward) the log at ``target``, a path or a URL. ``create``: make a
+        missing SQLite file; otherwise a missing one is an error."""
+        url = database_url(target)
+        name = display_name(url)
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = Path(parsed.database or "")
+            if not path.is_file() and not create:
+                raise LogError(f"{name}: no inspection log here (start `steel-defect watch` to make one)")
+            if not path.parent.is_dir():
+                raise LogError(f"{name}: its folder does not exist")
+            engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        log = cls(engine, name)
+        log._migrate()
+        return log
+
+    def _migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        scripts = ScriptDirectory.from_config(config)
+        try:
+            with self.engine.begin() as connection:
+                current = MigrationContext.configure(connection).get_current_revision()
+                if current is None:
+                    tables = set(sa.inspect(connection).get_table_names())
+                    if tables - {"alembic_version"}:
+                        raise LogError(
+                            f"{self.name}: a database with other tables ({', '.join(sorted(tables)[:4])}) "
+                            "is not an inspection log; give --db a new file or an empty database"
+                        )
+                else:
+                    try:
+                        scripts.get_revision(current)
+                    except CommandError:
+                        raise LogError(
+                            f"{self.name}: its schema ({current}) was written by a newer steel-defect; "
+                            f"upgrade steel-defect (this one knows up to {scripts.get_current_head()})"
+                        ) from None
+                if current != scripts.get_current_head():
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+        except SQLAlchemyError as err:
+            raise LogError(f"{self.name}: cannot open the inspection log ({_reason(err)})") from err
+
+    def revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def judged(self, source: str, identities: Iterable[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+        """Which of these (name, size, mtime_ns) identities in ``source`` already have a row."""
+        wanted = set(identities)
+        names = sorted({name for name, _, _ in wanted})
+        found = set()
+        with self._reading() as connection:
+            for start in range(0, len(names), IN_CHUNK):
+                rows = connection.execute(
+                    sa.select(frames.c.name, frames.c.size, frames.c.mtime_ns).where(
+                        frames.c.source == source, frames.c.name.in_(names[start : start + IN_CHUNK])
+                    )
+                )
+                found |= {tuple(row) for row in rows}
+        return wanted & found
+
+    def record(self, records: Sequence[FrameRecord]) -> list[int]:
+        """Write ``records`` in one transaction; the new rows' ids. A record whose identity is
+        already logged is left as it is (its id is not returned): never two rows for one frame."""
+        ids = []
+        try:
+            with self.engine.begin() as connection:
+                for record in records:
+                    if record.status not in STATUSES:
+                        raise ValueError(f"status must be one of {list(STATUSES)}, got {record.status!r}")
+                    row = connection.execute(
+                        self._insert_new(frames)
+                        .values(
+                            source=record.source,
+                            line=record.line,
+                            name=record.name,
+                            size=record.size,
+                            mtime_ns=record.mtime_ns,
+                            path=record.path,
+                            status=record.status,
+                            reason=record.reason,
+                            seen_at=record.seen_at,
+                            judged_at=record.judged_at,
+                            latency_ms=max(0.0, 1000.0 * (record.judged_at - record.seen_at)),
+                            model=record.model,
+                            defects=record.defects,
+                        )
+                        .returning(frames.c.id)
+                    ).first()
+                    if row is None:
+                        continue  # already logged (a restart racing its own earlier write)
+                    ids.append(row[0])
+                    pause_point("write:log")  # test-only: a kill with the frame row written, not committed
+                    if record.classes:
+                        connection.execute(
+                            detections.insert(),
+                            [
+                                {
+                                    "frame_id": row[0],
+                                    "class_id": c["class_id"],
+                                    "probability": float(c["probability"]),
+                                    "area": int(c["area"]),
+                                    "regions": int(c.get("regions", c.get("components", 0))),
+                                    "boxes": json.dumps(c.get("boxes", [])),
+                                    "rle": c["rle"],
+                                }
+                                for c in record.classes
+                            ],
+                        )
+        except SQLAlchemyError as err:
+            raise LogError(f"{self.name}: cannot write the inspection log ({_reason(err)})") from err
+        return ids
+
+    def _insert_new(self, table: sa.Table):
+        """INSERT that skips a row whose unique key exists (both dialects spell it ON CONFLICT)."""
+        if self.sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        return insert(table).on_conflict_do_nothing()
+
+    def heartbeat(self, source: str, **fields) -> None:
+        """Create or update the row of the watcher of ``source`` (state, backlog, judged, ...)."""
+        fields = {"heartbeat_at": time.time(), **fields}
+        try:
+            with self.engine.begin() as connection:
+                updated = connection.execute(
+                    watchers.update().where(watchers.c.source == source).values(**fields)
+                ).rowcount
+                if not updated:
+                    connection.execute(watchers.insert().values(source=source, **fields))
+        except SQLAlchemyError as err:
+            raise LogError(f"{self.name}: cannot write the inspection log ({_reason(err)})") from err
+
+    def prune(
+        self, keep_days: float | None = None, keep_rows: int | None = None, now: float | None = None
+    ) -> int:
+        """Delete the oldest frames beyond ``keep_days`` or ``keep_rows``; how many went. The images
+        are not touched (they are the archive's business)."""
+        conditions = []
+        now = time.time() if now is None else now
+        if keep_days is not None:
+            conditions.append(frames.c.judged_at < now - keep_days * 86400.0)
+        try:
+            with self.engine.begin() as connection:
+                if keep_rows is not None:
+                    cutoff = connection.execute(
+                        sa.select(frames.c.id).order_by(frames.c.id.desc()).offset(keep_rows).limit(1)
+                    ).scalar()
+                    if cutoff is not None:
+                        conditions.append(frames.c.id <= cutoff)
+                if not conditions:
+                    return 0
+                doomed = sa.select(frames.c.id).where(sa.or_(*conditions)).scalar_subquery()
+                connection.execute(detections.delete().where(detections.c.frame_id.in_(doomed)))
+                return connection.execute(frames.delete().where(frames.c.id.in_(doomed))).rowcount
+        except SQLAlchemyError as err:
+            raise LogError(f"{self.name}: cannot prune the inspection log ({_reason(err)})") from err
+
+    def raise_alarm(self, **fields) -> int:
+        with self.engine.begin() as connection:
+            return connection.execute(alarms.insert().values(**fields).returning(alarms.c.id)).scalar_one()
+
+    def clear_alarm(self, alarm_id: int, at: float) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(alarms.update().where(alarms.c.id == alarm_id).values(cleared_at=at))
+
+    def note_alarm(self, alarm_id: int, notified: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(alarms.update().where(alarms.c.id == alarm_id).values(notified=notified))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _reading(self):
+        """A connection for reads; an unreadable log raises :class:`LogError` naming it."""
+        return _Reading(self)
+
+    def search(self, query: Search) -> list[dict]:
+        """Frames matching ``query``, newest first, each with its four classes."""
+        query.check()
+        statement = sa.select(frames).where(*self._conditions(query))
+        statement = statement.order_by(frames.c.id.desc()).limit(query.limit)
+        with self._reading() as connection:
+            rows = [dict(row._mapping) for row in connection.execute(statement)]
+            return self._with_classes(connection, rows)
+
+    def _conditions(self, query: Search) -> list:
+        conditions = []
+        if query.start is not None:
+            conditions.append(frames.c.judged_at >= query.start)
+        if query.end is not None:
+            conditions.append(frames.c.judged_at < query.end)
+        for column, value in ((frames.c.line, query.line), (frames.c.source, query.source)):
+            if value is not None:
+                conditions.append(column == value)
+        if query.status is not None:
+            conditions.append(frames.c.status == query.status)
+        if query.before_id is not None:
+            conditions.append(frames.c.id < query.before_id)
+        if query.class_ids:
+            # ``area > 0`` spelled out: it is the partial index's condition, which the planner
+            # must see to use it (neither database infers it from ``area >= n``).
+            matching = sa.select(detections.c.frame_id).where(
+                detections.c.class_id.in_(list(query.class_ids)),
+                detections.c.area > 0,
+                detections.c.area >= query.min_area,
+                detections.c.probability >= query.min_probability,
+            )
+            conditions.append(frames.c.id.in_(matching))
+        return conditions
+
+    def _with_classes(self, connection, rows: list[dict]) -> list[dict]:
+        by_id = {row["id"]: row for row in rows}
+        for row in rows:
+            row["classes"] = []
+        ids = list(by_id)
+        for start in range(0, len(ids), IN_CHUNK):
+            found = connection.execute(
+                sa.select(detections)
+                .where(detections.c.frame_id.in_(ids[start : start + IN_CHUNK]))
+                .order_by(detections.c.frame_id, detections.c.class_id)
+            )
+            for detection in found:
+                entry = dict(detection._mapping)
+                entry["boxes"] = json.loads(entry["boxes"])
+                by_id[entry.pop("frame_id")]["classes"].append(entry)
+        return rows
+
+    def iter_search(self, query: Search, page: int = 1000) -> Iterator[dict]:
+        """Every frame matching ``query`` (its ``limit`` ignored), newest first, a page at a time."""
+        before = query.before_id
+        while True:
+            rows = self.search(
+                Search(**{**query.__dict__, "limit": page, "before_id": before})  # a copy per page
+            )
+            yield from rows
+            if len(rows) < page:
+                return
+            before = rows[-1]["id"]
+
+    def frame(self, frame_id: int) -> dict | None:
+        """One frame's row with its classes, or None."""
+        with self._reading() as connection:
+            rows = [
+                dict(r._mapping) for r in connection.execute(sa.select(frames).where(frames.c.id == frame_id))
+            ]
+            return self._with_classes(connection, rows)[0] if rows else None
+
+    def rates(self, start: float, end: float, bucket_s: float = 60.0, line: str | None = None) -> list[dict]:
+        """Per bucket of ``bucket_s`` seconds in [start, end): frames judged, and frames with each
+        class present. Empty buckets are left out."""
+        bucket = self._bucket(frames.c.judged_at, bucket_s).label("bucket")
+        columns = [bucket, sa.func.count().label("frames")]
+        for class_id in CLASS_IDS:
+            present = sa.case((frames.c.defects.op("&")(1 << (class_id - 1)) != 0, 1), else_=0)
+            columns.append(sa.func.sum(present).label(f"class_{class_id}"))
+        conditions = [frames.c.judged_at >= start, frames.c.judged_at < end, frames.c.status == "judged"]
+        if line is not None:
+            conditions.append(frames.c.line == line)
+        statement = sa.select(*columns).where(*conditions).group_by(bucket).order_by(bucket)
+        with self._reading() as connection:
+            return [
+                {
+                    "start": float(row.bucket) * bucket_s,
+                    "frames": int(row.frames),
+                    "classes": {c: int(getattr(row, f"class_{c}") or 0) for c in CLASS_IDS},
+                }
+                for row in connection.execute(statement)
+            ]
+
+    def _bucket(self, column, size: float):
+        # floor(t / size); SQLite has no floor() in every build, and its CAST truncates, which is
+        # floor for the positive times here. PostgreSQL's CAST rounds, so it gets floor().
+        if self.sqlite:
+            return sa.cast(column / size, sa.Integer)
+        return sa.func.floor(column / size)
+
+    def aggregates(
+        self, start: float | None = None, end: float | None = None, line: str | None = None
+    ) -> dict:
+        """Per class over [start, end): frames with the class present, its rate among judged
+        frames, the mean area where present and the highest probability; plus the frame counts
+        by status."""
+        conditions = []
+        if start is not None:
+            conditions.append(frames.c.judged_at >= start)
+        if end is not None:
+            conditions.append(frames.c.judged_at < end)
+        if line is not None:
+            conditions.append(frames.c.line == line)
+        with self._reading() as connection:
+            by_status = dict(
+                connection.execute(
+                    sa.select(frames.c.status, sa.func.count()).where(*conditions).group_by(frames.c.status)
+                ).all()
+            )
+            judged = int(by_status.get("judged", 0))
+            classes = {}
+            for class_id in CLASS_IDS:
+                row = connection.execute(
+                    sa.select(
+                        sa.func.count(),
+                        sa.func.avg(detections.c.area),
+                        sa.func.max(detections.c.probability),
+                    )
+                    .select_from(detections.join(frames, frames.c.id == detections.c.frame_id))
+                    .where(*conditions, detections.c.class_id == class_id, detections.c.area > 0)
+                ).one()
+                classes[class_id] = {
+                    "frames": int(row[0]),
+                    "rate": row[0] / judged if judged else 0.0,
+                    "mean_area": float(row[1]) if row[1] is not None else 0.0,
+                    "max_probability": float(row[2]) if row[2] is not None else 0.0,
+                }
+        return {
+            "frames": {status: int(by_status.get(status, 0)) for status in STATUSES},
+            "classes": classes,
+        }
+
+    def window_rate(self, line: str, class_id: int, since: float) -> tuple[int, int]:
+        """(judged frames, frames with ``class_id`` present) of ``line`` since ``since``."""
+        present = sa.case((frames.c.defects.op("&")(1 << (class_id - 1)) != 0, 1), else_=0)
+        statement = sa.select(sa.func.count(), sa.func.sum(present)).where(
+            frames.c.line == line, frames.c.judged_at >= since, frames.c.status == "judged"
+        )
+        with self._reading() as connection:
+            total, hits = connection.execute(statement).one()
+        return int(total), int(hits or 0)
+
+    def open_alarms(self, line: str | None = None) -> list[dict]:
+        statement = sa.select(alarms).where(alarms.c.cleared_at.is_(None))
+        if line is not None:
+            statement = statement.where(alarms.c.line == line)
+        with self._reading() as connection:
+            return [dict(r._mapping) for r in connection.execute(statement.order_by(alarms.c.id))]
+
+    def recent_alarms(self, limit: int = 20) -> list[dict]:
+        with self._reading() as connection:
+            rows = connection.execute(sa.select(alarms).order_by(alarms.c.id.desc()).limit(limit))
+            return [dict(r._mapping) for r in rows]
+
+    def watchers(self) -> list[dict]:
+        with self._reading() as connection:
+            return [
+                dict(r._mapping) for r in connection.execute(sa.select(watchers).order_by(watchers.c.line))
+            ]
+
+    def lines(self) -> list[str]:
+        with self._reading() as connection:
+            return sorted(
+                {r[0] for r in connection.execute(sa.select(watchers.c.line))}
+                | {r[0] for r in connection.execute(sa.select(frames.c.line).distinct())}
+            )
+
+    def count(self) -> int:
+        with self._reading() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(frames)).scalar_one())
+
+
+class _Reading:
+    def __init__(self, log: InspectionLog):
+        self.log, self.connection = log, None
+
+    def __enter__(self):
+        try:
+            self.connection = self.log.engine.connect()
+        except SQLAlchemyError as err:
+            raise LogError(f"{self.log.name}: cannot read the inspection log ({_reason(err)})") from err
+        return self.connection
+
+    def __exit__(self, kind, error, _traceback):
+        self.connection.close()
+        if isinstance(error, SQLAlchemyError):
+            raise LogError(f"{self.log.name}: cannot read the inspection log ({_reason(error)})") from error
+        return False
+
+
+def _reason(err: SQLAlchemyError) -> str:
+    """The database's own words (``database is locked``, ``disk I/O error``), without SQLAlchemy's
+    statement dump."""
+    if isinstance(err, DBAPIError | OperationalError) and err.orig is not None:
+        return str(err.orig).strip().splitlines()[0]
+    return str(err).splitlines()[0]
+
+
+def bulk_fill(log: InspectionLog, rows: int, start: float, rate_hz: float, seed: int = 0) -> None:
+    """Synthetic frames, ``rows`` of them from ``start`` at ``rate_hz``, written in bulk (the
+    search bench's million-row log). About a fifth carry a defect; RLEs are short."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    chunk = 20_000
+    with log.engine.begin() as connection:
+        first = connection.execute(sa.select(sa.func.coalesce(sa.func.max(frames.c.id), 0))).scalar_one()
+    for offset in range(0, rows, chunk):
+        count = min(chunk, rows - offset)
+        ids = np.arange(first + offset + 1, first + offset + count + 1)
+        times = start + (offset + np.arange(count)) / rate_hz
+        present = rng.random((count, len(CLASS_IDS))) < np.array([0.06, 0.02, 0.12, 0.03])
+        areas = np.where(present, rng.integers(50, 40_000, (count, len(CLASS_IDS))), 0)
+        probs = np.where(present, rng.uniform(0.5, 1, present.shape), rng.uniform(0, 0.5, present.shape))
+        defects = (present * (1 << np.arange(len(CLASS_IDS)))).sum(1)
+        frame_rows = [
+            {
+                "id": int(i),
+                "source": "/line/bench",
+                "line": "bench",
+                "name": f"{i:09d}.jpg",
+                "size": 150_000,
+                "mtime_ns": int(t * 1e9),
+                "path": f"/line/bench/{i:09d}.jpg",
+                "status": "judged",
+                "reason": None,
+                "seen_at": float(t) - 0.2,
+                "judged_at": float(t),
+                "latency_ms": 200.0,
+                "model": "bench",
+                "defects": int(d),
+            }
+            for i, t, d in zip(ids, times, defects, strict=True)
+        ]
+        detection_rows = [
+            {
+                "frame_id": int(i),
+                "class_id": c,
+                "probability": float(probs[k, c - 1]),
+                "area": int(areas[k, c - 1]),
+                "regions": int(present[k, c - 1]),
+                "boxes": "[]" if not present[k, c - 1] else "[[100, 20, 200, 80]]",
+                "rle": "" if not present[k, c - 1] else f"{1 + 256 * 100} {math.isqrt(int(areas[k, c - 1]))}",
+            }
+            for k, i in enumerate(ids)
+            for c in CLASS_IDS
+        ]
+        with log.engine.begin() as connection:
+            connection.execute(frames.insert(), frame_rows)
+            connection.execute(detections.insert(), detection_rows)

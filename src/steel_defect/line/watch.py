@@ -1,0 +1,414 @@
+"""Watch a folder a line camera writes into: judge every complete frame once and log its verdict.
+
+    steel-defect watch /line/in --db inspection.sqlite --postprocessing work/postprocessing.yml
+
+The loop (:class:`Watcher`) is idempotent by construction, so it can be killed anywhere:
+
+1. **Scan.** The folder's listing is the source of truth. A frame is keyed on its identity (name,
+   size, mtime): one the log already holds is done; any other is pending.
+2. **Complete?** A pending frame is complete when its size and mtime have not changed for
+   ``settle_s`` seconds, or at once when it was renamed into the folder under its final name
+   (the usual camera pattern: write ``x.jpg.part``, rename to ``x.jpg``). Names starting with a
+   dot and suffixes that are not images are never frames. Nothing is decoded before that, and
+   the bytes read are checked against a second ``stat``: a file still growing goes back to wait.
+3. **Judge.** Complete frames are judged in batches of up to ``batch_size``: one at a time when the
+   line is idle (lowest latency), full batches when a backlog builds (highest throughput).
+4. **Record.** The batch's verdicts, one row per frame, are written in one transaction
+   (:meth:`InspectionLog.record`); corrupt frames get a row with the reason (never retried), a
+   frame gone before it was judged a ``missing`` row.
+5. **Archive** (optional): judged frames move to ``archive`` after the commit. A kill between
+   the commit and the move leaves a done frame in the folder, which the next start moves.
+
+After a kill the next start scans again: what has a row is done, the rest is judged. No frame is
+judged twice and none is skipped (``tests/test_line.py`` kills it between frames and inside a
+write).
+
+Why polling as the source of truth, with watchdog only as a wake-up: inotify does not see files
+that another machine writes into a network share (NFS, SMB), which is where line cameras often
+write, and its queue can overflow under a burst. A listing every ``poll_s`` seconds works on
+every filesystem; where inotify works, watchdog's events wake the loop at once and tell a rename
+from a write, so latency does not wait for the next poll. ``--poll`` turns the events off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from steel_defect.constants import IMAGE_SHAPE
+from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, decode_image
+from steel_defect.inference.verdict import class_report, model_version
+from steel_defect.line.alarms import AlarmMonitor
+from steel_defect.line.log import FrameRecord, InspectionLog
+from steel_defect.pause import pause_point
+
+log = logging.getLogger(__name__)
+
+EMPTY_GRACE_S = 30.0  # a file that stays empty this long is logged as corrupt
+MAX_BACKOFF_S = 30.0  # the longest wait between retries of a folder that has gone
+HEARTBEAT_S = 1.0  # how often the watcher's row (state, backlog) is refreshed
+
+
+@dataclass
+class Pending:
+    """A frame seen but not judged: its last identity and since when it has kept it."""
+
+    size: int
+    mtime_ns: int
+    seen_at: float
+    stable_since: float
+    renamed: bool = False
+
+
+@dataclass
+class WatchStats:
+    judged: int = 0
+    corrupt: int = 0
+    missing: int = 0
+    batches: int = 0
+    archived: int = 0
+
+
+class Watcher:
+    """The loop over one folder. :meth:`step` does one scan-judge-record pass; :meth:`run` loops."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        inspection_log: InspectionLog,
+        predictor,
+        *,
+        line: str | None = None,
+        archive: str | Path | None = None,
+        settle_s: float = 1.0,
+        poll_s: float = 0.5,
+        batch_size: int = 4,
+        events: bool = True,
+        keep_days: float | None = None,
+        keep_rows: int | None = None,
+        alarms: AlarmMonitor | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.folder = Path(folder).resolve()
+        self.source = str(self.folder)
+        self.log, self.predictor = inspection_log, predictor
+        self.line = line or self.folder.name
+        self.archive = Path(archive).resolve() if archive else None
+        self.settle_s, self.poll_s, self.batch_size = settle_s, poll_s, max(1, batch_size)
+        self.keep_days, self.keep_rows = keep_days, keep_rows
+        self.alarms = alarms
+        self.clock = clock
+        self.model = model_version(predictor)
+        self.pending: dict[str, Pending] = {}
+        self.done: set[tuple[str, int, int]] = set()  # identities in the folder that have a row
+        self.stats = WatchStats()
+        self.state, self.message = "starting", None
+        self.backoff = 0.0
+        self.wake = threading.Event()
+        self._renamed: set[str] = set()
+        self._lock = threading.Lock()
+        self._observer = None
+        self._events = events
+        self._last_beat = 0.0
+        self._last_prune = 0.0
+        self.started_at = clock()
+        if self.archive is not None:
+            if self.archive == self.folder:
+                raise ValueError(
+                    f"--archive {self.archive} is the watched folder itself; give another folder"
+                )
+            self.archive.mkdir(parents=True, exist_ok=True)
+
+    # -- the folder -----------------------------------------------------------------------
+
+    def _listing(self) -> dict[str, tuple[int, int]]:
+        """{name: (size, mtime_ns)} of the image files in the folder; OSError when it is gone."""
+        found = {}
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed between the listing and the stat
+                found[name] = (stat.st_size, stat.st_mtime_ns)
+        return found
+
+    def scan(self) -> list[FrameRecord]:
+        """Update the pending frames from a listing; the ``missing`` records of pending frames that
+        vanished. Raises OSError when the folder cannot be listed."""
+        now = self.clock()
+        listing = self._listing()
+        with self._lock:
+            renamed, self._renamed = self._renamed, set()
+        new = set()
+        for name, (size, mtime_ns) in listing.items():
+            known = self.pending.get(name)
+            if (name, size, mtime_ns) not in self.done and (
+                known is None or (known.size, known.mtime_ns) != (size, mtime_ns)
+            ):
+                new.add((name, size, mtime_ns))
+        if new:
+            logged = self.log.judged(self.source, new)
+            for identity in logged:
+                self.done.add(identity)
+                self.pending.pop(identity[0], None)
+                self._archive(identity[0])  # a kill after the commit left it here
+            for name, size, mtime_ns in new - logged:
+                old = self.pending.get(name)
+                self.pending[name] = Pending(size, mtime_ns, old.seen_at if old else now, now)
+        for name in renamed & self.pending.keys():
+            self.pending[name].renamed = True
+        present = {(name, *ident) for name, ident in listing.items()}
+        self.done &= present  # forget frames that left the folder (archived, deleted)
+        missing = []
+        for name in [n for n in self.pending if n not in listing]:
+            gone = self.pending.pop(name)
+            missing.append(self._record(name, gone, "missing", "deleted before it was judged"))
+        return missing
+
+    def complete(self) -> list[str]:
+        """Pending frames ready to judge, the longest waiting first."""
+        now = self.clock()
+        ready = []
+        for name, item in self.pending.items():
+            settled = now - item.stable_since >= self.settle_s
+            if item.size == 0:
+                if now - item.stable_since >= EMPTY_GRACE_S:
+                    ready.append(name)
+            elif item.renamed or settled:
+                ready.append(name)
+        return sorted(ready, key=lambda n: (self.pending[n].seen_at, n))
+
+    # -- judging --------------------------------------------------------------------------
+
+    def _record(
+        self, name: str, item: Pending, status: str, reason: str | None = None, classes=()
+    ) -> FrameRecord:
+        path = self.archive / name if self.archive is not None and status != "missing" else self.folder / name
+        return FrameRecord(
+            source=self.source,
+            line=self.line,
+            name=name,
+            size=item.size,
+            mtime_ns=item.mtime_ns,
+            path=str(path),
+            status=status,
+            seen_at=item.seen_at,
+            judged_at=self.clock(),
+            reason=reason,
+            model=self.model if status == "judged" else None,
+            classes=list(classes),
+        )
+
+    def _read(self, name: str, item: Pending) -> bytes | None:
+        """The frame's bytes when they are the whole identity seen; None when it changed (it goes
+        back to settle). FileNotFoundError when it has gone."""
+        path = self.folder / name
+        with open(path, "rb") as handle:
+            data = handle.read()
+            stat = os.fstat(handle.fileno())
+        if (stat.st_size, stat.st_mtime_ns) != (item.size, item.mtime_ns) or len(data) != stat.st_size:
+            item.size, item.mtime_ns = stat.st_size, stat.st_mtime_ns
+            item.stable_since, item.renamed = self.clock(), False
+            return None
+        return data
+
+    def judge(self, names: list[str]) -> list[FrameRecord]:
+        """Records for ``names``: judged, corrupt (with the reason) or missing."""
+        records, good = [], []
+        for name in names:
+            item = self.pending[name]
+            try:
+                data = self._read(name, item)
+            except FileNotFoundError:
+                records.append(self._record(name, item, "missing", "deleted before it was judged"))
+                continue
+            except OSError as err:
+                records.append(self._record(name, item, "corrupt", f"cannot read ({err.strerror or err})"))
+                continue
+            if data is None:
+                continue  # still being written
+            try:
+                image = decode_image(data, channels=3, name=name, expected_shape=IMAGE_SHAPE)
+            except ImageReadError as err:
+                records.append(self._record(name, item, "corrupt", str(err)))
+                continue
+            good.append((name, item, image))
+        if good:
+            predictions = self.predictor.predict([image for _, _, image in good])
+            for (name, item, _), prediction in zip(good, predictions, strict=True):
+                classes = class_report(prediction.masks, prediction.probs, prediction.cls_probs)
+                records.append(self._record(name, item, "judged", classes=classes))
+        return records
+
+    def _archive(self, name: str) -> None:
+        """Move a judged frame to the archive (a copy then a rename across filesystems, so a kill
+        never leaves half a file under the final name)."""
+        if self.archive is None:
+            return
+        source, target = self.folder / name, self.archive / name
+        try:
+            try:
+                os.replace(source, target)
+            except OSError as err:
+                if err.errno != 18:  # EXDEV: another filesystem
+                    raise
+                partial = target.with_name(f".{name}.partial")
+                shutil.copy2(source, partial)
+                os.replace(partial, target)
+                source.unlink()
+            self.stats.archived += 1
+        except FileNotFoundError:
+            pass  # moved already, or deleted
+        except OSError as err:
+            log.error("%s: cannot move it to the archive %s (%s)", source, self.archive, err.strerror or err)
+
+    def step(self) -> int:
+        """One pass: scan, judge a batch, record it, archive it, check alarms; frames recorded."""
+        try:
+            missing = self.scan()
+        except OSError as err:
+            self._source_gone(err)
+            return 0
+        if self.state != "running":
+            log.info("%s: watching (%s)", self.folder, "events and polling" if self._observer else "polling")
+            self._start_events()
+        self.state, self.message, self.backoff = "running", None, 0.0
+        batch = self.complete()[: self.batch_size]
+        records = missing + (self.judge(batch) if batch else [])
+        if records:
+            self.log.record(records)
+            pause_point("batch:watch")  # test-only: a kill between batches, everything committed
+            for record in records:
+                self.pending.pop(record.name, None)
+                if record.status != "missing":
+                    self.done.add((record.name, record.size, record.mtime_ns))
+                    self._archive(record.name)
+                setattr(self.stats, record.status, getattr(self.stats, record.status) + 1)
+            self.stats.batches += 1
+            if self.alarms is not None:
+                self.alarms.check(self.log, self.line, self.clock())
+        self._maintain()
+        return len(records)
+
+    def backlog(self) -> int:
+        return len(self.complete())
+
+    def _maintain(self, force: bool = False) -> None:
+        now = self.clock()
+        if force or now - self._last_beat >= HEARTBEAT_S:
+            self._last_beat = now
+            self.log.heartbeat(
+                self.source,
+                line=self.line,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                model=self.model,
+                started_at=self.started_at,
+                state=self.state,
+                message=self.message,
+                backlog=self.backlog(),
+                judged=self.stats.judged,
+            )
+        if (self.keep_days or self.keep_rows) and now - self._last_prune >= 60.0:
+            self._last_prune = now
+            pruned = self.log.prune(self.keep_days, self.keep_rows, now)
+            if pruned:
+                log.info("retention: %d old frames left the log", pruned)
+
+    def _source_gone(self, err: OSError) -> None:
+        self.backoff = min(MAX_BACKOFF_S, max(self.poll_s, 2 * self.backoff))
+        message = (
+            f"{self.folder}: cannot list it ({err.strerror or err}); retrying every {self.backoff:.0f} s"
+        )
+        if self.state != "source missing":
+            log.error("%s", message)
+        self.state, self.message = "source missing", message
+        self._stop_events()
+        self._maintain(force=True)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _start_events(self) -> None:
+        if not self._events or self._observer is not None:
+            return
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            log.warning("watchdog is not installed: polling every %.1f s", self.poll_s)
+            self._events = False
+            return
+        watcher = self
+
+        class Wake(FileSystemEventHandler):
+            def on_any_event(self, event):
+                if event.event_type == "moved" and Path(event.dest_path).parent == watcher.folder:
+                    with watcher._lock:
+                        watcher._renamed.add(Path(event.dest_path).name)
+                watcher.wake.set()
+
+        try:
+            observer = Observer()
+            observer.schedule(Wake(), str(self.folder), recursive=False)
+            observer.start()
+        except OSError as err:  # inotify watch limit, a filesystem without it
+            log.warning("%s: no file events (%s): polling every %.1f s", self.folder, err, self.poll_s)
+            self._events = False
+            return
+        self._observer = observer
+
+    def _stop_events(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def _wait(self) -> None:
+        """Sleep until the next poll, an event, or the next pending frame's settle time."""
+        if self.state == "source missing":
+            timeout = self.backoff
+        else:
+            timeout = self.poll_s
+            now = self.clock()
+            for item in self.pending.values():
+                if item.size:
+                    timeout = min(timeout, max(0.01, item.stable_since + self.settle_s - now))
+        self.wake.wait(timeout)
+        self.wake.clear()
+
+    def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None) -> WatchStats:
+        """Loop until ``stop`` is set (or, with ``idle_exit_s``, until nothing is pending and
+        nothing arrived for that long: for tests and batch catch-up). A log that cannot be
+        written raises :class:`~steel_defect.line.log.LogError` out of here; the frames not yet
+        recorded stay in the folder for the next start."""
+        stop = stop or threading.Event()
+        idle_since = self.clock()
+        try:
+            while not stop.is_set():
+                if self.step() or self.pending:
+                    idle_since = self.clock()
+                elif idle_exit_s is not None and self.clock() - idle_since >= idle_exit_s:
+                    break
+                if not self.complete():
+                    self._wait()
+        finally:
+            self._stop_events()
+            self.state = "stopped"
+            try:
+                self._maintain(force=True)
+            except Exception as err:  # the log may be what failed; the error that stopped us wins
+                log.debug("last heartbeat not written: %s", err)
+        return self.stats

@@ -1,0 +1,278 @@
+// The line's dashboard: live rates from the inspection log, alarms, search, exports, a viewer.
+//
+// Everything comes from /api/log/* (webapp/dashboard.py). The chart is plain SVG drawn here: a
+// plant machine is often offline, so nothing is fetched from a CDN. The page polls every
+// REFRESH_MS; a failed poll shows its error and the next one tries again.
+
+import { api } from "./api.js";
+import { $, el } from "./dom.js";
+import { composite } from "./overlay.js";
+import { decodeRle } from "./rle.js";
+
+const REFRESH_MS = 5000;
+const W = 1600, H = 256;
+const SVG = "http://www.w3.org/2000/svg";
+
+const state = {
+  classes: {},       // id -> {name, color}
+  span: 3600,        // seconds the chart and tiles cover
+  line: "",          // "" = every line
+  search: null,      // the active search's parameters, or null for the latest frames
+  before: null,      // paging: the last id shown
+  refreshed: 0,      // polls done (the browser test waits on it)
+};
+window.dashboard = state;
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function time(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+function dateTime(seconds) {
+  return new Date(seconds * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "medium" });
+}
+
+function percent(x) {
+  return `${(100 * x).toFixed(x && x < 0.01 ? 2 : 1)}%`;
+}
+
+function showError(err) {
+  const box = $("page-error");
+  box.hidden = !err;
+  box.textContent = err ? `The log could not be read: ${err.message}` : "";
+}
+
+// -- status: watchers and alarms -------------------------------------------------------------
+
+function renderStatus(status) {
+  $("log-name").textContent = `log: ${status.log}`;
+  const watchers = $("watchers");
+  watchers.dataset.state = "ready";
+  watchers.replaceChildren(...(status.watchers.length ? status.watchers.map((w) => {
+    const age = status.now - w.heartbeat_at;
+    const stale = w.state === "running" && age > 30;
+    const text = `${w.line}: ${stale ? `no heartbeat for ${Math.round(age)} s` : w.state}` +
+      ` · backlog ${w.backlog} · ${w.judged} judged`;
+    return el("span", { class: `watcher ${stale || w.state !== "running" ? "down" : ""}`, title: w.message || w.source }, text);
+  }) : [el("span", {}, "no watcher has written to this log yet")]));
+  const select = $("line");
+  const known = new Set([...select.options].map((o) => o.value));
+  for (const line of status.lines) if (!known.has(line)) select.append(el("option", { value: line }, line));
+
+  const banners = status.open_alarms.map((a) => el("div", { class: "banner", "data-class": a.class_id },
+    el("strong", {}, `Alarm, ${a.line}:`),
+    `class ${a.class_id} (${state.classes[a.class_id].name}) on ${percent(a.rate)} of the last ${a.frames} frames ` +
+    `(limit ${percent(a.threshold)} over ${Math.round(a.window_s / 60)} min), since ${time(a.raised_at)}` +
+    (a.notified ? ` · notified: ${a.notified}` : "")));
+  for (const w of status.watchers.filter((w) => w.state === "source missing")) {
+    banners.push(el("div", { class: "banner", "data-level": "caution" }, el("strong", {}, `${w.line}:`), w.message || "its folder is gone"));
+  }
+  $("alarms").replaceChildren(...banners);
+}
+
+// -- tiles and chart ---------------------------------------------------------------------------
+
+function renderTiles(aggregates, rates, end) {
+  const judged = aggregates.frames.judged;
+  const lastFive = rates.buckets.filter((b) => b.start >= end - 300);
+  const perMinute = lastFive.reduce((s, b) => s + b.frames, 0) / 5;
+  const tiles = [
+    ["frames judged", judged.toLocaleString()],
+    ["per minute (last 5)", perMinute.toFixed(1)],
+    ["corrupt / missing", `${aggregates.frames.corrupt} / ${aggregates.frames.missing}`],
+    ...Object.entries(aggregates.classes).map(([c, a]) => [
+      `class ${c} · ${state.classes[c].name}`, percent(a.rate), state.classes[c].color, `${a.frames} frames`]),
+  ];
+  $("tiles").replaceChildren(...tiles.map(([label, value, color, note]) => el("div", { class: "tile", "data-label": label },
+    el("div", { class: "tile-value" }, value),
+    el("div", { class: "tile-label" }, color ? el("span", { class: "swatch", style: `background:${color}` }) : "", label),
+    note ? el("div", { class: "tile-note muted" }, note) : "")));
+}
+
+function renderChart(rates, start, end) {
+  const chart = $("chart");
+  const width = chart.clientWidth || 1000, height = 220, left = 46, right = 46, top = 10, bottom = 24;
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const plotW = width - left - right, plotH = height - top - bottom;
+  const x = (t) => left + ((t - start) / (end - start)) * plotW;
+  const buckets = rates.buckets;
+  const maxFrames = Math.max(1, ...buckets.map((b) => b.frames));
+  const rateMax = Math.max(0.05, ...buckets.flatMap((b) => Object.values(b.classes).map((n) => n / Math.max(1, b.frames))));
+  const yFrames = (n) => top + plotH - (n / maxFrames) * plotH;
+  const yRate = (r) => top + plotH - (r / rateMax) * plotH;
+  const nodes = [];
+  for (let i = 0; i <= 4; i++) {  // grid and axes
+    const y = top + (plotH * i) / 4;
+    nodes.push(svg("line", { x1: left, x2: width - right, y1: y, y2: y, class: "grid" }));
+    const frames = svg("text", { x: left - 6, y: y + 4, class: "axis", "text-anchor": "end" });
+    frames.textContent = Math.round(maxFrames * (1 - i / 4));
+    const rate = svg("text", { x: width - right + 6, y: y + 4, class: "axis" });
+    rate.textContent = percent(rateMax * (1 - i / 4));
+    nodes.push(frames, rate);
+  }
+  for (let i = 0; i <= 6; i++) {
+    const t = start + ((end - start) * i) / 6;
+    const label = svg("text", { x: x(t), y: height - 6, class: "axis", "text-anchor": "middle" });
+    label.textContent = time(t).slice(0, 5);
+    nodes.push(label);
+  }
+  const barW = Math.max(1, (plotW * rates.bucket) / (end - start) - 1);
+  for (const b of buckets) {
+    const bar = svg("rect", { x: x(b.start), y: yFrames(b.frames), width: barW, height: top + plotH - yFrames(b.frames), class: "bar-frames" });
+    const tip = svg("title");
+    tip.textContent = `${time(b.start)}: ${b.frames} frames; ` +
+      Object.entries(b.classes).map(([c, n]) => `class ${c} ${n}`).join(", ");
+    bar.append(tip);
+    nodes.push(bar);
+  }
+  for (const c of Object.keys(state.classes)) {
+    const points = buckets.map((b) => `${x(b.start) + barW / 2},${yRate(b.classes[c] / Math.max(1, b.frames))}`);
+    if (points.length) nodes.push(svg("polyline", { points: points.join(" "), class: "rate", stroke: state.classes[c].color, "data-class": c }));
+  }
+  chart.replaceChildren(...nodes);
+}
+
+function renderLegend() {
+  $("legend").replaceChildren(
+    el("span", {}, el("span", { class: "swatch frames" }), "frames per bucket (left axis)"),
+    ...Object.entries(state.classes).map(([c, k]) => el("span", {},
+      el("span", { class: "swatch", style: `background:${k.color}` }), `class ${c} rate (right axis)`)));
+}
+
+// -- search and results ------------------------------------------------------------------------
+
+function searchParams() {
+  const p = new URLSearchParams();
+  const classes = [...document.querySelectorAll("#class-boxes input:checked")].map((i) => i.value);
+  if (classes.length) p.set("classes", classes.join(","));
+  const from = $("from").value, to = $("to").value;
+  if (from) p.set("start", new Date(from).getTime() / 1000);
+  if (to) p.set("end", new Date(to).getTime() / 1000);
+  if (Number($("min-area").value) > 1) p.set("min_area", $("min-area").value);
+  if (Number($("min-prob").value) > 0) p.set("min_probability", $("min-prob").value);
+  if ($("status").value) p.set("status", $("status").value);
+  if (state.line) p.set("line", state.line);
+  return p;
+}
+
+function updateExports() {
+  const p = state.search ? new URLSearchParams(state.search) : new URLSearchParams(state.line ? { line: state.line } : {});
+  for (const format of ["submission", "summary"]) {
+    p.set("format", format);
+    $(`export-${format}`).href = `/api/log/export?${p}`;
+  }
+}
+
+function classCell(frame) {
+  if (frame.status !== "judged") return el("span", { class: "muted" }, frame.reason || frame.status);
+  const present = frame.classes.filter((c) => c.area > 0);
+  if (!present.length) return el("span", { class: "muted" }, "none");
+  return el("span", { class: "present" }, ...present.map((c) => el("span", { class: "tag", "data-class": c.class_id },
+    el("span", { class: "swatch", style: `background:${state.classes[c.class_id].color}` }),
+    `${c.class_id} · ${c.area.toLocaleString()}`)));
+}
+
+function renderRows(frames, append) {
+  const body = $("results").tBodies[0];
+  const rows = frames.map((f) => el("tr", { "data-id": f.id, tabindex: 0, onclick: () => openViewer(f.id), onkeydown: (e) => { if (e.key === "Enter") openViewer(f.id); } },
+    el("td", {}, dateTime(f.judged_at)), el("td", {}, f.line), el("td", { class: "name" }, f.name),
+    el("td", {}, classCell(f)), el("td", {}, `${Math.round(f.latency_ms)} ms`),
+    el("td", { class: `st-${f.status}` }, f.status)));
+  if (append) body.append(...rows); else body.replaceChildren(...rows);
+}
+
+async function loadRows(append = false) {
+  const p = state.search ? new URLSearchParams(state.search) : new URLSearchParams(state.line ? { line: state.line } : {});
+  p.set("limit", 25);
+  if (append && state.before) p.set("before", state.before);
+  const answer = await api(`/api/log/frames?${p}`);
+  renderRows(answer.frames, append);
+  state.before = answer.next_before;
+  $("older").hidden = !answer.next_before;
+  const shown = $("results").tBodies[0].rows.length;
+  $("result-note").textContent = state.search
+    ? `${shown} matching frame${shown === 1 ? "" : "s"} shown, newest first${answer.next_before ? "; more below" : ""}`
+    : `the latest frames${state.line ? ` of ${state.line}` : ""}, live`;
+}
+
+// -- the viewer: the frame with its masks, drawn by the labelling page's overlay code -----------
+
+async function openViewer(id) {
+  const frame = await api(`/api/log/frames/${id}`);
+  $("viewer").hidden = false;
+  $("viewer-title").textContent = frame.name;
+  $("viewer-meta").textContent = `${frame.line} · judged ${dateTime(frame.judged_at)} · ${Math.round(frame.latency_ms)} ms · ${frame.model || ""}`;
+  const image = $("viewer-image");
+  image.src = `/api/log/frames/${id}/image`;
+  image.alt = frame.name;
+  image.onerror = () => { $("viewer-meta").textContent += ` · the image is no longer at ${frame.path}`; };
+  const canvas = $("viewer-overlay");
+  const context = canvas.getContext("2d");
+  const pixels = context.createImageData(W, H);
+  const layers = frame.classes.map((c) => ({ mask: decodeRle(c.rle, W, H), color: state.classes[c.class_id].color, alpha: 0.45, visible: true }));
+  composite(pixels.data, layers, W, H);
+  context.putImageData(pixels, 0, 0);
+  $("viewer-classes").replaceChildren(...frame.classes.map((c) => el("div", { class: "vc" },
+    el("span", { class: "swatch", style: `background:${state.classes[c.class_id].color}` }),
+    `class ${c.class_id} · p ${c.probability.toFixed(2)} · ${c.area.toLocaleString()} px · ${c.regions} region${c.regions === 1 ? "" : "s"}`)));
+  $("viewer").scrollIntoView({ behavior: "smooth", block: "nearest" });
+}
+
+// -- the poll ----------------------------------------------------------------------------------
+
+async function refresh() {
+  try {
+    const status = await api("/api/log/status");
+    if (!Object.keys(state.classes).length) setUp(status.classes);
+    renderStatus(status);
+    const end = status.now, start = end - state.span;
+    const bucket = state.span <= 3600 ? 60 : state.span <= 28800 ? 300 : 900;
+    const line = state.line ? `&line=${encodeURIComponent(state.line)}` : "";
+    const [aggregates, rates] = await Promise.all([
+      api(`/api/log/aggregates?start=${start}&end=${end}${line}`),
+      api(`/api/log/rates?start=${Math.floor(start / bucket) * bucket}&end=${end}&bucket=${bucket}${line}`),
+    ]);
+    renderTiles(aggregates, rates, end);
+    renderChart(rates, Math.floor(start / bucket) * bucket, end);
+    if (!state.search) await loadRows();
+    showError(null);
+  } catch (err) {
+    showError(err);
+  }
+  state.refreshed += 1;
+}
+
+function setUp(classes) {
+  state.classes = classes;
+  renderLegend();
+  $("class-boxes").replaceChildren(...Object.entries(classes).map(([c, k]) => el("label", { class: "check" },
+    el("input", { type: "checkbox", value: c }), el("span", { class: "swatch", style: `background:${k.color}` }), `${c} ${k.name}`)));
+}
+
+for (const button of document.querySelectorAll("[data-span]")) {
+  button.addEventListener("click", () => {
+    state.span = Number(button.dataset.span);
+    for (const b of document.querySelectorAll("[data-span]")) b.classList.toggle("quiet", b !== button);
+    $("span-label").textContent = button.textContent.replace("1 h", "hour");
+    refresh();
+  });
+}
+$("line").addEventListener("change", () => { state.line = $("line").value; updateExports(); refresh(); });
+$("search").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  state.search = searchParams().toString();
+  updateExports();
+  try { await loadRows(); showError(null); } catch (err) { showError(err); }
+});
+$("reset").addEventListener("click", () => { state.search = null; updateExports(); refresh(); });
+$("older").addEventListener("click", () => loadRows(true).catch(showError));
+$("viewer-close").addEventListener("click", () => { $("viewer").hidden = true; });
+
+updateExports();
+refresh();
+setInterval(refresh, REFRESH_MS);
