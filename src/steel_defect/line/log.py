@@ -211,9 +211,12 @@ class InspectionLog:
         self.sqlite = engine.dialect.name == "sqlite"
 
     @classmethod
-    def open(cls, target: str | Path, create: bool = True) -> InspectionLog:
+    def open(
+        cls, target: str | Path, create: bool = True, busy_timeout_s: float = BUSY_TIMEOUT_S
+    ) -> InspectionLog:
         """Open (and migrate forward) the log at ``target``, a path or a URL. ``create``: make a
-        missing SQLite file; otherwise a missing one is an error."""
+        missing SQLite file; otherwise a missing one is an error. ``busy_timeout_s``: how long a
+        SQLite write waits for another process's before failing as locked."""
         url = database_url(target)
         name = display_name(url)
         parsed = sa.engine.make_url(url)
@@ -223,7 +226,7 @@ class InspectionLog:
                 raise LogError(f"{name}: no inspection log here (start `steel-defect watch` to make one)")
             if not path.parent.is_dir():
                 raise LogError(f"{name}: its folder does not exist")
-            engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+            engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = sa.create_engine(url, pool_pre_ping=True)

@@ -262,8 +262,8 @@ def _summary_csv(frames: Iterator[dict]) -> Iterator[str]:
                 )
             yield [
                 frame["id"], frame["line"], frame["name"], frame["path"], frame["status"],
-                frame["reason"] or "", _iso(frame["seen_at"]), _iso(frame["judged_at"]), round(frame["latency_ms"], 1),
-                frame["model"] or "", *per_class,
+                frame["reason"] or "", _iso(frame["seen_at"]), _iso(frame["judged_at"]),
+                round(frame["latency_ms"], 1), frame["model"] or "", *per_class,
             ]  # fmt: skip
 
     return _csv_lines(rows())

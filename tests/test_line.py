@@ -1,0 +1,529 @@
+"""Line mode: the inspection log (a real SQLite file), the watch loop, alarms and the log's API.
+
+The kill-and-restart test runs ``steel-defect watch`` in a subprocess and SIGKILLs it at named
+pause points (between batches, inside a log write), never after a sleep. The PostgreSQL runs of
+the same checks are in ``tests/test_line_pg.py`` (slow suite); the page in Chromium is in
+``tests/test_line_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from steel_defect.data.rle import mask_to_rle
+from steel_defect.data.synth import generate_frame
+from steel_defect.line.alarms import AlarmMonitor, parse_rule
+from steel_defect.line.log import FrameRecord, InspectionLog, LogError, Search, bulk_fill, metadata
+from steel_defect.line.watch import Watcher
+from steel_defect.webapp.dashboard import create_dashboard_app
+from tests.conftest import random_checkpoints
+
+T0 = 1_800_000_000.0  # a fixed "now" for the log tests (2027-01-15)
+
+
+def classes(present: dict[int, int] | None = None, probability: float = 0.9) -> list[dict]:
+    """Four class entries; ``present``: {class_id: area} of the classes painted."""
+    present = present or {}
+    return [
+        {
+            "class_id": c,
+            "probability": probability if c in present else 0.1,
+            "area": present.get(c, 0),
+            "components": 1 if c in present else 0,
+            "boxes": [[10, 20, 30, 40]] if c in present else [],
+            "rle": f"1 {present[c]}" if c in present else "",
+        }
+        for c in (1, 2, 3, 4)
+    ]
+
+
+def record(name: str, at: float, present=None, line="line-1", status="judged", **extra) -> FrameRecord:
+    return FrameRecord(
+        source="/line/in",
+        line=line,
+        name=name,
+        size=1000,
+        mtime_ns=int(at * 1e9),
+        path=f"/line/in/{name}",
+        status=status,
+        seen_at=at - 0.25,
+        judged_at=at,
+        model="unet:abc" if status == "judged" else None,
+        classes=classes(present, **extra) if status == "judged" else [],
+        reason=None if status == "judged" else "truncated JPEG",
+    )
+
+
+def frames_in(folder: Path, n: int, seed: int = 0, start: int = 0) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(start, start + n):
+        image, _ = generate_frame(rng)
+        name = f"frame_{i:04d}.jpg"
+        cv2.imwrite(str(folder / name), image)
+        names.append(name)
+    return names
+
+
+@pytest.fixture
+def inspection(tmp_path) -> InspectionLog:
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    yield log
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    from steel_defect.inference.pipeline import build_predictor
+
+    checkpoints = random_checkpoints(tmp_path_factory.mktemp("line-model"), seg_prior=0.6)
+    return build_predictor(None, [checkpoints["seg"]], untuned=True)
+
+
+# -- the log ----------------------------------------------------------------------------------
+
+
+def test_the_migrated_schema_is_the_one_the_queries_use(inspection):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    assert inspection.revision() == "0001"
+    with inspection.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+    mode = inspection.engine.connect().exec_driver_sql("PRAGMA journal_mode").scalar()
+    assert mode == "wal"
+
+
+def test_a_newer_schema_and_another_programs_database_are_refused(tmp_path):
+    path = tmp_path / "inspection.sqlite"
+    InspectionLog.open(path).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    with pytest.raises(LogError, match=r"inspection.sqlite.*newer steel-defect"):
+        InspectionLog.open(path)
+    other = tmp_path / "labels.sqlite"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE masks (frame TEXT)")
+    with pytest.raises(LogError, match=r"labels.sqlite.*not an inspection log"):
+        InspectionLog.open(other)
+    with pytest.raises(LogError, match="no inspection log here"):
+        InspectionLog.open(tmp_path / "absent.sqlite", create=False)
+
+
+def test_a_frame_recorded_twice_keeps_one_row(inspection):
+    first = inspection.record([record("a.jpg", T0, {3: 100})])
+    again = inspection.record([record("a.jpg", T0, {3: 100}), record("b.jpg", T0 + 1)])
+    assert len(first) == 1 and len(again) == 1  # only b.jpg is new
+    assert inspection.count() == 2
+    done = inspection.judged("/line/in", [("a.jpg", 1000, int(T0 * 1e9)), ("a.jpg", 999, int(T0 * 1e9))])
+    assert done == {("a.jpg", 1000, int(T0 * 1e9))}  # a new size is a new frame
+
+
+def test_search_filters_by_class_area_probability_time_line_and_pages(inspection):
+    inspection.record(
+        [
+            record("a.jpg", T0, {4: 600}),
+            record("b.jpg", T0 + 10, {4: 200}),
+            record("c.jpg", T0 + 20, {1: 50, 4: 900}, probability=0.55),
+            record("d.jpg", T0 + 30, {3: 5000}, line="line-2"),
+            record("e.jpg", T0 + 40),
+            record("f.jpg", T0 + 50, status="corrupt"),
+        ]
+    )
+
+    def names(**query):
+        return [row["name"] for row in inspection.search(Search(**query))]
+
+    assert names() == ["f.jpg", "e.jpg", "d.jpg", "c.jpg", "b.jpg", "a.jpg"]
+    assert names(class_ids=[4]) == ["c.jpg", "b.jpg", "a.jpg"]
+    assert names(class_ids=[4], min_area=500) == ["c.jpg", "a.jpg"]
+    assert names(class_ids=[4], min_area=500, min_probability=0.8) == ["a.jpg"]
+    assert names(class_ids=[1, 3]) == ["d.jpg", "c.jpg"]
+    assert names(line="line-2") == ["d.jpg"]
+    assert names(start=T0 + 10, end=T0 + 30) == ["c.jpg", "b.jpg"]
+    assert names(status="corrupt") == ["f.jpg"]
+    first = inspection.search(Search(limit=4))
+    rest = inspection.search(Search(limit=4, before_id=first[-1]["id"]))
+    assert [r["name"] for r in rest] == ["b.jpg", "a.jpg"]
+    row = inspection.search(Search(class_ids=[1]))[0]
+    assert [c["class_id"] for c in row["classes"]] == [1, 2, 3, 4]
+    assert row["classes"][0] == {
+        "class_id": 1, "probability": 0.55, "area": 50, "regions": 1,
+        "boxes": [[10, 20, 30, 40]], "rle": "1 50",
+    }  # fmt: skip
+    assert row["defects"] == 0b1001 and row["latency_ms"] == pytest.approx(250.0)
+    with pytest.raises(ValueError, match="class ids"):
+        inspection.search(Search(class_ids=[5]))
+
+
+def test_rates_and_aggregates_count_what_was_recorded(inspection):
+    inspection.record(
+        [
+            record(f"{i}.jpg", T0 + i, {4: 100} if i % 4 == 0 else ({2: 10} if i == 5 else None))
+            for i in range(90)
+        ]
+        + [record("bad.jpg", T0 + 3, status="corrupt")]
+    )
+    buckets = inspection.rates(T0, T0 + 120, bucket_s=60)
+    # T0 is a multiple of 60, so the buckets are [T0, T0+60) and [T0+60, T0+120)
+    assert [b["start"] for b in buckets] == [T0, T0 + 60]
+    assert [b["frames"] for b in buckets] == [60, 30]  # the corrupt frame is not a judged one
+    assert [b["classes"][4] for b in buckets] == [15, 8]
+    assert [b["classes"][2] for b in buckets] == [1, 0]
+    summary = inspection.aggregates(T0, T0 + 120)
+    assert summary["frames"] == {"judged": 90, "corrupt": 1, "missing": 0}
+    assert summary["classes"][4]["frames"] == 23 and summary["classes"][4]["rate"] == pytest.approx(23 / 90)
+    assert summary["classes"][4]["mean_area"] == 100.0
+    assert inspection.window_rate("line-1", 4, T0 + 60) == (30, 8)
+
+
+def test_retention_drops_the_oldest_rows_and_their_detections(inspection):
+    inspection.record([record(f"{i}.jpg", T0 + i * 3600, {3: 10}) for i in range(10)])
+    assert inspection.prune(keep_rows=6) == 4
+    assert inspection.count() == 6
+    assert inspection.prune(keep_days=0.1, now=T0 + 9 * 3600) == 3  # rows older than 2.4 h
+    left = [r["name"] for r in inspection.search(Search())]
+    assert left == ["9.jpg", "8.jpg", "7.jpg"]
+    with inspection.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM detections").scalar() == 12
+
+
+def test_a_locked_log_fails_with_its_name_and_loses_nothing(tmp_path):
+    path = tmp_path / "inspection.sqlite"
+    log = InspectionLog.open(path, busy_timeout_s=0.2)
+    log.record([record("a.jpg", T0)])
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(LogError, match=r"inspection.sqlite: cannot write.*locked"):
+            log.record([record("b.jpg", T0 + 1)])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert [r["name"] for r in log.search(Search())] == ["a.jpg"]
+    log.record([record("b.jpg", T0 + 1)])
+    assert log.count() == 2
+
+
+# -- the loop, in process ---------------------------------------------------------------------
+
+
+def test_every_frame_is_judged_once_with_the_rles_predict_writes(tmp_path, predictor):
+    from steel_defect.inference.run import predict_rows
+
+    folder = tmp_path / "in"
+    names = frames_in(folder, 6)
+    (folder / "notes.txt").write_text("not a frame")
+    (folder / ".frame_9999.jpg").write_bytes(b"a hidden temporary")
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    watcher = Watcher(folder, log, predictor, settle_s=0.0, batch_size=4, events=False)
+    stats = watcher.run(idle_exit_s=0.0)
+    assert stats.judged == 6 and stats.batches == 2  # a backlog of 6: a batch of 4, then 2
+    rows = {r["name"]: r for r in log.search(Search())}
+    assert sorted(rows) == names
+    expected, _ = predict_rows(predictor, folder, names, progress=False)
+    for name in names:
+        assert [c["rle"] for c in rows[name]["classes"]] == expected[name]
+        assert rows[name]["model"] == watcher.model and rows[name]["line"] == "in"
+    assert any(c["area"] for r in rows.values() for c in r["classes"])  # the check compares masks
+    # a second watcher on the same folder and log judges nothing
+    assert Watcher(folder, log, predictor, settle_s=0.0, events=False).run(idle_exit_s=0.0).judged == 0
+    assert log.count() == 6
+
+
+def test_corrupt_wrong_size_and_deleted_frames_are_logged_once_with_reasons(tmp_path, predictor):
+    folder = tmp_path / "in"
+    frames_in(folder, 2)
+    whole = (folder / "frame_0000.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    cv2.imwrite(str(folder / "small.jpg"), np.zeros((128, 800, 3), np.uint8))
+    clock = FakeClock()
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    watcher = Watcher(folder, log, predictor, settle_s=1.0, events=False, clock=clock)
+    watcher.step()  # everything is seen and settling
+    (folder / "frame_0001.jpg").unlink()  # deleted before it was judged
+    clock.advance(2.0)
+    for _ in range(4):
+        watcher.step()
+    rows = {r["name"]: r for r in log.search(Search())}
+    assert {n: r["status"] for n, r in rows.items()} == {
+        "frame_0000.jpg": "judged", "frame_0001.jpg": "missing", "cut.jpg": "corrupt", "small.jpg": "corrupt"
+    }  # fmt: skip
+    assert "truncated JPEG" in rows["cut.jpg"]["reason"]
+    assert "800x128" in rows["small.jpg"]["reason"] and "1600x256" in rows["small.jpg"]["reason"]
+    assert rows["frame_0001.jpg"]["reason"] == "deleted before it was judged"
+    assert log.count() == 4  # not retried
+
+
+class FakeClock:
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_frame_grown_in_steps_is_judged_once_and_only_when_complete(tmp_path, predictor):
+    folder = tmp_path / "in"
+    source = tmp_path / "whole"
+    frames_in(source, 1)
+    whole = (source / "frame_0000.jpg").read_bytes()
+    folder.mkdir()
+    target = folder / "frame_0000.jpg"
+    clock = FakeClock()
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    watcher = Watcher(folder, log, predictor, settle_s=1.0, events=False, clock=clock)
+    steps = [len(whole) // 4, len(whole) // 2, 3 * len(whole) // 4, len(whole)]
+    for size in steps:
+        with open(target, "ab") as handle:
+            handle.write(whole[target.stat().st_size if target.exists() else 0 : size])
+        os.utime(target, ns=(int(clock() * 1e9), int(clock() * 1e9)))  # a writer's mtime
+        watcher.step()
+        assert log.count() == 0, f"judged at {size} of {len(whole)} bytes"
+        clock.advance(0.6)  # less than the settle time between two writes
+    clock.advance(0.6)
+    watcher.step()
+    rows = log.search(Search())
+    assert [(r["name"], r["status"], r["size"]) for r in rows] == [("frame_0000.jpg", "judged", len(whole))]
+    image = cv2.cvtColor(cv2.imdecode(np.frombuffer(whole, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    expected = [mask_to_rle(m) for m in predictor.predict([image])[0].masks]
+    assert [c["rle"] for c in rows[0]["classes"]] == expected
+    clock.advance(5)
+    watcher.step()
+    assert log.count() == 1
+
+
+def test_a_frame_renamed_into_the_folder_is_judged_without_waiting_to_settle(tmp_path, predictor):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    watcher = Watcher(folder, log, predictor, settle_s=60.0, poll_s=0.2, events=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while watcher.state != "running":
+            assert time.monotonic() < deadline, "the watcher never started"
+            time.sleep(0.02)
+        frames_in(tmp_path / "staging", 1)
+        partial = folder / ".frame_0000.jpg.part"
+        partial.write_bytes((tmp_path / "staging" / "frame_0000.jpg").read_bytes())
+        os.rename(partial, folder / "frame_0000.jpg")
+        while log.count() == 0:
+            assert time.monotonic() < deadline, "a renamed frame waited for the 60 s settle time"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        watcher.wake.set()
+        thread.join(timeout=20)
+    assert [r["status"] for r in log.search(Search())] == ["judged"]
+
+
+def test_judged_frames_move_to_the_archive_and_a_vanished_folder_is_reported(tmp_path, predictor):
+    folder, archive = tmp_path / "in", tmp_path / "archive"
+    names = frames_in(folder, 3)
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    watcher = Watcher(folder, log, predictor, archive=archive, settle_s=0.0, events=False)
+    watcher.run(idle_exit_s=0.0)
+    assert sorted(p.name for p in archive.iterdir()) == names and not list(folder.iterdir())
+    assert {r["path"] for r in log.search(Search())} == {str(archive / n) for n in names}
+    folder.rmdir()
+    watcher.step()
+    assert watcher.state == "source missing" and "cannot list it" in watcher.message
+    assert log.watchers()[0]["state"] == "source missing"
+    folder.mkdir()
+    frames_in(folder, 1, start=7)
+    watcher.run(idle_exit_s=0.0)
+    assert watcher.state == "stopped" and log.count() == 4
+
+
+def test_an_alarm_is_raised_posted_and_cleared(tmp_path):
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    monitor = AlarmMonitor(
+        {4: 0.35}, window_s=60, min_frames=10, url=f"http://127.0.0.1:{server.server_port}/"
+    )
+    log.record([record(f"{i}.jpg", T0 + i, {4: 100} if i < 3 else None) for i in range(10)])
+    assert monitor.check(log, "line-1", T0 + 10) == []  # 3 of 10: under 35%
+    log.record([record("10.jpg", T0 + 10, {4: 100})])
+    raised = monitor.check(log, "line-1", T0 + 11)  # 4 of 11
+    assert [(a["class_id"], a["frames"]) for a in raised] == [(4, 11)]
+    assert monitor.check(log, "line-1", T0 + 11) == []  # raised once, not per batch
+    for thread in monitor.posts:
+        thread.join(timeout=10)
+    server.shutdown()
+    assert received == [{"event": "alarm", **raised[0]}]
+    assert log.open_alarms("line-1")[0]["notified"] == "204"
+    log.record([record(f"q{i}.jpg", T0 + 12 + i) for i in range(20)])
+    monitor.check(log, "line-1", T0 + 40)  # 4 of 31 in the window
+    assert log.open_alarms() == [] and log.recent_alarms()[0]["cleared_at"] == T0 + 40
+    with pytest.raises(ValueError, match="CLASS:RATE"):
+        parse_rule("5:0.2")
+
+
+# -- the API ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def log_client(inspection, tmp_path):
+    image = tmp_path / "a.jpg"
+    cv2.imwrite(str(image), np.full((256, 1600, 3), 90, np.uint8))
+    entries = [record("a.jpg", T0, {4: 600}), record("b.jpg", T0 + 10, {3: 20}), record("c.jpg", T0 + 20)]
+    entries[0].path = str(image)
+    inspection.record(entries)
+    return TestClient(create_dashboard_app(inspection))
+
+
+def test_the_api_searches_aggregates_and_exports(log_client):
+    found = log_client.get("/api/log/frames", params={"classes": "3,4"}).json()
+    assert [f["name"] for f in found["frames"]] == ["b.jpg", "a.jpg"] and found["next_before"] is None
+    page = log_client.get("/api/log/frames", params={"limit": 2}).json()
+    assert [f["name"] for f in page["frames"]] == ["c.jpg", "b.jpg"]
+    older = log_client.get("/api/log/frames", params={"limit": 2, "before": page["next_before"]}).json()
+    assert [f["name"] for f in older["frames"]] == ["a.jpg"]
+    one = log_client.get(f"/api/log/frames/{found['frames'][1]['id']}").json()
+    assert one["classes"][3]["rle"] == "1 600"
+    assert log_client.get(f"/api/log/frames/{one['id']}/image").headers["content-type"] == "image/jpeg"
+    gone = log_client.get(f"/api/log/frames/{found['frames'][0]['id']}/image")
+    assert gone.status_code == 404 and "no longer at /line/in/b.jpg" in gone.json()["detail"]
+    assert log_client.get("/api/log/frames/999").status_code == 404
+    bad = log_client.get("/api/log/frames", params={"classes": "7"})
+    assert bad.status_code == 422 and "classes" in bad.json()["detail"]
+    rates = log_client.get("/api/log/rates", params={"start": T0, "end": T0 + 60}).json()
+    assert rates["buckets"][0]["frames"] == 3 and rates["buckets"][0]["classes"]["4"] == 1
+    aggregates = log_client.get("/api/log/aggregates").json()
+    assert aggregates["classes"]["3"]["frames"] == 1 and aggregates["frames"]["judged"] == 3
+    submission = log_client.get("/api/log/export", params={"format": "submission", "classes": "4"})
+    rows = list(csv.reader(io.StringIO(submission.text)))
+    assert rows == [["ImageId_ClassId", "EncodedPixels"], ["a.jpg_1", ""], ["a.jpg_2", ""], ["a.jpg_3", ""],
+                    ["a.jpg_4", "1 600"]]  # fmt: skip
+    summary = list(csv.DictReader(io.StringIO(log_client.get("/api/log/export").text)))
+    assert [r["name"] for r in summary] == ["c.jpg", "b.jpg", "a.jpg"] and summary[2]["area_4"] == "600"
+    assert "/api/log/frames" in log_client.get("/openapi.json").json()["paths"]
+
+
+def test_with_a_token_the_log_api_needs_it(inspection):
+    client = TestClient(create_dashboard_app(inspection, token="a-long-enough-token"))
+    assert client.get("/api/log/frames").status_code == 401
+    headers = {"Authorization": "Bearer a-long-enough-token"}
+    assert client.get("/api/log/frames", headers=headers).status_code == 200
+
+
+# -- the command, killed and restarted --------------------------------------------------------
+
+
+def _watch(folder: Path, db: Path, checkpoint: Path, env: dict, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "steel_defect.cli", "watch", str(folder), "--db", str(db)]
+    command += ["--checkpoints", str(checkpoint), "--untuned", "--no-page", "--settle", "0.3", *extra]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+
+def _kill_at(point: str, folder, db, checkpoint, tmp_path, writer=None) -> None:
+    marker = tmp_path / f"paused-{point.replace(':', '-')}"
+    env = {**os.environ, "STEEL_DEFECT_TEST_PAUSE_AT": point, "STEEL_DEFECT_TEST_PAUSE_FILE": str(marker)}
+    process = _watch(folder, db, checkpoint, env)
+    deadline = time.monotonic() + 180
+    while not marker.is_file():
+        if process.poll() is not None:
+            pytest.fail(f"watch exited before {point}: {process.stderr.read().decode()[-2000:]}")
+        assert time.monotonic() < deadline, f"watch never reached {point}"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow  # 200 frames, three processes: about 1.5 min on two idle cores
+def test_watch_killed_between_frames_and_mid_write_judges_every_frame_once(tmp_path, predictor):
+    from steel_defect.inference.run import predict_rows
+
+    folder, db = tmp_path / "in", tmp_path / "inspection.sqlite"
+    folder.mkdir()
+    checkpoint = random_checkpoints(tmp_path / "model", seg_prior=0.6)["seg"]
+    total = 200
+    writer = threading.Thread(target=_write_slowly, args=(folder, total), daemon=True)
+    writer.start()  # the camera writes while the first watch runs
+    _kill_at("batch:watch@3", folder, db, checkpoint, tmp_path)  # between batches: all committed
+    after_first = InspectionLog.open(db).count()
+    assert after_first >= 3
+    _kill_at("write:log@5", folder, db, checkpoint, tmp_path)  # a frame row written, not committed
+    writer.join(timeout=300)
+    process = _watch(folder, db, checkpoint, dict(os.environ), "--exit-when-idle", "1")
+    _, errors = process.communicate(timeout=600)
+    assert process.returncode == 0, errors.decode()[-2000:]
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    assert len(names) == total
+    with sqlite3.connect(db) as connection:
+        counts = dict(connection.execute("SELECT name, count(*) FROM frames GROUP BY name").fetchall())
+        statuses = {s for (s,) in connection.execute("SELECT DISTINCT status FROM frames")}
+    assert counts == dict.fromkeys(names, 1) and statuses == {"judged"}
+    rows = {r["name"]: r for r in InspectionLog.open(db).iter_search(Search())}
+    expected, _ = predict_rows(predictor, folder, names, progress=False)
+    assert all([c["rle"] for c in rows[n]["classes"]] == expected[n] for n in names)
+
+
+def _write_slowly(folder: Path, total: int) -> None:
+    """The camera: frames written as a camera does (a hidden partial file renamed into place),
+    a few a second."""
+    rng = np.random.default_rng(5)
+    for i in range(total):
+        image, _ = generate_frame(rng)
+        _, data = cv2.imencode(".jpg", image)
+        partial = folder / f".frame_{i:04d}.jpg.part"
+        partial.write_bytes(data.tobytes())
+        os.rename(partial, folder / f"frame_{i:04d}.jpg")
+        time.sleep(0.01)
+
+
+def test_the_search_of_a_bulk_log_uses_the_indexes(tmp_path):
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    bulk_fill(log, 5000, T0, rate_hz=10)
+    assert log.count() == 5000
+    with log.engine.connect() as connection:
+        plan = " ".join(
+            row[-1]
+            for row in connection.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT frame_id FROM detections WHERE class_id IN (4) AND area > 0 "
+                "AND area >= 500 ORDER BY frame_id DESC LIMIT 50"
+            )
+        )
+    assert "detections_present" in plan
+    rows = log.search(Search(class_ids=[4], min_area=500, limit=50))
+    assert len(rows) == 50 and all(r["classes"][3]["area"] >= 500 for r in rows)
+    assert [r["id"] for r in rows] == sorted((r["id"] for r in rows), reverse=True)
