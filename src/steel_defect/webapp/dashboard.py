@@ -49,6 +49,15 @@ SUFFIX_TYPES = {
 MAX_BUCKETS = 2000  # a rates query asking for more buckets than a chart can draw is refused
 
 
+# Query parameters shared by the search and the export (module level: FastAPI resolves them by name).
+Classes = Annotated[str | None, Query(description="comma-separated class ids: frames with any present")]
+Start = Annotated[float | None, Query(description="judged at or after (epoch seconds)")]
+End = Annotated[float | None, Query(description="judged before (epoch seconds)")]
+MinArea = Annotated[int, Query(ge=1, description="a class counts as present from this many pixels")]
+MinProb = Annotated[float, Query(ge=0, le=1, description="and from this probability")]
+Status = Annotated[str | None, Query(description=f"one of {', '.join(STATUSES)}")]
+
+
 def _classes(text: str | None) -> list[int]:
     if not text:
         return []
@@ -108,13 +117,6 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
             limit=limit,
             before_id=before,
         )
-
-    Classes = Annotated[str | None, Query(description="comma-separated class ids: frames with any present")]
-    Start = Annotated[float | None, Query(description="judged at or after (epoch seconds)")]
-    End = Annotated[float | None, Query(description="judged before (epoch seconds)")]
-    MinArea = Annotated[int, Query(ge=1, description="a class counts as present from this many pixels")]
-    MinProb = Annotated[float, Query(ge=0, le=1, description="and from this probability")]
-    Status = Annotated[str | None, Query(description=f"one of {', '.join(STATUSES)}")]
 
     @app.get("/api/log/status")
     def status() -> dict:

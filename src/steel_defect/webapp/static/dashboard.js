@@ -23,6 +23,10 @@ const state = {
 };
 window.dashboard = state;
 
+async function get(path) {
+  return (await api(path)).json();
+}
+
 function svg(tag, attrs = {}) {
   const node = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
@@ -190,7 +194,7 @@ async function loadRows(append = false) {
   const p = state.search ? new URLSearchParams(state.search) : new URLSearchParams(state.line ? { line: state.line } : {});
   p.set("limit", 25);
   if (append && state.before) p.set("before", state.before);
-  const answer = await api(`/api/log/frames?${p}`);
+  const answer = await get(`/api/log/frames?${p}`);
   renderRows(answer.frames, append);
   state.before = answer.next_before;
   $("older").hidden = !answer.next_before;
@@ -203,7 +207,7 @@ async function loadRows(append = false) {
 // -- the viewer: the frame with its masks, drawn by the labelling page's overlay code -----------
 
 async function openViewer(id) {
-  const frame = await api(`/api/log/frames/${id}`);
+  const frame = await get(`/api/log/frames/${id}`);
   $("viewer").hidden = false;
   $("viewer-title").textContent = frame.name;
   $("viewer-meta").textContent = `${frame.line} · judged ${dateTime(frame.judged_at)} · ${Math.round(frame.latency_ms)} ms · ${frame.model || ""}`;
@@ -227,21 +231,22 @@ async function openViewer(id) {
 
 async function refresh() {
   try {
-    const status = await api("/api/log/status");
+    const status = await get("/api/log/status");
     if (!Object.keys(state.classes).length) setUp(status.classes);
     renderStatus(status);
     const end = status.now, start = end - state.span;
     const bucket = state.span <= 3600 ? 60 : state.span <= 28800 ? 300 : 900;
     const line = state.line ? `&line=${encodeURIComponent(state.line)}` : "";
     const [aggregates, rates] = await Promise.all([
-      api(`/api/log/aggregates?start=${start}&end=${end}${line}`),
-      api(`/api/log/rates?start=${Math.floor(start / bucket) * bucket}&end=${end}&bucket=${bucket}${line}`),
+      get(`/api/log/aggregates?start=${start}&end=${end}${line}`),
+      get(`/api/log/rates?start=${Math.floor(start / bucket) * bucket}&end=${end}&bucket=${bucket}${line}`),
     ]);
     renderTiles(aggregates, rates, end);
     renderChart(rates, Math.floor(start / bucket) * bucket, end);
     if (!state.search) await loadRows();
     showError(null);
   } catch (err) {
+    console.error(err);
     showError(err);
   }
   state.refreshed += 1;
