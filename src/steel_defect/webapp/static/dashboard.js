@@ -100,7 +100,7 @@ function renderTiles(aggregates, rates, end) {
 
 function renderChart(rates, start, end) {
   const chart = $("chart");
-  const width = chart.clientWidth || 1000, height = 220, left = 46, right = 46, top = 10, bottom = 24;
+  const width = chart.clientWidth || 1000, height = 220, left = 46, right = 56, top = 10, bottom = 24;
   chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const plotW = width - left - right, plotH = height - top - bottom;
   const x = (t) => left + ((t - start) / (end - start)) * plotW;
