@@ -104,11 +104,57 @@ def test_the_migrated_schema_is_the_one_the_queries_use(inspection):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    assert inspection.revision() == "0001"
+    assert inspection.revision() == "0002"
     with inspection.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
     mode = inspection.engine.connect().exec_driver_sql("PRAGMA journal_mode").scalar()
     assert mode == "wal"
+
+
+def test_a_log_made_at_0001_is_migrated_forward_with_its_minute_counts(tmp_path):
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from steel_defect.line.log import MIGRATIONS, detections, frames
+
+    entries = [record(f"{i}.jpg", T0 + 7 * i, {4: 100 + i} if i % 3 else {1: 5}) for i in range(30)]
+    entries.append(record("bad.jpg", T0 + 2, status="corrupt"))
+    old = tmp_path / "old.sqlite"
+    engine = sa.create_engine(f"sqlite:///{old}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        for frame_id, entry in enumerate(entries, start=1):
+            connection.execute(
+                frames.insert().values(
+                    id=frame_id, source=entry.source, line=entry.line, name=entry.name, size=entry.size,
+                    mtime_ns=entry.mtime_ns, path=entry.path, status=entry.status, reason=entry.reason,
+                    seen_at=entry.seen_at, judged_at=entry.judged_at, latency_ms=250.0, model=entry.model,
+                    defects=entry.defects,
+                )
+            )  # fmt: skip
+            for c in entry.classes:
+                connection.execute(
+                    detections.insert().values(
+                        frame_id=frame_id, class_id=c["class_id"], probability=c["probability"],
+                        area=c["area"], regions=c["components"], boxes="[]", rle=c["rle"],
+                    )
+                )  # fmt: skip
+    engine.dispose()
+    migrated = InspectionLog.open(old)
+    assert migrated.revision() == "0002"
+    fresh = InspectionLog.open(tmp_path / "fresh.sqlite")
+    fresh.record(entries)
+    for log in (migrated, fresh):
+        assert log.aggregates()["frames"] == {"judged": 30, "corrupt": 1, "missing": 0}
+    assert migrated.aggregates() == fresh.aggregates()
+    assert migrated.rates(T0, T0 + 600, 120) == fresh.rates(T0, T0 + 600, 120)
+    assert fresh.aggregates()["classes"][4]["mean_area"] == pytest.approx(
+        np.mean([100 + i for i in range(30) if i % 3])
+    )
 
 
 def test_a_newer_schema_and_another_programs_database_are_refused(tmp_path):
@@ -514,7 +560,10 @@ def _write_slowly(folder: Path, total: int) -> None:
 def test_the_search_of_a_bulk_log_uses_the_indexes(tmp_path):
     log = InspectionLog.open(tmp_path / "inspection.sqlite")
     bulk_fill(log, 5000, T0, rate_hz=10)
-    assert log.count() == 5000
+    assert log.count() == 5000 and log.aggregates()["frames"]["judged"] == 5000
+    with log.engine.connect() as connection:
+        (present,) = connection.exec_driver_sql("SELECT count(*) FROM detections WHERE class_id = 4 AND area > 0")
+    assert log.aggregates()["classes"][4]["frames"] == present[0]
     with log.engine.connect() as connection:
         plan = " ".join(
             row[-1]

@@ -81,13 +81,36 @@ detections = sa.Table(
     sa.Column("boxes", sa.Text(), nullable=False),  # JSON [[x, y, w, h], ...], largest first
     sa.Column("rle", sa.Text(), nullable=False),
 )
-# Only present classes: a search by class walks these, newest first, and stops at its limit.
+# Only present classes, and covering the search's filters: a search by class reads this index
+# alone to find its frames (a few percent of the rows), never the detections table.
 sa.Index(
     "detections_present",
     detections.c.class_id,
     detections.c.frame_id,
+    detections.c.area,
+    detections.c.probability,
     sqlite_where=detections.c.area > 0,
     postgresql_where=detections.c.area > 0,
+)
+
+# Per line and minute: frames by status, frames with each class present and their summed area.
+# The page's chart and tiles read these (1,440 rows a day per line) instead of scanning frames;
+# each batch's counts are added in the same transaction as its rows (revision 0002).
+minutes = sa.Table(
+    "minutes",
+    metadata,
+    sa.Column("line", sa.String(128), primary_key=True),
+    sa.Column("minute", sa.BigInteger(), primary_key=True, autoincrement=False),  # floor(judged_at / 60)
+    *(sa.Column(status, sa.Integer(), nullable=False) for status in ("judged", "corrupt", "missing")),
+    *(sa.Column(f"class_{c}", sa.Integer(), nullable=False) for c in (1, 2, 3, 4)),
+    *(sa.Column(f"area_{c}", sa.BigInteger(), nullable=False) for c in (1, 2, 3, 4)),
+)
+COUNTS = (
+    "judged",
+    "corrupt",
+    "missing",
+    *(f"class_{c}" for c in CLASS_IDS),
+    *(f"area_{c}" for c in CLASS_IDS),
 )
 
 watchers = sa.Table(
@@ -155,7 +178,8 @@ class FrameRecord:
 class Search:
     """What the page, the API and the exports ask the log for. ``class_ids``: frames where any of
     them is present with at least ``min_area`` pixels and ``min_probability``; empty: any frame.
-    ``before_id`` pages backwards (the last id of the previous page)."""
+    Results come newest first (by ``judged_at``, then id); ``before_id`` pages on from the
+    previous page's last row."""
 
     class_ids: Sequence[int] = ()
     start: float | None = None
@@ -298,6 +322,7 @@ class InspectionLog:
         """Write ``records`` in one transaction; the new rows' ids. A record whose identity is
         already logged is left as it is (its id is not returned): never two rows for one frame."""
         ids = []
+        counts: dict[tuple[str, int], dict[str, int]] = {}
         try:
             with self.engine.begin() as connection:
                 for record in records:
@@ -325,6 +350,7 @@ class InspectionLog:
                     if row is None:
                         continue  # already logged (a restart racing its own earlier write)
                     ids.append(row[0])
+                    _count(counts, record)
                     pause_point("write:log")  # test-only: a kill with the frame row written, not committed
                     if record.classes:
                         connection.execute(
@@ -342,9 +368,24 @@ class InspectionLog:
                                 for c in record.classes
                             ],
                         )
+                for (line, minute), added in counts.items():
+                    connection.execute(self._add_counts(line, minute, added))
         except SQLAlchemyError as err:
             raise LogError(f"{self.name}: cannot write the inspection log ({_reason(err)})") from err
         return ids
+
+    def _add_counts(self, line: str, minute: int, added: dict[str, int]):
+        """UPSERT adding ``added`` to the (line, minute) row of ``minutes``."""
+        if self.sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        values = {name: added.get(name, 0) for name in COUNTS}
+        statement = insert(minutes).values(line=line, minute=minute, **values)
+        return statement.on_conflict_do_update(
+            index_elements=["line", "minute"],
+            set_={name: minutes.c[name] + statement.excluded[name] for name in COUNTS},
+        )
 
     def _insert_new(self, table: sa.Table):
         """INSERT that skips a row whose unique key exists (both dialects spell it ON CONFLICT)."""
@@ -384,6 +425,12 @@ class InspectionLog:
                     ).scalar()
                     if cutoff is not None:
                         conditions.append(frames.c.id <= cutoff)
+                if keep_days is not None:
+                    connection.execute(
+                        minutes.delete().where(
+                            minutes.c.minute < math.floor((now - keep_days * 86400.0) / 60)
+                        )
+                    )
                 if not conditions:
                     return 0
                 doomed = sa.select(frames.c.id).where(sa.or_(*conditions)).scalar_subquery()
@@ -414,7 +461,9 @@ class InspectionLog:
         """Frames matching ``query``, newest first, each with its four classes."""
         query.check()
         statement = sa.select(frames).where(*self._conditions(query))
-        statement = statement.order_by(frames.c.id.desc()).limit(query.limit)
+        # Newest first by judging time: the order both frame indexes (time; line and time) hold,
+        # so a search reads the index backwards and stops at its limit.
+        statement = statement.order_by(frames.c.judged_at.desc(), frames.c.id.desc()).limit(query.limit)
         with self._reading() as connection:
             rows = [dict(row._mapping) for row in connection.execute(statement)]
             return self._with_classes(connection, rows)
@@ -430,8 +479,14 @@ class InspectionLog:
                 conditions.append(column == value)
         if query.status is not None:
             conditions.append(frames.c.status == query.status)
-        if query.before_id is not None:
-            conditions.append(frames.c.id < query.before_id)
+        if query.before_id is not None:  # after the previous page's last row, in the same order
+            last = sa.select(frames.c.judged_at).where(frames.c.id == query.before_id).scalar_subquery()
+            conditions.append(
+                sa.or_(
+                    frames.c.judged_at < last,
+                    sa.and_(frames.c.judged_at == last, frames.c.id < query.before_id),
+                )
+            )
         if query.class_ids:
             # ``area > 0`` spelled out: it is the partial index's condition, which the planner
             # must see to use it (neither database infers it from ``area >= n``).
@@ -482,16 +537,15 @@ class InspectionLog:
             return self._with_classes(connection, rows)[0] if rows else None
 
     def rates(self, start: float, end: float, bucket_s: float = 60.0, line: str | None = None) -> list[dict]:
-        """Per bucket of ``bucket_s`` seconds in [start, end): frames judged, and frames with each
-        class present. Empty buckets are left out."""
-        bucket = self._bucket(frames.c.judged_at, bucket_s).label("bucket")
-        columns = [bucket, sa.func.count().label("frames")]
-        for class_id in CLASS_IDS:
-            present = sa.case((frames.c.defects.op("&")(1 << (class_id - 1)) != 0, 1), else_=0)
-            columns.append(sa.func.sum(present).label(f"class_{class_id}"))
-        conditions = [frames.c.judged_at >= start, frames.c.judged_at < end, frames.c.status == "judged"]
-        if line is not None:
-            conditions.append(frames.c.line == line)
+        """Per bucket of ``bucket_s`` seconds (a whole number of minutes) in [start, end), by whole
+        minutes: frames judged, and frames with each class present. Empty buckets are left out."""
+        if bucket_s < 60 or bucket_s % 60:
+            raise ValueError(f"the bucket must be a whole number of minutes, got {bucket_s} s")
+        per = int(bucket_s // 60)
+        bucket = self._bucket(minutes.c.minute, per).label("bucket")  # in buckets since the epoch
+        columns = [bucket, sa.func.sum(minutes.c.judged).label("frames")]
+        columns += [sa.func.sum(minutes.c[f"class_{c}"]).label(f"class_{c}") for c in CLASS_IDS]
+        conditions = self._minute_range(start, end, line)
         statement = sa.select(*columns).where(*conditions).group_by(bucket).order_by(bucket)
         with self._reading() as connection:
             return [
@@ -501,56 +555,51 @@ class InspectionLog:
                     "classes": {c: int(getattr(row, f"class_{c}") or 0) for c in CLASS_IDS},
                 }
                 for row in connection.execute(statement)
+                if row.frames
             ]
 
-    def _bucket(self, column, size: float):
-        # floor(t / size); SQLite has no floor() in every build, and its CAST truncates, which is
-        # floor for the positive times here. PostgreSQL's CAST rounds, so it gets floor().
-        if self.sqlite:
-            return sa.cast(column / size, sa.Integer)
-        return sa.func.floor(column / size)
+    @staticmethod
+    def _minute_range(start: float | None, end: float | None, line: str | None) -> list:
+        conditions = []
+        if start is not None:
+            conditions.append(minutes.c.minute >= math.floor(start / 60))
+        if end is not None:
+            conditions.append(minutes.c.minute < math.ceil(end / 60))
+        if line is not None:
+            conditions.append(minutes.c.line == line)
+        return conditions
+
+    @staticmethod
+    def _bucket(column, size: int):
+        # SQLAlchemy's // is floor division on integers on both databases.
+        return column // size if size > 1 else column
 
     def aggregates(
         self, start: float | None = None, end: float | None = None, line: str | None = None
     ) -> dict:
-        """Per class over [start, end): frames with the class present, its rate among judged
-        frames, the mean area where present and the highest probability; plus the frame counts
-        by status."""
-        conditions = []
-        if start is not None:
-            conditions.append(frames.c.judged_at >= start)
-        if end is not None:
-            conditions.append(frames.c.judged_at < end)
-        if line is not None:
-            conditions.append(frames.c.line == line)
+        """Over [start, end), by whole minutes: the frame counts by status, and per class the
+        frames with it present, its rate among judged frames and its mean area where present."""
+        columns = [sa.func.coalesce(sa.func.sum(minutes.c[name]), 0) for name in COUNTS]
         with self._reading() as connection:
-            by_status = dict(
-                connection.execute(
-                    sa.select(frames.c.status, sa.func.count()).where(*conditions).group_by(frames.c.status)
-                ).all()
+            totals = dict(
+                zip(
+                    COUNTS,
+                    connection.execute(
+                        sa.select(*columns).where(*self._minute_range(start, end, line))
+                    ).one(),
+                    strict=True,
+                )
             )
-            judged = int(by_status.get("judged", 0))
-            classes = {}
-            for class_id in CLASS_IDS:
-                row = connection.execute(
-                    sa.select(
-                        sa.func.count(),
-                        sa.func.avg(detections.c.area),
-                        sa.func.max(detections.c.probability),
-                    )
-                    .select_from(detections.join(frames, frames.c.id == detections.c.frame_id))
-                    .where(*conditions, detections.c.class_id == class_id, detections.c.area > 0)
-                ).one()
-                classes[class_id] = {
-                    "frames": int(row[0]),
-                    "rate": row[0] / judged if judged else 0.0,
-                    "mean_area": float(row[1]) if row[1] is not None else 0.0,
-                    "max_probability": float(row[2]) if row[2] is not None else 0.0,
-                }
-        return {
-            "frames": {status: int(by_status.get(status, 0)) for status in STATUSES},
-            "classes": classes,
-        }
+        judged = int(totals["judged"])
+        classes = {}
+        for class_id in CLASS_IDS:
+            present = int(totals[f"class_{class_id}"])
+            classes[class_id] = {
+                "frames": present,
+                "rate": present / judged if judged else 0.0,
+                "mean_area": int(totals[f"area_{class_id}"]) / present if present else 0.0,
+            }
+        return {"frames": {status: int(totals[status]) for status in STATUSES}, "classes": classes}
 
     def window_rate(self, line: str, class_id: int, since: float) -> tuple[int, int]:
         """(judged frames, frames with ``class_id`` present) of ``line`` since ``since``."""
@@ -590,6 +639,16 @@ class InspectionLog:
     def count(self) -> int:
         with self._reading() as connection:
             return int(connection.execute(sa.select(sa.func.count()).select_from(frames)).scalar_one())
+
+
+def _count(counts: dict, record: FrameRecord) -> None:
+    """Add ``record`` to the per-(line, minute) counts of a batch."""
+    added = counts.setdefault((record.line, math.floor(record.judged_at / 60)), {})
+    added[record.status] = added.get(record.status, 0) + 1
+    for c in record.classes:
+        if c["area"] > 0:
+            added[f"class_{c['class_id']}"] = added.get(f"class_{c['class_id']}", 0) + 1
+            added[f"area_{c['class_id']}"] = added.get(f"area_{c['class_id']}", 0) + int(c["area"])
 
 
 class _Reading:
@@ -667,6 +726,16 @@ def bulk_fill(log: InspectionLog, rows: int, start: float, rate_hz: float, seed:
             for k, i in enumerate(ids)
             for c in CLASS_IDS
         ]
+        counts: dict = {}
+        for row, areas_of in zip(frame_rows, areas, strict=True):
+            added = counts.setdefault(("bench", math.floor(row["judged_at"] / 60)), {})
+            added["judged"] = added.get("judged", 0) + 1
+            for c in CLASS_IDS:
+                if areas_of[c - 1]:
+                    added[f"class_{c}"] = added.get(f"class_{c}", 0) + 1
+                    added[f"area_{c}"] = added.get(f"area_{c}", 0) + int(areas_of[c - 1])
         with log.engine.begin() as connection:
             connection.execute(frames.insert(), frame_rows)
             connection.execute(detections.insert(), detection_rows)
+            for (line, minute), added in counts.items():
+                connection.execute(log._add_counts(line, minute, added))

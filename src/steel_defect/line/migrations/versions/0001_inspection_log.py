@@ -52,7 +52,7 @@ def upgrade() -> None:
     op.create_index(
         "detections_present",
         "detections",
-        ["class_id", "frame_id"],
+        ["class_id", "frame_id", "area", "probability"],
         sqlite_where=sa.text("area > 0"),
         postgresql_where=sa.text("area > 0"),
     )
