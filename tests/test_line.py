@@ -404,6 +404,42 @@ def test_judged_frames_move_to_the_archive_and_a_vanished_folder_is_reported(tmp
     assert watcher.state == "stopped" and log.count() == 4
 
 
+def test_a_log_that_cannot_be_written_stops_the_loop_and_leaves_the_frames(tmp_path, predictor):
+    folder, archive = tmp_path / "in", tmp_path / "archive"
+    names = frames_in(folder, 2)
+    path = tmp_path / "inspection.sqlite"
+    log = InspectionLog.open(path, busy_timeout_s=0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    watcher = Watcher(folder, log, predictor, archive=archive, settle_s=0.0, events=False)
+    try:
+        with pytest.raises(LogError, match=r"inspection.sqlite: cannot write.*locked"):
+            watcher.run(idle_exit_s=0.0)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert sorted(p.name for p in folder.iterdir()) == names and not list(archive.iterdir())
+    assert log.count() == 0
+    again = Watcher(folder, log, predictor, archive=archive, settle_s=0.0, events=False)
+    assert again.run(idle_exit_s=0.0).judged == 2 and log.count() == 2
+
+
+def test_sigterm_stops_watch_after_its_batch_with_the_watcher_marked_stopped(tmp_path):
+    folder, db = tmp_path / "in", tmp_path / "inspection.sqlite"
+    folder.mkdir()
+    checkpoint = random_checkpoints(tmp_path / "model")["seg"]
+    process = _watch(folder, db, checkpoint, dict(os.environ))
+    deadline = time.monotonic() + 120
+    while not (db.is_file() and InspectionLog.open(db).watchers()):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()[-2000:]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors.decode()[-2000:]
+    assert "SIGTERM: stopping after the current batch" in errors.decode()
+    assert InspectionLog.open(db).watchers()[0]["state"] == "stopped"
+
+
 def test_an_alarm_is_raised_posted_and_cleared(tmp_path):
     received = []
 
@@ -562,7 +598,9 @@ def test_the_search_of_a_bulk_log_uses_the_indexes(tmp_path):
     bulk_fill(log, 5000, T0, rate_hz=10)
     assert log.count() == 5000 and log.aggregates()["frames"]["judged"] == 5000
     with log.engine.connect() as connection:
-        (present,) = connection.exec_driver_sql("SELECT count(*) FROM detections WHERE class_id = 4 AND area > 0")
+        (present,) = connection.exec_driver_sql(
+            "SELECT count(*) FROM detections WHERE class_id = 4 AND area > 0"
+        )
     assert log.aggregates()["classes"][4]["frames"] == present[0]
     with log.engine.connect() as connection:
         plan = " ".join(

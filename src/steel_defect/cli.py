@@ -293,6 +293,7 @@ def _cmd_label(args) -> int:
 
 
 def _cmd_watch(args) -> int:
+    import signal
     import threading
 
     from steel_defect.config import load_config
@@ -330,8 +331,17 @@ def _cmd_watch(args) -> int:
         else None,
     )
     log.info("watching %s as line %r; log in %s", watcher.folder, watcher.line, inspection_log.name)
+    stop = threading.Event()
+
+    def finish(signum, _frame):  # SIGTERM (systemd, docker stop) and Ctrl+C end the current batch, then stop
+        log.info("%s: stopping after the current batch", signal.Signals(signum).name)
+        stop.set()
+        watcher.wake.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, finish)
     if args.no_page:
-        watcher.run(idle_exit_s=args.exit_when_idle)
+        watcher.run(stop, idle_exit_s=args.exit_when_idle)
         return 0
     from steel_defect.webapp.app import Limits
     from steel_defect.webapp.dashboard import create_dashboard_app
@@ -341,11 +351,8 @@ def _cmd_watch(args) -> int:
     app = create_dashboard_app(inspection_log, Limits(timeout_s=args.timeout), token=token, watcher=watcher)
     server, url = serve_in_thread(app, args.host, port=args.port, log_level="info")
     log.info("dashboard at %s/ (API docs at /docs)", url)
-    stop = threading.Event()
     try:
         watcher.run(stop, idle_exit_s=args.exit_when_idle)
-    except KeyboardInterrupt:
-        log.info("stopped")
     finally:
         server.should_exit = True
     return 0

@@ -283,8 +283,8 @@ class Watcher:
             self._source_gone(err)
             return 0
         if self.state != "running":
-            log.info("%s: watching (%s)", self.folder, "events and polling" if self._observer else "polling")
             self._start_events()
+            log.info("%s: watching (%s)", self.folder, "events and polling" if self._observer else "polling")
         self.state, self.message, self.backoff = "running", None, 0.0
         batch = self.complete()[: self.batch_size]
         records = missing + (self.judge(batch) if batch else [])
