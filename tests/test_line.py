@@ -139,8 +139,9 @@ def test_a_log_made_at_0001_is_migrated_forward_with_its_minute_counts(tmp_path)
             for c in entry.classes:
                 connection.execute(
                     detections.insert().values(
-                        frame_id=frame_id, class_id=c["class_id"], probability=c["probability"],
-                        area=c["area"], regions=c["components"], boxes="[]", rle=c["rle"],
+                        frame_id=frame_id, class_id=c["class_id"], judged_at=entry.judged_at,
+                        probability=c["probability"], area=c["area"], regions=c["components"],
+                        boxes="[]", rle=c["rle"],
                     )
                 )  # fmt: skip
     engine.dispose()
@@ -606,11 +607,18 @@ def test_the_search_of_a_bulk_log_uses_the_indexes(tmp_path):
         plan = " ".join(
             row[-1]
             for row in connection.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT frame_id FROM detections WHERE class_id IN (4) AND area > 0 "
-                "AND area >= 500 ORDER BY frame_id DESC LIMIT 50"
+                "EXPLAIN QUERY PLAN SELECT frame_id FROM detections WHERE class_id = 4 AND area > 0 "
+                "AND area >= 500 ORDER BY judged_at DESC, frame_id DESC LIMIT 50"
             )
         )
-    assert "detections_present" in plan
+    assert "detections_present" in plan and "TEMP B-TREE" not in plan  # walked in order, no sort
     rows = log.search(Search(class_ids=[4], min_area=500, limit=50))
     assert len(rows) == 50 and all(r["classes"][3]["area"] >= 500 for r in rows)
     assert [r["id"] for r in rows] == sorted((r["id"] for r in rows), reverse=True)
+    both = log.search(Search(class_ids=[1, 4], min_area=500, limit=50))
+    expected = [
+        r["id"]
+        for r in log.search(Search(limit=5000))
+        if any(c["class_id"] in (1, 4) and c["area"] >= 500 for c in r["classes"])
+    ][:50]
+    assert [r["id"] for r in both] == expected  # the two classes' pages merged, newest first

@@ -75,17 +75,19 @@ detections = sa.Table(
     metadata,
     sa.Column("frame_id", BigId, sa.ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("class_id", sa.SmallInteger(), primary_key=True),
+    sa.Column("judged_at", sa.Float(), nullable=False),  # the frame's, for the index below
     sa.Column("probability", sa.Float(), nullable=False),
     sa.Column("area", sa.Integer(), nullable=False),
     sa.Column("regions", sa.Integer(), nullable=False),
     sa.Column("boxes", sa.Text(), nullable=False),  # JSON [[x, y, w, h], ...], largest first
     sa.Column("rle", sa.Text(), nullable=False),
 )
-# Only present classes, and covering the search's filters: a search by class reads this index
-# alone to find its frames (a few percent of the rows), never the detections table.
+# Only present classes, newest last, covering the search's filters: a search by class walks this
+# index backwards, checks area and probability in it, and stops at its page.
 sa.Index(
     "detections_present",
     detections.c.class_id,
+    detections.c.judged_at,
     detections.c.frame_id,
     detections.c.area,
     detections.c.probability,
@@ -359,6 +361,7 @@ class InspectionLog:
                                 {
                                     "frame_id": row[0],
                                     "class_id": c["class_id"],
+                                    "judged_at": record.judged_at,
                                     "probability": float(c["probability"]),
                                     "area": int(c["area"]),
                                     "regions": int(c.get("regions", c.get("components", 0))),
@@ -458,45 +461,76 @@ class InspectionLog:
         return _Reading(self)
 
     def search(self, query: Search) -> list[dict]:
-        """Frames matching ``query``, newest first, each with its four classes."""
+        """Frames matching ``query``, newest first (by judging time, then id), each with its four
+        classes.
+
+        Without classes, the frames are read backwards along the time index (or the line's)
+        and the read stops at the limit. With classes, each class is read backwards along the
+        ``detections_present`` index, which holds only present classes with their judging time,
+        area and probability, so the filters are checked in the index; the classes' pages are
+        merged here. Either way the cost follows the page, not the log's size."""
         query.check()
-        statement = sa.select(frames).where(*self._conditions(query))
-        # Newest first by judging time: the order both frame indexes (time; line and time) hold,
-        # so a search reads the index backwards and stops at its limit.
-        statement = statement.order_by(frames.c.judged_at.desc(), frames.c.id.desc()).limit(query.limit)
         with self._reading() as connection:
-            rows = [dict(row._mapping) for row in connection.execute(statement)]
+            last = None
+            if query.before_id is not None:  # after the previous page's last row, in the same order
+                last = connection.execute(
+                    sa.select(frames.c.judged_at).where(frames.c.id == query.before_id)
+                ).scalar()
+                if last is None:
+                    return []
+            if not query.class_ids:
+                statement = sa.select(frames).where(*self._frame_conditions(query, frames.c.judged_at))
+                if last is not None:
+                    statement = statement.where(
+                        _before(frames.c.judged_at, frames.c.id, last, query.before_id)
+                    )
+                statement = statement.order_by(frames.c.judged_at.desc(), frames.c.id.desc()).limit(
+                    query.limit
+                )
+                rows = [dict(row._mapping) for row in connection.execute(statement)]
+            else:
+                found: dict[int, dict] = {}
+                for class_id in query.class_ids:
+                    statement = (
+                        sa.select(frames)
+                        .select_from(detections.join(frames, frames.c.id == detections.c.frame_id))
+                        .where(
+                            detections.c.class_id == class_id,
+                            # spelled out: the partial index's condition, which the planner must
+                            # see to use it (neither database infers it from ``area >= n``)
+                            detections.c.area > 0,
+                            detections.c.area >= query.min_area,
+                            detections.c.probability >= query.min_probability,
+                            *self._frame_conditions(query, detections.c.judged_at),
+                        )
+                    )
+                    if last is not None:
+                        statement = statement.where(
+                            _before(detections.c.judged_at, detections.c.frame_id, last, query.before_id)
+                        )
+                    statement = statement.order_by(
+                        detections.c.judged_at.desc(), detections.c.frame_id.desc()
+                    ).limit(query.limit)
+                    for row in connection.execute(statement):
+                        found[row.id] = dict(row._mapping)
+                rows = sorted(found.values(), key=lambda r: (r["judged_at"], r["id"]), reverse=True)
+                rows = rows[: query.limit]
             return self._with_classes(connection, rows)
 
-    def _conditions(self, query: Search) -> list:
+    @staticmethod
+    def _frame_conditions(query: Search, judged_at) -> list:
+        """The frame-level filters; the time range on ``judged_at`` (the frame's or its copy in
+        ``detections``, whichever index the search walks)."""
         conditions = []
         if query.start is not None:
-            conditions.append(frames.c.judged_at >= query.start)
+            conditions.append(judged_at >= query.start)
         if query.end is not None:
-            conditions.append(frames.c.judged_at < query.end)
+            conditions.append(judged_at < query.end)
         for column, value in ((frames.c.line, query.line), (frames.c.source, query.source)):
             if value is not None:
                 conditions.append(column == value)
         if query.status is not None:
             conditions.append(frames.c.status == query.status)
-        if query.before_id is not None:  # after the previous page's last row, in the same order
-            last = sa.select(frames.c.judged_at).where(frames.c.id == query.before_id).scalar_subquery()
-            conditions.append(
-                sa.or_(
-                    frames.c.judged_at < last,
-                    sa.and_(frames.c.judged_at == last, frames.c.id < query.before_id),
-                )
-            )
-        if query.class_ids:
-            # ``area > 0`` spelled out: it is the partial index's condition, which the planner
-            # must see to use it (neither database infers it from ``area >= n``).
-            matching = sa.select(detections.c.frame_id).where(
-                detections.c.class_id.in_(list(query.class_ids)),
-                detections.c.area > 0,
-                detections.c.area >= query.min_area,
-                detections.c.probability >= query.min_probability,
-            )
-            conditions.append(frames.c.id.in_(matching))
         return conditions
 
     def _with_classes(self, connection, rows: list[dict]) -> list[dict]:
@@ -513,6 +547,7 @@ class InspectionLog:
             for detection in found:
                 entry = dict(detection._mapping)
                 entry["boxes"] = json.loads(entry["boxes"])
+                del entry["judged_at"]
                 by_id[entry.pop("frame_id")]["classes"].append(entry)
         return rows
 
@@ -641,6 +676,11 @@ class InspectionLog:
             return int(connection.execute(sa.select(sa.func.count()).select_from(frames)).scalar_one())
 
 
+def _before(judged_at, frame_id, last: float, before_id: int):
+    """Rows after (``last``, ``before_id``) in newest-first order."""
+    return sa.or_(judged_at < last, sa.and_(judged_at == last, frame_id < before_id))
+
+
 def _count(counts: dict, record: FrameRecord) -> None:
     """Add ``record`` to the per-(line, minute) counts of a batch."""
     added = counts.setdefault((record.line, math.floor(record.judged_at / 60)), {})
@@ -717,6 +757,7 @@ def bulk_fill(log: InspectionLog, rows: int, start: float, rate_hz: float, seed:
             {
                 "frame_id": int(i),
                 "class_id": c,
+                "judged_at": float(times[k]),
                 "probability": float(probs[k, c - 1]),
                 "area": int(areas[k, c - 1]),
                 "regions": int(present[k, c - 1]),

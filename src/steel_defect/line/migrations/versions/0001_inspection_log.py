@@ -43,6 +43,7 @@ def upgrade() -> None:
         "detections",
         sa.Column("frame_id", BigId, sa.ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("class_id", sa.SmallInteger(), primary_key=True),
+        sa.Column("judged_at", sa.Float(), nullable=False),
         sa.Column("probability", sa.Float(), nullable=False),
         sa.Column("area", sa.Integer(), nullable=False),
         sa.Column("regions", sa.Integer(), nullable=False),
@@ -52,7 +53,7 @@ def upgrade() -> None:
     op.create_index(
         "detections_present",
         "detections",
-        ["class_id", "frame_id", "area", "probability"],
+        ["class_id", "judged_at", "frame_id", "area", "probability"],
         sqlite_where=sa.text("area > 0"),
         postgresql_where=sa.text("area > 0"),
     )
