@@ -518,6 +518,20 @@ def test_the_api_searches_aggregates_and_exports(log_client):
     assert "/api/log/frames" in log_client.get("/openapi.json").json()["paths"]
 
 
+def test_serve_with_a_log_shows_the_dashboard_beside_the_viewer(inspection, predictor):
+    from steel_defect.webapp.app import create_app
+    from steel_defect.webapp.service import InferenceService
+
+    inspection.record([record("a.jpg", T0, {2: 30})])
+    client = TestClient(create_app(InferenceService(predictor), inspection_log=inspection))
+    assert "dashboard.js" in client.get("/line").text and "predict" in client.get("/").text.lower()
+    assert [f["name"] for f in client.get("/api/log/frames", params={"classes": "2"}).json()["frames"]] == [
+        "a.jpg"
+    ]
+    plain = TestClient(create_app(InferenceService(predictor)))
+    assert plain.get("/api/log/frames").status_code == 404 and plain.get("/line").status_code == 404
+
+
 def test_with_a_token_the_log_api_needs_it(inspection):
     client = TestClient(create_dashboard_app(inspection, token="a-long-enough-token"))
     assert client.get("/api/log/frames").status_code == 401
