@@ -45,12 +45,12 @@ from tests.conftest import REPO, random_checkpoints
 EMPTY = ["", "", "", ""]
 
 
-def _frames(folder: Path, n: int, seed: int = 0) -> list[str]:
-    """``n`` synthetic 1600x256 JPEG frames in ``folder``; returns their names."""
+def _frames(folder: Path, n: int, seed: int = 0, start: int = 0) -> list[str]:
+    """``n`` synthetic 1600x256 JPEG frames in ``folder``, numbered from ``start``; their names."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     names = []
-    for i in range(n):
+    for i in range(start, start + n):
         image, _ = generate_frame(rng)
         name = f"frame_{i:03d}.jpg"
         cv2.imwrite(str(folder / name), image)

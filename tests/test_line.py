@@ -33,6 +33,7 @@ from steel_defect.line.log import FrameRecord, InspectionLog, LogError, Search, 
 from steel_defect.line.watch import Watcher
 from steel_defect.webapp.dashboard import create_dashboard_app
 from tests.conftest import random_checkpoints
+from tests.test_labels import _frames as frames_in
 
 T0 = 1_800_000_000.0  # a fixed "now" for the log tests (2027-01-15)
 
@@ -68,18 +69,6 @@ def record(name: str, at: float, present=None, line="line-1", status="judged", *
         classes=classes(present, **extra) if status == "judged" else [],
         reason=None if status == "judged" else "truncated JPEG",
     )
-
-
-def frames_in(folder: Path, n: int, seed: int = 0, start: int = 0) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    names = []
-    for i in range(start, start + n):
-        image, _ = generate_frame(rng)
-        name = f"frame_{i:04d}.jpg"
-        cv2.imwrite(str(folder / name), image)
-        names.append(name)
-    return names
 
 
 @pytest.fixture
@@ -298,24 +287,24 @@ def test_every_frame_is_judged_once_with_the_rles_predict_writes(tmp_path, predi
 def test_corrupt_wrong_size_and_deleted_frames_are_logged_once_with_reasons(tmp_path, predictor):
     folder = tmp_path / "in"
     frames_in(folder, 2)
-    whole = (folder / "frame_0000.jpg").read_bytes()
+    whole = (folder / "frame_000.jpg").read_bytes()
     (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])
     cv2.imwrite(str(folder / "small.jpg"), np.zeros((128, 800, 3), np.uint8))
     clock = FakeClock()
     log = InspectionLog.open(tmp_path / "inspection.sqlite")
     watcher = Watcher(folder, log, predictor, settle_s=1.0, events=False, clock=clock)
     watcher.step()  # everything is seen and settling
-    (folder / "frame_0001.jpg").unlink()  # deleted before it was judged
+    (folder / "frame_001.jpg").unlink()  # deleted before it was judged
     clock.advance(2.0)
     for _ in range(4):
         watcher.step()
     rows = {r["name"]: r for r in log.search(Search())}
     assert {n: r["status"] for n, r in rows.items()} == {
-        "frame_0000.jpg": "judged", "frame_0001.jpg": "missing", "cut.jpg": "corrupt", "small.jpg": "corrupt"
+        "frame_000.jpg": "judged", "frame_001.jpg": "missing", "cut.jpg": "corrupt", "small.jpg": "corrupt"
     }  # fmt: skip
     assert "truncated JPEG" in rows["cut.jpg"]["reason"]
     assert "800x128" in rows["small.jpg"]["reason"] and "1600x256" in rows["small.jpg"]["reason"]
-    assert rows["frame_0001.jpg"]["reason"] == "deleted before it was judged"
+    assert rows["frame_001.jpg"]["reason"] == "deleted before it was judged"
     assert log.count() == 4  # not retried
 
 
@@ -334,9 +323,9 @@ def test_a_frame_grown_in_steps_is_judged_once_and_only_when_complete(tmp_path, 
     folder = tmp_path / "in"
     source = tmp_path / "whole"
     frames_in(source, 1)
-    whole = (source / "frame_0000.jpg").read_bytes()
+    whole = (source / "frame_000.jpg").read_bytes()
     folder.mkdir()
-    target = folder / "frame_0000.jpg"
+    target = folder / "frame_000.jpg"
     clock = FakeClock()
     log = InspectionLog.open(tmp_path / "inspection.sqlite")
     watcher = Watcher(folder, log, predictor, settle_s=1.0, events=False, clock=clock)
@@ -351,7 +340,7 @@ def test_a_frame_grown_in_steps_is_judged_once_and_only_when_complete(tmp_path, 
     clock.advance(0.6)
     watcher.step()
     rows = log.search(Search())
-    assert [(r["name"], r["status"], r["size"]) for r in rows] == [("frame_0000.jpg", "judged", len(whole))]
+    assert [(r["name"], r["status"], r["size"]) for r in rows] == [("frame_000.jpg", "judged", len(whole))]
     image = cv2.cvtColor(cv2.imdecode(np.frombuffer(whole, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     expected = [mask_to_rle(m) for m in predictor.predict([image])[0].masks]
     assert [c["rle"] for c in rows[0]["classes"]] == expected
@@ -374,9 +363,9 @@ def test_a_frame_renamed_into_the_folder_is_judged_without_waiting_to_settle(tmp
             assert time.monotonic() < deadline, "the watcher never started"
             time.sleep(0.02)
         frames_in(tmp_path / "staging", 1)
-        partial = folder / ".frame_0000.jpg.part"
-        partial.write_bytes((tmp_path / "staging" / "frame_0000.jpg").read_bytes())
-        os.rename(partial, folder / "frame_0000.jpg")
+        partial = folder / ".frame_000.jpg.part"
+        partial.write_bytes((tmp_path / "staging" / "frame_000.jpg").read_bytes())
+        os.rename(partial, folder / "frame_000.jpg")
         while log.count() == 0:
             assert time.monotonic() < deadline, "a renamed frame waited for the 60 s settle time"
             time.sleep(0.05)

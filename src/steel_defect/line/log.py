@@ -292,6 +292,14 @@ class InspectionLog:
                     config.attributes["connection"] = connection
                     command.upgrade(config, "head")
         except SQLAlchemyError as err:
+            # Another process (``serve --log`` beside a starting ``watch``) may have migrated the
+            # same fresh log between our look at its revision and our first change: fine if it
+            # is at our head now.
+            try:
+                if self.revision() == scripts.get_current_head():
+                    return
+            except SQLAlchemyError:
+                pass
             raise LogError(f"{self.name}: cannot open the inspection log ({_reason(err)})") from err
 
     def revision(self) -> str | None:

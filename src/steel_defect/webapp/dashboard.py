@@ -26,11 +26,12 @@ import csv
 import io
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
 from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
@@ -56,6 +57,32 @@ End = Annotated[float | None, Query(description="judged before (epoch seconds)")
 MinArea = Annotated[int, Query(ge=1, description="a class counts as present from this many pixels")]
 MinProb = Annotated[float, Query(ge=0, le=1, description="and from this probability")]
 Status = Annotated[str | None, Query(description=f"one of {', '.join(STATUSES)}")]
+
+
+def search_filters(
+    classes: Classes = None,
+    start: Start = None,
+    end: End = None,
+    min_area: MinArea = 1,
+    min_probability: MinProb = 0.0,
+    line: str | None = None,
+    source: str | None = None,
+    status: Status = None,
+) -> Search:
+    """The search's filters from the query string (the search and the export share them)."""
+    return Search(
+        class_ids=_classes(classes),
+        start=start,
+        end=end,
+        min_area=min_area,
+        min_probability=min_probability,
+        line=line or None,
+        source=source or None,
+        status=status or None,
+    )
+
+
+Filters = Annotated[Search, Depends(search_filters)]
 
 
 def _classes(text: str | None) -> list[int]:
@@ -93,31 +120,6 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
     """The ``/api/log/*`` routes on ``app``; ``watcher``: the loop running in this process, whose
     backlog is live (otherwise its last heartbeat in the log is shown)."""
 
-    def search_of(
-        classes: str | None,
-        start: float | None,
-        end: float | None,
-        min_area: int,
-        min_probability: float,
-        line: str | None,
-        source: str | None,
-        status: str | None,
-        limit: int,
-        before: int | None,
-    ) -> Search:
-        return Search(
-            class_ids=_classes(classes),
-            start=start,
-            end=end,
-            min_area=min_area,
-            min_probability=min_probability,
-            line=line or None,
-            source=source or None,
-            status=status or None,
-            limit=limit,
-            before_id=before,
-        )
-
     @app.get("/api/log/status")
     def status() -> dict:
         """The lines, each watcher's state and backlog, open alarms and the latest ones."""
@@ -142,19 +144,12 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
 
     @app.get("/api/log/frames")
     def frames(
-        classes: Classes = None,
-        start: Start = None,
-        end: End = None,
-        min_area: MinArea = 1,
-        min_probability: MinProb = 0.0,
-        line: str | None = None,
-        source: str | None = None,
-        status: Status = None,
+        query: Filters,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         before: Annotated[int | None, Query(description="the last id of the previous page")] = None,
     ) -> dict:
         """Frames matching the search, newest first, each with its four classes."""
-        query = search_of(classes, start, end, min_area, min_probability, line, source, status, limit, before)
+        query = replace(query, limit=limit, before_id=before)
         rows = _read(lambda: inspection_log.search(query))
         return {"frames": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None}
 
@@ -201,21 +196,13 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
 
     @app.get("/api/log/export")
     def export(
+        query: Filters,
         format: Annotated[
             Literal["submission", "summary"], Query(description="the CSV to write")
         ] = "summary",
-        classes: Classes = None,
-        start: Start = None,
-        end: End = None,
-        min_area: MinArea = 1,
-        min_probability: MinProb = 0.0,
-        line: str | None = None,
-        source: str | None = None,
-        status: Status = None,
     ):
         """Every frame of the search (no limit) as a Severstal submission CSV
         (``ImageId_ClassId,EncodedPixels``, four rows per frame) or as one summary row per frame."""
-        query = search_of(classes, start, end, min_area, min_probability, line, source, status, 1, None)
         _read(query.check)
         rows = _read(lambda: inspection_log.iter_search(query))
         stream = _submission_csv(rows) if format == "submission" else _summary_csv(rows)
