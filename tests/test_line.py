@@ -419,12 +419,17 @@ def test_sigterm_stops_watch_after_its_batch_with_the_watcher_marked_stopped(tmp
     folder.mkdir()
     checkpoint = random_checkpoints(tmp_path / "model")["seg"]
     process = _watch(folder, db, checkpoint, dict(os.environ))
-    deadline = time.monotonic() + 120
-    while not (db.is_file() and InspectionLog.open(db).watchers()):
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()[-2000:]
-        time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
-    _, errors = process.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not (db.is_file() and InspectionLog.open(db).watchers()):
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()[
+                -2000:
+            ]
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        _kill(process)
     assert process.returncode == 0, errors.decode()[-2000:]
     assert "SIGTERM: stopping after the current batch" in errors.decode()
     assert InspectionLog.open(db).watchers()[0]["state"] == "stopped"
@@ -539,17 +544,26 @@ def _watch(folder: Path, db: Path, checkpoint: Path, env: dict, *extra: str) -> 
     )
 
 
+def _kill(process: subprocess.Popen) -> None:
+    """Make sure a test's ``watch`` is gone, whatever the test did."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def _kill_at(point: str, folder, db, checkpoint, tmp_path, writer=None) -> None:
     marker = tmp_path / f"paused-{point.replace(':', '-')}"
     env = {**os.environ, "STEEL_DEFECT_TEST_PAUSE_AT": point, "STEEL_DEFECT_TEST_PAUSE_FILE": str(marker)}
     process = _watch(folder, db, checkpoint, env)
     deadline = time.monotonic() + 180
-    while not marker.is_file():
-        if process.poll() is not None:
-            pytest.fail(f"watch exited before {point}: {process.stderr.read().decode()[-2000:]}")
-        assert time.monotonic() < deadline, f"watch never reached {point}"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
+    try:
+        while not marker.is_file():
+            if process.poll() is not None:
+                pytest.fail(f"watch exited before {point}: {process.stderr.read().decode()[-2000:]}")
+            assert time.monotonic() < deadline, f"watch never reached {point}"
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     process.stderr.close()
     assert process.returncode == -signal.SIGKILL
@@ -571,7 +585,10 @@ def test_watch_killed_between_frames_and_mid_write_judges_every_frame_once(tmp_p
     _kill_at("write:log@5", folder, db, checkpoint, tmp_path)  # a frame row written, not committed
     writer.join(timeout=300)
     process = _watch(folder, db, checkpoint, dict(os.environ), "--exit-when-idle", "1")
-    _, errors = process.communicate(timeout=600)
+    try:
+        _, errors = process.communicate(timeout=600)
+    finally:
+        _kill(process)
     assert process.returncode == 0, errors.decode()[-2000:]
     names = sorted(p.name for p in folder.glob("*.jpg"))
     assert len(names) == total

@@ -188,6 +188,25 @@ def test_lovasz_rejects_classifier_input():
         build_loss("lovasz_hinge")(torch.zeros(2, 5), torch.zeros(2, 5))
 
 
+def test_lovasz_softmax_hand_value_and_absent_classes():
+    # sigmoid p = [0.9, 0.2, 0.6], target [1, 0, 0]: errors |t - p| = [0.1, 0.2, 0.6].
+    # Sorted descending [0.6, 0.2, 0.1] with gt [0, 0, 1], gts 1: intersection [1, 1, 0],
+    # union [2, 3, 3], jaccard [1/2, 2/3, 1], grad [1/2, 1/6, 1/3].
+    # loss = 0.6 / 2 + 0.2 / 6 + 0.1 / 3 = 0.3 + 1/30 + 1/30 = 11/30
+    logits = torch.logit(_t([0.9, 0.2, 0.6], (1, 1, 1, 3)))
+    target = _t([1.0, 0.0, 0.0], (1, 1, 1, 3))
+    assert build_loss("lovasz_softmax")(logits, target).item() == pytest.approx(11 / 30)
+    # a second class absent from the target: left out with classes=present, averaged with all
+    # (its errors are its probabilities [0.5, 0.5, 0.5], gts 0: grad [1, 0, 0], loss 0.5)
+    both = torch.cat([logits, torch.zeros(1, 1, 1, 3)], dim=1)
+    labels = torch.cat([target, torch.zeros(1, 1, 1, 3)], dim=1)
+    assert build_loss("lovasz_softmax")(both, labels).item() == pytest.approx(11 / 30)
+    everything = build_loss("lovasz_softmax", {"classes": "all"})(both, labels).item()
+    assert everything == pytest.approx((11 / 30 + 0.5) / 2)
+    with pytest.raises(ValueError, match="segmentation loss"):
+        build_loss("lovasz_softmax")(torch.zeros(2, 5), torch.zeros(2, 5))
+
+
 # ---- Every registry loss -------------------------------------------------------------------
 
 
@@ -200,9 +219,9 @@ def _build(name, num_classes):
     return build_loss(name, params)
 
 
-# lovasz_hinge is segmentation-only; its 2-D error is tested above.
+# The Lovasz losses are segmentation-only; their 2-D errors are tested above.
 _CASES = [(name, (2, 4, 8, 8)) for name in LOSSES] + [
-    (name, (2, 5)) for name in LOSSES if name != "lovasz_hinge"
+    (name, (2, 5)) for name in LOSSES if not name.startswith("lovasz")
 ]
 
 

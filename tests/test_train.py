@@ -44,8 +44,8 @@ def _cfg(synth, config="configs/demo/synth_seg.yml", *opts, work="work"):
 
 @each_config(SHIPPED_EXPERIMENTS)
 def test_every_shipped_config_trains_one_batch(synth, path):
-    # the ensemble members are full-resolution GPU recipes: their components run on small frames
-    small = SMALL_OPTS[:2] if path.parent.name == "ensemble" else []
+    # the ensemble members and the Unet++ are full-resolution GPU recipes: they run on small frames
+    small = SMALL_OPTS[:2] if path.parent.name == "ensemble" or path.stem.startswith("unetplusplus") else []
     cfg = load_config(
         path,
         [

@@ -33,6 +33,7 @@ from .modules import (
     FocalLoss,
     JaccardLoss,
     LovaszHingeLoss,
+    LovaszSoftmaxLoss,
     WeightedBCELoss,
 )
 
@@ -43,6 +44,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "bce_dice": BCEDiceLoss,
     "focal": FocalLoss,
     "lovasz_hinge": LovaszHingeLoss,
+    "lovasz_softmax": LovaszSoftmaxLoss,
     "jaccard": JaccardLoss,
     "combo": ComboLoss,
     "scheduled": ScheduledLoss,

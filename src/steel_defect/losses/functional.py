@@ -171,3 +171,39 @@ def lovasz_hinge(logits: torch.Tensor, targets: torch.Tensor, per_image: bool = 
         flat_logits = logits.transpose(0, 1).reshape(c, -1)
         flat_labels = targets.transpose(0, 1).reshape(c, -1)
     return lovasz_hinge_flat(flat_logits, flat_labels).mean()
+
+
+def lovasz_softmax(
+    logits: torch.Tensor, targets: torch.Tensor, per_image: bool = False, classes: str = "present"
+) -> torch.Tensor:
+    """Lovasz-softmax (Berman et al. 2018) on each class's probability, for (N, C, H, W) input.
+
+    Severstal's classes may overlap, so the probabilities are the channels' sigmoids, not a
+    softmax across them; per class the loss is the reference's ``lovasz_softmax_flat``: the
+    errors ``|target - p|`` sorted in descending order, dotted with :func:`lovasz_grad`. With
+    ``classes="present"`` (the reference's default) a map whose class is absent from its target
+    is left out of the mean (all-empty maps: 0); ``"all"`` averages every map. ``per_image``: one
+    problem per (image, class), else one per class over the batch.
+    """
+    if logits.dim() != 4:
+        raise ValueError(
+            "lovasz_softmax is a segmentation loss: expected (N, C, H, W) logits, got shape "
+            f"{tuple(logits.shape)}"
+        )
+    if classes not in ("present", "all"):
+        raise ValueError(f"classes must be 'present' or 'all', got {classes!r}")
+    probs = torch.sigmoid(logits.float())
+    targets = targets.float()
+    n, c = probs.shape[:2]
+    if per_image:
+        flat_probs, flat_labels = probs.reshape(n * c, -1), targets.reshape(n * c, -1)
+    else:
+        flat_probs = probs.transpose(0, 1).reshape(c, -1)
+        flat_labels = targets.transpose(0, 1).reshape(c, -1)
+    errors = (flat_labels - flat_probs).abs()
+    errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
+    losses = (errors_sorted * lovasz_grad(torch.gather(flat_labels, 1, perm))).sum(dim=1)
+    if classes == "present":
+        present = flat_labels.sum(dim=1) > 0
+        return losses[present].mean() if present.any() else losses.sum() * 0.0
+    return losses.mean()

@@ -146,6 +146,23 @@ class LovaszHingeLoss(_Loss):
         return f"per_image={self.per_image}"
 
 
+class LovaszSoftmaxLoss(_Loss):
+    """Lovasz-softmax on each class's sigmoid probability (the classes overlap); segmentation
+    (N, C, H, W) input only. ``classes``: ``present`` (maps whose class is in the target) or ``all``."""
+
+    def __init__(self, per_image: bool = False, classes: str = "present"):
+        super().__init__()
+        if classes not in ("present", "all"):
+            raise ValueError(f"classes must be 'present' or 'all', got {classes!r}")
+        self.per_image, self.classes = per_image, classes
+
+    def _loss(self, logits, targets):
+        return LF.lovasz_softmax(logits, targets, self.per_image, self.classes)
+
+    def extra_repr(self) -> str:
+        return f"per_image={self.per_image}, classes={self.classes!r}"
+
+
 class JaccardLoss(_Loss):
     """Soft Jaccard (IoU) loss; ``per_image`` and empty pairs as in :class:`DiceLoss`."""
 

@@ -33,6 +33,7 @@ from steel_defect.models.weights import check_downloadable, download_error, load
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "unet": smp.Unet,
+    "unetplusplus": smp.UnetPlusPlus,  # nested Unet, as in the efficientnet-b5 solution
     "fpn": smp.FPN,
     "pspnet": smp.PSPNet,
     "linknet": smp.Linknet,
