@@ -147,6 +147,7 @@ def soak(checkpoints: list[str], work: Path, rate_hz: float, minutes: float, bat
         "rss_end_mb": warm[-1],
         "rss_max_mb": max(warm),
         "db_kb_per_1000": size / 1024 / max(1, len(counts)) * 1000,
+        "rss_by_minute": [round(rss) for t, rss in samples if int(t) % 60 < 5],
     }
 
 
@@ -228,6 +229,7 @@ def main() -> None:
                     ("soak: RSS at the end (MB)", f"{result['rss_end_mb']:.0f}"),
                     ("soak: RSS end / warm-up", f"{result['rss_end_mb'] / result['rss_warm_mb']:.3f}"),
                     ("soak: log per 1,000 frames (kB)", f"{result['db_kb_per_1000']:.0f}"),
+                    ("soak: RSS each minute (MB)", " ".join(map(str, result["rss_by_minute"]))),
                 ]
             )
         if "search" not in args.skip:

@@ -309,6 +309,11 @@ def _cmd_watch(args) -> int:
     token = None if args.no_page else access_token(args.host, args.token, args.no_auth)
     if not args.no_page and token is None and not is_loopback(args.host):
         log.warning("--no-auth: anyone who can reach %s can read the inspection log", args.host)
+    from steel_defect.webapp.server import limit_malloc_arenas
+
+    # A long-running loop over batches from several threads (the page's, watchdog's): capped
+    # malloc arenas keep its RSS flat, as for `serve` (bench/soak.py, bench/line_watch.py).
+    limit_malloc_arenas()
     inspection_log = InspectionLog.open(args.db)  # before the model loads: a bad --db fails in a second
     cfg = load_config(args.config, args.opts, components=False)
     predictor = _predictor(
@@ -345,9 +350,8 @@ def _cmd_watch(args) -> int:
         return 0
     from steel_defect.webapp.app import Limits
     from steel_defect.webapp.dashboard import create_dashboard_app
-    from steel_defect.webapp.server import limit_malloc_arenas, serve_in_thread
+    from steel_defect.webapp.server import serve_in_thread
 
-    limit_malloc_arenas()
     app = create_dashboard_app(inspection_log, Limits(timeout_s=args.timeout), token=token, watcher=watcher)
     server, url = serve_in_thread(app, args.host, port=args.port, log_level="info")
     log.info("dashboard at %s/ (API docs at /docs)", url)
