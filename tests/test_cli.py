@@ -83,3 +83,11 @@ def test_config_docs_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("`paths.work_dir`", "`data.batch_size`", "`folds.n_splits`", "`train.epochs`"):
         assert key in out
+
+
+def test_version_is_the_package_version(capsys):
+    from steel_defect import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"steel-defect {__version__}"

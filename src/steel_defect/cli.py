@@ -571,9 +571,16 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from steel_defect import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steel-defect", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"steel-defect {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write a synthetic Severstal-layout data set")
