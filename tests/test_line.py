@@ -497,6 +497,13 @@ def test_the_api_searches_aggregates_and_exports(log_client):
     gone = log_client.get(f"/api/log/frames/{found['frames'][0]['id']}/image")
     assert gone.status_code == 404 and "no longer at /line/in/b.jpg" in gone.json()["detail"]
     assert log_client.get("/api/log/frames/999").status_code == 404
+    thumb = log_client.get(f"/api/log/frames/{one['id']}/thumbnail")
+    small = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR)
+    assert thumb.headers["content-type"] == "image/jpeg" and small.shape == (64, 400, 3)
+    # the class-4 mask "1 600" is the first 600 pixels down column 0..2: the left edge is tinted,
+    # the rest stays the frame's grey (90)
+    assert abs(int(small[5:60, 40:].mean()) - 90) <= 2 and small[5:60, 0].std(axis=1).max() > 5
+    assert log_client.get(f"/api/log/frames/{found['frames'][0]['id']}/thumbnail").status_code == 404
     bad = log_client.get("/api/log/frames", params={"classes": "7"})
     assert bad.status_code == 422 and "classes" in bad.json()["detail"]
     rates = log_client.get("/api/log/rates", params={"start": T0, "end": T0 + 60}).json()

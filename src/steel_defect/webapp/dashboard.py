@@ -12,6 +12,7 @@ Routes (OpenAPI docs at ``/docs``):
                                          line, source, status, limit, before (paging), newest first
     GET /api/log/frames/{id}             one frame's record, its four classes with RLE and boxes
     GET /api/log/frames/{id}/image       the frame's image, from where the log says it lies
+    GET /api/log/frames/{id}/thumbnail   400x64 JPEG of the frame with its masks drawn over it
     GET /api/log/aggregates              per class over a time range: frames, rate, mean area
     GET /api/log/rates                   frames and frames per class, per time bucket
     GET /api/log/export                  a search as a submission CSV or a per-frame summary CSV
@@ -28,14 +29,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import cv2
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
-from steel_defect.data.images import IMAGE_SUFFIXES
+from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, encode_jpeg, read_image
+from steel_defect.data.rle import rle_to_mask
 from steel_defect.line.log import STATUSES, InspectionLog, LogError, Search
 from steel_defect.webapp.app import MEDIA_TYPES, STATIC, Limits, new_app
 
@@ -48,6 +53,8 @@ SUFFIX_TYPES = {
     ".tiff": "TIFF",
 }
 MAX_BUCKETS = 2000  # a rates query asking for more buckets than a chart can draw is refused
+THUMBNAIL_SIZE = (400, 64)
+THUMBNAILS_KEPT = 256  # about 10 kB each
 
 
 # Query parameters shared by the search and the export (module level: FastAPI resolves them by name).
@@ -173,6 +180,23 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
             raise HTTPException(404, f"frame {frame_id}: its image is no longer at {path}")
         return FileResponse(path, media_type=MEDIA_TYPES[kind])
 
+    @lru_cache(maxsize=THUMBNAILS_KEPT)
+    def thumbnail_of(frame_id: int, path: str, rles: tuple[str, ...]) -> bytes:
+        return thumbnail(Path(path), rles)
+
+    @app.get("/api/log/frames/{frame_id}/thumbnail")
+    def frame_thumbnail(frame_id: int) -> Response:
+        """The frame at 400x64 with its logged masks blended over it in the class colours (the
+        page's strip of the latest frames). Made once per frame, then kept."""
+        row = _read(lambda: inspection_log.frame(frame_id))
+        if row is None:
+            raise HTTPException(404, f"no frame {frame_id} in the inspection log")
+        try:
+            data = thumbnail_of(frame_id, row["path"], tuple(c["rle"] for c in row["classes"]))
+        except ImageReadError:
+            raise HTTPException(404, f"frame {frame_id}: its image is no longer at {row['path']}") from None
+        return Response(data, media_type="image/jpeg")
+
     @app.get("/api/log/aggregates")
     def aggregates(start: Start = None, end: End = None, line: str | None = None) -> dict:
         """Per class over [start, end): frames with it present, its rate, mean area, top probability."""
@@ -256,6 +280,21 @@ def _summary_csv(frames: Iterator[dict]) -> Iterator[str]:
             ]  # fmt: skip
 
     return _csv_lines(rows())
+
+
+def thumbnail(path: Path, rles: tuple[str, ...], size: tuple[int, int] = THUMBNAIL_SIZE) -> bytes:
+    """JPEG of the image at ``path`` shrunk to ``size`` (W, H), each class's mask blended over it
+    at half opacity in its colour. ImageReadError when the image is gone or unreadable."""
+    image = read_image(path, channels=3, expected_shape=None)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    for class_id, rle in zip(CLASS_IDS, rles, strict=False):
+        if not rle:
+            continue
+        mask = rle_to_mask(rle, image.shape[:2]).astype(np.uint8)
+        shown = cv2.resize(mask, size, interpolation=cv2.INTER_AREA) > 0  # a thin line stays visible
+        colour = np.array([int(CLASS_COLORS[class_id][i : i + 2], 16) for i in (1, 3, 5)], np.float32)
+        small[shown] = 0.5 * small[shown] + 0.5 * colour
+    return encode_jpeg(small.astype(np.uint8), 85, str(path), rgb=True)
 
 
 def create_dashboard_app(

@@ -127,7 +127,8 @@ function renderChart(rates, start, end) {
   }
   const barW = Math.max(1, (plotW * rates.bucket) / (end - start) - 1);
   for (const b of buckets) {
-    const bar = svg("rect", { x: x(b.start), y: yFrames(b.frames), width: barW, height: top + plotH - yFrames(b.frames), class: "bar-frames" });
+    const width = Math.min(barW, left + plotW - x(b.start));  // the bucket still filling ends at now
+    const bar = svg("rect", { x: x(b.start), y: yFrames(b.frames), width: Math.max(0, width), height: top + plotH - yFrames(b.frames), class: "bar-frames" });
     const tip = svg("title");
     tip.textContent = `${time(b.start)}: ${b.frames} frames; ` +
       Object.entries(b.classes).map(([c, n]) => `class ${c} ${n}`).join(", ");
@@ -146,6 +147,24 @@ function renderLegend() {
     el("span", {}, el("span", { class: "swatch frames" }), "frames per bucket (left axis)"),
     ...Object.entries(state.classes).map(([c, k]) => el("span", {},
       el("span", { class: "swatch", style: `background:${k.color}` }), `class ${c} rate (right axis)`)));
+}
+
+// -- the strip of the latest judged frames, masks drawn over them on the server --------------
+
+let stripIds = "";
+
+async function renderStrip() {
+  const p = new URLSearchParams({ status: "judged", limit: 6 });
+  if (state.line) p.set("line", state.line);
+  const frames = (await get(`/api/log/frames?${p}`)).frames;
+  const ids = frames.map((f) => f.id).join(",");
+  if (ids === stripIds) return;  // the same frames: keep the images already loaded
+  stripIds = ids;
+  $("strip").replaceChildren(...frames.map((f) => el("figure", { class: "thumb-card", tabindex: 0, "data-id": f.id,
+    onclick: () => openViewer(f.id), onkeydown: (e) => { if (e.key === "Enter") openViewer(f.id); } },
+    el("img", { src: `/api/log/frames/${f.id}/thumbnail`, alt: `${f.name} with its masks`, width: 400, height: 64,
+      onerror: (e) => e.target.replaceWith(el("div", { class: "thumb-gone" }, "image no longer on disk")) }),
+    el("figcaption", {}, el("span", { class: "name" }, f.name), " ", classCell(f)))));
 }
 
 // -- search and results ------------------------------------------------------------------------
@@ -243,6 +262,7 @@ async function refresh() {
     ]);
     renderTiles(aggregates, rates, end);
     renderChart(rates, Math.floor(start / bucket) * bucket, end);
+    await renderStrip();
     if (!state.search) await loadRows();
     showError(null);
   } catch (err) {
