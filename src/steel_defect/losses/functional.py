@@ -162,15 +162,16 @@ def lovasz_hinge(logits: torch.Tensor, targets: torch.Tensor, per_image: bool = 
             f"lovasz_hinge is a segmentation loss: expected (N, C, H, W) logits, got shape "
             f"{tuple(logits.shape)}; use bce, focal or dice (per_image=False) for (N, C) classifier output"
         )
-    logits = logits.float()
-    targets = targets.float()
-    n, c = logits.shape[:2]
-    if per_image:
-        flat_logits, flat_labels = logits.reshape(n * c, -1), targets.reshape(n * c, -1)
-    else:
-        flat_logits = logits.transpose(0, 1).reshape(c, -1)
-        flat_labels = targets.transpose(0, 1).reshape(c, -1)
+    flat_logits, flat_labels = _lovasz_maps(logits.float(), targets.float(), per_image)
     return lovasz_hinge_flat(flat_logits, flat_labels).mean()
+
+
+def _lovasz_maps(values: torch.Tensor, targets: torch.Tensor, per_image: bool):
+    """(N, C, H, W) -> (maps, pixels): one map per (image, class), or per class over the batch."""
+    n, c = values.shape[:2]
+    if per_image:
+        return values.reshape(n * c, -1), targets.reshape(n * c, -1)
+    return values.transpose(0, 1).reshape(c, -1), targets.transpose(0, 1).reshape(c, -1)
 
 
 def lovasz_softmax(
@@ -192,14 +193,7 @@ def lovasz_softmax(
         )
     if classes not in ("present", "all"):
         raise ValueError(f"classes must be 'present' or 'all', got {classes!r}")
-    probs = torch.sigmoid(logits.float())
-    targets = targets.float()
-    n, c = probs.shape[:2]
-    if per_image:
-        flat_probs, flat_labels = probs.reshape(n * c, -1), targets.reshape(n * c, -1)
-    else:
-        flat_probs = probs.transpose(0, 1).reshape(c, -1)
-        flat_labels = targets.transpose(0, 1).reshape(c, -1)
+    flat_probs, flat_labels = _lovasz_maps(torch.sigmoid(logits.float()), targets.float(), per_image)
     errors = (flat_labels - flat_probs).abs()
     errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
     losses = (errors_sorted * lovasz_grad(torch.gather(flat_labels, 1, perm))).sum(dim=1)
