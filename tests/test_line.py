@@ -193,6 +193,7 @@ def test_search_filters_by_class_area_probability_time_line_and_pages(inspection
     assert names(class_ids=[4], min_area=500, min_probability=0.8) == ["a.jpg"]
     assert names(class_ids=[1, 3]) == ["d.jpg", "c.jpg"]
     assert names(line="line-2") == ["d.jpg"]
+    assert inspection.lines() == ["line-1", "line-2"]  # no watcher: found from the frames alone
     assert names(start=T0 + 10, end=T0 + 30) == ["c.jpg", "b.jpg"]
     assert names(status="corrupt") == ["f.jpg"]
     first = inspection.search(Search(limit=4))

@@ -39,7 +39,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
-from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, encode_jpeg, read_image
+from steel_defect.data.images import ImageReadError, encode_jpeg, read_image
 from steel_defect.data.rle import rle_to_mask
 from steel_defect.line.log import STATUSES, InspectionLog, LogError, Search
 from steel_defect.webapp.app import MEDIA_TYPES, STATIC, Limits, new_app
@@ -176,7 +176,7 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
             raise HTTPException(404, f"no frame {frame_id} in the inspection log")
         path = Path(row["path"])
         kind = SUFFIX_TYPES.get(path.suffix.lower())
-        if kind is None or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        if kind is None or not path.is_file():
             raise HTTPException(404, f"frame {frame_id}: its image is no longer at {path}")
         return FileResponse(path, media_type=MEDIA_TYPES[kind])
 
