@@ -41,9 +41,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from steel_defect.config import load_config
 from steel_defect.data.images import read_image
-from steel_defect.inference.export import export_onnx, quantize_int8
 from steel_defect.inference.networks import default_threads
 from steel_defect.inference.onnx_backend import load_onnx
+from steel_defect.inference.onnx_export import export_onnx, quantize_int8
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor, network_input
 from steel_defect.inference.run import predict_folder

@@ -37,7 +37,7 @@ from benchdata import REPO, synthetic_images
 
 from steel_defect.config import load_config
 from steel_defect.data.synth import write_synthetic_dataset
-from steel_defect.inference.export import export_onnx
+from steel_defect.inference.onnx_export import export_onnx
 from steel_defect.models import build_model
 from steel_defect.models.checkpoint import save_checkpoint
 

@@ -1,14 +1,19 @@
-"""Every named component is checked when the config loads: one error type, the key path, a hint.
+"""Every named component is checked before training writes anything: one error type, the key path, a hint.
 
 Each case runs ``steel-defect train`` with one typo and checks that it fails with exit status 2
 and one line naming the key, before the work directory (``config.yml``, logs, checkpoints) exists.
 """
+
+import subprocess
+import sys
 
 import pytest
 
 from steel_defect.cli import main
 from steel_defect.config import ConfigError, load_config
 from steel_defect.config.errors import ComponentError
+from steel_defect.training.checks import check_components
+from steel_defect.training.runner import train
 from tests.conftest import REPO
 
 CASES = {
@@ -90,13 +95,20 @@ def test_a_typo_fails_at_load_before_any_file_is_written(kind, tiny_synth, tmp_p
 def test_one_error_type_for_every_kind():
     for opts, _ in CASES.values():
         with pytest.raises(ConfigError) as info:
-            load_config(None, opts)
+            check_components(load_config(None, opts))
         kinds = (ComponentError, ConfigError)
         assert type(info.value) in kinds
     with pytest.raises(ComponentError):  # the loader's own component checks use the same type
         load_config(None, ["model.cls_head={wieght: 0.5}"])
 
 
-def test_light_commands_can_skip_the_component_check():
-    cfg = load_config(None, ["loss.name=bce_dise"], components=False)
-    assert cfg.loss.name == "bce_dise"
+def test_loading_a_config_stays_light_and_leaves_names_to_the_consumer():
+    code = (
+        "import sys; from steel_defect.config import load_config; "
+        "cfg = load_config(None, ['loss.name=bce_dise']); "
+        "print(cfg.loss.name, 'torch' in sys.modules, 'steel_defect.losses' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["bce_dise", "False", "False"]  # no registry, no torch: light commands
+    with pytest.raises(ComponentError, match="did you mean 'bce_dice'"):
+        train(load_config(None, ["loss.name=bce_dise"]))  # train() checks before it writes

@@ -21,7 +21,7 @@ def test_defaults_base_experiment_and_overrides_stack(tmp_path):
         {"base": "../base.yml", "data": {"batch_size": 4}, "model": {"params": {"b": 2}}},
     )
     # made-up model params show the merge; the registries would reject them
-    cfg = load_config(exp, ["seed=7", "optimizer.lr=0.5", "paths.work_dir=work/x"], components=False)
+    cfg = load_config(exp, ["seed=7", "optimizer.lr=0.5", "paths.work_dir=work/x"])
     assert cfg.seed == 7  # override beats base
     assert cfg.data.batch_size == 4  # experiment beats base
     assert cfg.data.channels == 3  # default survives

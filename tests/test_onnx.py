@@ -19,6 +19,7 @@ from steel_defect.data.images import read_image
 from steel_defect.data.rle import mask_to_rle
 from steel_defect.inference import export
 from steel_defect.inference.onnx_backend import ExportError, cache_path, file_sha256, load_onnx
+from steel_defect.inference.onnx_export import export_onnx
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
 from steel_defect.models.checkpoint import update_checkpoint
@@ -38,7 +39,7 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx_export")
-    return {task: export.export_onnx(path, out / f"{task}.onnx") for task, path in checkpoints.items()}
+    return {task: export_onnx(path, out / f"{task}.onnx") for task, path in checkpoints.items()}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_a_two_head_segmenter_exports_both_outputs(tmp_path, frames):
     opts = [*SMALL_OPTS, "model.cls_head={gate: hard}"]
     cfg = load_config(REPO / "configs/demo/synth_seg.yml", opts)
     path = save_checkpoint(tmp_path / "two_head.pth", build_model(cfg), cfg, epoch=0, metrics={})
-    onnx_path = export.export_onnx(path, tmp_path / "two_head.onnx")
+    onnx_path = export_onnx(path, tmp_path / "two_head.onnx")
     maps_t, heads_t = Predictor([path], tta=()).segment_with_heads(frames[:2])
     maps_o, heads_o = Predictor([onnx_path], tta=()).segment_with_heads(frames[:2])
     assert heads_o is not None and np.abs(heads_t - heads_o).max() <= 1e-4

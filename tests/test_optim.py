@@ -8,6 +8,7 @@ from torch import nn
 
 from steel_defect.config import ConfigError, load_config
 from steel_defect.config.errors import ComponentError
+from steel_defect.training.checks import check_components
 from steel_defect.training.optim import (
     build_optimizer,
     build_scheduler,
@@ -87,10 +88,10 @@ def test_schedulers_step_the_rate():
         (["scheduler.name=cosine_restarts", "scheduler.params={cycles: 3}"], r"cycles must divide"),
     ],
 )
-def test_errors_name_the_key_when_the_config_loads(opts, message):
+def test_errors_name_the_key_before_training(opts, message):
+    cfg = load_config(None, opts)
     with pytest.raises(ComponentError, match=message):
-        load_config(None, opts)
-    cfg = load_config(None, opts, components=False)  # building checks the same way
+        check_components(cfg)  # what train() runs first
     with pytest.raises(ComponentError, match=message):
         build_scheduler(build_optimizer(Tiny(), cfg), cfg)
 

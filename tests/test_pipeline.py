@@ -25,7 +25,7 @@ from steel_defect.data.rle import rles_to_masks
 from steel_defect.data.submission import read_submission
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.evaluation.metric import dice_pairs
-from steel_defect.inference.export import export_onnx
+from steel_defect.inference.onnx_export import export_onnx
 from steel_defect.inference.oof import SplitMismatchError, search_thresholds
 from steel_defect.inference.pipeline import PipelineError, build_predictor, read_tuned, save_spec
 from steel_defect.inference.postprocess import ClassParams, PostProcessing

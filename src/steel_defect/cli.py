@@ -91,9 +91,7 @@ def _cmd_split(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.data.folds import FLAG_COLUMNS, make_split, read_folds, split_digest, write_split
 
-    cfg = load_config(
-        args.config, args.opts, require=("paths.train_csv", "paths.train_images"), components=False
-    )
+    cfg = load_config(args.config, args.opts, require=("paths.train_csv", "paths.train_images"))
     table = make_split(cfg)
     path = Path(cfg.paths.folds_csv)
     if path.is_file() and not args.force:
@@ -179,7 +177,7 @@ def _cmd_predict(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.inference.run import predict_folder, summary_text
 
-    cfg = load_config(args.config, args.opts, components=False)  # the models come from the checkpoints
+    cfg = load_config(args.config, args.opts)
     predictor = _predictor(cfg, args, args.checkpoints, _tuned_path(cfg, args.postprocessing))
     summary = predict_folder(
         predictor,
@@ -198,7 +196,7 @@ def _cmd_pseudo_label(args) -> int:
     from steel_defect.config import load_config
     from steel_defect.inference.pseudo import PseudoRules, extra_opt, pseudo_label
 
-    cfg = load_config(args.config, args.opts, components=False)
+    cfg = load_config(args.config, args.opts)
     rules = PseudoRules(upper=args.upper, lower=args.lower, agree=not args.no_agree)
     predictor = _predictor(cfg, args, args.checkpoints, _tuned_path(cfg, args.postprocessing))
     summary = pseudo_label(predictor, args.images, args.out, rules, batch_size=cfg.inference.batch_size)
@@ -218,7 +216,7 @@ def _cmd_serve(args) -> int:
     token = access_token(args.host, args.token, args.no_auth)  # before the model loads: fails in a second
     if token is None and not is_loopback(args.host):
         log.warning("--no-auth: anyone who can reach %s can use the model", args.host)
-    cfg = load_config(args.config, args.opts, components=False)
+    cfg = load_config(args.config, args.opts)
     max_file_bytes = int(args.max_file_mb * 2**20)
     # Read before the model loads, so a wrong folder fails in a second.
     examples = folder_examples(args.examples, max_file_bytes) if args.examples else None
@@ -277,7 +275,7 @@ def _cmd_label(args) -> int:
     folder = FrameFolder(args.images, max_file_bytes)
     store = LabelStore.open(args.db)
     store.set_meta(IMAGES_META, str(folder.directory.resolve()))
-    cfg = load_config(args.config, args.opts, components=False)
+    cfg = load_config(args.config, args.opts)
     predictor = _label_predictor(cfg, args)
     service = LabelService(store, folder, predictor)
     log.info(
@@ -315,7 +313,7 @@ def _cmd_watch(args) -> int:
     # malloc arenas keep its RSS flat, as for `serve` (bench/soak.py, bench/line_watch.py).
     limit_malloc_arenas()
     inspection_log = InspectionLog.open(args.db)  # before the model loads: a bad --db fails in a second
-    cfg = load_config(args.config, args.opts, components=False)
+    cfg = load_config(args.config, args.opts)
     predictor = _predictor(
         cfg, args, args.checkpoints, _tuned_path(cfg, args.postprocessing), device=args.device
     )
@@ -420,7 +418,7 @@ def _cmd_labels(args) -> int:
             from steel_defect.labels.folder import FrameFolder
             from steel_defect.labels.queue import score_queue
 
-            cfg = load_config(args.config, args.opts, components=False)
+            cfg = load_config(args.config, args.opts)
             predictor = _label_predictor(cfg, args)
             if predictor is None:
                 raise UserError("labels queue needs the model: --postprocessing WORK/postprocessing.yml")
@@ -437,7 +435,7 @@ def _cmd_export(args) -> int:
     from steel_defect.inference.export import export_all
 
     need = ("paths.train_csv", "paths.train_images") if args.int8 else ()
-    cfg = load_config(args.config, args.opts, require=need, components=False)
+    cfg = load_config(args.config, args.opts, require=need)
     summary = export_all(
         args.checkpoints,
         args.out,
@@ -461,10 +459,10 @@ def _cmd_thresholds(args) -> int:
     from steel_defect.inference.oof import search_thresholds
 
     need = ("paths.train_csv", "paths.train_images", "paths.folds_csv")
-    seg_cfg = load_config(args.config, args.opts, require=need, components=False)
+    seg_cfg = load_config(args.config, args.opts, require=need)
     # --opts are the segmenter's alone: a paths.work_dir there must not move the other models
-    cls_cfg = load_config(args.cls_config, args.cls_opts, components=False) if args.cls_config else None
-    members = [load_config(path, args.member_opts, components=False) for path in args.ensemble]
+    cls_cfg = load_config(args.cls_config, args.cls_opts) if args.cls_config else None
+    members = [load_config(path, args.member_opts) for path in args.ensemble]
     device = "cpu" if seg_cfg.inference.backend == "onnx" else _device(seg_cfg.inference.device)
     summary = search_thresholds(
         seg_cfg, cls_cfg, args.out, device=device, members=members, name=args.checkpoint_name
@@ -566,7 +564,7 @@ def _cmd_config(args) -> int:
         for key, default, doc in schema_table():
             print(f"| `{key}` | `{default}` | {doc} |")
         return 0
-    cfg = load_config(args.config, args.opts, components=False)
+    cfg = load_config(args.config, args.opts)
     print(yaml.safe_dump(to_plain(cfg), sort_keys=False), end="")
     return 0
 

@@ -34,6 +34,7 @@ from steel_defect.inference.oof import search_thresholds
 from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.pseudo import extra_opt, pseudo_label
 from steel_defect.inference.run import predict_folder, summary_text
+from steel_defect.training.checks import check_components
 from steel_defect.training.runner import train
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ def prepare_data(
 
 
 def load_configs(steps: Recipe, data: DemoData, work: Path, seed: int, epochs, opts) -> tuple:
-    """(segmenter config, classifier config or None, the segmenter's opts for a second round)."""
+    """(segmenter config, classifier config or None, the segmenter's opts for a second round);
+    their component names are checked here, before folds or checkpoints are written."""
     paths = [
         f"paths.train_csv={data.train_csv}",
         f"paths.train_images={data.train_images}",
@@ -158,6 +160,9 @@ def load_configs(steps: Recipe, data: DemoData, work: Path, seed: int, epochs, o
     cls_cfg = None
     if steps.cls is not None:
         cls_cfg = load_config(CONFIGS / steps.cls, [*paths, f"paths.work_dir={work / 'cls'}", *extra])
+    for cfg in (seg_cfg, cls_cfg):
+        if cfg is not None:
+            check_components(cfg)
     return seg_cfg, cls_cfg, seg_opts
 
 

@@ -308,14 +308,13 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     require: tuple[str, ...] = (),
-    components: bool = True,
 ) -> EasyDict:
     """Resolved configuration: defaults <- base chain <- ``path`` <- ``overrides``.
 
-    ``require`` names path keys (``"paths.train_csv"``) that must exist for the caller.
-    ``components``: check every ``*.name`` and its ``params`` against the registries
-    (:mod:`steel_defect.components`, which imports the training stack); commands that only
-    read paths or inference settings pass False to stay light.
+    ``require`` names path keys (``"paths.train_csv"``) that must exist for the caller. Every
+    key, type and plain setting is checked here; the component names (``loss.name``, the
+    transforms, ...) are checked against their registries where the config is consumed, by
+    :func:`steel_defect.training.checks.check_components`, which ``train`` calls first.
     """
     cfg = _defaults(SCHEMA)
     if path is not None:
@@ -329,12 +328,7 @@ def load_config(
     cfg["train"]["semi"] = _check_semi(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
-    cfg = EasyDict(cfg)
-    if components:
-        from steel_defect.components import check_components  # the registries sit above config/
-
-        check_components(cfg)
-    return cfg
+    return EasyDict(cfg)
 
 
 def to_plain(cfg: Any) -> Any:

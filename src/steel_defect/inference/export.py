@@ -1,190 +1,29 @@
-"""Checkpoint -> ONNX export (fp32, and int8 by static quantization), with metadata.
+"""``steel-defect export``: checkpoints -> a folder of ONNX files, the int8 twin of each checked
+against fp32 on frames the model did not train on, inside the tuned pipeline.
 
-    export_onnx("fold0/checkpoints/best.pth", "export/fold0.onnx")
-    quantize_int8("export/fold0.onnx", "export/fold0.int8.onnx", calibration_frames)
+    export_all(checkpoints, "export/", cfg, postprocessing="work/postprocessing.json", int8=True)
 
-The exported graph is the model followed by its sigmoid(s): input ``image`` (N, C, H, W)
-float32 normalised as the checkpoint's ``transforms.valid`` does, outputs ``probs`` and, for a
-two-head segmenter, ``head``. The batch dimension is dynamic; height and width are those the
-validation transform produces (TF-style "same" padding of some encoders is traced for them).
-The metadata entry ``steel_defect`` (:mod:`.onnx_backend`) makes the file self-describing, like
-a checkpoint, and records the largest probability difference from torch on a test input.
-
-int8 uses ONNX Runtime's static quantization in QDQ format with per-channel weights, calibrated
-on real frames. Only the convolutions and matrix products are quantized: the sigmoid and the
-upsampling stay in float, so probabilities near a threshold keep their resolution.
+The conversion itself (graph, metadata, quantization) is :mod:`.onnx_export`.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from steel_defect.atomic import atomic_write
-from steel_defect.constants import IMAGE_SHAPE
-from steel_defect.inference.networks import PROVENANCE_KEYS, Network, describe_state
-from steel_defect.inference.onnx_backend import FORMAT, METADATA_KEY, VERSION, file_sha256, load_onnx
-from steel_defect.inference.predictor import network_input
-from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
+from steel_defect.inference.onnx_export import (
+    export_onnx,
+    quantize_int8,
+    read_export_metadata,
+    set_int8_report,
+)
+from steel_defect.inference.pipeline import UNTUNED_HINT, PipelineError, read_tuned
+from steel_defect.inference.postprocess import PostProcessing
+from steel_defect.inference.predictor import Predictor
 
-OPSET = 17
-QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
-
-
-class _WithSigmoid(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        out = self.model(x)
-        if isinstance(out, tuple):  # two-head segmenter: (maps, labels)
-            return tuple(torch.sigmoid(o) for o in out)
-        return torch.sigmoid(out)
-
-
-def input_shape(network: Network) -> tuple[int, int, int]:
-    """(C, H, W) the network sees for a full-size frame."""
-    frame = np.zeros((*IMAGE_SHAPE, network.channels), np.uint8)
-    height, width = network.transform(image=frame)["image"].shape[:2]
-    return network.channels, height, width
-
-
-def _with_metadata(model_bytes: bytes, meta: dict) -> bytes:
-    import onnx
-
-    proto = onnx.load_from_string(model_bytes)
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, default=float)
-    return proto.SerializeToString()
-
-
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
-    """Write ``checkpoint``'s model as ONNX to ``out`` (atomically) and return ``out``."""
-    checkpoint, out = Path(checkpoint), Path(out)
-    state = load_checkpoint(checkpoint)
-    model, _ = model_from_checkpoint(state)
-    fields = describe_state(state, checkpoint)
-    channels, height, width = input_shape(Network(run=None, **fields))
-    dummy = torch.from_numpy(
-        np.random.default_rng(0).normal(size=(1, channels, height, width)).astype(np.float32)
-    )
-    wrapped = _WithSigmoid(model).eval()
-    outputs = ["probs", "head"] if fields["head_gate"] else ["probs"]
-    buffer = io.BytesIO()
-    # The TorchScript exporter needs neither onnxscript nor torch.export; torch 2.9+ calls it
-    # legacy and warns. Both give the same graph for these models (max difference 4e-5).
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            wrapped,
-            (dummy,),
-            buffer,
-            input_names=["image"],
-            output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]},
-            opset_version=opset,
-            dynamo=False,
-        )
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "task": state["task"],
-        "config": state["config"],
-        "epoch": state["epoch"],
-        "metrics": state["metrics"],
-        **{key: state.get(key) for key in PROVENANCE_KEYS},
-        # the source's identity: a tuned pipeline accepts the export in its checkpoint's place
-        "weights_sha256": state.get("weights_sha256") or weights_digest(state["model_state"]),
-        "source": checkpoint.name,
-        "source_sha256": file_sha256(checkpoint),
-        "precision": "fp32",
-        "opset": opset,
-        "input_shape": [channels, height, width],
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp) / "probe.onnx"
-        probe.write_bytes(_with_metadata(buffer.getvalue(), meta))
-        with torch.inference_mode():
-            expected = wrapped(dummy)
-        got = load_onnx(probe, threads=1).run(dummy.numpy())
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        meta["max_abs_diff_vs_torch"] = max(
-            float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=False) if g is not None
-        )
-    with atomic_write(out, "wb") as handle:
-        handle.write(_with_metadata(buffer.getvalue(), meta))
-    return out
-
-
-def _read_meta(path: Path) -> dict:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    entries = {p.key: p.value for p in proto.metadata_props}
-    return json.loads(entries[METADATA_KEY])
-
-
-def quantize_int8(
-    fp32: str | Path, out: str | Path, frames: list[np.ndarray], extra: dict | None = None
-) -> Path:
-    """Static int8 (QDQ, per-channel weights) of an fp32 export, calibrated on uint8 ``frames``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    fp32, out = Path(fp32), Path(out)
-    network = load_onnx(fp32, threads=1)
-    batches = iter([{"image": network_input(network, [frame])} for frame in frames])
-
-    class Frames(CalibrationDataReader):
-        def get_next(self):
-            return next(batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            Frames(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=QUANTIZED_OPS,
-        )
-        meta = {
-            **_read_meta(fp32),
-            "precision": "int8",
-            "int8": {"calibration_frames": len(frames), **(extra or {})},
-        }
-        model_bytes = _with_metadata(quantized.read_bytes(), meta)
-    with atomic_write(out, "wb") as handle:
-        handle.write(model_bytes)
-    return out
-
-
-def set_int8_report(path: str | Path, report: dict) -> None:
-    """Merge ``report`` (the Dice change against fp32) into an int8 export's metadata."""
-    path = Path(path)
-    meta = _read_meta(path)
-    meta["int8"] = {**meta.get("int8", {}), **report}
-    model_bytes = _with_metadata(path.read_bytes(), meta)
-    with atomic_write(path, "wb") as handle:
-        handle.write(model_bytes)
-
-
-# ---------------------------------------------------------------------------------------------
-# `steel-defect export`: checkpoints -> a folder of ONNX files, int8 checked against fp32 on
-# the frames the model did not train on, inside the tuned pipeline.
+__all__ = ["INT8_MAX_DICE_LOSS", "export_all", "export_onnx", "int8_frame_ids", "quantize_int8"]
 
 INT8_MAX_DICE_LOSS = 0.005
 
@@ -249,7 +88,6 @@ def read_frames(cfg, ids: list[str]):
 def mean_dice(models: list[Path], frames, truth, post, tta=(), batch: int = 4) -> float:
     """Mean Dice of the pipeline of ``models`` (``.onnx`` on ONNX Runtime, ``.pth`` on torch)."""
     from steel_defect.evaluation.metric import dice_pairs
-    from steel_defect.inference.predictor import Predictor
 
     predictor = Predictor(models, post, tta=tuple(tta), backend="torch")
     masks = [
@@ -264,8 +102,6 @@ def _check_pipeline(checkpoint: Path, digest: str, spec):
     """(the other models of ``checkpoint``'s fold in the tuned pipeline, post-processing, TTA):
     the int8 model is scored inside the pipeline it will run in, gate included. ``digest``: the
     checkpoint's weights SHA-256."""
-    from steel_defect.inference.postprocess import PostProcessing
-
     if spec is None:  # --untuned: the model alone, threshold 0.5
         return [], PostProcessing(), ()
     mine = [m for m in spec.models if m.weights_sha256 == digest]
@@ -295,8 +131,6 @@ def export_all(
     An int8 model that loses more than ``INT8_MAX_DICE_LOSS`` mean Dice is not written unless
     ``force``; the fp32 file is written either way.
     """
-    from steel_defect.inference.pipeline import UNTUNED_HINT, PipelineError, read_tuned
-
     spec = read_tuned(postprocessing)[1] if postprocessing is not None else None
     if int8 and spec is None and not untuned:
         raise PipelineError(f"the int8 check runs the tuned pipeline: {UNTUNED_HINT}")
@@ -307,7 +141,7 @@ def export_all(
     for checkpoint in map(Path, checkpoints):
         name = export_name(checkpoint, taken)
         fp32 = export_onnx(checkpoint, out_dir / f"{name}.onnx")
-        meta = _read_meta(fp32)
+        meta = read_export_metadata(fp32)
         entry = {
             "checkpoint": str(checkpoint),
             "onnx": str(fp32),

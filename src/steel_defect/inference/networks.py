@@ -1,7 +1,7 @@
 """One trained network behind the predictor, whatever runs it: torch or ONNX Runtime.
 
-    net = load_network("fold0/checkpoints/best.pth", backend="onnx", threads=2)
-    probs, head = net.run(batch)     # (N, C, H, W) float32 in -> sigmoid probabilities out
+    net = load_network("fold0/checkpoints/best.pth", backend="onnx", threads=2)   # .predictor
+    probs, head = net.run(network_input(net, frames))   # sigmoid probabilities out
 
 A :class:`Network` carries what the predictor needs besides the forward pass: the task, the
 classes of its output channels, the validation transform rebuilt from the training config,
@@ -10,7 +10,10 @@ predictor, the post-processing and the CSV writer never touch torch: with ``.onn
 (or ``.pth`` files whose ONNX export is cached beside them) ``predict`` runs without
 importing torch at all.
 
-Backends (``inference.backend`` / ``--backend``):
+This module is the backends' common interface, at the bottom of the inference package: the
+backends (:mod:`.torch_backend`, :mod:`.onnx_backend`) build a :class:`Network`, and
+:func:`steel_defect.inference.predictor.load_network` picks one of them. Backends
+(``inference.backend`` / ``--backend``):
 
 * ``torch``: the checkpoint's model in eval mode, channels-last, under ``inference_mode``;
 * ``onnx``: ONNX Runtime's CPU execution provider on the exported graph. A ``.pth`` is exported
@@ -88,17 +91,20 @@ def default_threads() -> int:
     return max(1, min(usable, physical))
 
 
-def load_network(
-    path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None
-) -> Network:
-    """The network of one checkpoint (``.pth``) or export (``.onnx``) on ``backend``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    path = Path(path)
-    if path.suffix == ".onnx" or backend == "onnx":
-        from steel_defect.inference.onnx_backend import load_onnx
-
-        return load_onnx(path, threads)
-    from steel_defect.inference.torch_backend import load_torch
-
-    return load_torch(path, device, threads)
+def network_input(network: Network, images: list[np.ndarray]) -> np.ndarray:
+    """(N, C, H, W) float32: each frame through the network's validation transform; uint8 / 255."""
+    batch = None
+    for index, image in enumerate(images):
+        if network.channels == 1 and image.shape[-1] == 3:
+            image = image[..., :1]
+        image = network.transform(image=image)["image"]
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if batch is None:  # filled in place: one copy per frame instead of a stack and a transpose
+            height, width, channels = image.shape
+            batch = np.empty((len(images), channels, height, width), np.float32)
+        if image.dtype == np.uint8:
+            np.multiply(image.transpose(2, 0, 1), np.float32(1 / 255), out=batch[index])
+        else:
+            batch[index] = image.transpose(2, 0, 1)
+    return batch

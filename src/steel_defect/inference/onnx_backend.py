@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: an exported network on the CPU execution provider, without torch.
 
-An export (``steel-defect export``, :mod:`steel_defect.inference.export`) is one ``.onnx`` file
+An export (:mod:`steel_defect.inference.onnx_export`, ``steel-defect export``) is one ``.onnx`` file
 whose graph ends in the sigmoid, with a dynamic batch dimension, and whose metadata entry
 ``steel_defect`` holds the checkpoint's resolved config (task, classes, transforms,
 normalisation, encoder), epoch, metrics, provenance, the SHA-256 of the source checkpoint and,
@@ -49,7 +49,7 @@ def cache_path(checkpoint: str | Path) -> Path:
 SPIN = False
 
 
-def _session(path: Path, threads: int | None, spin: bool | None = None):
+def open_session(path: Path, threads: int | None, spin: bool | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -76,39 +76,24 @@ def read_metadata(session, path: Path) -> dict:
     return meta
 
 
-def _cached_session(checkpoint: Path, threads: int | None, spin: bool | None = None):
-    """(path, session, metadata) of ``checkpoint``'s up-to-date export, written first if missing
-    or stale (that needs torch). A valid cached export is opened once, not once to check it and
-    again to run it."""
-    if not checkpoint.is_file():
-        raise ExportError(f"checkpoint {checkpoint} does not exist")
-    onnx_path = cache_path(checkpoint)
-    if onnx_path.is_file():
-        try:
-            session = _session(onnx_path, threads, spin)
-            meta = read_metadata(session, onnx_path)
-            if meta.get("source_sha256") == file_sha256(checkpoint) and meta.get("precision") == "fp32":
-                return onnx_path, session, meta
-        except ExportError:
-            pass  # unreadable or foreign: export again
-    from steel_defect.inference.export import export_onnx
-
-    export_onnx(checkpoint, onnx_path)
-    session = _session(onnx_path, threads, spin)
-    return onnx_path, session, read_metadata(session, onnx_path)
-
-
 def load_onnx(path: str | Path, threads: int | None = None, spin: bool | None = None) -> Network:
-    """An ``.onnx`` export as it is, or a ``.pth`` checkpoint through its cached export.
-    ``spin``: let idle worker threads busy-wait (default :data:`SPIN`)."""
+    """An ``.onnx`` export as it is. ``spin``: let idle worker threads busy-wait (default
+    :data:`SPIN`). A ``.pth`` checkpoint runs here through its cached export
+    (:func:`steel_defect.inference.onnx_export.load_exported`, which needs torch to write it)."""
     path = Path(path)
     if path.suffix != ".onnx":
-        path, session, meta = _cached_session(path, threads, spin)
-    elif not path.is_file():
+        raise ExportError(
+            f"{path} is not an .onnx file; a checkpoint runs on ONNX Runtime with "
+            "load_network(path, backend='onnx')"
+        )
+    if not path.is_file():
         raise ExportError(f"ONNX model {path} does not exist")
-    else:
-        session = _session(path, threads, spin)
-        meta = read_metadata(session, path)
+    session = open_session(path, threads, spin)
+    return network_from_session(path, session, read_metadata(session, path))
+
+
+def network_from_session(path: Path, session, meta: dict) -> Network:
+    """The :class:`Network` of an open ONNX Runtime ``session`` of the export at ``path``."""
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
 

@@ -26,12 +26,18 @@ import cv2
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
-from steel_defect.inference.networks import PROVENANCE_KEYS, Network, default_threads, load_network
+from steel_defect.inference.networks import (
+    BACKENDS,
+    PROVENANCE_KEYS,
+    Network,
+    default_threads,
+    network_input,
+)
 from steel_defect.inference.postprocess import PostProcessing, postprocess, quantise
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROVENANCE_KEYS", "TTA_DIMS", "Prediction", "Predictor", "network_input"]
+__all__ = ["PROVENANCE_KEYS", "TTA_DIMS", "Prediction", "Predictor", "load_network", "network_input"]
 
 # Each TTA view is its own inverse: flip the input, predict, flip the output back.
 TTA_DIMS = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
@@ -50,23 +56,26 @@ class Prediction:
     levels: np.ndarray | None = None
 
 
-def network_input(network: Network, images: list[np.ndarray]) -> np.ndarray:
-    """(N, C, H, W) float32: each frame through the network's validation transform; uint8 / 255."""
-    batch = None
-    for index, image in enumerate(images):
-        if network.channels == 1 and image.shape[-1] == 3:
-            image = image[..., :1]
-        image = network.transform(image=image)["image"]
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if batch is None:  # filled in place: one copy per frame instead of a stack and a transpose
-            height, width, channels = image.shape
-            batch = np.empty((len(images), channels, height, width), np.float32)
-        if image.dtype == np.uint8:
-            np.multiply(image.transpose(2, 0, 1), np.float32(1 / 255), out=batch[index])
-        else:
-            batch[index] = image.transpose(2, 0, 1)
-    return batch
+def load_network(
+    path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None
+) -> Network:
+    """The network of one checkpoint (``.pth``) or export (``.onnx``) on ``backend``. A ``.pth``
+    on the onnx backend runs through its cached export (:func:`.onnx_export.load_exported`).
+    Each backend is imported only when asked for: torch is never loaded for an ``.onnx`` file."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from steel_defect.inference.onnx_backend import load_onnx
+
+        return load_onnx(path, threads)
+    if backend == "onnx":
+        from steel_defect.inference.onnx_export import load_exported
+
+        return load_exported(path, threads)
+    from steel_defect.inference.torch_backend import load_torch
+
+    return load_torch(path, device, threads)
 
 
 def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

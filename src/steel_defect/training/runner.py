@@ -37,6 +37,7 @@ from steel_defect.training.callbacks import (
     SchedulerCallback,
     SegmentationMetricsCallback,
 )
+from steel_defect.training.checks import check_components
 from steel_defect.training.determinism import configure as configure_determinism
 from steel_defect.training.engines import build_engine, patch_catalyst_all_gather
 from steel_defect.training.optim import build_optimizer, build_scheduler, cycle_ends
@@ -245,8 +246,10 @@ def train(cfg, fold: int | None = None, resume: bool = False, nproc: int = 1) ->
     """Train ``cfg.task`` on one fold; returns ``{"run_dir", "best", "epochs"}``.
 
     ``resume`` continues from ``<run_dir>/checkpoints/last.pth`` without repeating finished
-    epochs. ``cfg.train.engine`` picks the engine; ddp spawns ``nproc`` workers.
+    epochs. ``cfg.train.engine`` picks the engine; ddp spawns ``nproc`` workers. Every
+    component name of ``cfg`` is checked first, before anything is written.
     """
+    check_components(cfg)
     fold = cfg.folds.valid_fold if fold is None else fold
     cfg.folds.valid_fold = fold
     engine = cfg.train.engine

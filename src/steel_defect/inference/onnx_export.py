@@ -1,0 +1,220 @@
+"""Checkpoint -> ONNX export (fp32, and int8 by static quantization), with metadata.
+
+    export_onnx("fold0/checkpoints/best.pth", "export/fold0.onnx")
+    quantize_int8("export/fold0.onnx", "export/fold0.int8.onnx", calibration_frames)
+    net = load_exported("fold0/checkpoints/best.pth")   # the onnx backend on a checkpoint
+
+The conversion sits between the backends and the predictor: it runs the torch model beside its
+export to record their difference, and it writes the cache that lets the onnx backend take a
+``.pth``. ``steel-defect export`` (:mod:`.export`) adds the int8 check inside the tuned pipeline.
+
+The exported graph is the model followed by its sigmoid(s): input ``image`` (N, C, H, W)
+float32 normalised as the checkpoint's ``transforms.valid`` does, outputs ``probs`` and, for a
+two-head segmenter, ``head``. The batch dimension is dynamic; height and width are those the
+validation transform produces (TF-style "same" padding of some encoders is traced for them).
+The metadata entry ``steel_defect`` (:mod:`.onnx_backend`) makes the file self-describing, like
+a checkpoint, and records the largest probability difference from torch on a test input.
+
+int8 uses ONNX Runtime's static quantization in QDQ format with per-channel weights, calibrated
+on real frames. Only the convolutions and matrix products are quantized: the sigmoid and the
+upsampling stay in float, so probabilities near a threshold keep their resolution.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from steel_defect.atomic import atomic_write
+from steel_defect.constants import IMAGE_SHAPE
+from steel_defect.inference.networks import PROVENANCE_KEYS, Network, describe_state, network_input
+from steel_defect.inference.onnx_backend import (
+    FORMAT,
+    METADATA_KEY,
+    VERSION,
+    ExportError,
+    cache_path,
+    file_sha256,
+    load_onnx,
+    network_from_session,
+    open_session,
+    read_metadata,
+)
+from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
+
+OPSET = 17
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+class _WithSigmoid(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        if isinstance(out, tuple):  # two-head segmenter: (maps, labels)
+            return tuple(torch.sigmoid(o) for o in out)
+        return torch.sigmoid(out)
+
+
+def input_shape(network: Network) -> tuple[int, int, int]:
+    """(C, H, W) the network sees for a full-size frame."""
+    frame = np.zeros((*IMAGE_SHAPE, network.channels), np.uint8)
+    height, width = network.transform(image=frame)["image"].shape[:2]
+    return network.channels, height, width
+
+
+def _with_metadata(model_bytes: bytes, meta: dict) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, default=float)
+    return proto.SerializeToString()
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
+    """Write ``checkpoint``'s model as ONNX to ``out`` (atomically) and return ``out``."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    state = load_checkpoint(checkpoint)
+    model, _ = model_from_checkpoint(state)
+    fields = describe_state(state, checkpoint)
+    channels, height, width = input_shape(Network(run=None, **fields))
+    dummy = torch.from_numpy(
+        np.random.default_rng(0).normal(size=(1, channels, height, width)).astype(np.float32)
+    )
+    wrapped = _WithSigmoid(model).eval()
+    outputs = ["probs", "head"] if fields["head_gate"] else ["probs"]
+    buffer = io.BytesIO()
+    # The TorchScript exporter needs neither onnxscript nor torch.export; torch 2.9+ calls it
+    # legacy and warns. Both give the same graph for these models (max difference 4e-5).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            wrapped,
+            (dummy,),
+            buffer,
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]},
+            opset_version=opset,
+            dynamo=False,
+        )
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": state["task"],
+        "config": state["config"],
+        "epoch": state["epoch"],
+        "metrics": state["metrics"],
+        **{key: state.get(key) for key in PROVENANCE_KEYS},
+        # the source's identity: a tuned pipeline accepts the export in its checkpoint's place
+        "weights_sha256": state.get("weights_sha256") or weights_digest(state["model_state"]),
+        "source": checkpoint.name,
+        "source_sha256": file_sha256(checkpoint),
+        "precision": "fp32",
+        "opset": opset,
+        "input_shape": [channels, height, width],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        probe.write_bytes(_with_metadata(buffer.getvalue(), meta))
+        with torch.inference_mode():
+            expected = wrapped(dummy)
+        got = load_onnx(probe, threads=1).run(dummy.numpy())
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        meta["max_abs_diff_vs_torch"] = max(
+            float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=False) if g is not None
+        )
+    with atomic_write(out, "wb") as handle:
+        handle.write(_with_metadata(buffer.getvalue(), meta))
+    return out
+
+
+def read_export_metadata(path: Path) -> dict:
+    """The ``steel_defect`` metadata entry of an export, read without opening a session."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    entries = {p.key: p.value for p in proto.metadata_props}
+    return json.loads(entries[METADATA_KEY])
+
+
+def quantize_int8(
+    fp32: str | Path, out: str | Path, frames: list[np.ndarray], extra: dict | None = None
+) -> Path:
+    """Static int8 (QDQ, per-channel weights) of an fp32 export, calibrated on uint8 ``frames``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32, out = Path(fp32), Path(out)
+    network = load_onnx(fp32, threads=1)
+    batches = iter([{"image": network_input(network, [frame])} for frame in frames])
+
+    class Frames(CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Frames(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=QUANTIZED_OPS,
+        )
+        meta = {
+            **read_export_metadata(fp32),
+            "precision": "int8",
+            "int8": {"calibration_frames": len(frames), **(extra or {})},
+        }
+        model_bytes = _with_metadata(quantized.read_bytes(), meta)
+    with atomic_write(out, "wb") as handle:
+        handle.write(model_bytes)
+    return out
+
+
+def set_int8_report(path: str | Path, report: dict) -> None:
+    """Merge ``report`` (the Dice change against fp32) into an int8 export's metadata."""
+    path = Path(path)
+    meta = read_export_metadata(path)
+    meta["int8"] = {**meta.get("int8", {}), **report}
+    model_bytes = _with_metadata(path.read_bytes(), meta)
+    with atomic_write(path, "wb") as handle:
+        handle.write(model_bytes)
+
+
+def load_exported(checkpoint: str | Path, threads: int | None = None, spin: bool | None = None) -> Network:
+    """``checkpoint`` on the onnx backend, through its export cached beside it
+    (:func:`.onnx_backend.cache_path`): written first if missing, unreadable or stale against the
+    checkpoint's SHA-256 (that needs torch). A valid cached export is opened once, not once to
+    check it and again to run it."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ExportError(f"checkpoint {checkpoint} does not exist")
+    onnx_path = cache_path(checkpoint)
+    if onnx_path.is_file():
+        try:
+            session = open_session(onnx_path, threads, spin)
+            meta = read_metadata(session, onnx_path)
+            if meta.get("source_sha256") == file_sha256(checkpoint) and meta.get("precision") == "fp32":
+                return network_from_session(onnx_path, session, meta)
+        except ExportError:
+            pass  # unreadable or foreign: export again
+    export_onnx(checkpoint, onnx_path)
+    session = open_session(onnx_path, threads, spin)
+    return network_from_session(onnx_path, session, read_metadata(session, onnx_path))
