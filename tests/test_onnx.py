@@ -183,3 +183,38 @@ def test_export_refuses_an_int8_model_that_loses_dice(tmp_path, tiny_synth, chec
     assert "pass --force" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["seg.onnx"]  # fp32 written, no int8, no temp files
     assert os.path.getsize(out / "seg.onnx") > 0
+
+
+def test_auto_is_onnx_on_a_cpu_and_torch_on_a_gpu(monkeypatch):
+    from steel_defect.inference.networks import resolve_backend
+
+    assert resolve_backend("auto", "cpu") == ("onnx", "cpu")
+    assert resolve_backend("auto", "cuda") == ("torch", "cuda")
+    assert resolve_backend("torch", "auto") == ("torch", "auto")  # torch resolves its own device
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # every GPU hidden: the CPU, so onnx
+    assert resolve_backend("auto", "auto") == ("onnx", "cpu")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        resolve_backend("tensorrt")
+
+
+def test_an_export_that_cannot_sit_beside_its_checkpoint_goes_to_the_user_cache(
+    tmp_path, checkpoints, monkeypatch
+):
+    from steel_defect.inference.onnx_export import user_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "models" / "seg.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(checkpoints["seg"].read_bytes())
+    cache_path(checkpoint).mkdir()  # the name beside it is taken: the export cannot be written there
+    net = Predictor([checkpoint], backend="auto", device="cpu").segmenters[0]
+    cached = user_cache(checkpoint)
+    assert net.backend == "onnx" and net.path == str(checkpoint)  # the pipeline names the .pth
+    assert net.info["onnx"] == str(cached) and cached.is_relative_to(tmp_path / "cache" / "steel-defect")
+    stamp = cached.stat().st_mtime_ns
+    Predictor([checkpoint], backend="onnx")
+    assert cached.stat().st_mtime_ns == stamp  # reused while the checkpoint's hash matches
+    other = random_checkpoints(tmp_path / "other", seg_prior=0.6)["seg"]
+    checkpoint.write_bytes(other.read_bytes())  # retrained under the same name: a new export
+    net = Predictor([checkpoint], backend="onnx").segmenters[0]
+    assert net.info["source_sha256"] == file_sha256(other) and net.info["onnx"] == str(user_cache(checkpoint))

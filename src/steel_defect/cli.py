@@ -70,9 +70,10 @@ def _add_pipeline_args(parser: argparse.ArgumentParser) -> None:
 def _add_backend_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
-        help="default inference.backend; onnx: ONNX Runtime on the CPU (.pth files are exported once "
-        "to <name>.onnx beside them)",
+        choices=("auto", "torch", "onnx"),
+        help="default inference.backend (auto: onnx on a CPU with onnxruntime installed, else torch); "
+        "onnx: ONNX Runtime on the CPU (a .pth is exported once, to <name>.onnx beside it or to the "
+        "user's cache when that folder is read-only)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads (default inference.threads: physical cores)")
 
@@ -154,14 +155,17 @@ def _tuned_path(cfg, override: str | None) -> Path | None:
 def _predictor(cfg, args, checkpoints, post_path, device: str | None = None):
     """The predictor of predict, serve and pseudo-label, built from the tuned pipeline (or
     ``--untuned``); ``--backend``/``--threads`` override the config."""
+    from steel_defect.inference.networks import resolve_backend
     from steel_defect.inference.pipeline import build_predictor
 
     backend = args.backend or cfg.inference.backend
     if checkpoints and all(Path(c).suffix == ".onnx" for c in checkpoints):
         backend = "onnx"  # exports run on ONNX Runtime whatever the config says
+    # auto: ONNX Runtime on a CPU (asked without importing torch), else torch
+    backend, device = resolve_backend(backend, device or cfg.inference.device)
+    if backend == "torch":
+        device = _device(device)
     threads = args.threads or cfg.inference.threads
-    # The ONNX backend runs on the CPU and must not import torch just to ask about CUDA.
-    device = "cpu" if backend == "onnx" else _device(device or cfg.inference.device)
     return build_predictor(
         post_path,
         checkpoints,
@@ -456,6 +460,7 @@ def _cmd_export(args) -> int:
 
 def _cmd_thresholds(args) -> int:
     from steel_defect.config import load_config
+    from steel_defect.inference.networks import resolve_backend
     from steel_defect.inference.oof import search_thresholds
 
     need = ("paths.train_csv", "paths.train_images", "paths.folds_csv")
@@ -463,7 +468,8 @@ def _cmd_thresholds(args) -> int:
     # --opts are the segmenter's alone: a paths.work_dir there must not move the other models
     cls_cfg = load_config(args.cls_config, args.cls_opts) if args.cls_config else None
     members = [load_config(path, args.member_opts) for path in args.ensemble]
-    device = "cpu" if seg_cfg.inference.backend == "onnx" else _device(seg_cfg.inference.device)
+    backend, device = resolve_backend(seg_cfg.inference.backend, seg_cfg.inference.device)
+    device = device if backend == "onnx" else _device(device)
     summary = search_thresholds(
         seg_cfg, cls_cfg, args.out, device=device, members=members, name=args.checkpoint_name
     )

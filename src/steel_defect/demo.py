@@ -53,7 +53,7 @@ class Recipe:
 
 
 RECIPES = {
-    "synthetic": Recipe("demo/synth_seg.yml", "demo/synth_cls.yml", all_folds=False),
+    "synthetic": Recipe("demo/synth_seg_lite0.yml", "demo/synth_cls.yml", all_folds=False),
     "real": Recipe("real/unet_effnet_lite0.yml", None, all_folds=True),
 }
 
@@ -178,7 +178,7 @@ def pseudo_round(steps, seg_opts, cls_cfg, folds, predictor, data, work, setting
     second: dict = {}
     checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second, train_cls=False)
     (work / "test_truth.csv").write_bytes((work.parent / "test_truth.csv").read_bytes())
-    predictor = build_predictor(layout.postprocessing(work), checkpoints)
+    predictor = build_predictor(layout.postprocessing(work), checkpoints, backend=seg_cfg.inference.backend)
     score = _predict_and_score(predictor, data.test_images, data.sample, work, second)
     timings.update({f"round2_{key}": value for key, value in second.items()})
     return work, checkpoints, search, score, pseudo
@@ -230,7 +230,7 @@ def run_demo(
     timings: dict = {}
     checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, timings)
     # the tuned pipeline as `steel-defect predict` and `serve` rebuild it: the same checks
-    predictor = build_predictor(layout.postprocessing(work), checkpoints)
+    predictor = build_predictor(layout.postprocessing(work), checkpoints, backend=seg_cfg.inference.backend)
     score = _predict_and_score(predictor, data.test_images, data.sample, work, timings)
     rounds = []
     if pseudo_images is not None:

@@ -221,11 +221,12 @@ SCHEMA: dict[str, Any] = {
             "auto", str, "auto (cuda when available), cpu or cuda", choices=("auto", "cpu", "cuda")
         ),
         "backend": Opt(
-            "torch",
+            "auto",
             str,
-            "torch, or onnx (ONNX Runtime on the CPU: a .pth is exported once to <name>.onnx beside "
-            "it; .onnx files always run on it)",
-            choices=("torch", "onnx"),
+            "auto (onnx on a CPU with onnxruntime installed, else torch), torch, or onnx (ONNX "
+            "Runtime on the CPU: a .pth is exported once to <name>.onnx beside it, or to the user's "
+            "cache when that folder is read-only, and again when it changes; .onnx files always run on it)",
+            choices=("auto", "torch", "onnx"),
         ),
         "threads": Opt(None, int, "CPU threads of the networks (default: the physical cores)", nullable=True),
         "search_downsample": Opt(

@@ -15,6 +15,8 @@ backends (:mod:`.torch_backend`, :mod:`.onnx_backend`) build a :class:`Network`,
 :func:`steel_defect.inference.predictor.load_network` picks one of them. Backends
 (``inference.backend`` / ``--backend``):
 
+* ``auto`` (the default, :func:`resolve_backend`): ``onnx`` on a CPU with onnxruntime installed,
+  else ``torch``;
 * ``torch``: the checkpoint's model in eval mode, channels-last, under ``inference_mode``;
 * ``onnx``: ONNX Runtime's CPU execution provider on the exported graph. A ``.pth`` is exported
   once to ``<name>.onnx`` beside it (this needs torch) and reused while the checkpoint's
@@ -35,6 +37,8 @@ from steel_defect.constants import CLASS_IDS
 from steel_defect.data.eval_transforms import build_eval_transforms
 
 BACKENDS = ("torch", "onnx")
+# Where the kernel exposes a GPU to this process (NVIDIA's driver, or AMD's for ROCm builds of torch).
+GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")
 # What the model learnt from, where its encoder started, its out-of-fold Dice (the web page shows them).
 PROVENANCE_KEYS = ("trained_on", "weights_source", "out_of_fold")
 
@@ -77,6 +81,35 @@ def describe_state(state: dict, path: str | Path) -> dict:
         "classes": model_classes(cfg) if seg else CLASS_IDS,
         "head_gate": head["gate"] if head else None,
     }
+
+
+def gpu_visible() -> bool:
+    """Whether a GPU is there for this process, asked without importing torch: a driver's device
+    node exists and ``CUDA_VISIBLE_DEVICES`` does not hide every device."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return False
+    return any(os.path.exists(node) for node in GPU_NODES)
+
+
+def resolve_backend(backend: str, device: str = "auto") -> tuple[str, str]:
+    """(backend, device) for ``inference.backend`` / ``inference.device``, torch not imported.
+
+    ``auto`` is ONNX Runtime on the CPU wherever it can be: the device is (or resolves to) the
+    CPU and onnxruntime (with onnx, which writes exports) is installed; then a prediction never
+    imports torch once the export is cached (a ``.pth`` is exported on first use). On a GPU, or
+    without onnxruntime, it is torch.
+    The device comes back as ``cpu`` for onnx; for torch ``auto`` stays for the caller to
+    resolve (that asks torch itself)."""
+    import importlib.util
+
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
+    if backend == "auto":
+        on_cpu = device == "cpu" or (device == "auto" and not gpu_visible())
+        installed = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+        backend = "onnx" if on_cpu and installed else "torch"
+    return backend, "cpu" if backend == "onnx" else device
 
 
 def default_threads() -> int:

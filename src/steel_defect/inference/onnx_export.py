@@ -22,8 +22,11 @@ upsampling stay in float, so probabilities near a threshold keep their resolutio
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -48,6 +51,8 @@ from steel_defect.inference.onnx_backend import (
     read_metadata,
 )
 from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
+
+log = logging.getLogger(__name__)
 
 OPSET = 17
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -198,23 +203,70 @@ def set_int8_report(path: str | Path, report: dict) -> None:
         handle.write(model_bytes)
 
 
+def user_cache(checkpoint: Path) -> Path:
+    """The export's place when the checkpoint's folder cannot hold it: the user's cache
+    (``$XDG_CACHE_HOME``, else ``~/.cache``) under ``steel-defect/onnx``, named by the
+    checkpoint's SHA-256, so a retrained checkpoint never meets an old export."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "steel-defect" / "onnx" / f"{checkpoint.stem}-{file_sha256(checkpoint)[:16]}.onnx"
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried, not guessed from its mode bits)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def _standing_for(checkpoint: Path, onnx_path: Path, session, meta: dict) -> Network:
+    """The cached export's network under the checkpoint's name: a tuned pipeline, the page and
+    the logs name the ``.pth`` the user gave, and ``info["onnx"]`` says where its export is."""
+    network = network_from_session(onnx_path, session, meta)
+    network.info["onnx"] = str(onnx_path)
+    return dataclasses.replace(network, path=str(checkpoint))
+
+
+def _fresh(onnx_path: Path, checkpoint: Path, threads, spin) -> Network | None:
+    """The cached export at ``onnx_path`` when it is readable, ours, fp32 and of this checkpoint."""
+    if not onnx_path.is_file():
+        return None
+    try:
+        session = open_session(onnx_path, threads, spin)
+        meta = read_metadata(session, onnx_path)
+    except ExportError:
+        return None  # unreadable or foreign: export again
+    if meta.get("source_sha256") != file_sha256(checkpoint) or meta.get("precision") != "fp32":
+        return None
+    return _standing_for(checkpoint, onnx_path, session, meta)
+
+
 def load_exported(checkpoint: str | Path, threads: int | None = None, spin: bool | None = None) -> Network:
-    """``checkpoint`` on the onnx backend, through its export cached beside it
-    (:func:`.onnx_backend.cache_path`): written first if missing, unreadable or stale against the
-    checkpoint's SHA-256 (that needs torch). A valid cached export is opened once, not once to
-    check it and again to run it."""
+    """``checkpoint`` on the onnx backend, through its cached export: beside it
+    (:func:`.onnx_backend.cache_path`), or in :func:`user_cache` when that folder cannot be
+    written (a read-only model share, say). The export is written on first use, and again when
+    the checkpoint's SHA-256 no longer matches it (that needs torch); a valid cached export is
+    opened once, not once to check it and again to run it."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} does not exist")
-    onnx_path = cache_path(checkpoint)
-    if onnx_path.is_file():
+    beside, fallback = cache_path(checkpoint), user_cache(checkpoint)
+    for onnx_path in (beside, fallback):
+        network = _fresh(onnx_path, checkpoint, threads, spin)
+        if network is not None:
+            return network
+    onnx_path = None
+    if _writable(beside.parent):
         try:
-            session = open_session(onnx_path, threads, spin)
-            meta = read_metadata(session, onnx_path)
-            if meta.get("source_sha256") == file_sha256(checkpoint) and meta.get("precision") == "fp32":
-                return network_from_session(onnx_path, session, meta)
-        except ExportError:
-            pass  # unreadable or foreign: export again
-    export_onnx(checkpoint, onnx_path)
+            onnx_path = export_onnx(checkpoint, beside)
+        except OSError as err:  # the name is taken (a folder, say), or the disk refused
+            log.info("cannot write %s (%s)", beside, err)
+    if onnx_path is None:
+        log.info("caching the export of %s in %s", checkpoint, fallback)
+        onnx_path = export_onnx(checkpoint, fallback)
+    log.info("exported %s once for ONNX Runtime: %s (--backend torch skips it)", checkpoint, onnx_path)
     session = open_session(onnx_path, threads, spin)
-    return network_from_session(onnx_path, session, read_metadata(session, onnx_path))
+    return _standing_for(checkpoint, onnx_path, session, read_metadata(session, onnx_path))

@@ -250,10 +250,12 @@ def build_predictor(
     untuned: bool = False,
     tta=("hflip",),
     device: str = "cpu",
-    backend: str = "torch",
+    backend: str = "auto",
     threads: int | None = None,
 ) -> Predictor:
     """The predictor of a tuned pipeline, checked against it; every command builds it here.
+    ``backend`` ``auto`` is what the commands run by default: ONNX Runtime on a CPU with
+    onnxruntime installed, else torch (:func:`.networks.resolve_backend`).
 
     ``postprocessing``: the YAML of a tuned pipeline. ``checkpoints`` default to the spec's;
     given ones (checkpoints or their ONNX exports) must be exactly the spec's models. TTA comes

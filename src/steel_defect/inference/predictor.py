@@ -32,6 +32,7 @@ from steel_defect.inference.networks import (
     Network,
     default_threads,
     network_input,
+    resolve_backend,
 )
 from steel_defect.inference.postprocess import PostProcessing, postprocess, quantise
 
@@ -100,7 +101,8 @@ def _mean(arrays: list[np.ndarray]) -> np.ndarray:
 class Predictor:
     """Ensemble of segmenters (and optional classifiers) with flip TTA and post-processing.
 
-    ``backend``: ``torch`` or ``onnx`` (``.onnx`` files always run on ONNX Runtime);
+    ``backend``: ``torch``, ``onnx`` (``.onnx`` files always run on ONNX Runtime) or ``auto``
+    (onnx on a CPU with onnxruntime installed, else torch: :func:`.networks.resolve_backend`);
     ``threads``: CPU threads of the networks (default: the physical cores);
     ``batch_tta``: run the TTA views as one batch (one call per network) instead of one call
     per view; the same numbers, and on the CPU measured slightly faster (README, "Benchmarks").
@@ -121,7 +123,12 @@ class Predictor:
             raise ValueError(f"unknown TTA {unknown}; valid: {', '.join(TTA_DIMS)}")
         if not checkpoints:
             raise ValueError("no checkpoints given; pass at least one segmentation checkpoint")
-        self.device, self.backend = str(device), backend
+        backend, device = resolve_backend(backend, str(device))
+        if device == "auto":  # torch, which is loaded for the networks anyway, knows the GPUs
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device, self.backend = device, backend
         self.threads = threads or default_threads()
         networks = [load_network(path, backend, self.device, self.threads) for path in checkpoints]
         self.segmenters = [n for n in networks if n.task == "seg"]
