@@ -203,12 +203,13 @@ def set_int8_report(path: str | Path, report: dict) -> None:
         handle.write(model_bytes)
 
 
-def user_cache(checkpoint: Path) -> Path:
+def user_cache(checkpoint: Path, digest: str | None = None) -> Path:
     """The export's place when the checkpoint's folder cannot hold it: the user's cache
     (``$XDG_CACHE_HOME``, else ``~/.cache``) under ``steel-defect/onnx``, named by the
     checkpoint's SHA-256, so a retrained checkpoint never meets an old export."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "steel-defect" / "onnx" / f"{checkpoint.stem}-{file_sha256(checkpoint)[:16]}.onnx"
+    digest = digest or file_sha256(checkpoint)
+    return root / "steel-defect" / "onnx" / f"{checkpoint.stem}-{digest[:16]}.onnx"
 
 
 def _writable(folder: Path) -> bool:
@@ -230,7 +231,7 @@ def _standing_for(checkpoint: Path, onnx_path: Path, session, meta: dict) -> Net
     return dataclasses.replace(network, path=str(checkpoint))
 
 
-def _fresh(onnx_path: Path, checkpoint: Path, threads, spin) -> Network | None:
+def _fresh(onnx_path: Path, checkpoint: Path, digest: str, threads, spin) -> Network | None:
     """The cached export at ``onnx_path`` when it is readable, ours, fp32 and of this checkpoint."""
     if not onnx_path.is_file():
         return None
@@ -239,7 +240,7 @@ def _fresh(onnx_path: Path, checkpoint: Path, threads, spin) -> Network | None:
         meta = read_metadata(session, onnx_path)
     except ExportError:
         return None  # unreadable or foreign: export again
-    if meta.get("source_sha256") != file_sha256(checkpoint) or meta.get("precision") != "fp32":
+    if meta.get("source_sha256") != digest or meta.get("precision") != "fp32":
         return None
     return _standing_for(checkpoint, onnx_path, session, meta)
 
@@ -253,9 +254,10 @@ def load_exported(checkpoint: str | Path, threads: int | None = None, spin: bool
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} does not exist")
-    beside, fallback = cache_path(checkpoint), user_cache(checkpoint)
+    digest = file_sha256(checkpoint)  # read once: a checkpoint is tens of megabytes
+    beside, fallback = cache_path(checkpoint), user_cache(checkpoint, digest)
     for onnx_path in (beside, fallback):
-        network = _fresh(onnx_path, checkpoint, threads, spin)
+        network = _fresh(onnx_path, checkpoint, digest, threads, spin)
         if network is not None:
             return network
     onnx_path = None
