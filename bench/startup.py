@@ -7,14 +7,17 @@ the least CPU time (user + system of the child), which a busy machine disturbs m
 
 * ``steel-defect --help``;
 * ``evaluate`` of a small submission against its truth (8 synthetic frames);
-* ``predict`` of one full-size frame with the torch backend: an untrained
-  ``configs/seg/unet_resnet18_bcedice.yml`` model saved as a checkpoint (speed does not depend
-  on the weights), the default config (hflip TTA), on the CPU (``CUDA_VISIBLE_DEVICES`` empty);
-* ``predictor ready``: the start-up part of ``predict`` alone (imports, checkpoint, model),
-  which the forward pass does not blur on a busy machine;
+* ``import torch``: ``python -c "import torch"``, the floor that the default ``predict`` is held to;
+* ``predict`` of one full-size frame with the default backend (``auto``: ONNX Runtime on a CPU)
+  and a ``.pth``: an untrained ``configs/seg/unet_resnet18_bcedice.yml`` model saved as a
+  checkpoint (speed does not depend on the weights), the default config (hflip TTA), on the CPU
+  (``CUDA_VISIBLE_DEVICES`` empty), its export cache warmed by one run before timing;
+* ``predict, torch``: the same with ``--backend torch``;
+* ``predictor ready``: the start-up part of ``predict, torch`` alone (imports, checkpoint,
+  model), which the forward pass does not blur on a busy machine;
 * ``predict, onnx``: the same frame through that checkpoint's ONNX export (``steel-defect
   export``, done once before timing), which imports no torch;
-* ``serve`` with that checkpoint, until ``GET /api/health`` answers.
+* ``serve`` with that checkpoint (default backend, warm cache), until ``GET /api/health`` answers.
 
 ``--src`` times other checkouts' packages (default: this one); with two, e.g. a worktree of an
 older commit and this one, the table has a before and an after column measured under the same load.
@@ -41,8 +44,11 @@ from steel_defect.inference.onnx_export import export_onnx
 from steel_defect.models import build_model
 from steel_defect.models.checkpoint import save_checkpoint
 
-BUDGETS = {"--help": 1.5, "evaluate": 1.5, "predict": 6.0, "predict, onnx": 3.0, "serve": 8.0}
-_READY = "import sys; from steel_defect.inference.predictor import Predictor; Predictor(sys.argv[1:])"
+BUDGETS = {"--help": 1.5, "evaluate": 1.5, "predict, torch": 6.0, "predict, onnx": 3.0, "serve": 8.0}
+_READY = (
+    "import sys; from steel_defect.inference.predictor import Predictor; "
+    "Predictor(sys.argv[1:], backend='torch')"
+)
 
 
 def _cli(src: Path) -> tuple[list[str], dict]:
@@ -117,10 +123,13 @@ def main() -> None:
         exported = str(export_onnx(checkpoint, work / "seg.onnx"))
         truth = str(data / "test_truth.csv")
         one, out = str(work / "one"), str(work / "submission.csv")
+        predict = ["predict", "--untuned", "--checkpoints", checkpoint, "--images", one, "--out", out]
         commands = {
             "--help": ["--help"],
             "evaluate": ["evaluate", "--pred", truth, "--truth", truth],
-            "predict": ["predict", "--untuned", "--checkpoints", checkpoint, "--images", one, "--out", out],
+            "import torch": ["-c", "import torch"],
+            "predict": predict,
+            "predict, torch": [*predict, "--backend", "torch"],
             "predict, onnx": [
                 "predict",
                 "--untuned",
@@ -136,6 +145,12 @@ def main() -> None:
             "serve": ["serve", "--untuned", "--checkpoints", checkpoint, "--device", "cpu"],
         }
         runs = {(src, name): [] for src in args.src for name in commands}
+        for src in args.src:  # warm each checkout's export cache (beside seg.pth), untimed
+            cli, env = _cli(src.resolve())
+            try:
+                _time_command([*cli, *predict], env, work)
+            except RuntimeError as err:
+                print(f"[{src}] warming predict: {str(err).splitlines()[0]}", file=sys.stderr)
         # Interleaved (run 1 of everything, then run 2...), so a burst of load hits every
         # command and every checkout alike.
         for _ in range(args.runs):
@@ -164,6 +179,9 @@ def main() -> None:
         listed = " | ".join(" ".join(f"{w:.2f}" for w, _ in runs[src, name]) for src in args.src)
         budget = f"{BUDGETS[name]:.1f}" if name in BUDGETS else "-"
         print(f"{name:<16}{best} {budget:>7}  {listed}")
+    for i, src in enumerate(args.src):
+        ratio = min(w for w, _ in runs[src, "predict"]) / min(w for w, _ in runs[src, "import torch"])
+        print(f"[{i}] predict (default backend, warm cache) / import torch: {ratio:.2f} (goal <= 1)")
 
 
 if __name__ == "__main__":

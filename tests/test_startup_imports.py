@@ -36,11 +36,12 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def loaded_modules(tmp_path: Path, *argv: str) -> set[str]:
-    """Run ``steel-defect argv`` in a fresh interpreter; the watched modules it imported."""
+def loaded_modules(tmp_path: Path, *argv: str, env: dict | None = None) -> set[str]:
+    """Run ``steel-defect argv`` in a fresh interpreter (``env`` added to this one's); the
+    watched modules it imported."""
     out = tmp_path / "modules.json"
     out.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, str(out), json.dumps(WATCHED), *argv],
         capture_output=True,
@@ -97,29 +98,42 @@ def checkpoints(tmp_path_factory) -> list[str]:
     return [str(paths["seg"]), str(paths["cls"])]
 
 
-def test_predict_imports_neither_catalyst_nor_albumentations(tmp_path, data, checkpoints):
+def _one_frame(tmp_path: Path, data: Path) -> Path:
     frame = next((data / "test_images").iterdir())  # one full-size synthetic frame
     images = tmp_path / "images"
-    images.mkdir()
+    images.mkdir(exist_ok=True)
     (images / frame.name).write_bytes(frame.read_bytes())
-    out = tmp_path / "submission.csv"
-    loaded = loaded_modules(
-        tmp_path,
-        "predict",
-        "--untuned",
-        "--checkpoints",
-        *checkpoints,
-        "--images",
-        str(images),
-        "--out",
-        str(out),
-    )
+    return images / frame.name
+
+
+def test_predict_imports_neither_catalyst_nor_albumentations(tmp_path, data, checkpoints):
+    frame, out = _one_frame(tmp_path, data), tmp_path / "submission.csv"
+    argv = ["predict", "--untuned", "--backend", "torch", "--checkpoints", *checkpoints]
+    loaded = loaded_modules(tmp_path, *argv, "--images", str(frame.parent), "--out", str(out))
     assert out.read_text().count(frame.name) == 4  # it did predict (one row per class)
     assert "torch" in loaded  # the probe sees what the command really imports
     assert loaded.isdisjoint(PREDICT_FORBIDDEN), sorted(loaded)
 
 
+def test_default_predict_of_a_checkpoint_imports_torch_only_to_export_it(tmp_path, data):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    # Checkpoints of their own: the export cache lands beside them.
+    paths = random_checkpoints(tmp_path / "checkpoints")
+    checkpoints = [str(paths["seg"]), str(paths["cls"])]
+    frame, out = _one_frame(tmp_path, data), tmp_path / "submission.csv"
+    argv = ["predict", "--untuned", "--checkpoints", *checkpoints, "--images", str(frame.parent)]
+    env = {"CUDA_VISIBLE_DEVICES": ""}  # a CPU machine, where auto means ONNX Runtime
+    cold = loaded_modules(tmp_path, *argv, "--out", str(out), env=env)
+    assert "torch" in cold  # the first run exports each .pth, which needs torch
+    assert sorted((tmp_path / "checkpoints").glob("*.onnx"))
+    warm = loaded_modules(tmp_path, *argv, "--out", str(tmp_path / "warm.csv"), env=env)
+    assert "torch" not in warm, sorted(warm)
+    assert (tmp_path / "warm.csv").read_text() == out.read_text()
+
+
 def test_serve_imports_neither_catalyst_nor_albumentations(tmp_path, checkpoints):
-    loaded = loaded_modules(tmp_path, "serve", "--untuned", "--checkpoints", *checkpoints, "--port", "0")
+    argv = ["serve", "--untuned", "--backend", "torch", "--checkpoints", *checkpoints, "--port", "0"]
+    loaded = loaded_modules(tmp_path, *argv)
     assert {"torch", "fastapi"} <= loaded
     assert loaded.isdisjoint(PREDICT_FORBIDDEN), sorted(loaded)

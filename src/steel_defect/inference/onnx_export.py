@@ -14,6 +14,8 @@ two-head segmenter, ``head``. The batch dimension is dynamic; height and width a
 validation transform produces (TF-style "same" padding of some encoders is traced for them).
 The metadata entry ``steel_defect`` (:mod:`.onnx_backend`) makes the file self-describing, like
 a checkpoint, and records the largest probability difference from torch on a test input.
+Only exporting needs torch; it is imported there, so :func:`load_exported` on a warm cache
+starts as fast as an ``.onnx`` file does.
 
 int8 uses ONNX Runtime's static quantization in QDQ format with per-channel weights, calibrated
 on real frames. Only the convolutions and matrix products are quantized: the sigmoid and the
@@ -32,8 +34,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from steel_defect.atomic import atomic_write
 from steel_defect.constants import IMAGE_SHAPE
@@ -50,7 +50,6 @@ from steel_defect.inference.onnx_backend import (
     open_session,
     read_metadata,
 )
-from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +57,22 @@ OPSET = 17
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 
-class _WithSigmoid(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+def _with_sigmoid(model):
+    """``model`` followed by its sigmoid(s), the graph that is exported."""
+    import torch
 
-    def forward(self, x):
-        out = self.model(x)
-        if isinstance(out, tuple):  # two-head segmenter: (maps, labels)
-            return tuple(torch.sigmoid(o) for o in out)
-        return torch.sigmoid(out)
+    class WithSigmoid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            out = self.model(x)
+            if isinstance(out, tuple):  # two-head segmenter: (maps, labels)
+                return tuple(torch.sigmoid(o) for o in out)
+            return torch.sigmoid(out)
+
+    return WithSigmoid()
 
 
 def input_shape(network: Network) -> tuple[int, int, int]:
@@ -89,6 +94,10 @@ def _with_metadata(model_bytes: bytes, meta: dict) -> bytes:
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
     """Write ``checkpoint``'s model as ONNX to ``out`` (atomically) and return ``out``."""
+    import torch  # here, not at the top: a warm export cache opens without torch
+
+    from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
+
     checkpoint, out = Path(checkpoint), Path(out)
     state = load_checkpoint(checkpoint)
     model, _ = model_from_checkpoint(state)
@@ -97,7 +106,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
     dummy = torch.from_numpy(
         np.random.default_rng(0).normal(size=(1, channels, height, width)).astype(np.float32)
     )
-    wrapped = _WithSigmoid(model).eval()
+    wrapped = _with_sigmoid(model).eval()
     outputs = ["probs", "head"] if fields["head_gate"] else ["probs"]
     buffer = io.BytesIO()
     # The TorchScript exporter needs neither onnxscript nor torch.export; torch 2.9+ calls it
