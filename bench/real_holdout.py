@@ -1,7 +1,7 @@
 """The real recipe scored on every labelled frame once: four runs, each holding out a quarter.
 
 Run: ``.venv/bin/python bench/real_holdout.py --data-dir ../shared/data/severstal_sample
-[--work-dir work/real_holdout] [--opts key=value ...]``.
+[--work-dir work/real_holdout] [--seg-config CFG] [--opts key=value ...]``.
 
 One held-out quarter of the 54-frame sample is 14 frames, and one frame's worth of Dice on
 one class moves that quarter's mean by 0.018: single runs of different recipes land within
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", type=int, nargs="*", default=list(range(HOLDOUT_PARTS)))
     parser.add_argument("--opts", nargs="*", default=[], help="key=value overrides of the recipe")
+    parser.add_argument("--seg-config", help="a segmenter config in place of the real recipe's")
     args = parser.parse_args(argv)
     summaries = []
     for part in args.parts:
@@ -68,7 +69,15 @@ def main(argv=None) -> int:
         done = layout.demo_summary(work)
         if not done.is_file():
             t0 = time.perf_counter()
-            run_demo(args.data_dir, work, seed=args.seed, recipe="real", opts=args.opts, holdout=part)
+            run_demo(
+                args.data_dir,
+                work,
+                seed=args.seed,
+                recipe="real",
+                opts=args.opts,
+                holdout=part,
+                seg_config=args.seg_config,
+            )
             print(f"holdout {part} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         summaries.append(json.loads(done.read_text()))
     summary = table(summaries)

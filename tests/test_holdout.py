@@ -31,3 +31,14 @@ def test_a_holdout_outside_the_four_quarters_is_refused(tiny_synth, tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--holdout", "4"])
     assert build_parser().parse_args(["demo", "--holdout", "3"]).holdout == 3
+
+
+def test_a_variant_segmenter_config_must_exist_before_anything_is_written(tmp_path):
+    from steel_defect.demo import run_demo
+
+    work = tmp_path / "demo"
+    with pytest.raises(FileNotFoundError, match="nope.yml"):
+        run_demo(work_dir=work, recipe="real", seg_config=tmp_path / "nope.yml")
+    assert not work.exists()
+    args = build_parser().parse_args(["demo", "--seg-config", "configs/real/unet_effnet_lite0_fullres.yml"])
+    assert args.seg_config == "configs/real/unet_effnet_lite0_fullres.yml"

@@ -492,6 +492,7 @@ def _cmd_demo(args) -> int:
         pseudo_weight=args.pseudo_weight,
         pseudo_opts=args.pseudo_opts,
         holdout=args.holdout,
+        seg_config=args.seg_config,
     )
     print(format_summary(summary))
     return 0
@@ -802,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
         "steel (configs/real/), every fold (use with --data-dir)",
     )
     p.add_argument("--opts", nargs="*", default=[], help="key=value overrides of the segmenter config")
+    p.add_argument("--seg-config", help="a segmenter config in place of the recipe's (a variant to compare)")
     p.add_argument(
         "--holdout",
         type=int,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from steel_defect.atomic import atomic_write
@@ -204,6 +204,7 @@ def run_demo(
     pseudo_weight: float = 1.0,
     pseudo_opts: list[str] | None = None,
     holdout: int = 0,
+    seg_config: str | Path | None = None,
 ) -> dict:
     """Run the whole recipe; returns (and writes to ``summary.json``) the scores and paths.
 
@@ -215,11 +216,16 @@ def run_demo(
     ``data.extra`` weight; ``pseudo_opts`` override the second round's segmenter config only
     (e.g. fewer epochs, since each epoch now holds more frames). ``holdout`` picks which
     quarter of a real folder is the test set (0..3); running all four scores every frame once
-    (``bench/real_holdout.py``).
+    (``bench/real_holdout.py``). ``seg_config``: a segmenter config in place of the recipe's (a
+    variant to compare, e.g. ``configs/real/unet_effnet_lite0_fullres.yml``).
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     steps = RECIPES[recipe]
+    if seg_config is not None:
+        if not Path(seg_config).is_file():
+            raise FileNotFoundError(f"segmenter config {seg_config} does not exist")
+        steps = replace(steps, seg=str(Path(seg_config).resolve()))  # CONFIGS / an absolute path = it
     start = time.perf_counter()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
