@@ -37,7 +37,7 @@ def test_a_variant_segmenter_config_must_exist_before_anything_is_written(tmp_pa
     from steel_defect.demo import run_demo
 
     work = tmp_path / "demo"
-    with pytest.raises(FileNotFoundError, match="nope.yml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yml"):
         run_demo(work_dir=work, recipe="real", seg_config=tmp_path / "nope.yml")
     assert not work.exists()
     args = build_parser().parse_args(["demo", "--seg-config", "configs/real/unet_effnet_lite0_fullres.yml"])

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from steel_defect.config import ConfigError, load_config
@@ -65,7 +66,13 @@ def test_every_shipped_config_trains_one_batch(synth, path):
     batch = next(iter(build_loaders(cfg)["train"]))
     target = batch["mask" if cfg.task == "seg" else "targets"]
     before = [p.detach().clone() for p in model.parameters()]
-    loss = loss_fn(model(batch["image"]), target)
+    out = model(batch["image"])
+    if isinstance(out, tuple):  # a two-head segmenter (model.cls_head): maps and presence logits
+        out, head = out
+        assert head.shape == (len(target), target.shape[1])
+        loss = loss_fn(out, target) + F.binary_cross_entropy_with_logits(head, target.amax(dim=(2, 3)))
+    else:
+        loss = loss_fn(out, target)
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)

@@ -72,6 +72,13 @@ SCHEMA: dict[str, Any] = {
         "batch_size": Opt(8, int, "training batch size"),
         "valid_batch_size": Opt(None, int, "validation batch size; default batch_size", nullable=True),
         "num_workers": Opt(0, int, "DataLoader worker processes"),
+        "normalize_on_device": Opt(
+            False,
+            bool,
+            "batches leave the loader as uint8 and each side's last transform, a plain Normalize, "
+            "runs on the training device (a quarter of the bytes, no float work on the loader's "
+            "cores: bench/loader.py); the checkpoint's transforms.valid stay as written",
+        ),
         "sampler": Opt(
             None,
             str,

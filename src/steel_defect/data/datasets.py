@@ -47,6 +47,17 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
+def image_to_uint8_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, C) uint8 image -> uint8 tensor (C, H, W), for ``data.normalize_on_device``."""
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"data.normalize_on_device needs uint8 images from the transforms, got {image.dtype}"
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     """(H, W, 4) mask (any dtype, non-zero is defect) -> float32 0/1 tensor (4, H, W)."""
     return torch.from_numpy(np.ascontiguousarray((mask > 0).transpose(2, 0, 1)).astype(np.float32))
@@ -79,7 +90,9 @@ class SegmentationDataset(Dataset):
         transforms: Transforms | None = None,
         channels: int = 3,
         classes: Sequence[int] = CLASS_IDS,
+        uint8: bool = False,
     ) -> None:
+        self.uint8 = uint8  # items as uint8 tensors, normalised on the device (data.normalize_on_device)
         self.image_ids = list(image_ids)
         self.images_dir = Path(images_dir)
         self.annotations = annotations
@@ -112,8 +125,14 @@ class SegmentationDataset(Dataset):
             )
         return image_id, image, mask
 
+    def image_tensor(self, image: np.ndarray) -> torch.Tensor:
+        return image_to_uint8_tensor(image) if self.uint8 else image_to_tensor(image)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id, image, mask = self.load(index)
+        if self.uint8:  # 0/1 as uint8: a quarter of float32's bytes through the loader's queue
+            masks = torch.from_numpy(np.ascontiguousarray((mask > 0).transpose(2, 0, 1)).view(np.uint8))
+            return {"image": self.image_tensor(image), "mask": masks, "image_id": image_id}
         return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask), "image_id": image_id}
 
 
@@ -127,7 +146,7 @@ class ClassificationDataset(SegmentationDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id, image, mask = self.load(index)
         return {
-            "image": image_to_tensor(image),
+            "image": self.image_tensor(image),
             "targets": torch.from_numpy(multi_hot_targets(mask)),
             "image_id": image_id,
         }

@@ -74,10 +74,13 @@ class Normalize:
             return np.full(channels, values[0], dtype=np.float32)
         return values[:channels]
 
+    def constants(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (mean * max, 1 / (std * max)) for an image of ``channels``."""
+        return self._per_channel(self.mean, channels), self._per_channel(self.denominator, channels)
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         channels = 1 if image.ndim == 2 else image.shape[-1]
-        mean = self._per_channel(self.mean, channels)
-        denominator = self._per_channel(self.denominator, channels)
+        mean, denominator = self.constants(channels)
         if image.dtype == np.uint8:
             # The float32 table per channel of albucore's normalize_lut, applied in one
             # multi-channel cv2.LUT call instead of one per channel and a merge: the same
@@ -121,7 +124,7 @@ def _numbers(value: Any) -> bool:
     )
 
 
-def _fast(spec: Any) -> Resize | Normalize | None:
+def fast_transform(spec: Any) -> Resize | Normalize | None:
     """The cv2/numpy transform for ``spec``, or None when albumentations must build it."""
     if not isinstance(spec, Mapping) or set(spec) - {"name", "params"}:
         return None
@@ -159,7 +162,7 @@ def build_eval_transforms(specs: Sequence[Mapping[str, Any]] | None, key_path: s
     Raises :class:`ValueError` (a ``ComponentError`` for a bad spec) when a transform moves
     pixels (flips, crops...), naming ``key_path``.
     """
-    fast = [_fast(spec) for spec in specs or []]
+    fast = [fast_transform(spec) for spec in specs or []]
     if all(step is not None for step in fast):
         return EvalPipeline(fast)
     from steel_defect.data.transforms import build_transforms  # imports albumentations

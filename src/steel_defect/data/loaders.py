@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, get_worker_info
 
 from steel_defect.config import ConfigError, model_classes
@@ -23,11 +24,12 @@ from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.data.annotations import read_annotations, resolve_image_ids
 from steel_defect.data.copy_paste import DefectBank, copy_pastes
 from steel_defect.data.datasets import ClassificationDataset, SegmentationDataset
+from steel_defect.data.eval_transforms import Normalize
 from steel_defect.data.folds import read_folds, split_ids
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
 from steel_defect.data.sampling import BalancedSampler, HardNegativeSampler, MixSampler
-from steel_defect.data.transforms import build_transforms
+from steel_defect.data.transforms import build_transforms, split_normalize
 
 DATASETS = {"cls": ClassificationDataset, "seg": SegmentationDataset}
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
     # a segmenter learns the masks of model.classes; the classifier always sees all four
     classes = {"classes": model_classes(cfg)} if cfg.task == "seg" else {}
 
+    uint8 = bool(cfg.data.normalize_on_device)
+
     def dataset(name, ids, train_csv, images):
         return dataset_cls(
             ids,
@@ -73,12 +77,13 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
             read_annotations(train_csv),
             transforms=transforms[name],
             channels=cfg.data.channels,
+            uint8=uint8,
             **classes,
         )
 
     # one pipeline per side, so extra sets draw from the same seeded augmentation sequence
     transforms = {
-        name: build_transforms(cfg.transforms[name], f"transforms.{name}", seed=cfg.seed)
+        name: build_transforms(loader_transforms(cfg, name), f"transforms.{name}", seed=cfg.seed)
         for name in ("train", "valid")
     }
     train = dataset("train", train_ids, cfg.paths.train_csv, cfg.paths.train_images)
@@ -91,6 +96,30 @@ def build_datasets(cfg, valid_fold: int | None = None) -> dict[str, Dataset]:
         ]
         train = ConcatDataset([train, *extras])
     return {"train": train, "valid": valid}
+
+
+def loader_transforms(cfg, side: str) -> list:
+    """The transform specs one side's loader runs: ``transforms.<side>``, less its last step,
+    Normalize, with ``data.normalize_on_device`` (:func:`device_normalizers` holds it)."""
+    specs = list(cfg.transforms[side] or [])
+    return split_normalize(specs, f"transforms.{side}")[0] if cfg.data.normalize_on_device else specs
+
+
+def device_normalizers(cfg) -> dict[str, Normalize] | None:
+    """Per side, the Normalize the device runs on uint8 batches (``data.normalize_on_device``)."""
+    if not cfg.data.normalize_on_device:
+        return None
+    return {
+        side: split_normalize(cfg.transforms[side], f"transforms.{side}")[1] for side in ("train", "valid")
+    }
+
+
+def normalize_batch(image: torch.Tensor, normalize: Normalize) -> torch.Tensor:
+    """uint8 (N, C, H, W) on any device -> float32 as ``normalize`` gives on the CPU: the same
+    float32 constants and operations, so the values equal the loader's bit for bit."""
+    channels = image.shape[1]
+    mean, scale = (torch.from_numpy(c).to(image.device) for c in normalize.constants(channels))
+    return (image.float() - mean[:, None, None]) * scale[:, None, None]
 
 
 def attach_banks(pipeline, train, seed: int = 0) -> DefectBank | None:

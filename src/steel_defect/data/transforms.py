@@ -39,6 +39,7 @@ import albumentations as A
 from steel_defect.config.errors import ComponentError
 from steel_defect.config.registry import check_params, lookup
 from steel_defect.data.copy_paste import CopyPaste, copy_pastes
+from steel_defect.data.eval_transforms import Normalize, fast_transform
 
 # One registry for every transform a config may name. ShiftScaleRotate is left out on
 # purpose: albumentations 2.x deprecates it in favour of Affine.
@@ -169,3 +170,21 @@ def build_transforms(
             "move it to transforms.train",
         )
     return pipeline
+
+
+def split_normalize(specs: Sequence[Mapping[str, Any]] | None, key_path: str):
+    """``specs`` without their last step, and that step as an :class:`.eval_transforms.Normalize`
+    (``data.normalize_on_device``: the loader stops before it and the device runs it).
+
+    Raises :class:`ComponentError` naming ``key_path`` unless the last step is a plain
+    ``Normalize`` (numbers for ``mean``, ``std`` and ``max_pixel_value``, always applied).
+    """
+    specs = list(specs or [])
+    last = fast_transform(specs[-1]) if specs else None
+    if not isinstance(last, Normalize):
+        raise ComponentError(
+            key_path,
+            "data.normalize_on_device needs a plain Normalize (mean, std, max_pixel_value; p 1) as the "
+            "last step; set it false or end the list with Normalize",
+        )
+    return specs[:-1], last

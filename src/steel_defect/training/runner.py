@@ -18,7 +18,7 @@ from catalyst.core.runner import IRunner
 from steel_defect.config import model_classes, model_cls_head, save_config
 from steel_defect.config.layout import RunPaths
 from steel_defect.data.folds import read_folds, split_digest, split_ids
-from steel_defect.data.loaders import build_loaders, extra_image_ids
+from steel_defect.data.loaders import build_loaders, device_normalizers, extra_image_ids, normalize_batch
 from steel_defect.data.synth import images_source
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
@@ -102,6 +102,7 @@ class SteelRunner(IRunner):
         self.target_key, self.metrics_callback, self.monitor, self.minimize = TASKS[cfg.task]
         self.run_dir = run_dir(cfg, fold)
         self.semi = None  # the mean teacher of train.semi, made once the model is on its device
+        self.normalizers = device_normalizers(cfg)  # data.normalize_on_device: per side, or None
 
     @property
     def seed(self) -> int:
@@ -214,6 +215,15 @@ class SteelRunner(IRunner):
         if self.cfg.train.semi:
             rank = int(getattr(self.engine, "process_index", 0) or 0)
             self.semi = MeanTeacher(self.cfg, unwrap(self.model), rank, self.resume_state)
+
+    def on_batch_start(self, runner) -> None:
+        # before the callbacks' (mixup, cutmix): they see float images, as without the option
+        if self.normalizers is not None and self.batch["image"].dtype == torch.uint8:
+            side = "train" if self.is_train_loader else "valid"
+            self.batch["image"] = normalize_batch(self.batch["image"], self.normalizers[side])
+            if self.target_key == "mask":
+                self.batch["mask"] = self.batch["mask"].float()
+        super().on_batch_start(runner)
 
     def handle_batch(self, batch) -> None:
         image = batch["image"]
