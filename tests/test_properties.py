@@ -17,7 +17,7 @@ from hypothesis.extra.numpy import arrays
 
 from steel_defect.config import ConfigError, load_config
 from steel_defect.data.annotations import LONG_HEADER, WIDE_HEADER, AnnotationError, read_annotations
-from steel_defect.data.rle import RLEError, mask_to_rle, parse_rle, rle_to_mask
+from steel_defect.data.rle import RLEError, mask_to_rle, parse_rle, rle_to_mask, rles_to_hwc, rles_to_masks
 from steel_defect.data.submission import SubmissionError, read_submission
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
 
@@ -39,6 +39,21 @@ def test_rle_round_trips_any_mask(mask):
     np.testing.assert_array_equal(rle_to_mask(rle, mask.shape), mask)
     starts, ends = parse_rle(rle, mask.size)  # what we write, we also accept
     assert int((ends - starts).sum()) == int(mask.sum())
+
+
+@FAST
+@given(
+    st.tuples(st.integers(1, 24), st.integers(1, 24), st.integers(1, 4)).flatmap(
+        lambda hwc: arrays(np.bool_, (hwc[2], hwc[0], hwc[1]))
+    )
+)
+def test_channels_last_decoding_equals_decoding_then_transposing(stack):
+    # sparse classes take the scatter path, classes over a quarter of the frame the dense one
+    rles = [mask_to_rle(mask) for mask in stack]
+    want = np.ascontiguousarray(rles_to_masks(rles, stack.shape[1:]).transpose(1, 2, 0))
+    got = rles_to_hwc(rles, stack.shape[1:])
+    assert got.flags.c_contiguous and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
 
 
 @FAST

@@ -5,7 +5,14 @@ import csv
 import numpy as np
 import pytest
 
-from steel_defect.data.rle import RLEError, mask_to_rle, masks_to_rles, rle_to_mask, rles_to_masks
+from steel_defect.data.rle import (
+    RLEError,
+    mask_to_rle,
+    masks_to_rles,
+    rle_to_mask,
+    rles_to_hwc,
+    rles_to_masks,
+)
 
 
 def test_known_mask_encodes_column_major_one_based():
@@ -81,3 +88,17 @@ def test_round_trip_on_every_real_label(real_sample):
         mask = rle_to_mask(rle)
         assert mask.sum() == sum(int(n) for n in rle.split()[1::2])
         assert mask_to_rle(mask) == rle, row["ImageId_ClassId"]
+
+
+def test_channels_last_decoding_of_sparse_and_dense_full_frames():
+    rng = np.random.default_rng(0)
+    # class 1 sparse (scattered pixels and a block that wraps columns), 2 empty, 3 dense, 4 full
+    stack = np.zeros((4, 256, 1600), np.uint8)
+    stack[0] = rng.random((256, 1600)) < 0.02
+    stack[0, 200:, 10:40] = 1
+    stack[2] = rng.random((256, 1600)) < 0.6
+    stack[3] = 1
+    rles = masks_to_rles(stack)
+    got = rles_to_hwc(rles)
+    assert got.shape == (256, 1600, 4) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, stack.transpose(1, 2, 0))

@@ -339,3 +339,23 @@ def test_bad_value_names_the_field_and_keeps_the_original_message():
 def test_malformed_specs_are_rejected(specs, pattern):
     with pytest.raises(ComponentError, match=pattern):
         build_transforms(specs)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(
+    "params", [{}, {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}, {"mean": 0.3, "std": 0.2, "p": 1.0}]
+)
+def test_a_plain_normalize_runs_one_lut_with_albumentations_values(channels, params):
+    import albumentations as A
+
+    from steel_defect.data.transforms import LutNormalize
+
+    image = np.random.default_rng(channels).integers(0, 256, (256, 1600, channels), dtype=np.uint8)
+    pipeline = build_transforms([{"name": "Normalize", "params": params}])
+    assert isinstance(pipeline.transforms[0], LutNormalize)
+    want = A.Compose([A.Normalize(**params)])(image=image)["image"]
+    got = pipeline(image=image)["image"]
+    assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+    # anything else is albumentations' own Normalize
+    other = build_transforms([{"name": "Normalize", "params": {"normalization": "min_max"}}])
+    assert type(other.transforms[0]) is A.Normalize

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
 from steel_defect.data.annotations import Annotations
 from steel_defect.data.images import read_image
-from steel_defect.data.rle import rles_to_masks
+from steel_defect.data.rle import rles_to_hwc
 
 # Called as transforms(image=..., mask=...) -> dict, as an albumentations Compose is.
 Transforms = Callable[..., dict[str, Any]]
@@ -113,8 +113,8 @@ class SegmentationDataset(Dataset):
         image_id = self.image_ids[index]
         image = read_image(self.images_dir / image_id, self.channels, IMAGE_SHAPE)
         # albumentations wants multi-channel masks channels-last, like the image.
-        mask = rles_to_masks(self.annotations.rles(image_id), IMAGE_SHAPE)[self._channels].transpose(1, 2, 0)
-        mask = np.ascontiguousarray(mask)
+        rles = self.annotations.rles(image_id)
+        mask = rles_to_hwc([rles[c] for c in self._channels], IMAGE_SHAPE)
         if self.transforms is not None:
             out = self.transforms(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
