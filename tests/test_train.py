@@ -16,7 +16,7 @@ from steel_defect.config import ConfigError, load_config
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.datasets import SegmentationDataset
 from steel_defect.data.folds import read_folds, split_digest, split_folds
-from steel_defect.data.loaders import build_loaders
+from steel_defect.data.loaders import build_loaders, device_normalizers, normalize_batch
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.losses import build_loss
 from steel_defect.models import build_model
@@ -66,7 +66,11 @@ def test_every_shipped_config_trains_one_batch(synth, path):
     batch = next(iter(build_loaders(cfg)["train"]))
     target = batch["mask" if cfg.task == "seg" else "targets"]
     before = [p.detach().clone() for p in model.parameters()]
-    out = model(batch["image"])
+    image = batch["image"]
+    if cfg.data.normalize_on_device:  # uint8 batches: the runner normalises them on the device
+        assert image.dtype == torch.uint8
+        image, target = normalize_batch(image, device_normalizers(cfg)["train"]), target.float()
+    out = model(image)
     if isinstance(out, tuple):  # a two-head segmenter (model.cls_head): maps and presence logits
         out, head = out
         assert head.shape == (len(target), target.shape[1])
