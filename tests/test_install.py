@@ -1,5 +1,5 @@
 """A plain (non-editable) ``pip install .`` carries the configs: ``steel-defect demo`` runs from it,
-end to end on a tiny synthetic set (the whole-demo test of the suite).
+end to end, as ``make demo`` runs it, and beats all-empty masks (the whole-demo test of the suite).
 
 The package is built from a copy of the checkout (as the Docker image copies it) into a fresh
 virtual environment that borrows this one's dependencies through a ``.pth`` line, offline
@@ -60,21 +60,20 @@ def test_a_plain_install_finds_its_configs_and_runs_the_demo(tmp_path):
     assert Path(where.strip()).is_relative_to(site)  # the installed package, not a checkout
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     work = tmp_path / "demo"
+    # `make demo` as a user runs it (the default 240 frames and epochs; ~6 minutes on 2 cores)
     done = _run(
         str(venv / "bin" / "steel-defect"),
         "demo",
         "--work-dir",
         str(work),
-        "--n",
-        "24",
-        "--epochs",
-        "1",
         cwd=tmp_path,
         env={**env, "NO_ALBUMENTATIONS_UPDATE": "1"},
     )
-    # the demo end to end (this is also the tiny-demo test of the default pipeline)
     summary = json.loads((work / "summary.json").read_text())
-    assert summary["test_images"] == 6
+    assert summary["test_images"] == 60
+    # it learns: bench/demo_spread.py measured +0.043 to +0.083 over empty masks across seeds and
+    # kernels; 5 epochs instead of 10 gained only +0.017, so no shorter demo can guard this
+    assert summary["mean_dice"] - summary["empty_baseline"] >= 0.02, summary
     assert "empty" in done.stdout and "class 4" in done.stdout
     # the error analysis of the test frames, scored as evaluate scores them
     assert summary["report"] == str(work / "report.html") and summary["report"] in done.stdout

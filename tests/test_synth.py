@@ -144,7 +144,7 @@ def test_written_labels_decode_to_the_generated_masks(dataset):
 
 def test_same_seed_writes_identical_bytes(dataset, tmp_path):
     out, _, _ = dataset
-    write_synthetic_dataset(tmp_path / "again", n=8, seed=0)
+    write_synthetic_dataset(tmp_path / "again", n=8, seed=0, workers=2)  # in two processes: the same
     write_synthetic_dataset(tmp_path / "other", n=8, seed=1)
     names = ["train.csv", "test_truth.csv", "sample_submission.csv"]
     names += [f"{d}/{p.name}" for d in ("train_images", "test_images") for p in (out / d).iterdir()]

@@ -20,6 +20,7 @@ Write a dataset from Python::
 from __future__ import annotations
 
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -270,8 +271,21 @@ def images_source(images_dir: str | Path) -> str:
     return "synthetic" if (Path(images_dir).parent / SYNTHETIC_MARKER).is_file() else "real"
 
 
-def write_synthetic_dataset(out_dir: str | Path, n: int, seed: int, test_fraction: float = 0.25) -> dict:
+def _write_frame(job: tuple) -> tuple[list[str], np.ndarray]:
+    """Draw frame ``seed`` and write it to ``path``; its RLEs and which classes it holds."""
+    seed, path = job
+    image, masks = generate_frame(np.random.default_rng(seed))
+    _write_jpeg(path, image)
+    return masks_to_rles(masks), masks.reshape(NUM_CLASSES, -1).any(axis=1)
+
+
+def write_synthetic_dataset(
+    out_dir: str | Path, n: int, seed: int, test_fraction: float = 0.25, workers: int = 1
+) -> dict:
     """Write a Severstal-layout folder of ``n`` synthetic images; same seed, same bytes.
+
+    ``workers`` > 1 draws and encodes the frames in that many processes; every frame has its
+    own seed, so the folder's bytes do not depend on it.
 
     Layout: ``train_images/``, ``train.csv`` (wide), ``test_images/``,
     ``sample_submission.csv`` (4 rows per test image, ``"1 1"`` as Kaggle's) and
@@ -303,12 +317,17 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, seed: int, test_fractio
     defect_free = 0
     for folder in ("train_images", "test_images"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    for index, image_id in enumerate(image_ids):
-        image, masks = generate_frame(np.random.default_rng(frame_seeds[index]))
-        folder = "train_images" if index < n - n_test else "test_images"
-        _write_jpeg(out_dir / folder / image_id, image)
-        rles[image_id] = masks_to_rles(masks)
-        present = masks.reshape(NUM_CLASSES, -1).any(axis=1)
+    jobs = [
+        (frame_seeds[index], out_dir / ("train_images" if index < n - n_test else "test_images") / image_id)
+        for index, image_id in enumerate(image_ids)
+    ]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            frames = list(pool.map(_write_frame, jobs, chunksize=max(1, n // (8 * workers))))
+    else:
+        frames = map(_write_frame, jobs)
+    for image_id, (frame_rles, present) in zip(image_ids, frames, strict=True):
+        rles[image_id] = frame_rles
         for class_id in CLASS_IDS:
             per_class[class_id] += int(present[class_id - 1])
         defect_free += int(not present.any())
