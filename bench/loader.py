@@ -10,7 +10,7 @@ Severstal frames (half of them with defects), each stage timed on every frame in
 than wall time), fastest of ``--repeats`` passes:
 
 * decode (``read_image``: libjpeg-turbo through jpeg4py where installed, else OpenCV);
-* the masks (``rles_to_masks`` of the frame's four RLEs);
+* the masks (the frame's four RLEs decoded channels-last, as the dataset does);
 * the train transforms of the config (crop, flips, brightness, normalise);
 * the tensors (``image_to_tensor``, ``mask_to_tensor``);
 * a whole item (``dataset[i]``), which should be about their sum.
@@ -46,19 +46,24 @@ from steel_defect.data.rle import rles_to_masks
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.models import build_model
 
+try:  # the dataset's decode; an older checkout (a before-and-after run) decoded and transposed
+    from steel_defect.data.rle import rles_to_hwc
+except ImportError:
+
+    def rles_to_hwc(rles, shape):
+        return np.ascontiguousarray(rles_to_masks(rles, shape).transpose(1, 2, 0))
+
 
 def stage_seconds(dataset, repeats: int) -> dict[str, float]:
     """CPU seconds per frame of each stage, fastest of ``repeats`` passes over the dataset."""
     ids = dataset.image_ids
     folder, annotations = dataset.images_dir, dataset.annotations
     images = [read_image(folder / i, dataset.channels, IMAGE_SHAPE) for i in ids]
-    masks = [
-        np.ascontiguousarray(rles_to_masks(annotations.rles(i), IMAGE_SHAPE).transpose(1, 2, 0)) for i in ids
-    ]
+    masks = [rles_to_hwc(annotations.rles(i), IMAGE_SHAPE) for i in ids]
     outs = [dataset.transforms(image=im, mask=m) for im, m in zip(images, masks, strict=True)]
     stages = {
         "decode": lambda k: read_image(folder / ids[k], dataset.channels, IMAGE_SHAPE),
-        "masks from RLE": lambda k: rles_to_masks(annotations.rles(ids[k]), IMAGE_SHAPE),
+        "masks from RLE": lambda k: rles_to_hwc(annotations.rles(ids[k]), IMAGE_SHAPE),
         "train transforms": lambda k: dataset.transforms(image=images[k], mask=masks[k]),
         "to tensors": lambda k: (image_to_tensor(outs[k]["image"]), mask_to_tensor(outs[k]["mask"])),
         "whole item": lambda k: dataset[k],

@@ -30,6 +30,7 @@ import csv
 import itertools
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,7 @@ def full_set(root: Path, n_train: int, n_test: int, workers: int) -> Path:
     out = root / f"synth_{n_train}_{n_test}"
     if not (out / "train.csv").is_file():
         if out.exists():
-            subprocess.run(["rm", "-rf", str(out)], check=True)  # a killed generation: start over
+            shutil.rmtree(out)  # a killed generation: start over
         t0 = time.perf_counter()
         write_synthetic_dataset(
             out, n_train + n_test, seed=0, test_fraction=n_test / (n_train + n_test), workers=workers
@@ -152,7 +153,7 @@ def main() -> None:
         n_test = round(args.test * n / sizes[-1])
         data = subset(full, root, n, n_test)
         work = root / f"run_n{n}"
-        subprocess.run(["rm", "-rf", str(work)], check=True)
+        shutil.rmtree(work, ignore_errors=True)
         results[n] = {}
         for name, argv in stages(data, work).items():
             results[n][name] = timed(argv, root)
