@@ -11,9 +11,11 @@ links to the first N training frames and to a proportional share of the test fra
 process, timed from launch to exit with its peak resident memory (``ru_maxrss`` of the child):
 
 * ``split``: the 5-fold stratified split;
-* ``train``: fold 0 for a fixed 20 training batches and 5 validation batches (the loader and
-  the step, not whole epochs);
-* ``thresholds``: the out-of-fold prediction of fold 0's N/5 validation frames and the search;
+* ``train``: each of the 5 folds for a fixed 20 training batches and 5 validation batches (the
+  loader and the step, not whole epochs), five commands, their seconds summed and the largest
+  peak RSS;
+* ``thresholds``: the out-of-fold prediction of all N frames (each by the fold that held it
+  out) and the search, as after a full 5-fold training;
 * ``predict`` of the test share with the tuned pipeline, ``evaluate``, ``report``, ``runs``.
 
 The model is the tests' small segmenter (``configs/demo/synth_seg.yml``, no weights) reading the
@@ -42,11 +44,12 @@ from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/demo/synth_seg.yml"
+FOLDS = 5
 SMALL = [
     "transforms.train=[{name: Resize, params: {height: 64, width: 400}}, {name: Normalize}]",
     "transforms.valid=[{name: Resize, params: {height: 64, width: 400}}, {name: Normalize}]",
     "model.encoder_weights=null",
-    "folds.n_splits=5",
+    f"folds.n_splits={FOLDS}",
     "data.batch_size=8",
     "data.num_workers=0",
 ]
@@ -92,7 +95,7 @@ def subset(full: Path, root: Path, n_train: int, n_test: int) -> Path:
     return out
 
 
-def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
+def timed_one(argv: list[str], cwd: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one command in a fresh process."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "CUDA_VISIBLE_DEVICES": ""}
     with tempfile.TemporaryFile() as err:
@@ -112,28 +115,37 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024  # kB on Linux
 
 
-def stages(data: Path, work: Path) -> dict[str, list[str]]:
+def timed(commands: list[list[str]], cwd: Path) -> tuple[float, float]:
+    """Summed wall seconds and the largest peak RSS (MB) of commands run one after another."""
+    runs = [timed_one(argv, cwd) for argv in commands]
+    return sum(t for t, _ in runs), max(m for _, m in runs)
+
+
+def stages(data: Path, work: Path) -> dict[str, list[list[str]]]:
     opts = [f"paths.data_dir={data}", f"paths.work_dir={work}", *SMALL]
     post = work / "postprocessing.yml"
     sub = work / "submission.csv"
     return {
-        "split": ["split", "--config", str(CONFIG), "--opts", *opts],
+        "split": [["split", "--config", str(CONFIG), "--opts", *opts]],
         "train": [
-            "train", "--config", str(CONFIG), "--fold", "0", "--opts", *opts,
-            "train.epochs=1", "train.max_train_batches=20", "train.max_valid_batches=5", "train.save_top_k=0",
+            [
+                "train", "--config", str(CONFIG), "--fold", str(fold), "--opts", *opts, "train.epochs=1",
+                "train.max_train_batches=20", "train.max_valid_batches=5", "train.save_top_k=0",
+            ]
+            for fold in range(FOLDS)
         ],
-        "thresholds": ["thresholds", "--config", str(CONFIG), "--opts", *opts],
-        "predict": [
+        "thresholds": [["thresholds", "--config", str(CONFIG), "--opts", *opts]],
+        "predict": [[
             "predict", "--postprocessing", str(post), "--images", str(data / "test_images"),
             "--sample-submission", str(data / "sample_submission.csv"), "--out", str(sub),
-        ],
-        "evaluate": ["evaluate", "--pred", str(sub), "--truth", str(data / "test_truth.csv")],
-        "report": [
+        ]],
+        "evaluate": [["evaluate", "--pred", str(sub), "--truth", str(data / "test_truth.csv")]],
+        "report": [[
             "report", "--pred", str(sub), "--truth", str(data / "test_truth.csv"),
             "--images", str(data / "test_images"), "--out", str(work / "report.html"),
             "--search-report", str(post.with_suffix(".report.json")),
-        ],
-        "runs": ["runs", str(work)],
+        ]],
+        "runs": [["runs", str(work)]],
     }  # fmt: skip
 
 
