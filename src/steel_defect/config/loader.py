@@ -10,6 +10,7 @@ Errors raise :class:`ConfigError` with the key path, the file and the valid choi
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,29 @@ from steel_defect.constants import CLASS_IDS
 MAX_DEPTH = 16
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does: ``lr: 3e-3`` is 0.003, not the
+    string '3e-3' (YAML 1.1 wants a dot in the mantissa)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def _parse_yaml(text: str, where: str):
-    """``yaml.safe_load`` whose every failure is a :class:`ConfigError` naming ``where``."""
+    """YAML (floats as in YAML 1.2) whose every failure is a :class:`ConfigError` naming ``where``."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: not valid YAML ({err})") from None
     except RecursionError:
