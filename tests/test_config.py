@@ -54,8 +54,10 @@ def test_floats_without_a_dot_read_as_floats_in_files_and_overrides(tmp_path):
     path = tmp_path / "exp.yml"
     path.write_text("optimizer:\n  lr: 3e-3\n  params: {weight_decay: 1E-5}\n")
     cfg = load_config(path, ["optimizer.encoder_lr=2.5e-4"])
-    assert (cfg.optimizer.lr, cfg.optimizer.params.weight_decay, cfg.optimizer.encoder_lr) == (3e-3, 1e-5, 2.5e-4)
-    assert parse_overrides(["a=1e3", "b=12", "c=v1e3", "d=1e"]) == {"a": 1000.0, "b": 12, "c": "v1e3", "d": "1e"}
+    opt = cfg.optimizer
+    assert (opt.lr, opt.params.weight_decay, opt.encoder_lr) == (3e-3, 1e-5, 2.5e-4)
+    parsed = parse_overrides(["a=1e3", "b=12", "c=v1e3", "d=1e"])
+    assert parsed == {"a": 1000.0, "b": 12, "c": "v1e3", "d": "1e"}
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ _Loader.add_implicit_resolver(
 def _parse_yaml(text: str, where: str):
     """YAML (floats as in YAML 1.2) whose every failure is a :class:`ConfigError` naming ``where``."""
     try:
-        value = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        value = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: not valid YAML ({err})") from None
     except RecursionError:
