@@ -1,4 +1,5 @@
-"""The mean-teacher term: checked at load, never fed a labelled frame, saved for --resume."""
+"""The semi-supervised term (mean teacher, FixMatch): checked at load, never fed a labelled frame,
+saved for --resume."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from steel_defect.config.errors import ComponentError
 from steel_defect.data.folds import read_folds, split_folds
 from steel_defect.models.checkpoint import load_checkpoint
 from steel_defect.training.runner import train
-from steel_defect.training.semi import unlabelled_paths
+from steel_defect.training.semi import SemiTerm, unlabelled_paths
 from tests.conftest import tiny_cfg
 
 TINY = [
@@ -40,6 +41,36 @@ def test_the_semi_settings_are_checked_at_load(tiny_synth):
         tiny_cfg(tiny_synth, _semi(unlabelled, ema=1.5))
     with pytest.raises(ComponentError, match=r"train\.semi.*weigth"):
         tiny_cfg(tiny_synth, _semi(unlabelled, weigth=2))
+    fixmatch = tiny_cfg(tiny_synth, _semi(unlabelled, name="fixmatch"))
+    assert (fixmatch.train.semi["ema"], fixmatch.train.semi["threshold"]) == (0.0, 0.95)
+    with pytest.raises(ConfigError, match=r"train\.semi\.threshold"):
+        tiny_cfg(tiny_synth, _semi(unlabelled, name="fixmatch", threshold=0.3))
+    with pytest.raises(ComponentError, match=r"train\.semi.*threshold"):  # a FixMatch key only
+        tiny_cfg(tiny_synth, _semi(unlabelled, threshold=0.9))
+
+
+def test_fixmatch_learns_only_from_confident_pixels_the_strong_view_still_shows(tiny_synth, tmp_path):
+    folds = f"paths.folds_csv={tmp_path / 'folds.csv'}"
+    split_folds(tiny_cfg(tiny_synth, folds))
+    semi = _semi(tiny_synth / "data" / "test_images", name="fixmatch", cutout=1.0)
+    cfg = tiny_cfg(tiny_synth, folds, semi)
+    term = SemiTerm(cfg, torch.nn.Conv2d(3, 4, 1))
+    term.start_epoch(1)
+    images = torch.ones((2, 3, 16, 32))
+    view, keep = term.perturb(images)
+    assert keep.shape == (2, 1, 16, 32) and (~keep).any(dim=(1, 2, 3)).all()  # a box erased in each
+    assert torch.all(view[~keep.expand_as(view)] == 0) and not torch.equal(
+        view[keep.expand_as(view)], images[keep.expand_as(images)]
+    )
+    targets = torch.full((2, 4, 16, 32), 0.6)  # unsure everywhere: no target, no loss
+    logits = torch.zeros((2, 4, 16, 32), requires_grad=True)
+    assert term.loss(logits, targets, keep).item() == 0
+    targets[0, 2] = 0.99  # sure of class 3 on frame 0: the student is pulled up there, where kept
+    loss = term.loss(logits, targets, keep)
+    loss.backward()
+    assert loss.item() > 0
+    pulled = logits.grad[0, 2] < 0
+    assert torch.equal(pulled, keep[0, 0]) and torch.all(logits.grad[1] == 0)
 
 
 def test_no_frame_of_the_fold_split_reaches_the_unlabelled_term(tiny_synth, tmp_path):
@@ -58,9 +89,13 @@ def test_no_frame_of_the_fold_split_reaches_the_unlabelled_term(tiny_synth, tmp_
     assert not kept & set(labelled)
 
 
-def test_training_with_the_term_saves_the_teacher_and_resumes_as_if_never_stopped(tiny_synth, tmp_path):
+@pytest.mark.parametrize("method", ["mean_teacher", "fixmatch"])
+def test_training_with_the_term_saves_the_teacher_and_resumes_as_if_never_stopped(
+    tiny_synth, tmp_path, method
+):
     unlabelled = tiny_synth / "data" / "test_images"
-    common = [f"paths.folds_csv={tmp_path / 'folds.csv'}", _semi(unlabelled, weight=5.0), *TINY]
+    semi = _semi(unlabelled, weight=5.0, name=method)
+    common = [f"paths.folds_csv={tmp_path / 'folds.csv'}", semi, *TINY]
     whole = tiny_cfg(tiny_synth, *common, f"paths.work_dir={tmp_path / 'whole'}")
     split_folds(whole)
     train(whole, fold=0)
@@ -69,7 +104,8 @@ def test_training_with_the_term_saves_the_teacher_and_resumes_as_if_never_stoppe
     teacher, student = state["teacher_state"], state["model_state"]
     assert teacher.keys() == student.keys()
     moved = [k for k in student if student[k].is_floating_point() and not torch.equal(teacher[k], student[k])]
-    assert moved  # the teacher trails the student
+    # the mean teacher trails the student; FixMatch's (ema 0) is the student of the last step
+    assert moved if method == "mean_teacher" else not moved
 
     parts = [*common, f"paths.work_dir={tmp_path / 'parts'}"]
     train(tiny_cfg(tiny_synth, *parts, "train.epochs=1"), fold=0)

@@ -201,7 +201,9 @@ SCHEMA: dict[str, Any] = {
             dict,
             "seg: a semi-supervised term on unlabelled frames (training/semi.py): {name: "
             "mean_teacher, unlabelled: DIR, weight: 1.0, ema: 0.99, rampup_epochs: 2, batch_size: 4, "
-            "noise: 0.1}; frames of the fold split are left out of DIR; null: none",
+            "noise: 0.1} or {name: fixmatch, unlabelled: DIR, weight: 1.0, ema: 0.0, threshold: 0.95, "
+            "noise: 0.2, cutout: 0.5, rampup_epochs: 2, batch_size: 4}; frames of the fold split are "
+            "left out of DIR; null: none",
             nullable=True,
         ),
         "max_train_batches": Opt(None, int, "cap batches per train epoch (quick runs)", nullable=True),

@@ -217,20 +217,29 @@ def _check_cls_head(cfg: dict) -> dict | None:
     return head
 
 
-SEMI_METHODS = ("mean_teacher",)
-SEMI_DEFAULTS = {"weight": 1.0, "ema": 0.99, "rampup_epochs": 2, "batch_size": 4, "noise": 0.1}
+SEMI_METHODS = ("mean_teacher", "fixmatch")
+SEMI_COMMON = {"weight": 1.0, "rampup_epochs": 2, "batch_size": 4}
+SEMI_DEFAULTS = {
+    # consistency of probabilities with an EMA teacher, the student seeing a noisy view
+    "mean_teacher": {**SEMI_COMMON, "ema": 0.99, "noise": 0.1},
+    # weak-to-strong: the model's own confident pixels (ema 0: this step's weights) on the clean
+    # view are hard targets for its prediction of a strong view (noise, brightness, contrast, cutout)
+    "fixmatch": {**SEMI_COMMON, "ema": 0.0, "noise": 0.2, "threshold": 0.95, "cutout": 0.5},
+}
 
 
 def _check_semi(cfg: dict) -> dict | None:
-    """``train.semi`` with its defaults filled in, checked; None when off."""
+    """``train.semi`` with its method's defaults filled in, checked; None when off."""
     semi = cfg["train"]["semi"]
     if semi is None:
         return None
     key = "train.semi"
     if cfg["task"] != "seg":
         raise ConfigError(f"config key '{key}' is for segmenters (task: seg)")
-    semi = {**SEMI_DEFAULTS, **check_params(["name", "unlabelled", *SEMI_DEFAULTS], semi, key)}
-    lookup("semi-supervised method", semi.get("name"), dict.fromkeys(SEMI_METHODS), f"{key}.name")
+    name = semi.get("name") if isinstance(semi, dict) else None
+    lookup("semi-supervised method", name, dict.fromkeys(SEMI_METHODS), f"{key}.name")
+    defaults = SEMI_DEFAULTS[name]
+    semi = {**defaults, **check_params(["name", "unlabelled", *defaults], semi, key)}
     folder = semi.get("unlabelled")
     if not folder or not Path(str(folder)).is_dir():
         raise ConfigError(
@@ -238,15 +247,17 @@ def _check_semi(cfg: dict) -> dict | None:
         )
     checks = {
         "weight": lambda v: v >= 0,
-        "ema": lambda v: 0 < v < 1,
+        "ema": (lambda v: 0 < v < 1) if name == "mean_teacher" else (lambda v: 0 <= v < 1),
         "rampup_epochs": lambda v: v >= 0 and float(v).is_integer(),
         "batch_size": lambda v: v >= 1 and float(v).is_integer(),
         "noise": lambda v: v >= 0,
+        "threshold": lambda v: 0.5 <= v < 1,
+        "cutout": lambda v: 0 <= v <= 1,
     }
-    for name, ok in checks.items():
-        value = semi[name]
+    for field in defaults:
+        value, ok = semi[field], checks[field]
         if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
-            raise ConfigError(f"config key '{key}.{name}' is {value!r}; see `steel-defect config --docs`")
+            raise ConfigError(f"config key '{key}.{field}' is {value!r}; see `steel-defect config --docs`")
     return semi
 
 

@@ -41,7 +41,7 @@ from steel_defect.training.checks import check_components
 from steel_defect.training.determinism import configure as configure_determinism
 from steel_defect.training.engines import build_engine, patch_catalyst_all_gather
 from steel_defect.training.optim import build_optimizer, build_scheduler, cycle_ends
-from steel_defect.training.semi import MeanTeacher, SemiCallback
+from steel_defect.training.semi import SemiCallback, SemiTerm
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class SteelRunner(IRunner):
         self.resume_state = resume_state
         self.target_key, self.metrics_callback, self.monitor, self.minimize = TASKS[cfg.task]
         self.run_dir = run_dir(cfg, fold)
-        self.semi = None  # the mean teacher of train.semi, made once the model is on its device
+        self.semi = None  # the teacher of train.semi, made once the model is on its device
         self.normalizers = device_normalizers(cfg)  # data.normalize_on_device: per side, or None
 
     @property
@@ -214,7 +214,7 @@ class SteelRunner(IRunner):
             self.epoch_step = int(self.resume_state["epoch"])  # the epoch loop continues after it
         if self.cfg.train.semi:
             rank = int(getattr(self.engine, "process_index", 0) or 0)
-            self.semi = MeanTeacher(self.cfg, unwrap(self.model), rank, self.resume_state)
+            self.semi = SemiTerm(self.cfg, unwrap(self.model), rank, self.resume_state)
 
     def on_batch_start(self, runner) -> None:
         # before the callbacks' (mixup, cutmix): they see float images, as without the option
@@ -235,7 +235,9 @@ class SteelRunner(IRunner):
             # pass (one forward per backward, as DDP requires)
             unlabelled = self.semi.next_batch(image.device)
             self.batch["unlabelled_targets"] = self.semi.targets(unlabelled)
-            view = self.semi.perturb(unlabelled)
+            view, keep = self.semi.perturb(unlabelled)
+            if keep is not None:
+                self.batch["unlabelled_keep"] = keep
             if self.cfg.train.channels_last:
                 view = view.contiguous(memory_format=torch.channels_last)
             image = torch.cat([image, view])

@@ -1,8 +1,10 @@
-"""A semi-supervised term: a mean teacher on unlabelled frames, beside the supervised loss.
+"""A semi-supervised term on unlabelled frames, beside the supervised loss: a mean teacher or FixMatch.
 
     train:
       semi: {name: mean_teacher, unlabelled: ../shared/data/severstal_unlabeled/test_images,
              weight: 1.0, ema: 0.99, rampup_epochs: 2, batch_size: 4, noise: 0.1}
+      semi: {name: fixmatch, unlabelled: DIR, weight: 1.0, ema: 0.0, threshold: 0.95, noise: 0.2,
+             cutout: 0.5, rampup_epochs: 2, batch_size: 4}
 
 Every training step also draws ``batch_size`` unlabelled frames (the training augmentations,
 without ``CopyPaste``). The teacher, an exponential moving average of the student's weights
@@ -10,8 +12,17 @@ without ``CopyPaste``). The teacher, an exponential moving average of the studen
 (``noise`` in normalised units) and a random brightness shift added, in the same forward pass as
 the labelled batch (one forward per backward, as DDP requires). The mean squared difference of
 their probabilities, times ``weight`` ramped up over ``rampup_epochs`` (Tarvainen & Valpola,
-2017), joins the loss. The teacher's weights are saved in ``last.pth``, and the draws depend only
-on the seed, the epoch and the step, so ``--resume`` continues as the uninterrupted run would.
+2017), joins the loss.
+
+``fixmatch`` (Sohn et al., 2020, weak-to-strong consistency, per pixel): the teacher (with the
+default ``ema: 0``, the student's own weights of this step) predicts the clean view; every pixel
+whose probability is above ``threshold`` or below ``1 - threshold`` becomes a hard target, and
+the student's binary cross-entropy on a strong view of the frame (noise, a brightness shift, a
+contrast scale, and with probability ``cutout`` an erased box, whose pixels carry no target) is
+averaged over all pixels, so an unsure frame adds little.
+
+The teacher's weights are saved in ``last.pth``, and the draws depend only on the seed, the
+epoch and the step, so ``--resume`` continues as the uninterrupted run would.
 
 An unlabelled frame whose name is in the fold split (a labelled frame, the scored fold's
 included) is left out: the unlabelled term never sees a frame that validation scores.
@@ -55,11 +66,14 @@ def unlabelled_paths(cfg) -> list[Path]:
     return kept
 
 
-class MeanTeacher:
+class SemiTerm:
     """The teacher, the unlabelled frames and the draws of one training run."""
 
     def __init__(self, cfg, student: torch.nn.Module, rank: int = 0, resume_state: dict | None = None):
         settings = cfg.train.semi  # checked and completed at load (config/loader.py::_check_semi)
+        self.method = settings["name"]
+        self.threshold = float(settings.get("threshold", 0.5))
+        self.cutout = float(settings.get("cutout", 0.0))
         self.weight, self.ema = float(settings["weight"]), float(settings["ema"])
         self.rampup, self.batch_size = int(settings["rampup_epochs"]), int(settings["batch_size"])
         self.noise = float(settings["noise"])
@@ -97,11 +111,44 @@ class MeanTeacher:
         self.step += 1
         return torch.stack([self.frames[int(i)]["image"] for i in picks]).to(device)
 
-    def perturb(self, images: torch.Tensor) -> torch.Tensor:
-        """The student's view: Gaussian noise and a brightness shift per frame (normalised units)."""
+    def perturb(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The student's view and, for FixMatch, where it keeps its targets (False: erased).
+
+        Both methods add Gaussian noise and a brightness shift per frame (normalised units);
+        FixMatch's strong view also scales the contrast by 1 +- 2 ``noise`` and erases, with
+        probability ``cutout``, a box of up to half the frame's height and width."""
+        n = len(images)
         noise = torch.randn(images.shape, generator=self.generator) * self.noise
-        shift = (torch.rand((len(images), 1, 1, 1), generator=self.generator) - 0.5) * 2 * self.noise
-        return images + (noise + shift).to(images.device, images.dtype)
+        shift = (torch.rand((n, 1, 1, 1), generator=self.generator) - 0.5) * 2 * self.noise
+        if self.method != "fixmatch":
+            return images + (noise + shift).to(images.device, images.dtype), None
+        scale = 1 + (torch.rand((n, 1, 1, 1), generator=self.generator) - 0.5) * 4 * self.noise
+        view = images * scale.to(images.device, images.dtype) + (noise + shift).to(
+            images.device, images.dtype
+        )
+        keep = torch.ones((n, 1, *images.shape[2:]), dtype=torch.bool)
+        height, width = images.shape[2:]
+        for i in range(n):
+            draws = torch.rand(5, generator=self.generator).tolist()
+            if draws[0] >= self.cutout:
+                continue
+            h, w = max(1, int(draws[1] * height / 2)), max(1, int(draws[2] * width / 2))
+            top, left = int(draws[3] * (height - h)), int(draws[4] * (width - w))
+            keep[i, :, top : top + h, left : left + w] = False
+        keep = keep.to(images.device)
+        return view * keep, keep
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """The unlabelled term for the student's ``logits`` (before ``weight`` and the ramp-up)."""
+        if self.method != "fixmatch":
+            return torch.mean((torch.sigmoid(logits.float()) - targets) ** 2)
+        confident = (targets > self.threshold) | (targets < 1 - self.threshold)
+        if keep is not None:
+            confident = confident & keep
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), (targets > 0.5).float(), reduction="none"
+        )
+        return (bce * confident).mean()
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,8 +189,10 @@ class SemiCallback(Callback):
     def on_batch_end(self, runner) -> None:
         if not runner.is_train_loader or "unlabelled_logits" not in runner.batch:
             return
-        student = torch.sigmoid(runner.batch["unlabelled_logits"].float())
-        consistency = torch.mean((student - runner.batch["unlabelled_targets"]) ** 2)
+        batch = runner.batch
+        consistency = runner.semi.loss(
+            batch["unlabelled_logits"], batch["unlabelled_targets"], batch.get("unlabelled_keep")
+        )
         runner.batch_metrics["loss"] = runner.batch_metrics["loss"] + runner.semi.factor() * consistency
         runner.batch_metrics["consistency"] = float(consistency)
         self.total += float(consistency)
