@@ -167,9 +167,16 @@ def test_ddp_two_cpu_processes(synth):
     work = "work_ddp"
     _cfg(synth, work=work)
     done = subprocess.run(
-        # with the balanced sampler: its draw must reach both ranks through accelerate's shards
+        # with the balanced sampler: its draw must reach both ranks through accelerate's shards;
+        # and with the semi-supervised term, whose unlabelled batch joins each rank's forward pass
         [
-            *_train_cmd(synth, work, "train.epochs=1", "data.sampler=balanced"),
+            *_train_cmd(
+                synth,
+                work,
+                "train.epochs=1",
+                "data.sampler=balanced",
+                f"train.semi={{name: fixmatch, unlabelled: {synth / 'data' / 'test_images'}, batch_size: 2}}",
+            ),
             "--engine",
             "ddp",
             "--nproc",
@@ -185,6 +192,7 @@ def test_ddp_two_cpu_processes(synth):
     state = load_checkpoint(run / "checkpoints" / "last.pth")
     assert state["epoch"] == 1 and state["config"]["train"]["engine"] == "ddp"
     assert state["config"]["data"]["sampler"] == "balanced"
+    assert state["history"][-1]["train"]["consistency"] > 0 and state["teacher_state"]
     model, _ = model_from_checkpoint(run / "checkpoints" / "best.pth")
     assert model(torch.zeros(1, 3, 64, 384)).shape == (1, 4, 64, 384)
     assert 0.0 <= state["metrics"]["valid"]["dice"] <= 1.0
