@@ -42,3 +42,27 @@ def test_a_variant_segmenter_config_must_exist_before_anything_is_written(tmp_pa
     assert not work.exists()
     args = build_parser().parse_args(["demo", "--seg-config", "configs/real/unet_effnet_lite0_fullres.yml"])
     assert args.seg_config == "configs/real/unet_effnet_lite0_fullres.yml"
+
+
+def test_no_test_frame_reaches_the_unlabelled_term_or_a_pseudo_round(tiny_synth, tmp_path):
+    """A held-out score counts only if neither the semi-supervised term nor pseudo labels saw the
+    scored frames: a folder holding one of them is refused before anything trains."""
+    from steel_defect.demo import refuse_scored_frames, run_demo
+
+    data = tiny_synth / "data"
+    semi = f"train.semi={{name: fixmatch, unlabelled: {data / 'train_images'}}}"
+    with pytest.raises(ValueError, match=r"train\.semi\.unlabelled .* holds \d+ of the test frames"):
+        run_demo(data, tmp_path / "semi", recipe="real", holdout=1, opts=[semi])
+    with pytest.raises(ValueError, match=r"--pseudo-images .* holds \d+ of the test frames"):
+        run_demo(data, tmp_path / "pseudo", recipe="real", holdout=1, pseudo_images=data / "train_images")
+    for work in ("semi", "pseudo"):
+        assert not (tmp_path / work / "folds.csv").exists() and not (tmp_path / work / "seg").exists()
+    test_ids = read_annotations(tmp_path / "semi" / "test_truth.csv").image_ids
+    others = tmp_path / "others"
+    others.mkdir()
+    for name in sorted(set(read_annotations(data / "train.csv").image_ids) - set(test_ids))[:2]:
+        (others / name).write_bytes((data / "train_images" / name).read_bytes())
+    refuse_scored_frames(test_ids, {"train.semi.unlabelled": others, "--pseudo-images": None})
+    (others / test_ids[0]).write_bytes((data / "train_images" / test_ids[0]).read_bytes())
+    with pytest.raises(ValueError, match=test_ids[0].replace(".", r"\.")):
+        refuse_scored_frames(test_ids, {"train.semi.unlabelled": others})

@@ -192,6 +192,23 @@ def score_empty(work: Path) -> dict:
     return evaluate_files(empty, work / "test_truth.csv")
 
 
+def refuse_scored_frames(test_ids: list[str], folders: dict) -> None:
+    """Raise if a folder of unlabelled frames (``{setting: folder or None}``) holds a test frame:
+    a semi-supervised term or a pseudo-label round that saw the scored frames would not be a
+    held-out score."""
+    scored = set(test_ids)
+    for setting, folder in folders.items():
+        if folder is None:
+            continue
+        seen = sorted(p.name for p in Path(folder).iterdir() if p.name in scored)
+        if seen:
+            shown = ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else "")
+            raise ValueError(
+                f"{setting} {folder} holds {len(seen)} of the test frames this run scores ({shown}); "
+                "point it at a folder without them"
+            )
+
+
 def run_demo(
     data_dir: str | Path | None = None,
     work_dir: str | Path = "work/demo",
@@ -231,6 +248,11 @@ def run_demo(
     work.mkdir(parents=True, exist_ok=True)
     data = prepare_data(data_dir, work, n_images, seed, holdout)
     seg_cfg, cls_cfg, seg_opts = load_configs(steps, data, work, seed, epochs, opts)
+    semi = seg_cfg.train.semi
+    refuse_scored_frames(
+        read_annotations(work / "test_truth.csv").image_ids,
+        {"train.semi.unlabelled": semi and semi["unlabelled"], "--pseudo-images": pseudo_images},
+    )
     split_folds(seg_cfg)
     folds = range(seg_cfg.folds.n_splits) if steps.all_folds else (0,)
     timings: dict = {}
