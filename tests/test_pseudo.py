@@ -19,6 +19,7 @@ from steel_defect.data.images import read_image
 from steel_defect.data.loaders import build_loaders
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.data.sampling import MixSampler
+from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Prediction, Predictor
 from steel_defect.inference.pseudo import PseudoRules, judge, pseudo_label
@@ -135,8 +136,10 @@ def test_pseudo_label_writes_the_kept_frames_labels(tiny_synth, tmp_path):
 def test_demo_second_round_trains_on_pseudo_labels(tmp_path, capsys):
     work = tmp_path / "demo"
     args = ["demo", "--work-dir", str(work), "--n", "24", "--epochs", "1"]
-    # the first round's synthetic frames are written before training, so point at them by path
-    assert main([*args, "--pseudo-images", str(work / "data/test_images")]) == 0
+    # unlabelled frames of another synthetic set: the demo refuses a folder holding a frame it scores
+    unlabelled = tmp_path / "unlabelled"
+    write_synthetic_dataset(unlabelled, n=8, seed=1)
+    assert main([*args, "--pseudo-images", str(unlabelled / "train_images")]) == 0
     out = capsys.readouterr().out
     assert "round 1:" in out and "round 2, +" in out
     summary = json.loads((work / "round2/summary.json").read_text())

@@ -231,3 +231,40 @@ def test_a_tie_with_empty_masks_disables_the_class():
     # ... and is kept when the caller accepts any gain
     found, _ = search_all(probs, truth, min_components=(0,), min_areas=(0,), min_gain=0.0)
     assert all(c.min_area != NEVER for c in found.classes)
+
+
+def _near_tie_case():
+    """Threshold 0.5 finds a faint true defect (image 0) and the faint rest of image 1's defect,
+    but also paints a faint false one on defect-free image 4; 0.65 misses the faint parts and
+    paints nothing false. 0.5 wins by 0.011, a tenth of one image's worth."""
+    probs, truth = _blobs(0.9, 0.05)
+    probs[0][BLOB] = _u8(0.6)
+    probs[4][BLOB] = _u8(0.6)
+    truth[1][2:12, 12:14] = True
+    probs[1][2:12, 12:14] = _u8(0.6)
+    return probs, truth
+
+
+def test_slack_prefers_the_setting_that_paints_fewer_images():
+    probs, truth = _near_tie_case()
+    best_params, best, _ = search_class(probs, truth, min_components=COMPONENTS, min_areas=AREAS)
+    assert best_params == ClassParams(0.5, 0, 0, None) and best == pytest.approx(7 / 8)
+    # within half an image's worth (0.5 / 8) the stricter threshold paints 3 images instead of 5
+    params, score, _ = search_class(probs, truth, min_components=COMPONENTS, min_areas=AREAS, slack=0.5 / N)
+    assert params == ClassParams(0.65, 0, 0, None)
+    assert score == pytest.approx((6 + 2 * 100 / 220) / 8)  # image 1: 100 of its 120 pixels
+    # a slack narrower than the gap keeps the best
+    narrow, _, _ = search_class(probs, truth, min_components=COMPONENTS, min_areas=AREAS, slack=0.01)
+    assert narrow == best_params
+    # search_all counts the slack in images' worth of the class's mean Dice
+    found, report = search_all(
+        np.repeat(probs[:, None], 4, axis=1),
+        np.repeat(truth[:, None], 4, axis=1),
+        min_components=COMPONENTS,
+        min_areas=AREAS,
+        slack_images=0.5,
+    )
+    assert found.classes[0] == ClassParams(0.65, 0, 0, None)
+    assert report["classes"][1]["best_dice"] == pytest.approx(score)
+    with pytest.raises(ValueError, match="slack must be a mean Dice in"):
+        search_class(probs, truth, slack=-0.1)

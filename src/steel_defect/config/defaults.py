@@ -264,5 +264,12 @@ SCHEMA: dict[str, Any] = {
             "threshold search also tunes a per-class top-threshold gate: a mask is kept only if its "
             "maximum pixel probability reaches it (needs no classifier)",
         ),
+        "search_slack": Opt(
+            0.0,
+            float,
+            "threshold search: every setting within this many images' worth of out-of-fold Dice "
+            "of a class's best is a candidate, and the one that paints the fewest images wins "
+            "(fewer false defects on unseen frames); 0 keeps the best",
+        ),
     },
 }

@@ -282,11 +282,12 @@ def search_thresholds(
     """
     oof = collect_oof(seg_cfg, cls_cfg, device, members, name)
     top = oof["top"] if seg_cfg.inference.search_top_threshold else None
+    slack = seg_cfg.inference.search_slack
     if oof["tables"] is not None:
-        params, report = search_tables(*oof["tables"], oof["cls"], top_probs=top)
+        params, report = search_tables(*oof["tables"], oof["cls"], top_probs=top, slack_images=slack)
     else:
         params, report = search_all(
-            oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top
+            oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top, slack_images=slack
         )
     out = Path(out or seg_cfg.paths.postprocessing or layout.postprocessing(seg_cfg.paths.work_dir))
     tta = tuple(seg_cfg.inference.tta)

@@ -21,6 +21,14 @@ maximum), so the tuned value means the same at inference.
 Ties (scores within 1e-12) go to the simplest parameters, compared in this order: lower
 min_component, lower min_area, no classifier gate, lower classifier gate, no top gate, lower
 top gate, threshold closest to 0.5, lower threshold.
+
+``slack`` (:func:`search_all`'s ``slack_images``, the config's ``inference.search_slack``)
+widens the tie: every setting within ``slack`` images' worth of Dice of the best is a
+candidate, and the one that paints the fewest images wins (then the fewest pixels, then the
+simplest). On a few dozen out-of-fold images the best setting often beats a stricter one by
+a fraction of one image, which is noise there, while a false positive costs a whole image's
+Dice on every defect-free frame it fires on; the stricter setting is the safer bet. With
+thousands of images half an image's worth is a few 1e-5 and changes nothing.
 """
 
 from __future__ import annotations
@@ -141,6 +149,18 @@ def _scores(area, inter, truth_area, min_areas, cls_gate, top_gate):
     return empty.mean() + gained.reshape(shape) / len(truth_area)
 
 
+def _painted(area, min_areas, cls_gate, top_gate):
+    """How many images each setting paints and how many pixels in all, float64 (T, M, A, G, K)
+    each, from the (T, M, N) areas: what a setting would show on frames like these."""
+    n = area.shape[-1]
+    keep = (area[:, :, None, :] >= np.asarray(min_areas, dtype=np.int64)[:, None]) & (area[:, :, None, :] > 0)
+    both = (cls_gate[:, None, :] * top_gate[None, :, :]).reshape(-1, n)  # (G*K, N)
+    shape = (*keep.shape[:3], len(cls_gate), len(top_gate))
+    images = (keep.astype(np.float64) @ both.T).reshape(shape)
+    pixels = ((keep * area[:, :, None, :]).astype(np.float64) @ both.T).reshape(shape)
+    return images, pixels
+
+
 def _check(probs, truth, cls_probs, top_probs, ndim):
     probs, truth = np.asarray(probs), np.asarray(truth).astype(bool)
     if probs.ndim != ndim or probs.shape != truth.shape:
@@ -179,6 +199,7 @@ def search_class(
     cls_thresholds=None,
     top_probs: np.ndarray | None = None,
     top_thresholds=None,
+    slack: float = 0.0,
 ) -> tuple[ClassParams, float, dict]:
     """Best parameters of one class by its mean Dice over the images.
 
@@ -188,6 +209,8 @@ def search_class(
     reduced resolution call :func:`search_all` with ``scale``). ``cls_thresholds`` defaults to
     None plus 0.30..0.80 when ``cls_probs`` is given and to (None,) otherwise;
     ``top_thresholds`` likewise to :data:`DEFAULT_TOP_THRESHOLDS` when ``top_probs`` is given.
+    ``slack``: settings within this much mean Dice of the best are candidates, and the one
+    that paints the fewest images wins (module docstring); 0 keeps only exact ties.
     Returns (params, best mean Dice, table) where table holds the grids and ``scores``,
     float64 (T, M, A, G, K) indexed like the grids.
     """
@@ -205,6 +228,7 @@ def search_class(
         cls_thresholds,
         top_probs,
         top_thresholds,
+        slack,
     )
 
 
@@ -219,6 +243,7 @@ def search_class_tables(
     cls_thresholds=None,
     top_probs: np.ndarray | None = None,
     top_thresholds=None,
+    slack: float = 0.0,
 ) -> tuple[ClassParams, float, dict]:
     """:func:`search_class` from the images' :func:`area_table` s: ``area`` and ``inter`` int64
     (T, M, N) over the ``thresholds`` x ``min_components`` grid, ``truth_area`` (N,)."""
@@ -242,11 +267,13 @@ def search_class_tables(
             f"area tables {area.shape} must be (thresholds {len(thresholds)}, min_components "
             f"{len(min_components)}, images {n})"
         )
+    if not (isinstance(slack, int | float) and 0.0 <= slack < 1.0):
+        raise ValueError(f"slack must be a mean Dice in [0, 1), got {slack!r}")
     cls_gate, top_gate = _gate(cls_probs, cls_thresholds, n), _gate(top_probs, top_thresholds, n)
     scores = _scores(area, inter, truth_area, min_areas, cls_gate, top_gate)
 
     best = scores.max()
-    candidates = [tuple(int(i) for i in idx) for idx in np.argwhere(scores >= best - _TIE)]
+    candidates = [tuple(int(i) for i in idx) for idx in np.argwhere(scores >= best - slack - _TIE)]
 
     def simplicity(idx):
         t, m, a = thresholds[idx[0]], min_components[idx[1]], min_areas[idx[2]]
@@ -254,7 +281,11 @@ def search_class_tables(
         # rounded so that 0.45 and 0.55 tie on distance and the lower one wins
         return (m, a, g is not None, g or 0.0, k is not None, k or 0.0, round(abs(t - 0.5), 9), t)
 
-    t, m, a, g, k = min(candidates, key=simplicity)
+    if slack > 0:
+        images, pixels = _painted(area, min_areas, cls_gate, top_gate)
+        t, m, a, g, k = min(candidates, key=lambda idx: (images[idx], pixels[idx], simplicity(idx)))
+    else:
+        t, m, a, g, k = min(candidates, key=simplicity)
     params = ClassParams(thresholds[t], min_components[m], min_areas[a], cls_thresholds[g], top_thresholds[k])
     table = {
         "thresholds": list(thresholds),
@@ -317,11 +348,15 @@ def search_all(
     min_gain: float | None = None,
     top_probs: np.ndarray | None = None,
     top_thresholds=None,
+    slack_images: float = 0.0,
 ) -> tuple[PostProcessing, dict]:
     """Search every class and collect a report.
 
     A class whose best mean Dice beats all-empty masks by less than ``min_gain`` (default
     one image's worth, 1/N) is disabled: its params never predict (``min_area`` = :data:`NEVER`).
+    ``slack_images``: settings within this many images' worth of Dice (``slack_images / N``)
+    of a class's best are candidates, and the one painting the fewest images wins (module
+    docstring); 0 keeps the best.
 
     probs: (N, 4, h, w) uint8 (p * 255) or float, maps downsampled by ``scale`` per side.
     truth: (N, 4, h, w) bool at the same resolution. cls_probs: (N, 4) or None. top_probs:
@@ -348,7 +383,7 @@ def search_all(
         area, inter = _areas(probs[:, i], truth[:, i], tuple(thresholds), tuple(comp_map))
         tables.append((area, inter, truth[:, i].sum(axis=(1, 2), dtype=np.int64)))
         baselines.append(search_class(probs[:, i], truth[:, i], None, (0.5,), (0,), (0,))[1])
-    gates = (cls_thresholds, top_thresholds, min_gain)
+    gates = (cls_thresholds, top_thresholds, min_gain, slack_images)
     return _search_all(tables, baselines, cls_probs, top_probs, thresholds, comp_map, area_map, gates)
 
 
@@ -364,6 +399,7 @@ def search_tables(
     min_gain: float | None = None,
     top_probs: np.ndarray | None = None,
     top_thresholds=None,
+    slack_images: float = 0.0,
 ) -> tuple[PostProcessing, dict]:
     """:func:`search_all` at full resolution from per-image :func:`area_table` s, no maps kept.
 
@@ -383,14 +419,14 @@ def search_tables(
         base = search_class_tables(a[one], x[one], truth_area[:, i], None, (0.5,), (0,), (0,))
         baselines.append(base[1])
     identity = {int(v): int(v) for v in min_components}, {int(v): int(v) for v in min_areas}
-    gates = (cls_thresholds, top_thresholds, min_gain)
+    gates = (cls_thresholds, top_thresholds, min_gain, slack_images)
     return _search_all(tables, baselines, cls_probs, top_probs, thresholds, *identity, gates)
 
 
 def _search_all(tables, baselines, cls_probs, top_probs, thresholds, comp_map, area_map, gates):
     """Every class from its (area, inter, truth_area) tables; sizes searched as ``comp_map`` /
     ``area_map`` keys and reported as their values (full-resolution pixels)."""
-    cls_thresholds, top_thresholds, min_gain = gates
+    cls_thresholds, top_thresholds, min_gain, slack_images = gates
     found, report = [], {"classes": {}, "mean": {}, "tables": {}, "curves": {}}
     for i, class_id in enumerate(CLASS_IDS):
         cls_i = None if cls_probs is None else cls_probs[:, i]
@@ -407,6 +443,7 @@ def _search_all(tables, baselines, cls_probs, top_probs, thresholds, comp_map, a
             cls_thresholds,
             top_i,
             top_thresholds,
+            slack_images / max(len(truth_area), 1),
         )
         empty = float(np.mean(truth_area == 0))
         gain = 1.0 / len(truth_area) if min_gain is None else min_gain
