@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.data.rle import rles_to_masks
 from steel_defect.demo import run_demo
 from steel_defect.evaluation.metric import dice_pairs, read_pair
@@ -48,7 +49,7 @@ def test_real_recipe_finds_real_defects_on_unseen_real_frames(real_sample, tmp_p
     pred, truth = read_pair(summary["submission"], summary["test_truth"])
     found = [
         dice_pairs(
-            rles_to_masks(pred[i], (256, 1600))[None], rles_to_masks(truth.rles(i), (256, 1600))[None]
+            rles_to_masks(pred[i], IMAGE_SHAPE)[None], rles_to_masks(truth.rles(i), IMAGE_SHAPE)[None]
         )[0, 2]
         for i in truth.image_ids
         if truth.rles(i)[2]
