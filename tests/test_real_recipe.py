@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from steel_defect.constants import IMAGE_SHAPE
-from steel_defect.data.rle import rles_to_masks
 from steel_defect.demo import run_demo
-from steel_defect.evaluation.metric import dice_pairs, read_pair
+from steel_defect.evaluation.analysis import score_images
 from steel_defect.training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
@@ -46,15 +44,9 @@ def test_real_recipe_finds_real_defects_on_unseen_real_frames(real_sample, tmp_p
     for class_id, dice in summary["per_class"].items():
         assert dice >= summary["empty_per_class"][class_id] - 1 / 14 - 1e-9, (class_id, summary)
     # the class-3 masks land on the real defects of frames they never saw
-    pred, truth = read_pair(summary["submission"], summary["test_truth"])
-    found = [
-        dice_pairs(
-            rles_to_masks(pred[i], IMAGE_SHAPE)[None], rles_to_masks(truth.rles(i), IMAGE_SHAPE)[None]
-        )[0, 2]
-        for i in truth.image_ids
-        if truth.rles(i)[2]
-    ]
-    assert len(found) == 6 and np.mean(found) > 0.1 and max(found) > 0.5, found
+    scores, _, _ = score_images(summary["submission"], summary["test_truth"])
+    found = scores.dice[scores.truth_area[:, 2] > 0, 2]
+    assert len(found) == 6 and np.mean(found) > 0.1 and found.max() > 0.5, found
     state = load_checkpoint(summary["checkpoints"][0])
     assert state["trained_on"]["source"] == "real"
     assert state["trained_on"]["train_frames"] + state["trained_on"]["valid_frames"] == 40
