@@ -222,6 +222,14 @@ def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
         expected = entry["empty_dice"] if entry["disabled"] else entry["best_dice"]
         assert oof_score["per_class"][class_id] == expected
     assert oof_score["mean_dice"] >= oof_score["empty"] - 1e-9
+    # what each class's maps hold: the peaks per image, split by the truth
+    present = truth_area > 0
+    for i, entry in enumerate(summary["classes"].values()):
+        signal, top = entry["signal"], exact["top"][:, i]
+        assert signal["defect_images"] == int(present[:, i].sum())
+        if present[:, i].any():
+            assert signal["peak_on_defects"] == pytest.approx(top[present[:, i]].max())
+            assert signal["reaches_threshold"] == (top[present[:, i]].max() >= 0.3)
     for path in (trained["seg"], trained["cls"]):
         assert load_checkpoint(path)["out_of_fold"] == oof_score
     # the JSON report names its checkpoints and slices the search through the chosen point

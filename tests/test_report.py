@@ -166,7 +166,14 @@ def test_report_draws_search_curves_and_the_worst_frames(case, tmp_path):
     curve = {"values": [0.3, 0.5, 0.7], "dice": [0.8, 0.9, 0.85], "chosen": 1}
     search = tmp_path / "postprocessing.report.json"
     params = {"threshold": 0.5, "min_component": 0, "min_area": 512, "cls_threshold": None}
-    classes = {c: {"params": params, "disabled": c == "2"} for c in "1234"}
+    classes = {c: {"params": params, "disabled": c in "24"} for c in "1234"}
+    unlearnt = {
+        "defect_images": 5,
+        "peak_on_defects": 0.08,
+        "reaches_threshold": False,
+        "lowest_threshold": 0.3,
+    }
+    classes["4"]["signal"] = unlearnt
     curves = {c: {"threshold": curve, "min_area": curve} for c in "1234"}
     search.write_text(json.dumps({"curves": curves, "classes": classes}))
     out = tmp_path / "report.html"
@@ -181,9 +188,11 @@ def test_report_draws_search_curves_and_the_worst_frames(case, tmp_path):
         section = section[: section.index("</section>")]
         drawn = re.findall(r"<figure data-image='([^']+)'>", section)
         assert drawn == [scores.ids[r] for r in worst_images(scores, index, 3)]
-        chosen = (
-            "Switched off" if class_id == "2" else "Chosen: threshold 0.5, min_component 0, min_area 512."
-        )
+        chosen = {
+            "2": "Switched off: the best point (starred) beat empty masks by less than one image",
+            "4": "on none of the 5 out-of-fold frames with this class does the model reach the lowest "
+            "threshold searched (0.30; its highest is 0.08)",
+        }.get(class_id, "Chosen: threshold 0.5, min_component 0, min_area 512.")
         assert chosen in section
         counts = re.findall(r"<td class='count'>(\d+)</td>", section)
         table = confusion(scores, index)

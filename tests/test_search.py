@@ -7,7 +7,14 @@ import pytest
 
 from steel_defect.evaluation.metric import dice_pairs
 from steel_defect.inference.postprocess import ClassParams, PostProcessing, postprocess
-from steel_defect.inference.search import NEVER, downsample_mask, downsample_probs, search_all, search_class
+from steel_defect.inference.search import (
+    NEVER,
+    class_signal,
+    downsample_mask,
+    downsample_probs,
+    search_all,
+    search_class,
+)
 
 N, H, W = 8, 16, 48  # images 0-3 have a defect, 4-7 do not
 BLOB = (slice(2, 12), slice(2, 12))  # 100 pixels
@@ -268,3 +275,29 @@ def test_slack_prefers_the_setting_that_paints_fewer_images():
     assert report["classes"][1]["best_dice"] == pytest.approx(score)
     with pytest.raises(ValueError, match="slack must be a mean Dice in"):
         search_class(probs, truth, slack=-0.1)
+
+
+def test_class_signal_tells_an_unlearnt_class_from_a_learnt_one():
+    """Peaks of 6 images: class 1 peaks high on its defects, class 2 never reaches the lowest
+    threshold on its own (the recipe's classes 1, 2 and 4 on the real sample: at most 0.11),
+    class 3 peaks higher where it is absent, class 4 occurs nowhere."""
+    present = np.zeros((6, 4), bool)
+    present[:3, 0] = present[:2, 1] = present[:3, 2] = True
+    top = np.array([[0.9, 0.10, 0.2, 0.1]] * 3 + [[0.4, 0.05, 0.6, 0.1]] * 3)
+    top[0, 0] = 0.3  # one defect frame below one clean frame's 0.4
+    signal = class_signal(top, present, 0.3)
+    assert signal[1] == {
+        "defect_images": 3,
+        "peak_on_defects": 0.9,
+        "peak_elsewhere": 0.4,
+        "separation": pytest.approx(6 / 9),  # 0.9 beats all three 0.4s twice; 0.3 beats none
+        "reaches_threshold": True,
+        "lowest_threshold": 0.3,
+    }
+    assert signal[2]["reaches_threshold"] is False and signal[2]["peak_on_defects"] == 0.10
+    assert signal[2]["separation"] == pytest.approx((2 * 3 + 0.5 * 2) / 8)  # 0.10 ties the third frame
+    assert signal[3]["separation"] == 0.0 and signal[3]["reaches_threshold"] is False
+    assert signal[4]["defect_images"] == 0 and signal[4]["peak_on_defects"] is None
+    assert signal[4]["separation"] is None and signal[4]["reaches_threshold"] is False
+    with pytest.raises(ValueError, match="expected"):
+        class_signal(top[:, :3], present[:, :3], 0.3)

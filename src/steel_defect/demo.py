@@ -289,6 +289,17 @@ def run_demo(
     return summary
 
 
+def _unlearnt(search: dict) -> dict:
+    """The classes switched off because their out-of-fold maps never reach the lowest threshold
+    on their defects: ``{class: {"defect_images", "peak_on_defects"}}``."""
+    out = {}
+    for class_id, entry in search["classes"].items():
+        signal = entry.get("signal") or {}
+        if entry["disabled"] and signal.get("defect_images") and not signal["reaches_threshold"]:
+            out[class_id] = {k: signal[k] for k in ("defect_images", "peak_on_defects", "lowest_threshold")}
+    return out
+
+
 def _summary(recipe, score, baseline, search, report, checkpoints, work: Path, timings) -> dict:
     return {
         "mean_dice": score["mean_dice"],
@@ -300,6 +311,7 @@ def _summary(recipe, score, baseline, search, report, checkpoints, work: Path, t
         "oof_search": search["mean"],
         "out_of_fold": search["out_of_fold"],
         "full_resolution": search.get("full_resolution"),
+        "unlearnt": _unlearnt(search),
         "postprocessing": str(layout.postprocessing(work)),
         "submission": str(work / "submission.csv"),
         "report": report["out"],
@@ -330,6 +342,18 @@ def format_summary(summary: dict) -> str:
         lines.append(
             f"out-of-fold ({oof['images']} images, thresholds tuned there): "
             f"{oof['mean_dice']:.4f} vs {oof['empty']:.4f} empty"
+        )
+    unlearnt = summary.get("unlearnt")
+    if unlearnt:
+        lowest = next(iter(unlearnt.values()))["lowest_threshold"]
+        named = ", ".join(
+            f"{c} ({u['defect_images']} frames, highest {u['peak_on_defects']:.2f})"
+            for c, u in unlearnt.items()
+        )
+        lines.append(
+            f"not learnt yet (off; out of fold their maps never reach {lowest:.2f} on their defects): "
+            f"{'class' if len(unlearnt) == 1 else 'classes'} {named}. They need more labelled frames "
+            "(steel-defect label)"
         )
     full = summary.get("full_resolution")
     if full:

@@ -155,10 +155,7 @@ def _chosen(curves: dict) -> str:
     params = curves.get("params") or {}
     text = ", ".join(f"{k} {v}" for k, v in params.items() if v is not None)
     if curves.get("disabled"):
-        return (
-            "<p class='chosen'>Switched off: the best point (starred) beat empty masks by less than one "
-            "image's worth, so this class predicts nothing.</p>"
-        )
+        return f"<p class='chosen'>Switched off: {escape(switched_off_reason(curves.get('signal')))}</p>"
     return f"<p class='chosen'>Chosen: {escape(text)}.</p>" if text else ""
 
 
@@ -213,7 +210,33 @@ def read_search_curves(path: str | Path) -> dict:
 
 
 def _params(entry: dict) -> dict:
-    return {"params": entry.get("params"), "disabled": bool(entry.get("disabled"))}
+    return {
+        "params": entry.get("params"),
+        "disabled": bool(entry.get("disabled")),
+        "signal": entry.get("signal"),
+    }
+
+
+def switched_off_reason(signal: dict | None) -> str:
+    """Why the search switched a class off, from its out-of-fold ``signal``
+    (:func:`steel_defect.inference.search.class_signal`; None in reports written before it)."""
+    margin = (
+        "the best point (starred) beat empty masks by less than one image's worth, "
+        "so this class predicts nothing."
+    )
+    if not signal:
+        return margin
+    n, lowest = signal["defect_images"], signal["lowest_threshold"]
+    if n == 0:
+        return "no out-of-fold frame has this class, so there is nothing to tune it on; it predicts nothing."
+    if not signal["reaches_threshold"]:
+        return (
+            f"on none of the {n} out-of-fold frames with this class does the model reach the lowest "
+            f"threshold searched ({lowest:.2f}; its highest is {signal['peak_on_defects']:.2f}), so no "
+            "setting can find these defects. The model has not learnt the class yet: it needs more "
+            "labelled frames of it (steel-defect label), not other thresholds."
+        )
+    return margin
 
 
 def write_report(

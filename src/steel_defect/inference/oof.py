@@ -36,7 +36,9 @@ from steel_defect.inference.pipeline import save_spec
 from steel_defect.inference.postprocess import quantise
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.search import (
+    DEFAULT_THRESHOLDS,
     area_table,
+    class_signal,
     downsample_mask,
     downsample_probs,
     search_all,
@@ -304,6 +306,9 @@ def search_thresholds(
         "mean": report["mean"],
         "classes": {str(c): {k: v for k, v in r.items()} for c, r in report["classes"].items()},
     }
+    present = oof["tables"][2] > 0 if oof["tables"] is not None else oof["truth"].any(axis=(2, 3))
+    for c, signal in class_signal(oof["top"], present, min(DEFAULT_THRESHOLDS)).items():
+        summary["classes"][str(c)]["signal"] = signal
     summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
     if oof["factor"] > 1 and seg_cfg.inference.search_full_res_check:
         full = full_resolution_score(seg_cfg, oof["models"], params, device)

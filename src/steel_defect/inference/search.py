@@ -329,6 +329,41 @@ def search_curves(table: dict, params: ClassParams, components=None, areas=None)
     return curves
 
 
+def class_signal(top_probs: np.ndarray, present: np.ndarray, lowest_threshold: float) -> dict:
+    """Whether a class's out-of-fold maps carry anything a threshold can find, per class.
+
+    top_probs: (N, 4) each image's highest probability per class; present: (N, 4) bool, the
+    class is in the image's truth. Per class: ``defect_images``; ``peak_on_defects`` and
+    ``peak_elsewhere``, the highest peak on images with and without the class (None where
+    there are none); ``separation``, the chance that an image with the class peaks higher than
+    one without (ROC AUC; 0.5 is no signal; None unless both occur); ``reaches_threshold``,
+    whether any image with the class has a pixel at or above ``lowest_threshold``. A class
+    that does not reach it paints nothing on its defects at any setting of the search, so it
+    can only be switched off: it needs more labelled frames, not another decision rule.
+    """
+    top_probs, present = np.asarray(top_probs, dtype=np.float64), np.asarray(present, dtype=bool)
+    if top_probs.shape != present.shape or top_probs.ndim != 2 or top_probs.shape[1] != NUM_CLASSES:
+        raise ValueError(
+            f"expected (N, {NUM_CLASSES}) peaks and truth, got {top_probs.shape}, {present.shape}"
+        )
+    signal = {}
+    for i, class_id in enumerate(CLASS_IDS):
+        on, off = top_probs[present[:, i], i], top_probs[~present[:, i], i]
+        separation = None
+        if len(on) and len(off):
+            higher = (on[:, None] > off[None, :]).sum() + 0.5 * (on[:, None] == off[None, :]).sum()
+            separation = float(higher / (len(on) * len(off)))
+        signal[class_id] = {
+            "defect_images": len(on),
+            "peak_on_defects": float(on.max()) if len(on) else None,
+            "peak_elsewhere": float(off.max()) if len(off) else None,
+            "separation": separation,
+            "reaches_threshold": bool(len(on)) and float(on.max()) >= lowest_threshold,
+            "lowest_threshold": float(lowest_threshold),
+        }
+    return signal
+
+
 def _to_reduced(full_sizes, scale):
     """Map full-resolution sizes to reduced ones; the smallest full size wins a collision."""
     mapping = {}
