@@ -72,21 +72,23 @@ def test_the_summary_names_the_classes_the_model_has_not_learnt():
     """A class switched off because its out-of-fold maps never reach the lowest threshold on
     its defects is named, with its frames and highest peak; one switched off by the margin,
     or one with no defect frame, is not."""
-    from steel_defect.demo import _unlearnt, format_summary
+    from steel_defect.demo import format_summary
+    from steel_defect.inference.oof import unlearnt_classes
 
     def entry(disabled, n, peak):
         signal = {"defect_images": n, "peak_on_defects": peak, "reaches_threshold": n > 0 and peak >= 0.3}
         return {"disabled": disabled, "signal": {**signal, "lowest_threshold": 0.3}}
 
-    search = {"classes": {"1": entry(True, 11, 0.06), "2": entry(True, 4, 0.45), "3": entry(False, 24, 1.0)}}
-    search["classes"]["4"] = entry(True, 0, None)
-    unlearnt = _unlearnt(search)
+    classes = {"1": entry(True, 11, 0.06), "2": entry(True, 4, 0.45), "3": entry(False, 24, 1.0)}
+    classes["4"] = entry(True, 0, None)
+    unlearnt = unlearnt_classes(classes)
     assert unlearnt == {"1": {"defect_images": 11, "peak_on_defects": 0.06, "lowest_threshold": 0.3}}
     per_class = {c: 0.8 for c in "1234"}
     summary = {"test_images": 14, "mean_dice": 0.8, "empty_baseline": 0.79, "per_class": per_class}
-    summary |= {"empty_per_class": per_class, "unlearnt": unlearnt, "timings": {}}
+    oof = {"images": 40, "mean_dice": 0.8, "empty": 0.79, "unlearnt": unlearnt}
+    summary |= {"empty_per_class": per_class, "out_of_fold": oof, "timings": {}}
     summary |= {k: k for k in ("submission", "test_truth", "report", "postprocessing", "serve", "predict")}
     text = format_summary(summary)
     assert "never reach 0.30 on their defects): class 1 (11 frames, highest 0.06)" in text
     assert "steel-defect label" in text
-    assert "never reach" not in format_summary({**summary, "unlearnt": {}})
+    assert "never reach" not in format_summary({**summary, "out_of_fold": {**oof, "unlearnt": {}}})

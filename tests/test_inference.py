@@ -20,7 +20,7 @@ from steel_defect.data.folds import read_folds, split_folds, write_folds
 from steel_defect.data.images import read_image
 from steel_defect.data.submission import read_sample_submission, read_submission
 from steel_defect.data.synth import write_synthetic_dataset
-from steel_defect.inference.oof import SplitMismatchError, collect_oof, search_thresholds
+from steel_defect.inference.oof import SplitMismatchError, collect_oof, search_thresholds, unlearnt_classes
 from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.postprocess import ClassParams, PostProcessing
 from steel_defect.inference.predictor import Predictor, network_input
@@ -230,6 +230,7 @@ def test_oof_search_writes_yaml_that_inference_reads(trained, tmp_path):
         if present[:, i].any():
             assert signal["peak_on_defects"] == pytest.approx(top[present[:, i]].max())
             assert signal["reaches_threshold"] == (top[present[:, i]].max() >= 0.3)
+    assert oof_score["unlearnt"] == unlearnt_classes(summary["classes"])
     for path in (trained["seg"], trained["cls"]):
         assert load_checkpoint(path)["out_of_fold"] == oof_score
     # the JSON report names its checkpoints and slices the search through the chosen point

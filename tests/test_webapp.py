@@ -276,6 +276,7 @@ def test_model_health_docs_and_examples(client):
     assert info["checkpoints"][0]["config"]["model"]["name"] == "unet"
     assert info["postprocessing"]["classes"]["4"]["min_area"] == 2000
     assert info["switched_off"] == {"1": False, "2": False, "3": False, "4": False}  # 2000 < a frame
+    assert info["unlearnt"] == {}  # an untrained checkpoint records no out-of-fold search
     assert info["limits"]["max_files"] == 4
     assert [c["color"] for c in info["classes"]] == ["#F0E442", "#56B4E9", "#D55E00", "#CC79A7"]
     assert client.get("/docs").status_code == 200

@@ -339,3 +339,48 @@ def test_real_example_frames_and_the_synthetic_model_warning(real_frames_server,
         assert page.text_content(f"{row} td.regions") == str(c["components"])
     assert errors == [], errors
     page.close()
+
+
+@pytest.fixture(scope="module")
+def tuned_server(tmp_path_factory):
+    """`steel-defect serve --postprocessing` of a pipeline whose search switched classes 2 and 4
+    off: class 2 because the model had not learnt it (its out-of-fold signal), class 4 by margin."""
+    from steel_defect.inference.pipeline import save_spec
+    from steel_defect.inference.postprocess import NEVER, ClassParams, PostProcessing
+    from steel_defect.inference.predictor import Predictor
+    from steel_defect.models.checkpoint import update_checkpoint
+
+    root = tmp_path_factory.mktemp("e2e_tuned")
+    seg = random_checkpoints(root)["seg"]
+    unlearnt = {"2": {"defect_images": 4, "peak_on_defects": 0.03, "lowest_threshold": 0.3}}
+    update_checkpoint(seg, out_of_fold={"mean_dice": 0.8, "empty": 0.79, "images": 40, "unlearnt": unlearnt})
+    off = ClassParams(0.5, 0, NEVER)
+    post = PostProcessing((ClassParams(0.5), off, ClassParams(0.5), off))
+    probe = Predictor([seg], tta=())
+    spec = save_spec(root / "post.yml", post, probe.segmenters, (), "none", 1, root / "folds.csv", "x")
+    with _serve(root, "--postprocessing", str(spec)) as url:
+        yield url
+
+
+def test_a_class_the_model_has_not_learnt_says_so_on_the_page(tuned_server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(tuned_server)
+    page.wait_for_selector('#model-line[data-state="ready"]')
+    page.click("#example-buttons button >> nth=0")
+    page.wait_for_selector('#viewer[data-state="ready"]')
+    badge = {c: page.locator(f'#classes tr[data-class="{c}"] .off') for c in (1, 2, 3, 4)}
+    assert not badge[1].is_visible() and not badge[3].is_visible()
+    assert badge[2].is_visible() and badge[4].is_visible()
+    assert (
+        badge[2]
+        .get_attribute("title")
+        .startswith(
+            "not learnt yet: on its 4 out-of-fold frames with this class the model never reached 0.30 "
+            "(highest 0.03). It needs more labelled frames"
+        )
+    )
+    assert badge[4].get_attribute("title").startswith("min area is larger than a frame")
+    assert errors == [], errors
+    page.close()

@@ -289,17 +289,6 @@ def run_demo(
     return summary
 
 
-def _unlearnt(search: dict) -> dict:
-    """The classes switched off because their out-of-fold maps never reach the lowest threshold
-    on their defects: ``{class: {"defect_images", "peak_on_defects"}}``."""
-    out = {}
-    for class_id, entry in search["classes"].items():
-        signal = entry.get("signal") or {}
-        if entry["disabled"] and signal.get("defect_images") and not signal["reaches_threshold"]:
-            out[class_id] = {k: signal[k] for k in ("defect_images", "peak_on_defects", "lowest_threshold")}
-    return out
-
-
 def _summary(recipe, score, baseline, search, report, checkpoints, work: Path, timings) -> dict:
     return {
         "mean_dice": score["mean_dice"],
@@ -311,7 +300,6 @@ def _summary(recipe, score, baseline, search, report, checkpoints, work: Path, t
         "oof_search": search["mean"],
         "out_of_fold": search["out_of_fold"],
         "full_resolution": search.get("full_resolution"),
-        "unlearnt": _unlearnt(search),
         "postprocessing": str(layout.postprocessing(work)),
         "submission": str(work / "submission.csv"),
         "report": report["out"],
@@ -343,7 +331,7 @@ def format_summary(summary: dict) -> str:
             f"out-of-fold ({oof['images']} images, thresholds tuned there): "
             f"{oof['mean_dice']:.4f} vs {oof['empty']:.4f} empty"
         )
-    unlearnt = summary.get("unlearnt")
+    unlearnt = (summary.get("out_of_fold") or {}).get("unlearnt")
     if unlearnt:
         lowest = next(iter(unlearnt.values()))["lowest_threshold"]
         named = ", ".join(

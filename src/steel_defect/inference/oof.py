@@ -266,6 +266,20 @@ def out_of_fold_score(report: dict, images: int) -> dict:
     }
 
 
+def unlearnt_classes(classes: dict) -> dict:
+    """The classes switched off because no out-of-fold frame with the class reaches the lowest
+    threshold searched (``signal`` of :func:`~.search.class_signal`): the model has not learnt
+    them. ``{class: {"defect_images", "peak_on_defects", "lowest_threshold"}}``."""
+    out = {}
+    for class_id, entry in classes.items():
+        signal = entry.get("signal") or {}
+        if entry["disabled"] and signal.get("defect_images") and not signal["reaches_threshold"]:
+            out[str(class_id)] = {
+                k: signal[k] for k in ("defect_images", "peak_on_defects", "lowest_threshold")
+            }
+    return out
+
+
 def search_thresholds(
     seg_cfg,
     cls_cfg=None,
@@ -310,6 +324,7 @@ def search_thresholds(
     for c, signal in class_signal(oof["top"], present, min(DEFAULT_THRESHOLDS)).items():
         summary["classes"][str(c)]["signal"] = signal
     summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
+    summary["out_of_fold"]["unlearnt"] = unlearnt_classes(summary["classes"])
     if oof["factor"] > 1 and seg_cfg.inference.search_full_res_check:
         full = full_resolution_score(seg_cfg, oof["models"], params, device)
         searched = summary["out_of_fold"]

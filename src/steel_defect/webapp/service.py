@@ -161,6 +161,9 @@ class InferenceService:
             "postprocessing": self.post.to_dict(),
             # a class the threshold search switched off (min_area above a frame): the page says "off"
             "switched_off": {c: p.disabled for c, p in zip(CLASS_IDS, self.post.classes, strict=True)},
+            # of those, the ones the model has not learnt: no out-of-fold defect frame reached the
+            # lowest threshold (steel_defect.inference.oof.unlearnt_classes); the page says so
+            "unlearnt": (first.get("out_of_fold") or {}).get("unlearnt") or {},
             "classes": [{"class_id": c, "name": CLASS_NAMES[c], "color": CLASS_COLORS[c]} for c in CLASS_IDS],
         }
 

@@ -155,8 +155,13 @@ function updateControls() {
     // the served thresholds switch it off, and no min_area override of this page turns it back on
     const overridden = state.overrides[c.class_id] && "min_area" in state.overrides[c.class_id];
     off.hidden = !(state.model.switched_off[c.class_id] && !overridden);
-    off.title = "min area is larger than a frame: the threshold search found no gain for this class. " +
-      "Lower it under 'Post-processing per class' to see its masks.";
+    const unlearnt = (state.model.unlearnt || {})[c.class_id];
+    off.title = unlearnt
+      ? `not learnt yet: on its ${unlearnt.defect_images} out-of-fold frames with this class the model ` +
+        `never reached ${unlearnt.lowest_threshold.toFixed(2)} (highest ${unlearnt.peak_on_defects.toFixed(2)}). ` +
+        "It needs more labelled frames of this class (the Label page)."
+      : "min area is larger than a frame: the threshold search found no gain for this class. " +
+        "Lower it under 'Post-processing per class' to see its masks.";
   }
 }
 
