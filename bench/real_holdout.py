@@ -47,9 +47,11 @@ def table(summaries: list[dict]) -> str:
     for s in summaries:
         gain = s["mean_dice"] - s["empty_baseline"]
         minutes = s["timings"]["total_s"] / 60
+        unlearnt = (s.get("out_of_fold") or {}).get("unlearnt") or {}
+        named = " ".join(f"{c}:{u['peak_on_defects']:.2f}" for c, u in unlearnt.items())
         lines.append(
             f"  holdout {s['holdout']}: {s['mean_dice']:.4f} {s['empty_baseline']:.4f} "
-            f"{gain:+.4f} {minutes:.1f}"
+            f"{gain:+.4f} {minutes:.1f}" + (f"  not learnt (class:highest peak) {named}" if named else "")
         )
     return "\n".join(lines)
 
