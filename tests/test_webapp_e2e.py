@@ -362,7 +362,7 @@ def tuned_server(tmp_path_factory):
         yield url
 
 
-def test_a_class_the_model_has_not_learnt_says_so_on_the_page(tuned_server, browser):
+def test_a_class_the_model_has_not_learnt_says_so_on_the_page(tuned_server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))
@@ -373,6 +373,7 @@ def test_a_class_the_model_has_not_learnt_says_so_on_the_page(tuned_server, brow
     badge = {c: page.locator(f'#classes tr[data-class="{c}"] .off') for c in (1, 2, 3, 4)}
     assert not badge[1].is_visible() and not badge[3].is_visible()
     assert badge[2].is_visible() and badge[4].is_visible()
+    assert badge[2].text_content() == "off · not learnt yet" and badge[4].text_content() == "off"
     assert (
         badge[2]
         .get_attribute("title")
@@ -382,5 +383,8 @@ def test_a_class_the_model_has_not_learnt_says_so_on_the_page(tuned_server, brow
         )
     )
     assert badge[4].get_attribute("title").startswith("min area is larger than a frame")
+    shot = Path(SCREENSHOT_DIR or tmp_path) / "gui_switched_off.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
     assert errors == [], errors
     page.close()

@@ -156,6 +156,7 @@ function updateControls() {
     const overridden = state.overrides[c.class_id] && "min_area" in state.overrides[c.class_id];
     off.hidden = !(state.model.switched_off[c.class_id] && !overridden);
     const unlearnt = (state.model.unlearnt || {})[c.class_id];
+    off.textContent = unlearnt ? "off · not learnt yet" : "off";
     off.title = unlearnt
       ? `not learnt yet: on its ${unlearnt.defect_images} out-of-fold frames with this class the model ` +
         `never reached ${unlearnt.lowest_threshold.toFixed(2)} (highest ${unlearnt.peak_on_defects.toFixed(2)}). ` +
