@@ -254,7 +254,8 @@ class LabelStore:
         ):
             raise LabelStoreError(f"{path}: cannot create it, its folder is not writable")
         try:
-            uri = f"file:{path.resolve()}?mode=ro" if readonly else str(path)
+            # as_uri() percent-encodes the path: a raw ``#`` or ``?`` would end the file name there
+            uri = f"{path.resolve().as_uri()}?mode=ro" if readonly else str(path)
             db = sqlite3.connect(
                 uri,
                 uri=readonly,
