@@ -52,3 +52,23 @@ def test_a_database_path_with_a_hash_or_question_mark_opens_that_file_read_only(
         assert store.path == path and store.stats().frames == 1
     # a URI cut at the '#' or '?' would have opened (and created) tmp_path/"lab"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(name)) == []
+
+
+def test_two_processes_creating_one_database_at_once_both_open_it(tmp_path):
+    path = tmp_path / "labels.sqlite"
+    opener = (
+        "import sys; from steel_defect.labels.store import LabelStore\n"
+        "with LabelStore.open(sys.argv[1]) as store:\n"
+        "    store.add_frames([('b.jpg', 1600, 256)]); print(store.stats().frames)\n"
+    )
+    marker = tmp_path / "paused"
+    # the first has read schema version 0 of the new file and waits before migrating it ...
+    first = start_paused([sys.executable, "-c", opener, str(path)], "open:migrate", marker)
+    with LabelStore.open(path) as store:  # ... while the second creates the tables
+        store.add_frames([("a.jpg", 1600, 256)])
+    marker.unlink()  # the first goes on: it must see the tables, not create them again
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-3000:]
+    assert out.strip() == "2"
+    with LabelStore.open(path, readonly=True) as store:
+        assert store.names() == ["a.jpg", "b.jpg"]

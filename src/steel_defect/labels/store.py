@@ -276,9 +276,9 @@ class LabelStore:
             raise
         return store
 
-    def _prepare(self) -> None:
+    def _schema_version(self) -> int:
+        """The file's schema version; LabelStoreError for another program's file or a newer schema."""
         db = self._db
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
         empty = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
@@ -291,6 +291,12 @@ class LabelStore:
                 f"{self.path} has labels schema version {version}; this steel-defect reads up to "
                 f"{SCHEMA_VERSION}: upgrade steel-defect to open it"
             )
+        return version
+
+    def _prepare(self) -> None:
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = self._schema_version()
         if self.readonly:
             if version < SCHEMA_VERSION:
                 raise LabelStoreError(f"{self.path} has the old schema {version}; open it once to migrate it")
@@ -300,7 +306,11 @@ class LabelStore:
         db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
         db.execute("PRAGMA foreign_keys = ON")
         if version < SCHEMA_VERSION:
+            pause_point("open:migrate")  # the race test: another process may migrate meanwhile
             with self._write():
+                # read again under the write lock: a process opening the same new file at the same
+                # time may have migrated it since the read above ("table meta already exists")
+                version = self._schema_version()
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in _statements(MIGRATIONS[step]):
                         db.execute(statement)
