@@ -12,15 +12,20 @@ client; races are played out in the order the test picks with the pause points o
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from steel_defect.labels.folder import FrameFolder
 from steel_defect.labels.store import LabelStore
+from steel_defect.webapp.labelling import LabelService, create_label_app
 from tests.conftest import REPO
+from tests.test_labels import EMPTY, _frames
 
 
 def start_paused(cmd: list[str], point: str, marker: Path, timeout: float = 120) -> subprocess.Popen:
@@ -72,3 +77,48 @@ def test_two_processes_creating_one_database_at_once_both_open_it(tmp_path):
     assert out.strip() == "2"
     with LabelStore.open(path, readonly=True) as store:
         assert store.names() == ["a.jpg", "b.jpg"]
+
+
+# ---------- the web app on a database it cannot use ----------
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A labelling app on two frames, its database waiting at most 0.1 s for a lock."""
+    names = _frames(tmp_path / "frames", 2)
+    path = tmp_path / "labels.sqlite"
+    store = LabelStore.open(path, busy_timeout_ms=100)
+    client = TestClient(create_label_app(LabelService(store, FrameFolder(tmp_path / "frames"))))
+    yield client, names, store
+    store.close()
+
+
+def test_a_locked_database_answers_503_json_naming_it(served):
+    client, names, store = served
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        answer = client.put(f"/api/label/frames/{names[0]}", json={"version": 0, "masks": EMPTY})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert answer.status_code == 503 and answer.headers["content-type"] == "application/json"
+    assert f"{store.path} is locked by another process" in answer.json()["detail"]
+    assert int(answer.headers["retry-after"]) >= 1
+    again = client.put(f"/api/label/frames/{names[0]}", json={"version": 0, "masks": EMPTY})
+    assert again.status_code == 200 and again.json()["version"] == 1  # nothing was half-saved
+
+
+def test_a_database_corrupted_under_the_server_answers_500_json_naming_it(served):
+    client, names, store = served
+    other = sqlite3.connect(store.path)
+    other.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file, none in the log
+    other.close()
+    size = store.path.stat().st_size
+    store.path.write_bytes(b"garbage!" * (size // 8))  # a disk fault overwrites it
+    for answer in (
+        client.get(f"/api/label/frames/{names[0]}"),
+        client.put(f"/api/label/frames/{names[0]}", json={"version": 0, "masks": EMPTY}),
+    ):
+        assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+        assert f"{store.path} is corrupt" in answer.json()["detail"]

@@ -112,6 +112,10 @@ class LabelStoreError(RuntimeError):
     """The database cannot be used: locked, read-only, corrupt, not ours, or too new. Names the file."""
 
 
+class DatabaseLocked(LabelStoreError):
+    """Another process held the write lock for the whole busy timeout: worth trying again (503)."""
+
+
 class UnknownFrame(ValueError):
     """A frame name the database (or the folder) does not list."""
 
@@ -220,22 +224,37 @@ def origin_of(saved: str, proposed: str | None) -> str:
 class LabelStore:
     """One labels database. Thread-safe: the web app's request threads share one connection."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, readonly: bool):
+    def __init__(
+        self,
+        path: Path,
+        connection: sqlite3.Connection,
+        readonly: bool,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ):
         self.path = path
         self.readonly = readonly
+        self.busy_timeout_ms = busy_timeout_ms
         self._db = connection
         self._lock = threading.RLock()
 
     # ---------- opening ----------
 
     @classmethod
-    def open(cls, path: str | Path, create: bool = True, readonly: bool = False) -> LabelStore:
+    def open(
+        cls,
+        path: str | Path,
+        create: bool = True,
+        readonly: bool = False,
+        busy_timeout_ms: int | None = None,
+    ) -> LabelStore:
         """Open (and with ``create`` make) the database at ``path``; migrate an older schema forward.
 
         Raises :class:`LabelStoreError` naming the file when it is missing (without ``create``),
-        locked, read-only (unless ``readonly``), corrupt, another program's, or newer than this code.
+        locked (:class:`DatabaseLocked`, after ``busy_timeout_ms``, default ``BUSY_TIMEOUT_MS``),
+        read-only (unless ``readonly``), corrupt, another program's, or newer than this code.
         """
         path = Path(path)
+        busy_timeout_ms = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
         if not path.exists() and (readonly or not create):
             raise LabelStoreError(
                 f"{path}: no labels database there (create one with `steel-defect label` "
@@ -259,18 +278,18 @@ class LabelStore:
             db = sqlite3.connect(
                 uri,
                 uri=readonly,
-                timeout=BUSY_TIMEOUT_MS / 1000,
+                timeout=busy_timeout_ms / 1000,
                 isolation_level=None,
                 check_same_thread=False,
             )
         except sqlite3.Error as err:
             raise LabelStoreError(f"{path}: cannot open it: {err}") from None
-        store = cls(path, db, readonly)
+        store = cls(path, db, readonly, busy_timeout_ms)
         try:
             store._prepare()
         except sqlite3.DatabaseError as err:
             db.close()
-            raise LabelStoreError(_explain(path, err)) from None
+            raise store._failure(err) from None
         except LabelStoreError:
             db.close()
             raise
@@ -295,7 +314,7 @@ class LabelStore:
 
     def _prepare(self) -> None:
         db = self._db
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         version = self._schema_version()
         if self.readonly:
             if version < SCHEMA_VERSION:
@@ -337,7 +356,7 @@ class LabelStore:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.DatabaseError as err:
-                raise LabelStoreError(_explain(self.path, err)) from None
+                raise self._failure(err) from None
             try:
                 yield self._db
                 self._db.execute("COMMIT")
@@ -345,15 +364,24 @@ class LabelStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 if isinstance(err, sqlite3.DatabaseError):
-                    raise LabelStoreError(_explain(self.path, err)) from None
+                    raise self._failure(err) from None
                 raise
+
+    def _failure(self, err: sqlite3.DatabaseError) -> LabelStoreError:
+        text = str(err)
+        if "locked" in text or "busy" in text:
+            return DatabaseLocked(
+                f"{self.path} is locked by another process (waited {self.busy_timeout_ms / 1000:g} s); "
+                "close the other `steel-defect label` server or command that writes to it, or try again"
+            )
+        return LabelStoreError(_explain(self.path, err))
 
     def _read(self, sql: str, params=()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.DatabaseError as err:
-                raise LabelStoreError(_explain(self.path, err)) from None
+                raise self._failure(err) from None
 
     # ---------- metadata ----------
 
@@ -408,7 +436,7 @@ class LabelStore:
                 "SELECT class_id, rle, model_version FROM proposals WHERE frame = ?", (name,)
             ).fetchall()
         except sqlite3.DatabaseError as err:
-            raise LabelStoreError(_explain(self.path, err)) from None
+            raise self._failure(err) from None
         proposal = None
         proposal_model = None
         if proposed:
@@ -728,11 +756,6 @@ def _statements(script: str) -> list[str]:
 
 def _explain(path: Path, err: sqlite3.DatabaseError) -> str:
     text = str(err)
-    if "locked" in text or "busy" in text:
-        return (
-            f"{path} is locked by another process (waited {BUSY_TIMEOUT_MS / 1000:g} s); close the other "
-            "`steel-defect label` server or command that writes to it"
-        )
     if "readonly" in text or "read-only" in text:
         return f"{path} is read-only; labels cannot be saved to it (check its permissions): {text}"
     if "not a database" in text or "malformed" in text or "corrupt" in text:

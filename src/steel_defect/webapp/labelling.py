@@ -18,16 +18,20 @@ Routes (OpenAPI docs at ``/docs``):
 
 A save whose ``version`` is not the stored one answers 409 with the stored state (another tab
 saved first; nothing is overwritten), RLE that does not fit the frame 422, an unknown name 404.
+A database that another process keeps locked past the busy timeout answers 503 with
+``Retry-After``; a corrupt or unusable one 500; both ``{"detail"}`` naming the file.
 Names are looked up in the folder's listing only (:mod:`steel_defect.labels.folder`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 from dataclasses import asdict
 from typing import Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,10 +42,18 @@ from steel_defect.data.images import ImageReadError, encode_jpeg
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.inference.verdict import model_version
 from steel_defect.labels.folder import FrameFolder
-from steel_defect.labels.store import InvalidMasks, LabelStore, StaleSave, UnknownFrame
+from steel_defect.labels.store import (
+    DatabaseLocked,
+    InvalidMasks,
+    LabelStore,
+    LabelStoreError,
+    StaleSave,
+    UnknownFrame,
+)
 from steel_defect.webapp.app import MEDIA_TYPES, STATIC, Limits, new_app
 from steel_defect.webapp.provenance import ensemble_summary
 
+log = logging.getLogger(__name__)
 BROWSER_FORMATS = ("JPEG", "PNG", "BMP")  # sent as they are; TIFF is re-encoded, browsers do not all show it
 # A save carries four RLEs: a 1600x256 checkerboard, the worst case, is 5.8 MB of text a class.
 MAX_SAVE_BYTES = 32 * 2**20
@@ -137,6 +149,14 @@ def create_label_app(
     app = new_app(
         "Label steel-sheet frames in the Severstal encoding.", limits or Limits(), token, queued_paths=()
     )
+
+    @app.exception_handler(LabelStoreError)
+    async def _database(request: Request, err: LabelStoreError):
+        if isinstance(err, DatabaseLocked):
+            retry = math.ceil(max(1.0, service.store.busy_timeout_ms / 1000))
+            return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": str(retry)})
+        log.error("%s %s: %s", request.method, request.url.path, err)
+        return JSONResponse({"detail": str(err)}, status_code=500)
 
     def frame_or_404(name: str) -> dict:
         try:
