@@ -30,7 +30,7 @@ from steel_defect.data.rle import mask_to_rle
 from steel_defect.data.synth import generate_frame
 from steel_defect.line.alarms import AlarmMonitor, parse_rule
 from steel_defect.line.log import FrameRecord, InspectionLog, LogError, Search, bulk_fill, metadata
-from steel_defect.line.watch import Watcher
+from steel_defect.line.watch import EMPTY_GRACE_S, Watcher
 from steel_defect.webapp.dashboard import create_dashboard_app
 from tests.conftest import random_checkpoints
 from tests.test_labels import _frames as frames_in
@@ -93,7 +93,7 @@ def test_the_migrated_schema_is_the_one_the_queries_use(inspection):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    assert inspection.revision() == "0002"
+    assert inspection.revision() == "0003"
     with inspection.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
     mode = inspection.engine.connect().exec_driver_sql("PRAGMA journal_mode").scalar()
@@ -135,7 +135,9 @@ def test_a_log_made_at_0001_is_migrated_forward_with_its_minute_counts(tmp_path)
                 )  # fmt: skip
     engine.dispose()
     migrated = InspectionLog.open(old)
-    assert migrated.revision() == "0002"
+    assert migrated.revision() == "0003"
+    rows = migrated.search(Search(limit=100))
+    assert len(rows) == 31 and all(r["arrived_at"] == r["seen_at"] for r in rows)  # arrived when seen
     fresh = InspectionLog.open(tmp_path / "fresh.sqlite")
     fresh.record(entries)
     for log in (migrated, fresh):
@@ -169,7 +171,7 @@ def test_a_frame_recorded_twice_keeps_one_row(inspection):
     assert len(first) == 1 and len(again) == 1  # only b.jpg is new
     assert inspection.count() == 2
     done = inspection.judged("/line/in", [("a.jpg", 1000, int(T0 * 1e9)), ("a.jpg", 999, int(T0 * 1e9))])
-    assert done == {("a.jpg", 1000, int(T0 * 1e9))}  # a new size is a new frame
+    assert done == {("a.jpg", 1000, int(T0 * 1e9)): "/line/in/a.jpg"}  # a new size is a new frame
 
 
 def test_search_filters_by_class_area_probability_time_line_and_pages(inspection):
@@ -299,6 +301,9 @@ def test_corrupt_wrong_size_and_deleted_frames_are_logged_once_with_reasons(tmp_
     clock.advance(2.0)
     for _ in range(4):
         watcher.step()
+    assert "cut.jpg" not in {r["name"] for r in log.search(Search())}  # may still be being written
+    clock.advance(EMPTY_GRACE_S)
+    watcher.step()
     rows = {r["name"]: r for r in log.search(Search())}
     assert {n: r["status"] for n, r in rows.items()} == {
         "frame_000.jpg": "judged", "frame_001.jpg": "missing", "cut.jpg": "corrupt", "small.jpg": "corrupt"

@@ -97,7 +97,7 @@ def test_the_migrated_schema_on_postgresql_is_the_one_the_queries_use(inspection
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    assert inspection.engine.dialect.name == "postgresql" and inspection.revision() == "0002"
+    assert inspection.engine.dialect.name == "postgresql" and inspection.revision() == "0003"
     with inspection.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), test_line.metadata) == []
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")

@@ -90,6 +90,33 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise HeaderError("JPEG without a frame header (SOF) before its image data")
 
 
+def jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's bytes run to its end-of-image marker: one after its first scan starts.
+
+    The segments before the first scan are skipped by their lengths, so the end marker of an
+    EXIF thumbnail (inside APP1) does not count; inside a scan every 0xFF byte is stuffed, so
+    the first FF D9 after it is the image's own end, wherever it lies (a camera may append
+    data after it). A file cut anywhere before that marker is incomplete.
+    """
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF or marker in _JPEG_STANDALONE:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xDA:
+            return data.find(b"\xff\xd9", pos + 2) >= 0
+        if marker == 0xD9:
+            return False  # an end before any scan: no image
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            return False
+        pos += 2 + length
+    return False
+
+
 def _tiff_size(data: bytes) -> tuple[int, int]:
     # The first image file directory (IFD) describes the page OpenCV decodes.
     order = "<" if data[:2] == b"II" else ">"

@@ -13,12 +13,11 @@ import cv2
 import numpy as np
 
 from steel_defect.constants import IMAGE_SHAPE
-from steel_defect.data.headers import HeaderError, header_size
+from steel_defect.data.headers import HeaderError, header_size, jpeg_complete
 
 log = logging.getLogger(__name__)
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_JPEG_END = b"\xff\xd9"
 _turbojpeg_ok: bool | None = None
 # Any size is allowed where no frame size is expected, up to this: a 4K frame is 8.3 million
 # pixels, and 50 million RGB pixels cost 150 MB to decode.
@@ -27,6 +26,10 @@ MAX_PIXELS = 50_000_000
 
 class ImageReadError(OSError):
     """An image file that is missing, unreadable, corrupt or of the wrong size."""
+
+
+class TruncatedImage(ImageReadError):
+    """An image whose file ends before its data does: cut off, or still being written."""
 
 
 class ImageSizeError(ImageReadError):
@@ -110,9 +113,9 @@ def decode_image(
     image = None
     if data[:3] == _JPEG_MAGIC:
         # Both decoders fill a truncated JPEG with grey instead of failing; the
-        # end-of-image marker tells a cut-off file from a whole one.
-        if _JPEG_END not in data[-4096:]:
-            raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
+        # end-of-image marker after the scan tells a cut-off file from a whole one.
+        if not jpeg_complete(data):
+            raise TruncatedImage(f"{name}: truncated JPEG (no end-of-image marker)")
         if turbojpeg_available():
             image = _decode_turbojpeg(data)
     if image is None:

@@ -61,9 +61,10 @@ frames = sa.Table(
     sa.Column("path", sa.String(2048), nullable=False),  # where the image lies now (archive or source)
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text()),
-    sa.Column("seen_at", sa.Float(), nullable=False),
+    sa.Column("seen_at", sa.Float(), nullable=False),  # when the watcher noticed the file
     sa.Column("judged_at", sa.Float(), nullable=False),
-    sa.Column("latency_ms", sa.Float(), nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),  # judged_at - arrived_at
+    sa.Column("arrived_at", sa.Float()),  # when the file was complete in the folder (revision 0003)
     sa.Column("model", sa.String(128)),
     sa.Column("defects", sa.Integer(), nullable=False),  # bit k-1 set: class k present
     sa.UniqueConstraint("source", "name", "size", "mtime_ns", name="frames_identity"),
@@ -131,6 +132,18 @@ watchers = sa.Table(
     sa.Column("message", sa.Text()),
     sa.Column("backlog", sa.Integer(), nullable=False),
     sa.Column("judged", sa.BigInteger(), nullable=False),  # frames judged since it started
+    sa.Column("lag_s", sa.Float()),  # how long the oldest complete frame not yet judged has waited
+)
+
+# Identities whose rows retention deleted while their image stayed in the watched folder: the
+# watcher finds them done after a restart, and forgets them once the file has left the folder.
+pruned = sa.Table(
+    "pruned",
+    metadata,
+    sa.Column("source", sa.String(1024), primary_key=True),
+    sa.Column("name", sa.String(512), primary_key=True),
+    sa.Column("size", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("mtime_ns", sa.BigInteger(), primary_key=True, autoincrement=False),
 )
 
 alarms = sa.Table(
@@ -172,6 +185,15 @@ class FrameRecord:
     reason: str | None = None
     model: str | None = None
     classes: list[dict] = field(default_factory=list)
+    arrived_at: float | None = None  # None: when it was seen
+
+    @property
+    def arrival(self) -> float:
+        return self.seen_at if self.arrived_at is None else self.arrived_at
+
+    @property
+    def latency_ms(self) -> float:
+        return max(0.0, 1000.0 * (self.judged_at - self.arrival))
 
     @property
     def defects(self) -> int:
@@ -306,7 +328,10 @@ class InspectionLog:
         except SQLAlchemyError as err:
             # Another process (``serve --log`` beside a starting ``watch``) may be migrating the
             # same fresh log: our change failed on its tables or its lock. Fine once it is at our
-            # head, which its transaction reaches within the busy timeout.
+            # head, which its transaction reaches within the busy timeout. Any other error (a
+            # corrupt file, a refused login) cannot clear by waiting.
+            if not _racing(err):
+                raise LogError(f"{self.name}: cannot open the inspection log ({_reason(err)})") from err
             deadline = time.monotonic() + self.busy_timeout_s
             while time.monotonic() < deadline:
                 try:
@@ -339,20 +364,57 @@ class InspectionLog:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def judged(self, source: str, identities: Iterable[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
-        """Which of these (name, size, mtime_ns) identities in ``source`` already have a row."""
+    def judged(
+        self, source: str, identities: Iterable[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], str | None]:
+        """Which of these (name, size, mtime_ns) identities in ``source`` are done: {identity: the
+        path its row gives for the image}, the path None for a frame whose row retention pruned."""
         wanted = set(identities)
         names = sorted({name for name, _, _ in wanted})
-        found = set()
+        found: dict[tuple[str, int, int], str | None] = {}
         with self._reading() as connection:
             for start in range(0, len(names), IN_CHUNK):
-                rows = connection.execute(
-                    sa.select(frames.c.name, frames.c.size, frames.c.mtime_ns).where(
-                        frames.c.source == source, frames.c.name.in_(names[start : start + IN_CHUNK])
+                chunk = names[start : start + IN_CHUNK]
+                for table in (pruned, frames):
+                    path = frames.c.path if table is frames else sa.null()
+                    rows = connection.execute(
+                        sa.select(table.c.name, table.c.size, table.c.mtime_ns, path).where(
+                            table.c.source == source, table.c.name.in_(chunk)
+                        )
                     )
-                )
-                found |= {tuple(row) for row in rows}
-        return wanted & found
+                    found.update({(n, s, m): p for n, s, m, p in rows if (n, s, m) in wanted})
+        return found
+
+    def forget(self, source: str, identities: Iterable[tuple[str, int, int]] | None = None) -> int:
+        """Drop these pruned ``identities`` of ``source`` (their files left its folder); how many went."""
+        gone = sorted(set(identities or ()))
+        if not gone:
+            return 0
+        removed = 0
+        try:
+            with self._writing() as connection:
+                for name, size, mtime_ns in gone:
+                    removed += connection.execute(
+                        pruned.delete().where(
+                            pruned.c.source == source,
+                            pruned.c.name == name,
+                            pruned.c.size == size,
+                            pruned.c.mtime_ns == mtime_ns,
+                        )
+                    ).rowcount
+        except SQLAlchemyError as err:
+            raise LogError(f"{self.name}: cannot write the inspection log ({_reason(err)})") from err
+        return removed
+
+    def forget_absent(self, source: str, present: set[tuple[str, int, int]]) -> int:
+        """Drop the pruned identities of ``source`` that are not ``present`` in its folder (files
+        removed while no watcher ran); how many went."""
+        with self._reading() as connection:
+            rows = connection.execute(
+                sa.select(pruned.c.name, pruned.c.size, pruned.c.mtime_ns).where(pruned.c.source == source)
+            )
+            absent = {tuple(row) for row in rows} - present
+        return self.forget(source, absent)
 
     def record(self, records: Sequence[FrameRecord]) -> list[int]:
         """Write ``records`` in one transaction; the new rows' ids. A record whose identity is
@@ -376,8 +438,9 @@ class InspectionLog:
                             status=record.status,
                             reason=record.reason,
                             seen_at=record.seen_at,
+                            arrived_at=record.arrival,
                             judged_at=record.judged_at,
-                            latency_ms=max(0.0, 1000.0 * (record.judged_at - record.seen_at)),
+                            latency_ms=record.latency_ms,
                             model=record.model,
                             defects=record.defects,
                         )
@@ -433,7 +496,7 @@ class InspectionLog:
         return insert(table).on_conflict_do_nothing()
 
     def heartbeat(self, source: str, **fields) -> None:
-        """Create or update the row of the watcher of ``source`` (state, backlog, judged, ...)."""
+        """Create or update the row of the watcher of ``source`` (state, backlog, lag, judged, ...)."""
         fields = {"heartbeat_at": time.time(), **fields}
         try:
             with self._writing() as connection:
@@ -448,8 +511,10 @@ class InspectionLog:
     def prune(
         self, keep_days: float | None = None, keep_rows: int | None = None, now: float | None = None
     ) -> int:
-        """Delete the oldest frames beyond ``keep_days`` or ``keep_rows``; how many went. The images
-        are not touched (they are the archive's business)."""
+        """Delete the oldest frames beyond ``keep_days`` or ``keep_rows``, and the alarms cleared
+        before the oldest frame kept; how many frames went. The images are not touched (they are
+        the archive's business): a frame whose image still lies in the watched folder leaves its
+        identity in ``pruned``, so that the watcher does not judge it again after a restart."""
         conditions = []
         now = time.time() if now is None else now
         if keep_days is not None:
@@ -470,9 +535,29 @@ class InspectionLog:
                     )
                 if not conditions:
                     return 0
-                doomed = sa.select(frames.c.id).where(sa.or_(*conditions)).scalar_subquery()
+                doomed = sa.select(frames.c.id).where(sa.or_(*conditions))
+                in_folder = sa.and_(
+                    frames.c.status != "missing", frames.c.path == frames.c.source + "/" + frames.c.name
+                )
+                connection.execute(
+                    self._insert_new(pruned).from_select(
+                        ["source", "name", "size", "mtime_ns"],
+                        sa.select(frames.c.source, frames.c.name, frames.c.size, frames.c.mtime_ns).where(
+                            sa.or_(*conditions), in_folder
+                        ),
+                    )
+                )
+                doomed = doomed.scalar_subquery()
                 connection.execute(detections.delete().where(detections.c.frame_id.in_(doomed)))
-                return connection.execute(frames.delete().where(frames.c.id.in_(doomed))).rowcount
+                count = connection.execute(frames.delete().where(frames.c.id.in_(doomed))).rowcount
+                oldest = connection.execute(sa.select(sa.func.min(frames.c.judged_at))).scalar()
+                connection.execute(
+                    alarms.delete().where(
+                        alarms.c.cleared_at.is_not(None),
+                        alarms.c.cleared_at < (now if oldest is None else oldest),
+                    )
+                )
+                return count
         except SQLAlchemyError as err:
             raise LogError(f"{self.name}: cannot prune the inspection log ({_reason(err)})") from err
 
@@ -710,6 +795,18 @@ class InspectionLog:
         with self._reading() as connection:
             return int(connection.execute(sa.select(sa.func.count()).select_from(frames)).scalar_one())
 
+    def judged_between(self, start: float, end: float, line: str | None = None) -> tuple[int, float | None]:
+        """(frames judged in [start, end), the first one's judging time or None) of ``line`` or of
+        every line: the page's rate over the time a window actually observed. Exact to the frame,
+        where ``minutes`` counts whole minutes; a range of minutes reads a few thousand index entries."""
+        conditions = [frames.c.judged_at >= start, frames.c.judged_at < end, frames.c.status == "judged"]
+        if line is not None:
+            conditions.append(frames.c.line == line)
+        statement = sa.select(sa.func.count(), sa.func.min(frames.c.judged_at)).where(*conditions)
+        with self._reading() as connection:
+            count, first = connection.execute(statement).one()
+        return int(count), None if first is None else float(first)
+
 
 # The distinct lines of frames, one index lookup each (a "skip scan" that neither database does by
 # itself for SELECT DISTINCT): the smallest line, then the smallest one after it, and so on.
@@ -753,6 +850,14 @@ class _Reading:
         return False
 
 
+def _racing(err: SQLAlchemyError) -> bool:
+    """Whether a failed migration may be another process's migration of the same log."""
+    text = str(getattr(err, "orig", None) or err).lower()
+    return any(
+        word in text for word in ("locked", "busy", "already exists", "duplicate", "unique", "deadlock")
+    )
+
+
 def _reason(err: SQLAlchemyError) -> str:
     """The database's own words (``database is locked``, ``disk I/O error``), without SQLAlchemy's
     statement dump."""
@@ -790,6 +895,7 @@ def bulk_fill(log: InspectionLog, rows: int, start: float, rate_hz: float, seed:
                 "status": "judged",
                 "reason": None,
                 "seen_at": float(t) - 0.2,
+                "arrived_at": float(t) - 0.2,
                 "judged_at": float(t),
                 "latency_ms": 200.0,
                 "model": "bench",

@@ -32,6 +32,7 @@ from a write, so latency does not wait for the next poll. ``--poll`` turns the e
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steel_defect.constants import IMAGE_SHAPE
-from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, decode_image
+from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, TruncatedImage, decode_image
 from steel_defect.inference.verdict import class_report, model_version
 from steel_defect.line.alarms import AlarmMonitor
 from steel_defect.line.log import FrameRecord, InspectionLog
@@ -51,20 +52,32 @@ from steel_defect.pause import pause_point
 
 log = logging.getLogger(__name__)
 
-EMPTY_GRACE_S = 30.0  # a file that stays empty this long is logged as corrupt
+EMPTY_GRACE_S = 30.0  # a file that stays empty, or cut short, this long is logged as corrupt
 MAX_BACKOFF_S = 30.0  # the longest wait between retries of a folder that has gone
 HEARTBEAT_S = 1.0  # how often the watcher's row (state, backlog) is refreshed
 
 
 @dataclass
 class Pending:
-    """A frame seen but not judged: its last identity and since when it has kept it."""
+    """A frame seen but not judged: its last identity and since when it has kept it.
+
+    ``seen_at`` and ``arrived_at`` are wall-clock times for the log; ``stable_since`` is on the
+    monotonic clock, so that a wall clock stepped back (NTP, a daylight-saving bug) cannot hold
+    a frame back from settling."""
 
     size: int
     mtime_ns: int
     seen_at: float
     stable_since: float
+    arrived_at: float
     renamed: bool = False
+    cut_short: bool = False  # decoded once as a truncated JPEG: waits as an empty file does
+
+    def wait_s(self, settle_s: float) -> float:
+        """How long it must keep its identity before it is judged."""
+        if self.size == 0 or self.cut_short:
+            return EMPTY_GRACE_S
+        return 0.0 if self.renamed else settle_s
 
 
 @dataclass
@@ -95,7 +108,11 @@ class Watcher:
         keep_rows: int | None = None,
         alarms: AlarmMonitor | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
     ):
+        """``clock`` gives the wall-clock times written to the log; ``monotonic`` measures the
+        intervals (settling, heartbeats, retention). A test's own ``clock`` drives both unless
+        it passes ``monotonic`` as well."""
         self.folder = Path(folder).resolve()
         self.source = str(self.folder)
         self.log, self.predictor = inspection_log, predictor
@@ -105,6 +122,7 @@ class Watcher:
         self.keep_days, self.keep_rows = keep_days, keep_rows
         self.alarms = alarms
         self.clock = clock
+        self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self.model = model_version(predictor)
         self.pending: dict[str, Pending] = {}
         self.done: set[tuple[str, int, int]] = set()  # identities in the folder that have a row
@@ -116,8 +134,12 @@ class Watcher:
         self._lock = threading.Lock()
         self._observer = None
         self._events = events
-        self._last_beat = 0.0
-        self._last_prune = 0.0
+        self._last_beat: float | None = None
+        self._last_prune: float | None = None
+        self._forgot_absent = False
+        # Published by the loop's thread for the status page, which must never walk ``pending``
+        # while the loop changes it.
+        self.published = {"backlog": 0, "lag_s": None}
         self.started_at = clock()
         if self.archive is not None:
             if self.archive == self.folder:
@@ -128,8 +150,10 @@ class Watcher:
 
     # -- the folder -----------------------------------------------------------------------
 
-    def _listing(self) -> dict[str, tuple[int, int]]:
-        """{name: (size, mtime_ns)} of the image files in the folder; OSError when it is gone."""
+    def _listing(self) -> dict[str, tuple[int, int, float]]:
+        """{name: (size, mtime_ns, arrived)} of the image files in the folder; OSError when it is
+        gone. ``arrived``: the later of the last write (mtime) and the rename that brought the
+        file in (ctime changes on a rename, mtime does not)."""
         found = {}
         with os.scandir(self.folder) as entries:
             for entry in entries:
@@ -142,18 +166,18 @@ class Watcher:
                     stat = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed between the listing and the stat
-                found[name] = (stat.st_size, stat.st_mtime_ns)
+                found[name] = (stat.st_size, stat.st_mtime_ns, max(stat.st_mtime, stat.st_ctime))
         return found
 
     def scan(self) -> list[FrameRecord]:
         """Update the pending frames from a listing; the ``missing`` records of pending frames that
         vanished. Raises OSError when the folder cannot be listed."""
-        now = self.clock()
+        now, tick = self.clock(), self.monotonic()
         listing = self._listing()
         with self._lock:
             renamed, self._renamed = self._renamed, set()
         new = set()
-        for name, (size, mtime_ns) in listing.items():
+        for name, (size, mtime_ns, _) in listing.items():
             known = self.pending.get(name)
             if (name, size, mtime_ns) not in self.done and (
                 known is None or (known.size, known.mtime_ns) != (size, mtime_ns)
@@ -161,17 +185,26 @@ class Watcher:
                 new.add((name, size, mtime_ns))
         if new:
             logged = self.log.judged(self.source, new)
-            for identity in logged:
+            for identity, path in logged.items():
                 self.done.add(identity)
                 self.pending.pop(identity[0], None)
-                self._archive(identity[0])  # a kill after the commit left it here
-            for name, size, mtime_ns in new - logged:
+                self._archive(identity[0], path)  # a kill after the commit left it here
+            for name, size, mtime_ns in new - logged.keys():
                 old = self.pending.get(name)
-                self.pending[name] = Pending(size, mtime_ns, old.seen_at if old else now, now)
+                # A file's time ahead of ours is another machine's clock (a network share): the
+                # arrival is then when we saw it.
+                arrived = min(listing[name][2], now)
+                self.pending[name] = Pending(size, mtime_ns, old.seen_at if old else now, tick, arrived)
         for name in renamed & self.pending.keys():
             self.pending[name].renamed = True
-        present = {(name, *ident) for name, ident in listing.items()}
-        self.done &= present  # forget frames that left the folder (archived, deleted)
+        present = {(name, size, mtime_ns) for name, (size, mtime_ns, _) in listing.items()}
+        if not self._forgot_absent:  # pruned identities of files removed while no watcher ran
+            self._forgot_absent = True
+            self.log.forget_absent(self.source, present)
+        left = self.done - present  # frames that left the folder (archived, deleted)
+        if left:
+            self.done -= left
+            self.log.forget(self.source, left)
         missing = []
         for name in [n for n in self.pending if n not in listing]:
             gone = self.pending.pop(name)
@@ -180,15 +213,10 @@ class Watcher:
 
     def complete(self) -> list[str]:
         """Pending frames ready to judge, the longest waiting first."""
-        now = self.clock()
-        ready = []
-        for name, item in self.pending.items():
-            settled = now - item.stable_since >= self.settle_s
-            if item.size == 0:
-                if now - item.stable_since >= EMPTY_GRACE_S:
-                    ready.append(name)
-            elif item.renamed or settled:
-                ready.append(name)
+        tick = self.monotonic()
+        ready = [
+            n for n, item in self.pending.items() if tick - item.stable_since >= item.wait_s(self.settle_s)
+        ]
         return sorted(ready, key=lambda n: (self.pending[n].seen_at, n))
 
     # -- judging --------------------------------------------------------------------------
@@ -196,7 +224,7 @@ class Watcher:
     def _record(
         self, name: str, item: Pending, status: str, reason: str | None = None, classes=()
     ) -> FrameRecord:
-        path = self.archive / name if self.archive is not None and status != "missing" else self.folder / name
+        path = self._archive_target(name, item) if status != "missing" else self.folder / name
         return FrameRecord(
             source=self.source,
             line=self.line,
@@ -207,6 +235,7 @@ class Watcher:
             status=status,
             seen_at=item.seen_at,
             judged_at=self.clock(),
+            arrived_at=item.arrived_at,
             reason=reason,
             model=self.model if status == "judged" else None,
             classes=list(classes),
@@ -221,7 +250,8 @@ class Watcher:
             stat = os.fstat(handle.fileno())
         if (stat.st_size, stat.st_mtime_ns) != (item.size, item.mtime_ns) or len(data) != stat.st_size:
             item.size, item.mtime_ns = stat.st_size, stat.st_mtime_ns
-            item.stable_since, item.renamed = self.clock(), False
+            item.stable_since, item.renamed = self.monotonic(), False
+            item.arrived_at = min(max(stat.st_mtime, stat.st_ctime), self.clock())
             return None
         return data
 
@@ -242,6 +272,14 @@ class Watcher:
                 continue  # still being written
             try:
                 image = decode_image(data, channels=3, name=name, expected_shape=IMAGE_SHAPE)
+            except TruncatedImage as err:
+                # A camera writing in place may pause longer than the settle time: a file cut
+                # short waits as an empty one does before it is called corrupt.
+                if not item.cut_short and self.monotonic() - item.stable_since < EMPTY_GRACE_S:
+                    item.cut_short = True
+                    continue
+                records.append(self._record(name, item, "corrupt", str(err)))
+                continue
             except ImageReadError as err:
                 records.append(self._record(name, item, "corrupt", str(err)))
                 continue
@@ -253,25 +291,39 @@ class Watcher:
                 records.append(self._record(name, item, "judged", classes=classes))
         return records
 
-    def _archive(self, name: str) -> None:
-        """Move a judged frame to the archive (a copy then a rename across filesystems, so a kill
-        never leaves half a file under the final name)."""
+    def _archive_target(self, name: str, item: Pending) -> Path:
+        """Where a judged frame will lie: the archive under its own name, or, when a camera reused
+        the name and an older frame holds it there, under the name and its mtime."""
+        if self.archive is None:
+            return self.folder / name
+        target = self.archive / name
+        if os.path.lexists(target):
+            stem, dot, suffix = name.rpartition(".")
+            target = self.archive / (f"{stem}~{item.mtime_ns}.{suffix}" if dot else f"{name}~{item.mtime_ns}")
+        return target
+
+    def _archive(self, name: str, target: str | Path | None = None) -> None:
+        """Move a judged frame to ``target`` in the archive, the path its row gives (chosen afresh
+        when its row has none there). A file already in the archive is never replaced: the
+        move is a hard link then an unlink (a copy, then a link, across filesystems), so a kill
+        at any point leaves the frame whole under one name or the other, or both."""
         if self.archive is None:
             return
-        source, target = self.folder / name, self.archive / name
-        try:
+        source = self.folder / name
+        target = Path(target) if target is not None else None
+        if target is None or target.parent != self.archive:
             try:
-                os.replace(source, target)
-            except OSError as err:
-                if err.errno != 18:  # EXDEV: another filesystem
-                    raise
-                partial = target.with_name(f".{name}.partial")
-                shutil.copy2(source, partial)
-                os.replace(partial, target)
-                source.unlink()
+                stat = source.stat()
+            except FileNotFoundError:
+                return
+            target = self._archive_target(name, Pending(stat.st_size, stat.st_mtime_ns, 0.0, 0.0, 0.0))
+        try:
+            _move_without_replacing(source, target)
             self.stats.archived += 1
         except FileNotFoundError:
             pass  # moved already, or deleted
+        except FileExistsError:
+            log.error("%s: not archived, %s holds another frame already", source, target)
         except OSError as err:
             log.error("%s: cannot move it to the archive %s (%s)", source, self.archive, err.strerror or err)
 
@@ -295,8 +347,9 @@ class Watcher:
                 self.pending.pop(record.name, None)
                 if record.status != "missing":
                     self.done.add((record.name, record.size, record.mtime_ns))
-                    self._archive(record.name)
+                    self._archive(record.name, record.path)
                 setattr(self.stats, record.status, getattr(self.stats, record.status) + 1)
+                _log_verdict(record)
             self.stats.batches += 1
             if self.alarms is not None:
                 self.alarms.check(self.log, self.line, self.clock())
@@ -304,12 +357,25 @@ class Watcher:
         return len(records)
 
     def backlog(self) -> int:
-        return len(self.complete())
+        """Complete frames waiting to be judged, as the loop last counted them (any thread)."""
+        return self.published["backlog"]
+
+    def lag_s(self) -> float | None:
+        """How long the oldest complete frame not yet judged has waited since it arrived, as the
+        loop last saw it; None when none waits (any thread)."""
+        return self.published["lag_s"]
+
+    def _publish(self) -> None:
+        ready = self.complete()
+        oldest = min((self.pending[n].arrived_at for n in ready), default=None)
+        lag = None if oldest is None else round(max(0.0, self.clock() - oldest), 3)
+        self.published = {"backlog": len(ready), "lag_s": lag}  # one assignment: read whole
 
     def _maintain(self, force: bool = False) -> None:
-        now = self.clock()
-        if force or now - self._last_beat >= HEARTBEAT_S:
-            self._last_beat = now
+        tick = self.monotonic()
+        self._publish()
+        if force or self._last_beat is None or tick - self._last_beat >= HEARTBEAT_S:
+            self._last_beat = tick
             self.log.heartbeat(
                 self.source,
                 line=self.line,
@@ -320,11 +386,14 @@ class Watcher:
                 state=self.state,
                 message=self.message,
                 backlog=self.backlog(),
+                lag_s=self.lag_s(),
                 judged=self.stats.judged,
             )
-        if (self.keep_days or self.keep_rows) and now - self._last_prune >= 60.0:
-            self._last_prune = now
-            pruned = self.log.prune(self.keep_days, self.keep_rows, now)
+        if (self.keep_days or self.keep_rows) and (
+            self._last_prune is None or tick - self._last_prune >= 60.0
+        ):
+            self._last_prune = tick
+            pruned = self.log.prune(self.keep_days, self.keep_rows, self.clock())
             if pruned:
                 log.info("retention: %d old frames left the log", pruned)
 
@@ -382,10 +451,9 @@ class Watcher:
             timeout = self.backoff
         else:
             timeout = self.poll_s
-            now = self.clock()
+            tick = self.monotonic()
             for item in self.pending.values():
-                if item.size:
-                    timeout = min(timeout, max(0.01, item.stable_since + self.settle_s - now))
+                timeout = min(timeout, max(0.01, item.stable_since + item.wait_s(self.settle_s) - tick))
         self.wake.wait(timeout)
         self.wake.clear()
 
@@ -395,12 +463,12 @@ class Watcher:
         written raises :class:`~steel_defect.line.log.LogError` out of here; the frames not yet
         recorded stay in the folder for the next start."""
         stop = stop or threading.Event()
-        idle_since = self.clock()
+        idle_since = self.monotonic()
         try:
             while not stop.is_set():
                 if self.step() or self.pending:
-                    idle_since = self.clock()
-                elif idle_exit_s is not None and self.clock() - idle_since >= idle_exit_s:
+                    idle_since = self.monotonic()
+                elif idle_exit_s is not None and self.monotonic() - idle_since >= idle_exit_s:
                     break
                 if not self.complete():
                     self._wait()
@@ -412,3 +480,44 @@ class Watcher:
             except Exception as err:  # the log may be what failed; the error that stopped us wins
                 log.debug("last heartbeat not written: %s", err)
         return self.stats
+
+
+def _log_verdict(record: FrameRecord) -> None:
+    """One INFO line per frame: what the line's operator reads in the watcher's output."""
+    if record.status == "judged":
+        present = [f"class {c['class_id']} ({c['area']} px)" for c in record.classes if c["area"] > 0]
+        verdict = ", ".join(present) or "clean"
+    else:
+        verdict = f"{record.status}: {record.reason}"
+    log.info("%s: %s, %.0f ms after it arrived", record.name, verdict, record.latency_ms)
+
+
+def _move_without_replacing(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``; FileExistsError when another file holds ``target``."""
+    try:
+        _place(source, target)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copy2(source, partial)
+        try:
+            _place(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    source.unlink(missing_ok=True)
+
+
+def _place(source: Path, target: Path) -> None:
+    """Give ``source``'s file the name ``target`` too, never replacing another file there."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        if not os.path.samefile(source, target):  # else: a kill between the link and the unlink
+            raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(target):  # a filesystem without hard links: checked, then renamed
+            raise FileExistsError(errno.EEXIST, "another file is there", str(target)) from None
+        os.replace(source, target)
