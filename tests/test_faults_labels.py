@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from steel_defect.labels.folder import FrameFolder
 from steel_defect.labels.store import LabelStore
 from steel_defect.webapp.labelling import LabelService, create_label_app
-from tests.conftest import REPO
+from tests.conftest import REPO, random_checkpoints
 from tests.test_labels import EMPTY, _frames
 
 
@@ -122,3 +122,38 @@ def test_a_database_corrupted_under_the_server_answers_500_json_naming_it(served
     ):
         assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
         assert f"{store.path} is corrupt" in answer.json()["detail"]
+
+
+# ---------- a frame deleted while the server or the queue runs ----------
+
+
+def test_a_frame_deleted_while_the_server_runs_answers_404_json_saying_so(served):
+    client, names, store = served
+    gone = names[1]
+    (Path(store.path).parent / "frames" / gone).unlink()
+    for route in ("", "/image", "/history"):
+        answer = client.get(f"/api/label/frames/{gone}{route}")
+        assert answer.status_code == 404, (route, answer.text)
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json()["detail"].startswith(f"{gone} is no longer in the labelling folder"), route
+    assert client.get(f"/api/label/frames/{names[0]}/image").status_code == 200  # the others still open
+    # the history of a frame the folder never listed (another session's) is not answered either
+    store.add_frames([("elsewhere.jpg", 1600, 256)])
+    store.save_masks("elsewhere.jpg", EMPTY, version=0, status="confirmed")
+    assert client.get("/api/label/frames/elsewhere.jpg/history").status_code == 404
+
+
+def test_labels_queue_skips_a_frame_deleted_while_it_scores_and_reports_it(tmp_path):
+    from steel_defect.inference.pipeline import build_predictor
+    from steel_defect.labels.queue import score_queue
+
+    predictor = build_predictor(None, [random_checkpoints(tmp_path)["seg"]], untuned=True)
+    names = _frames(tmp_path / "frames", 3, seed=5)
+    with LabelStore.open(tmp_path / "labels.sqlite") as store:
+        store.add_frames([(n, 1600, 256) for n in names])
+        folder = FrameFolder(tmp_path / "frames")  # listed with all three ...
+        (tmp_path / "frames" / names[1]).unlink()  # ... then one is deleted
+        summary = score_queue(store, folder, predictor, batch_size=2)
+        assert summary["missing"] == [names[1]] and summary["scored"] == 2
+        assert store.queue_entry(names[1]) is None
+        assert sorted(store.queue_entry(n)["rank"] for n in (names[0], names[2])) == [0, 1]

@@ -2,7 +2,8 @@
 
     folder = FrameFolder("test_images")       # 1600x256 frames; the rest in folder.skipped
     folder.skipped                            # [("bad.jpg", "image is 1600x255; ...")]
-    folder.read("a.jpg")                      # the file's bytes; UnknownFrame for any other name
+    folder.read("a.jpg")                      # the file's bytes; UnknownFrame for any other name,
+                                              # FrameRemoved once its file is deleted or moved
 
 A name from a client is looked up in this listing only, never joined onto a path, so
 ``../x`` is simply not found. Sizes are read from the header (no pixel is decoded at start,
@@ -29,6 +30,17 @@ HEADER_BYTES = 256 * 1024  # a JPEG's EXIF block comes before its frame header; 
 
 class FolderError(ValueError):
     """A labelling folder that is missing or holds no usable frame."""
+
+
+class FrameRemoved(UnknownFrame):
+    """A listed frame whose file has gone since the folder was listed (deleted or moved away)."""
+
+    def __init__(self, name: str, directory: Path):
+        super().__init__(name)
+        self.args = (
+            f"{name} is no longer in the labelling folder {directory}: it was deleted or moved after "
+            "the folder was listed; put it back, or go on with another frame",
+        )
 
 
 class FrameFolder:
@@ -84,12 +96,23 @@ class FrameFolder:
         height, width = self.shape
         return [(name, width, height) for name in self.paths]
 
+    def check(self, name: str) -> None:
+        """:class:`UnknownFrame` unless ``name`` is listed, :class:`FrameRemoved` if its file has gone."""
+        path = self.paths.get(name)
+        if path is None:
+            raise UnknownFrame(name)
+        if not path.is_file():
+            raise FrameRemoved(name, self.directory)
+
     def read(self, name: str) -> bytes:
         path = self.paths.get(name)
         if path is None:
             raise UnknownFrame(name)
-        with path.open("rb") as handle:
-            return handle.read(self.max_bytes + 1)
+        try:
+            with path.open("rb") as handle:
+                return handle.read(self.max_bytes + 1)
+        except FileNotFoundError:
+            raise FrameRemoved(name, self.directory) from None
 
     def decode(self, name: str) -> np.ndarray:
         """The RGB uint8 (H, W, 3) frame; :class:`ImageReadError` when its data is corrupt."""

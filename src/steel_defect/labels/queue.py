@@ -22,6 +22,8 @@ so a run of consecutive frames of one coil does not fill the labeller's day.
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 
@@ -29,6 +31,7 @@ from steel_defect.constants import CLASS_IDS
 from steel_defect.inference.predictor import TTA_DIMS, Predictor, network_input
 from steel_defect.inference.verdict import model_version
 
+log = logging.getLogger(__name__)
 SCORE_SHAPE = (64, 400)  # maps are scored at a quarter of the frame: the doubt is the same, 16x cheaper
 TOP_FRACTION = 0.005  # the 0.5 % most uncertain pixels of a class: 128 of a 64x400 map
 DUPLICATE_SIMILARITY = 0.995
@@ -146,13 +149,15 @@ def score_batch(
 def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propose: bool = True) -> dict:
     """Score every unlabelled and pre-labelled frame of ``store`` found in ``folder``, rank them
     and store the queue; with ``propose`` also store each frame's pre-label (the tuned pipeline's
-    masks). Frames that cannot be decoded are left out and counted. Returns a summary."""
+    masks). Frames that cannot be decoded, or whose file has gone since ``folder`` was listed, are
+    left out and reported (``unreadable``, ``missing``). Returns a summary."""
     from steel_defect.data.images import ImageReadError
     from steel_defect.data.rle import masks_to_rles
+    from steel_defect.labels.folder import FrameRemoved
 
     version = model_version(predictor)
     todo = [n for n in store.names("unlabelled") + store.names("pre-labelled") if n in folder]
-    names, scores, details, thumbs, unreadable = [], [], [], [], []
+    names, scores, details, thumbs, unreadable, missing = [], [], [], [], [], []
     for start in range(0, len(todo), batch_size):
         chunk, frames = [], []
         for name in todo[start : start + batch_size]:
@@ -161,6 +166,9 @@ def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propos
                 chunk.append(name)
             except ImageReadError as err:
                 unreadable.append((name, str(err)))
+            except FrameRemoved:  # deleted while the run scores the others: one frame, not the run
+                log.warning("%s is no longer in %s; left out of the queue", name, folder.directory)
+                missing.append(name)
         if not frames:
             continue
         predictions, chunk_scores, chunk_details, chunk_thumbs = score_batch(predictor, frames)
@@ -180,5 +188,6 @@ def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propos
         "scored": len(ranked),
         "near_duplicates": len(duplicates),
         "unreadable": unreadable,
+        "missing": missing,
         "top": [n for n, _, _ in ranked[:5]],
     }

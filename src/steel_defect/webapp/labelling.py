@@ -17,7 +17,8 @@ Routes (OpenAPI docs at ``/docs``):
     POST /api/label/frames/{name}/restore     save an earlier state again
 
 A save whose ``version`` is not the stored one answers 409 with the stored state (another tab
-saved first; nothing is overwritten), RLE that does not fit the frame 422, an unknown name 404.
+saved first; nothing is overwritten), RLE that does not fit the frame 422, an unknown name 404
+(as is a frame whose file was deleted while the server runs, saying so).
 A database that another process keeps locked past the busy timeout answers 503 with
 ``Retry-After``; a corrupt or unusable one 500; both ``{"detail"}`` naming the file.
 Names are looked up in the folder's listing only (:mod:`steel_defect.labels.folder`).
@@ -41,7 +42,7 @@ from steel_defect.data.headers import image_format
 from steel_defect.data.images import ImageReadError, encode_jpeg
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.inference.verdict import model_version
-from steel_defect.labels.folder import FrameFolder
+from steel_defect.labels.folder import FrameFolder, FrameRemoved
 from steel_defect.labels.store import (
     DatabaseLocked,
     InvalidMasks,
@@ -139,7 +140,9 @@ class LabelService:
         }
 
 
-def _not_found(name: str) -> HTTPException:
+def _not_found(name: str, err: UnknownFrame | None = None) -> HTTPException:
+    if isinstance(err, FrameRemoved):
+        return HTTPException(404, str(err))
     return HTTPException(404, f"no frame {name!r} in the labelling folder")
 
 
@@ -161,8 +164,8 @@ def create_label_app(
     def frame_or_404(name: str) -> dict:
         try:
             return service.open_frame(name)
-        except UnknownFrame:
-            raise _not_found(name) from None
+        except UnknownFrame as err:
+            raise _not_found(name, err) from None
         except ImageReadError as err:
             raise HTTPException(422, f"{name}: {err}") from None
 
@@ -196,8 +199,8 @@ def create_label_app(
     def image(name: str) -> Response:
         try:
             data = service.folder.read(name)
-        except UnknownFrame:
-            raise _not_found(name) from None
+        except UnknownFrame as err:
+            raise _not_found(name, err) from None
         kind = image_format(data)
         if kind not in BROWSER_FORMATS:
             try:
@@ -225,9 +228,10 @@ def create_label_app(
     @app.get("/api/label/frames/{name}/history")
     def history(name: str) -> list[dict]:
         try:
+            service.folder.check(name)  # as every frame route: only the folder's frames are answered
             return service.store.history(name)
-        except UnknownFrame:
-            raise _not_found(name) from None
+        except UnknownFrame as err:
+            raise _not_found(name, err) from None
 
     @app.post("/api/label/frames/{name}/restore")
     def restore(name: str, body: Restore):
