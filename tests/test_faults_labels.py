@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from steel_defect.data.annotations import AnnotationError
 from steel_defect.labels.folder import FrameFolder
 from steel_defect.labels.store import LabelStore
+from steel_defect.labels.transfer import ExportError, export_folder, import_csv
 from steel_defect.webapp.labelling import LabelService, create_label_app
 from tests.conftest import REPO, random_checkpoints
 from tests.test_labels import EMPTY, _frames
@@ -157,3 +159,48 @@ def test_labels_queue_skips_a_frame_deleted_while_it_scores_and_reports_it(tmp_p
         assert summary["missing"] == [names[1]] and summary["scored"] == 2
         assert store.queue_entry(names[1]) is None
         assert sorted(store.queue_entry(n)["rank"] for n in (names[0], names[2])) == [0, 1]
+
+
+# ---------- ImageIds that point outside the images folder ----------
+
+TRAVERSING = ["../secret.jpg", "/etc/secret.jpg", "sub/a.jpg", "..\\secret.jpg", "C:secret.jpg", ".."]
+
+
+@pytest.mark.parametrize("image_id", TRAVERSING)
+def test_an_image_id_with_a_path_is_refused_at_import_naming_the_file_and_line(tmp_path, image_id):
+    csv_path = tmp_path / "train.csv"
+    rows = [f"ok.jpg_{c},{'1 5' if c == 1 else ''}" for c in range(1, 5)]
+    rows += [f"{image_id}_{c},{'1 5' if c == 3 else ''}" for c in range(1, 5)]
+    csv_path.write_text("ImageId_ClassId,EncodedPixels\n" + "\n".join(rows) + "\n")
+    with LabelStore.open(tmp_path / "labels.sqlite") as store:
+        with pytest.raises(AnnotationError) as err:
+            import_csv(store, csv_path)  # no --images: nothing else checks the names
+        assert str(err.value).startswith(f"{csv_path}, line 6: ImageId {image_id!r} is not a plain file")
+        assert store.names() == []  # nothing imported, not even ok.jpg
+
+
+def test_export_refuses_a_stored_name_with_a_path_and_writes_nothing(tmp_path):
+    images = tmp_path / "data" / "images"
+    names = _frames(images, 1)
+    secret = tmp_path / "data" / "secret.jpg"  # beside the images folder, not in it
+    secret.write_bytes((images / names[0]).read_bytes())
+    with LabelStore.open(tmp_path / "labels.sqlite") as store:
+        # what an older version's import stored: names straight from the CSV
+        entries = [(n, 1600, 256, ["", "", "1 5", ""]) for n in (names[0], "../secret.jpg")]
+        store.import_labels(entries, source="import:old.csv")
+        with pytest.raises(ExportError, match=r"not a plain file name \(first: '../secret.jpg'\)"):
+            export_folder(store, tmp_path / "out", images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "labels.sqlite"]  # no out, no staging
+
+
+def test_the_labelling_routes_answer_404_to_a_name_with_a_path(served):
+    client, names, store = served
+    # the database lists them (an older import), the folder's parent holds the file: neither counts
+    store.add_frames([("../frames/" + names[0], 1600, 256), ("/etc/passwd", 1600, 256)])
+    for name in ("..%2Fframes%2F" + names[0], "%2Fetc%2Fpasswd", "..%5Cframes%5C" + names[0]):
+        for route in ("", "/image", "/history"):
+            assert client.get(f"/api/label/frames/{name}{route}").status_code == 404, (name, route)
+        save = client.put(f"/api/label/frames/{name}", json={"version": 0, "masks": EMPTY})
+        restore = client.post(f"/api/label/frames/{name}/restore", json={"id": 1, "version": 0})
+        assert save.status_code == restore.status_code == 404, name
+    assert store.frame("../frames/" + names[0]).version == 0

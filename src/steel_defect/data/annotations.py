@@ -8,8 +8,10 @@ Two layouts of ``train.csv`` exist in the wild:
 
 Both become :class:`Annotations`: a table of defect rows ``ImageId, ClassId,
 EncodedPixels`` plus the list of images the file speaks for. Every RLE is validated on
-read; a bad one is an error naming the file, the line and the problem. Files saved by
-Excel (byte-order mark, CRLF, spaces around cells) read like any other.
+read; a bad one is an error naming the file, the line and the problem. Every ImageId must be a
+plain file name (:func:`is_plain_name`): it is joined onto an images folder, so ``../x.jpg`` or
+``/etc/x.jpg`` would reach outside it. Files saved by Excel (byte-order mark, CRLF, spaces
+around cells) read like any other.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
@@ -124,6 +126,17 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` is a file name alone, on Linux and Windows alike: no folder part (``/``,
+    ``\\``, a drive), not ``.`` or ``..``; ``images_dir / name`` then stays inside ``images_dir``."""
+    return (
+        name not in ("", ".", "..")
+        and "\0" not in name
+        and PurePosixPath(name).name == name
+        and PureWindowsPath(name).name == name
+    )
+
+
 def split_image_class(key: str) -> tuple[str, int]:
     """``"0002cc93b.jpg_3"`` -> ``("0002cc93b.jpg", 3)``; ValueError on a malformed key."""
     image_id, sep, class_text = key.rpartition("_")
@@ -163,6 +176,11 @@ def read_annotations(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> 
                     raise ValueError(f"ClassId {row[1]!r} is not one of {list(CLASS_IDS)}")
         except ValueError as err:
             raise AnnotationError(f"{path}, line {line}: {err}") from None
+        if not is_plain_name(image_id):
+            raise AnnotationError(
+                f"{path}, line {line}: ImageId {image_id!r} is not a plain file name; an ImageId "
+                "names a file inside the images folder, without any folder part"
+            )
         if (image_id, class_id) in seen:
             raise AnnotationError(f"{path}, line {line}: duplicate row for {image_id} class {class_id}")
         seen.add((image_id, class_id))

@@ -18,7 +18,12 @@ import tempfile
 from pathlib import Path
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
-from steel_defect.data.annotations import read_annotations, resolve_image_ids, write_annotations
+from steel_defect.data.annotations import (
+    is_plain_name,
+    read_annotations,
+    resolve_image_ids,
+    write_annotations,
+)
 from steel_defect.labels.folder import FrameFolder
 from steel_defect.labels.store import LabelStore, now
 
@@ -86,6 +91,14 @@ def export_folder(store: LabelStore, out: str | Path, images: str | Path | None 
     if not confirmed:
         raise ExportError(
             f"{store.path} has no confirmed frame to export; confirm some in `steel-defect label`"
+        )
+    # import refuses such names; a database an older version imported into may still hold them
+    unsafe = [name for name, _ in confirmed if not is_plain_name(name)]
+    if unsafe:
+        raise ExportError(
+            f"{store.path} lists {len(unsafe)} frames whose name is not a plain file name (first: "
+            f"{unsafe[0]!r}); they would be read from and written outside the folders. Nothing was "
+            "exported: import the labels again into a new --db (import now refuses such ImageIds)"
         )
     source = _images_dir(store, images)
     missing = [name for name, _ in confirmed if not (source / name).is_file()]
