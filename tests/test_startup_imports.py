@@ -30,7 +30,7 @@ watched = json.loads(sys.argv[2])
 atexit.register(lambda: open(out, "w").write(json.dumps([m for m in watched if m in sys.modules])))
 if sys.argv[3] == "serve":
     import steel_defect.webapp.server as server
-    server.serve = lambda app, host, port: print("stopped before uvicorn.run")
+    server.serve = lambda app, host, port, **options: print("stopped before uvicorn.run")
 from steel_defect.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -249,6 +249,7 @@ def _cmd_serve(args) -> int:
         create_app(service, limits, examples, token=token, inspection_log=inspection_log),
         args.host,
         args.port,
+        access_log=args.access_log,
     )
     return 0
 
@@ -355,7 +356,9 @@ def _cmd_watch(args) -> int:
     from steel_defect.webapp.server import serve_in_thread
 
     app = create_dashboard_app(inspection_log, Limits(timeout_s=args.timeout), token=token, watcher=watcher)
-    server, url = serve_in_thread(app, args.host, port=args.port, log_level="info")
+    server, url = serve_in_thread(
+        app, args.host, port=args.port, log_level="info", access_log=args.access_log
+    )
     log.info("dashboard at %s/ (API docs at /docs)", url)
     try:
         watcher.run(stop, idle_exit_s=args.exit_when_idle)
@@ -690,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
         "examples instead of the synthetic ones; other files are skipped with a warning",
     )
     p.add_argument("--log", metavar="DB", help="an inspection log (`watch --db`): its dashboard at /line")
+    p.add_argument("--access-log", action="store_true", help="log each request (default: warnings only)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("label", help="label frames in the page: pre-labels, queue, labels database")
@@ -910,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="require this access token (default $STEEL_DEFECT_TOKEN)")
     p.add_argument("--no-auth", action="store_true", help="a non-loopback --host without a token")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to answer a request")
+    p.add_argument("--access-log", action="store_true", help="log each request (default: warnings only)")
     p.set_defaults(func=_cmd_watch)
 
     p = sub.add_parser("config", help="print the resolved config, or document every key")

@@ -7,7 +7,7 @@ no SQL here.
 
 Routes (OpenAPI docs at ``/docs``):
 
-    GET /api/log/status                  lines, watchers (state, backlog), open and recent alarms
+    GET /api/log/status                  lines, watchers (state, backlog, lag, behind), open and recent alarms
     GET /api/log/frames                  search: classes, start, end, min_area, min_probability,
                                          line, source, status, limit, before (paging), newest first
     GET /api/log/frames/{id}             one frame's record, its four classes with RLE and boxes
@@ -15,6 +15,7 @@ Routes (OpenAPI docs at ``/docs``):
     GET /api/log/frames/{id}/thumbnail   400x64 JPEG of the frame with its masks drawn over it
     GET /api/log/aggregates              per class over a time range: frames, rate, mean area
     GET /api/log/rates                   frames and frames per class, per time bucket
+    GET /api/log/throughput              frames judged per minute over the part of a window observed
     GET /api/log/export                  a search as a submission CSV or a per-frame summary CSV
 
 Times are seconds since the epoch (UTC). Errors are ``{"detail": ...}`` as in the rest of the
@@ -38,6 +39,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
+from steel_defect.config.defaults import SCHEMA
 from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
 from steel_defect.data.images import ImageReadError, encode_jpeg, read_image
 from steel_defect.data.rle import rle_to_mask
@@ -55,6 +57,16 @@ SUFFIX_TYPES = {
 MAX_BUCKETS = 2000  # a rates query asking for more buckets than a chart can draw is refused
 THUMBNAIL_SIZE = (400, 64)
 THUMBNAILS_KEPT = 256  # about 10 kB each
+RATE_WINDOW_S = 300.0  # the rate tile's window, unless the page asks for another
+# Below this much observed time a rate is noise: one frame judged a second after the start reads 60 a
+# minute. The page shows no number until then.
+MIN_OBSERVED_S = 10.0
+# A watcher is behind (the page's header turns amber) when its oldest complete frame has waited
+# longer than LAG_LIMIT_S, or, where its row has no lag, when more than BACKLOG_BATCHES full
+# batches wait: it judges full batches under a backlog, so two of them is more than one pass clears.
+LAG_LIMIT_S = 2.0
+BACKLOG_BATCHES = 2
+DEFAULT_BATCH = SCHEMA["inference"]["batch_size"].default  # `watch --batch-size`'s default
 
 
 # Query parameters shared by the search and the export (module level: FastAPI resolves them by name).
@@ -123,20 +135,63 @@ def _iso(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
+def behind(row: dict, batch_size: int = DEFAULT_BATCH) -> bool:
+    """Whether a running watcher's status row says it is falling behind the line (see LAG_LIMIT_S)."""
+    if row.get("state") != "running":
+        return False  # a stopped or blind watcher is shown as down, not as slow
+    lag = row.get("lag_s")
+    return (lag is not None and lag > LAG_LIMIT_S) or row.get("backlog", 0) > BACKLOG_BATCHES * batch_size
+
+
+def observed_rate(
+    inspection_log: InspectionLog,
+    end: float,
+    window_s: float = RATE_WINDOW_S,
+    line: str | None = None,
+    started_at: float | None = None,
+) -> dict:
+    """Frames judged per minute over the last ``window_s`` seconds before ``end``, or over the part
+    of the window that was observed: from the watcher's start (``started_at``, the earliest of the
+    line's watchers) when that is later; without a watcher row, from the log's first frame when no
+    frame came before the window. Dividing by the whole window read 3 a minute a minute after a start
+    at 55 a minute. ``per_minute`` is None below MIN_OBSERVED_S seconds observed."""
+    since = end - window_s
+    if started_at is not None:
+        since = max(since, started_at)
+        frames, _ = inspection_log.judged_between(since, end, line)
+    else:
+        frames, first = inspection_log.judged_between(since, end, line)
+        earlier = inspection_log.search(Search(line=line, status="judged", end=since, limit=1))
+        if first is not None and not earlier:
+            since = first
+    seconds = max(0.0, end - since)
+    return {
+        "window": window_s,
+        "end": end,
+        "since": since,
+        "seconds": seconds,
+        "frames": frames,
+        "per_minute": 60.0 * frames / seconds if seconds >= MIN_OBSERVED_S else None,
+    }
+
+
 def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) -> None:
     """The ``/api/log/*`` routes on ``app``; ``watcher``: the loop running in this process, whose
     backlog is live (otherwise its last heartbeat in the log is shown)."""
 
     @app.get("/api/log/status")
     def status() -> dict:
-        """The lines, each watcher's state and backlog, open alarms and the latest ones."""
+        """The lines, each watcher's state, backlog and lag (``behind``: past the page's limit), open
+        alarms and the latest ones."""
 
         def read():
             watchers = inspection_log.watchers()
-            if watcher is not None:
-                for row in watchers:
-                    if row["source"] == watcher.source:
-                        row.update(state=watcher.state, message=watcher.message, backlog=watcher.backlog())
+            for row in watchers:
+                batch = DEFAULT_BATCH
+                if watcher is not None and row["source"] == watcher.source:
+                    row.update(state=watcher.state, message=watcher.message, backlog=watcher.backlog())
+                    batch = watcher.batch_size
+                row["behind"] = behind(row, batch)
             return {
                 "now": time.time(),
                 "log": inspection_log.name,
@@ -217,6 +272,22 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
             "bucket": bucket,
             "buckets": _read(lambda: inspection_log.rates(start, end, bucket, line or None)),
         }
+
+    @app.get("/api/log/throughput")
+    def throughput(
+        window: Annotated[float, Query(gt=0, le=86400, description="seconds before end")] = RATE_WINDOW_S,
+        end: Annotated[float | None, Query(description="epoch seconds (default now)")] = None,
+        line: str | None = None,
+    ) -> dict:
+        """Frames judged per minute over the window, or over the part of it observed since the
+        (line's) watcher started or the first frame was judged; ``seconds`` says how long that was."""
+        end = time.time() if end is None else end
+
+        def read():
+            starts = [w["started_at"] for w in inspection_log.watchers() if not line or w["line"] == line]
+            return observed_rate(inspection_log, end, window, line or None, min(starts, default=None))
+
+        return _read(read)
 
     @app.get("/api/log/export")
     def export(

@@ -65,15 +65,33 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
-def serve(app, host: str = "127.0.0.1", port: int = 8000) -> None:
+def _config(app, host: str, port: int, log_level: str, access_log: bool):
+    """uvicorn's config; its access log (a line per request) at WARNING unless ``access_log``:
+    the dashboard polls every 5 s, and its lines were 93 of a watcher's 115."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)  # configures the loggers
+    if not access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    return config
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> None:
     import uvicorn
 
     limit_malloc_arenas()  # before uvicorn starts the request threads
     log.info("open http://%s:%d/ in a browser (API docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(_config(app, host, port, "info", access_log)).run()
 
 
-def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0, port: int = 0, log_level="warning"):
+def serve_in_thread(
+    app,
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+    port: int = 0,
+    log_level="warning",
+    access_log: bool = False,
+):
     """Run ``app`` in a daemon thread, on ``port`` (0: a free one), once it listens (tests,
     benchmarks, notebooks, and ``watch``, whose loop keeps the main thread).
 
@@ -85,7 +103,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0, port: i
         with socket.socket() as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    server = uvicorn.Server(_config(app, host, port, log_level, access_log))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
