@@ -6,6 +6,7 @@ the frames the test expects, and the viewer must paint exactly the logged masks.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import cv2
 import numpy as np
@@ -151,3 +152,102 @@ def test_the_dashboard_shows_the_logs_counts_and_a_search_lists_what_it_should(b
     assert page.locator("#viewer-image").evaluate("img => img.naturalWidth") == 1600
     assert errors == []
     page.close()
+
+
+# -- the figures: axes, the rate tile, a watcher falling behind ----------------------------------
+
+
+def _afternoon() -> str:
+    """A time zone where it is 16:xx now, so the last hour is afternoon on a 24-hour clock (a
+    12-hour clock cut to HH:MM read 03:35 there)."""
+    offset = (16 - datetime.now(UTC).hour) % 24
+    offset = offset - 24 if offset > 14 else offset
+    return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT-5 is UTC+5
+
+
+def _open(browser, log: InspectionLog):
+    """The dashboard of ``log`` in Chromium, on the afternoon clock, after its first poll."""
+    server, url = serve_in_thread(create_dashboard_app(log))
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id=_afternoon())
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(url + "/")
+    wait_until(page, "() => window.dashboard && window.dashboard.refreshed >= 1")
+    assert page.locator("#page-error").is_hidden() and errors == [], errors
+    return server, context, page
+
+
+def _axes(page) -> dict[str, list[str]]:
+    """The chart's tick labels, told apart by where they are anchored: under the plot (time), left
+    of it (frames), right of it (rate)."""
+    selectors = {"time": "[text-anchor=middle]", "frames": "[text-anchor=end]", "rate": ":not([text-anchor])"}
+    return {kind: page.locator(f"#chart text.axis{s}").all_text_contents() for kind, s in selectors.items()}
+
+
+def _check_time_axis(labels: list[str]) -> None:
+    assert len(labels) >= 5, labels  # every 10 minutes over the hour
+    for label in labels:
+        hours, minutes = label.split(":")
+        assert len(hours) == len(minutes) == 2 and hours in {"15", "16"} and minutes.endswith("0"), labels
+    assert labels == sorted(labels) and len(set(labels)) == len(labels), labels
+
+
+def _frame(name: str, at: float, masks: dict) -> FrameRecord:
+    return FrameRecord(
+        source="/lines/line-1", line="line-1", name=name, size=1000, mtime_ns=int(at * 1e9),
+        path=f"/lines/line-1/{name}", status="judged", seen_at=at - 0.2, judged_at=at, model="unet:test",
+        classes=_classes(masks),
+    )  # fmt: skip
+
+
+def test_the_chart_has_24_hour_times_and_distinct_whole_frame_ticks(browser, tmp_path):
+    empty = InspectionLog.open(tmp_path / "empty.sqlite")
+    server, context, page = _open(browser, empty)
+    axes = _axes(page)
+    _check_time_axis(axes["time"])
+    assert axes["frames"] == ["0", "1"]  # the old axis read 1, 1, 1, 0, 0
+    assert len(set(axes["rate"])) == len(axes["rate"]) == 2
+    context.close()
+    server.should_exit = True
+
+    few = InspectionLog.open(tmp_path / "few.sqlite")
+    minute = (time.time() // 60 - 3) * 60  # three frames in one minute, one in the next
+    few.record(
+        [_frame(f"f{i}.jpg", minute + 1 + i, {4: _box(0, 0, 10, 10)} if i < 2 else {}) for i in range(3)]
+        + [_frame("f3.jpg", minute + 61, {})]
+    )
+    opened = time.time()
+    server, context, page = _open(browser, few)
+    polled = time.time()
+    axes = _axes(page)
+    _check_time_axis(axes["time"])
+    assert axes["frames"] == ["0", "1", "2", "3"]  # the old axis read 3, 2, 2, 1, 0
+    rates = [float(t.rstrip("%")) for t in axes["rate"]]
+    assert len(rates) == 4 and rates == sorted(set(rates)) and rates[0] == 0 and rates[-1] >= 100 * 2 / 3
+    # the rate tile: 4 frames since the first one, over the minutes since then, and it says so
+    label = page.locator('.tile[data-label^="per minute"]').get_attribute("data-label")
+    shown = float(label.removeprefix("per minute (last ").removesuffix(" min)"))
+    value = float(page.locator('.tile[data-label^="per minute"] .tile-value').inner_text())
+    first = minute + 1  # the time observed runs from the first frame to the poll
+    assert (opened - first) / 60 - 0.05 <= shown <= (polled - first) / 60 + 0.05
+    assert 4 * 60 / (polled - first) - 0.05 <= value <= 4 * 60 / (opened - first) + 0.05  # old: 4 / 5 min
+    context.close()
+    server.should_exit = True
+
+
+def test_a_watcher_behind_the_line_turns_the_header_amber_with_its_lag(browser, tmp_path):
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    log.heartbeat(
+        "/lines/line-1", line="line-1", host="test", pid=1, model="unet:test", started_at=time.time() - 60,
+        state="running", message=None, backlog=9, judged=120, lag_s=4.3,
+    )  # fmt: skip
+    server, context, page = _open(browser, log)
+    header = page.locator("header.bar")
+    assert "behind" in header.get_attribute("class")
+    assert header.evaluate("h => getComputedStyle(h).backgroundColor") == "rgb(242, 176, 30)"
+    assert page.locator("#watchers .watcher.behind").inner_text() == (
+        "line-1: running · backlog 9 frames, 4.3 s behind · 120 judged"
+    )
+    context.close()
+    server.should_exit = True

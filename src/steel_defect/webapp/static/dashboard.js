@@ -33,12 +33,19 @@ function svg(tag, attrs = {}) {
   return node;
 }
 
+// 24-hour times everywhere: a 12-hour clock cut to "HH:MM" read 12:35 … 01:35 across an afternoon.
+const CLOCK = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+
 function time(seconds) {
-  return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return new Date(seconds * 1000).toLocaleTimeString([], { ...CLOCK, second: "2-digit" });
+}
+
+function clock(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], CLOCK);
 }
 
 function dateTime(seconds) {
-  return new Date(seconds * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "medium" });
+  return new Date(seconds * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
 }
 
 function percent(x) {
@@ -57,13 +64,21 @@ function renderStatus(status) {
   $("log-name").textContent = `log: ${status.log}`;
   const watchers = $("watchers");
   watchers.dataset.state = "ready";
+  let late = false;
   watchers.replaceChildren(...(status.watchers.length ? status.watchers.map((w) => {
     const age = status.now - w.heartbeat_at;
     const stale = w.state === "running" && age > 30;
-    const text = `${w.line}: ${stale ? `no heartbeat for ${Math.round(age)} s` : w.state}` +
-      ` · backlog ${w.backlog} · ${w.judged} judged`;
-    return el("span", { class: `watcher ${stale || w.state !== "running" ? "down" : ""}`, title: w.message || w.source }, text);
+    const behind = w.behind && !stale;  // the server applies the limit (dashboard.py, LAG_LIMIT_S)
+    late ||= behind;
+    const lag = w.lag_s ?? null;  // absent from logs written before it was recorded
+    const backlog = behind
+      ? `backlog ${w.backlog} frame${w.backlog === 1 ? "" : "s"}${lag === null ? "" : `, ${lag.toFixed(1)} s behind`}`
+      : `backlog ${w.backlog}`;
+    const text = `${w.line}: ${stale ? `no heartbeat for ${Math.round(age)} s` : w.state} · ${backlog} · ${w.judged} judged`;
+    const kind = stale || w.state !== "running" ? "down" : behind ? "behind" : "";
+    return el("span", { class: `watcher ${kind}`, title: w.message || w.source }, text);
   }) : [el("span", {}, "no watcher has written to this log yet")]));
+  document.querySelector("header.bar").classList.toggle("behind", late);
   const select = $("line");
   const known = new Set([...select.options].map((o) => o.value));
   for (const line of status.lines) if (!known.has(line)) select.append(el("option", { value: line }, line));
@@ -81,13 +96,21 @@ function renderStatus(status) {
 
 // -- tiles and chart ---------------------------------------------------------------------------
 
-function renderTiles(aggregates, rates, end) {
+function minutes(seconds) {
+  return `${Math.round(seconds / 6) / 10} min`;
+}
+
+function renderTiles(aggregates, throughput) {
   const judged = aggregates.frames.judged;
-  const lastFive = rates.buckets.filter((b) => b.start >= end - 300);
-  const perMinute = lastFive.reduce((s, b) => s + b.frames, 0) / 5;
+  // The rate over the time observed (since the watcher started or the first frame came, when that
+  // is inside the window), labelled with that time: never a part-window divided by the whole.
+  const whole = throughput.seconds >= throughput.window - 1;
   const tiles = [
     ["frames judged", judged.toLocaleString()],
-    ["per minute (last 5)", perMinute.toFixed(1)],
+    [`per minute (last ${minutes(whole ? throughput.window : throughput.seconds)})`,
+      throughput.per_minute === null ? "–" : throughput.per_minute.toFixed(1), null,
+      throughput.per_minute === null ? `observed for ${Math.round(throughput.seconds)} s: too short to tell`
+        : `${throughput.frames.toLocaleString()} frames since ${time(throughput.since)}`],
     ["corrupt / missing", `${aggregates.frames.corrupt} / ${aggregates.frames.missing}`],
     ...Object.entries(aggregates.classes).map(([c, a]) => [
       `class ${c} · ${state.classes[c].name}`, percent(a.rate), state.classes[c].color, `${a.frames} frames`]),
@@ -105,24 +128,27 @@ function renderChart(rates, start, end) {
   const plotW = width - left - right, plotH = height - top - bottom;
   const x = (t) => left + ((t - start) / (end - start)) * plotW;
   const buckets = rates.buckets;
-  const maxFrames = Math.max(1, ...buckets.map((b) => b.frames));
-  const rateMax = Math.max(0.05, ...buckets.flatMap((b) => Object.values(b.classes).map((n) => n / Math.max(1, b.frames))));
+  const frameStep = niceStep(Math.max(1, ...buckets.map((b) => b.frames)), 4, [1, 2, 5], true);
+  const steps = Math.max(1, Math.ceil(Math.max(0, ...buckets.map((b) => b.frames)) / frameStep));
+  const maxFrames = steps * frameStep;  // whole frames on every tick, none repeated
+  const rateStep = niceStep(Math.max(0.05, ...buckets.flatMap((b) => Object.values(b.classes).map((n) => n / Math.max(1, b.frames)))) / steps, 1, [1, 2, 2.5, 5], false);
+  const rateMax = steps * rateStep;  // the right axis shares the left one's grid lines
+  const rateDigits = decimals(100 * rateStep);
   const yFrames = (n) => top + plotH - (n / maxFrames) * plotH;
   const yRate = (r) => top + plotH - (r / rateMax) * plotH;
   const nodes = [];
-  for (let i = 0; i <= 4; i++) {  // grid and axes
-    const y = top + (plotH * i) / 4;
+  for (let i = 0; i <= steps; i++) {  // grid and axes
+    const y = yFrames(i * frameStep);
     nodes.push(svg("line", { x1: left, x2: width - right, y1: y, y2: y, class: "grid" }));
-    const frames = svg("text", { x: left - 6, y: y + 4, class: "axis", "text-anchor": "end" });
-    frames.textContent = Math.round(maxFrames * (1 - i / 4));
-    const rate = svg("text", { x: width - right + 6, y: y + 4, class: "axis" });
-    rate.textContent = percent(rateMax * (1 - i / 4));
+    const frames = svg("text", { x: left - 6, y: y + 4, class: "axis frames-tick", "text-anchor": "end" });
+    frames.textContent = String(i * frameStep);
+    const rate = svg("text", { x: width - right + 6, y: y + 4, class: "axis rate-tick" });
+    rate.textContent = `${(100 * i * rateStep).toFixed(rateDigits)}%`;
     nodes.push(frames, rate);
   }
-  for (let i = 0; i <= 6; i++) {
-    const t = start + ((end - start) * i) / 6;
-    const label = svg("text", { x: x(t), y: height - 6, class: "axis", "text-anchor": "middle" });
-    label.textContent = time(t).slice(0, 5);
+  for (const t of timeTicks(start, end)) {
+    const label = svg("text", { x: x(t), y: height - 6, class: "axis time-tick", "text-anchor": "middle" });
+    label.textContent = clock(t);
     nodes.push(label);
   }
   const barW = Math.max(1, (plotW * rates.bucket) / (end - start) - 1);
@@ -140,6 +166,32 @@ function renderChart(rates, start, end) {
     if (points.length) nodes.push(svg("polyline", { points: points.join(" "), class: "rate", stroke: state.classes[c].color, "data-class": c }));
   }
   chart.replaceChildren(...nodes);
+}
+
+// The smallest of mantissas x 10^k (k >= 0 when `whole`) that covers `max` in `ticks` steps.
+function niceStep(max, ticks, mantissas, whole) {
+  let power = 10 ** Math.floor(Math.log10(max / ticks));
+  if (whole) power = Math.max(1, power);
+  for (;;) {
+    for (const m of mantissas) if (m * power * ticks >= max - 1e-12) return m * power;
+    power *= 10;
+  }
+}
+
+function decimals(x) {
+  let d = 0;
+  while (d < 6 && Math.abs(Math.round(x * 10 ** d) - x * 10 ** d) > 1e-6) d += 1;
+  return d;
+}
+
+// Time ticks on round local minutes (every 1, 2, 5, 10, 15, 30 min or 1, 2, 3, 4, 6 h), at most 7.
+function timeTicks(start, end) {
+  const step = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600]
+    .find((s) => (end - start) / s <= 7) ?? 21600;
+  const offset = -new Date(start * 1000).getTimezoneOffset() * 60;  // local, not UTC, round hours
+  const ticks = [];
+  for (let t = Math.ceil((start + offset) / step) * step - offset; t <= end; t += step) ticks.push(t);
+  return ticks;
 }
 
 function renderLegend() {
@@ -256,11 +308,12 @@ async function refresh() {
     const end = status.now, start = end - state.span;
     const bucket = state.span <= 3600 ? 60 : state.span <= 28800 ? 300 : 900;
     const line = state.line ? `&line=${encodeURIComponent(state.line)}` : "";
-    const [aggregates, rates] = await Promise.all([
+    const [aggregates, rates, throughput] = await Promise.all([
       get(`/api/log/aggregates?start=${start}&end=${end}${line}`),
       get(`/api/log/rates?start=${Math.floor(start / bucket) * bucket}&end=${end}&bucket=${bucket}${line}`),
+      get(`/api/log/throughput?end=${end}${line}`),
     ]);
-    renderTiles(aggregates, rates, end);
+    renderTiles(aggregates, throughput);
     renderChart(rates, Math.floor(start / bucket) * bucket, end);
     await renderStrip();
     if (!state.search) await loadRows();
