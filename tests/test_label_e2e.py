@@ -8,6 +8,7 @@ database and in the export must equal them exactly, at 1:1 and at 2x zoom after 
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from steel_defect.data.annotations import read_annotations
 from steel_defect.data.rle import mask_to_rle, rle_to_mask
 from steel_defect.labels.store import LabelStore
 from tests.test_labels import _frames, running_label_server
+from tests.test_webapp_e2e import SCREENSHOT_DIR
 
 pytestmark = pytest.mark.e2e
 WIDTH, HEIGHT = 1600, 256
@@ -86,6 +88,13 @@ def _drag(page, box: dict, points: list[tuple[float, float]], zoom: float = 1.0)
     for point in client[1:]:
         page.mouse.move(*point)
     page.mouse.up()
+
+
+def _screenshot(page, name: str) -> None:
+    """Keep the page as it looks (synthetic frames only) where STEEL_DEFECT_SCREENSHOTS says."""
+    shot = Path(SCREENSHOT_DIR) / name
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
 
 
 def _db_masks(root: Path, name: str) -> list[str]:
@@ -264,3 +273,129 @@ def test_polygons_and_exclusive_strokes_in_the_editor_module(label_server, brows
     assert np.array_equal(class3, inside & ~brush) and (inside & brush).any()
     assert np.array_equal(np.array(result["undone"], bool).reshape(HEIGHT, WIDTH), inside)
     page.close()
+
+
+@pytest.mark.parametrize("fault", ["network drop", "database locked"])
+def test_a_failed_save_keeps_the_page_on_the_frame_with_its_stroke_until_a_save_gets_through(
+    fault, tmp_path, browser
+):
+    """Leaving a frame whose last save failed saves again first; while that fails the page stays,
+    with the stroke on screen and the error shown, and closing the tab asks. Once the fault is gone
+    the next → saves the stroke and moves on."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    names = _frames(tmp_path / "frames", 2, seed=5)
+    db_path = tmp_path / "labels.sqlite"
+    with running_label_server(tmp_path / "frames", db_path) as (url, _):
+        page, errors = _open(browser, url, names[0])
+        page.click("#zoom-1")
+        box = page.locator("#mask-layer").bounding_box()
+        page.keyboard.press("3")
+        first = [(100.0, 60.0), (300.0, 60.0)]
+        _drag(page, box, first)
+        _saved(page, 1)
+
+        holder, dropped = None, []
+
+        def drop(route):
+            if route.request.method != "PUT":
+                return route.continue_()
+            dropped.append(route.request.url)
+            return route.abort("internetdisconnected")
+
+        if fault == "network drop":
+            page.route(f"**/api/label/frames/{names[0]}", drop)
+        else:  # another process holds the write lock past the server's busy timeout
+            holder = sqlite3.connect(db_path, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+        second = [(100.0, 160.0), (300.0, 160.0)]
+        _drag(page, box, second)
+        page.wait_for_selector('#save-state[data-state="error"]', timeout=30_000)
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            "name => document.getElementById('page-error').dataset.kind === 'kept'"
+            " || document.getElementById('frame-name').textContent !== name",
+            arg=names[0],
+            timeout=30_000,
+        )
+        assert page.text_content("#frame-name") == names[0]
+        assert "not saved" in page.text_content("#page-error")
+        assert "stays on this frame" in page.text_content("#page-error")
+        assert page.get_attribute("#save-state", "data-state") == "error"
+        both = stroke_pixels(first) | stroke_pixels(second)
+        on_page = page.evaluate("Array.from(window.labelPage.editor.masks[2])")
+        assert np.array_equal(np.array(on_page, bool).reshape(HEIGHT, WIDTH), both)
+        assert _db_masks(tmp_path, names[0]) == ["", "", severstal_rle(stroke_pixels(first)), ""]
+        if fault == "network drop":
+            assert len(dropped) == 2  # the stroke's save and the one → tried before staying
+
+        if SCREENSHOT_DIR:
+            _screenshot(page, f"label_not_saved_{fault.replace(' ', '_')}.png")
+        asked: list[str] = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))  # "stay"
+        with pytest.raises(PlaywrightError, match="ERR_ABORTED"):
+            page.goto(f"{url}/?frame={names[1]}")  # leaving the page by its address
+        assert asked == ["beforeunload"] and page.text_content("#frame-name") == names[0]
+
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+        else:
+            page.unroute(f"**/api/label/frames/{names[0]}")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_selector(f'#frame-name:text-is("{names[1]}")')
+        assert _db_masks(tmp_path, names[0]) == ["", "", severstal_rle(both), ""]
+        assert page.is_hidden("#page-error")
+        assert errors == []
+        page.close()
+
+
+def test_a_frame_the_model_found_nothing_on_says_so_instead_of_pre_labelled(tmp_path, browser):
+    names = _frames(tmp_path / "frames", 2, seed=6)
+    db_path = tmp_path / "labels.sqlite"
+    with running_label_server(tmp_path / "frames", db_path) as (url, _):
+        with LabelStore.open(db_path) as store:  # the proposals a model run leaves
+            store.set_proposal(names[0], ["", "", "", ""], "m:1")
+            store.set_proposal(names[1], ["", "", "1001 40", ""], "m:1")
+        page, errors = _open(browser, url, names[0])
+        assert page.text_content("#frame-status") == "model proposes nothing"
+        assert page.get_attribute("#frame-status", "data-status") == "nothing-proposed"
+        assert "checked by m:1" in page.text_content("#frame-meta")
+        if SCREENSHOT_DIR:
+            _screenshot(page, "label_nothing_proposed.png")
+        page.click("#zoom-1")
+        box = page.locator("#mask-layer").bounding_box()
+        _drag(page, box, [(100.0, 60.0), (200.0, 60.0)])
+        _saved(page, 1)
+        assert page.text_content("#frame-status") == "in progress"  # the labeller's mask now
+        page.close()
+        page, errors = _open(browser, url, names[1])
+        assert page.text_content("#frame-status") == "pre-labelled"
+        assert "pre-labelled by m:1" in page.text_content("#frame-meta")
+        assert errors == []
+        page.close()
+
+
+def test_the_queue_counter_counts_down_on_confirm_and_skip(tmp_path, browser):
+    names = _frames(tmp_path / "frames", 4, seed=7)
+    db_path = tmp_path / "labels.sqlite"
+    with running_label_server(tmp_path / "frames", db_path) as (url, _):
+        with LabelStore.open(db_path) as store:
+            store.set_queue([(names[2], 0.9, {}), (names[0], 0.5, {}), (names[1], 0.3, {})], "m:1")
+            store.save_masks(names[1], ["", "", "", ""], version=0, status="skipped")
+        page, errors = _open(browser, url, names[2])
+        counter = "#stats-line"
+        # 3 queued, names[1] skipped already: 2 left; names[3] is not in the queue
+        page.wait_for_selector(f'{counter}:has-text("2 of 3 left in the queue")')
+        page.keyboard.press("Enter")  # confirm names[2]
+        page.wait_for_selector(f'#frame-name:text-is("{names[0]}")')
+        page.wait_for_selector(f'{counter}:has-text("1 of 3 left in the queue")')
+        if SCREENSHOT_DIR:
+            _screenshot(page, "label_queue_left.png")
+        page.keyboard.press("s")  # skip names[0]: the queue is done, the unqueued frame is next
+        page.wait_for_selector(f'#frame-name:text-is("{names[3]}")')
+        page.wait_for_selector(f'{counter}:has-text("0 of 3 left in the queue")')
+        with LabelStore.open(db_path, readonly=True) as store:
+            assert store.stats().queue["left"] == 0
+        assert errors == []
+        page.close()

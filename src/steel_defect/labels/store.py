@@ -175,7 +175,7 @@ class Stats:
     confirmed_with_class: dict[int, int]  # confirmed frames showing each class
     origins: dict[int, dict[str, int]]  # per class: accepted/edited/drawn/imported saved masks
     saves: int
-    queue: dict = field(default_factory=dict)  # size, model_version, scored_at
+    queue: dict = field(default_factory=dict)  # size, left (to do), model_version, scored_at
 
 
 def now() -> str:
@@ -729,6 +729,7 @@ class LabelStore:
         size = self._read("SELECT count(*) FROM queue")[0][0]
         queue = {
             "size": size,
+            "left": self._read("SELECT count(*) FROM queue WHERE done = 0")[0][0],  # not confirmed or skipped
             "model_version": self.get_meta("queue_model"),
             "scored_at": self.get_meta("queue_scored_at"),
         }

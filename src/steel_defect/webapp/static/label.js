@@ -3,8 +3,10 @@
 // Stacked canvases, one per concern: the frame (<img>), the masks, the cursor and the polygon in
 // progress. Every stroke is saved when it ends (never in the middle of one), as the four masks in
 // the Severstal RLE on top of the version the page loaded; a 409 answer (another tab saved first)
-// is shown, never overwritten silently. Pointer positions map to image pixels through the mask
-// canvas's on-screen rectangle, so strokes land under the pointer at every zoom and scroll.
+// is shown, never overwritten silently. A save that fails (a locked database, a dropped network)
+// keeps the page on the frame: leaving it saves again first and stays when that fails too, and
+// closing the tab asks first. Pointer positions map to image pixels through the mask canvas's
+// on-screen rectangle, so strokes land under the pointer at every zoom and scroll.
 
 import { ApiError, api, jsonBody } from "./api.js";
 import { $, el } from "./dom.js";
@@ -27,8 +29,10 @@ const state = {
   visited: [], // names opened, for "previous"
   polygon: [], // corners of the polygon in progress, image coordinates
   saving: null, // the save in flight (a promise)
-  dirty: false, // a change not yet sent
+  edits: 0, // changes to the open frame (strokes, undo, confirm), counted as they are sent
+  savedEdits: 0, // how many of them the server holds: fewer means strokes would be lost on leaving
   conflict: null, // the server's state after a 409
+  saveError: null, // why the last failed save failed
   image: null, // ImageData of the mask layer
   pointer: null, // last pointer position, image coordinates
   panning: null,
@@ -136,10 +140,15 @@ function drawCursor() {
 
 // ---------- the open frame ----------
 
-function showError(message) {
+function showError(message, kind = "") {
   const box = $("page-error");
   box.hidden = !message;
   box.textContent = message || "";
+  box.dataset.kind = message ? kind : "";
+}
+
+function unsaved() {
+  return Boolean(state.frame) && state.edits > state.savedEdits;
 }
 
 async function openFrame(name, remember = true) {
@@ -158,6 +167,8 @@ async function openFrame(name, remember = true) {
   }
   showError(null);
   state.frame = frame;
+  state.edits = 0;
+  state.savedEdits = 0;
   state.conflict = null;
   $("conflict").hidden = true;
   state.polygon = [];
@@ -200,17 +211,24 @@ function renderFrame() {
   const frame = state.frame;
   $("frame-name").textContent = frame.name;
   const chip = $("frame-status");
+  // The model ran but found no defect (most frames of a line): "pre-labelled" would promise masks
+  // that are not there.
+  const proposedNothing = Boolean(frame.proposal) && frame.proposal.every((rle) => !rle);
+  const nothing = proposedNothing && frame.version === 0;
   // "pre-labelled" in the database: masks not yet confirmed, the model's or a labeller's unfinished ones
-  chip.textContent = frame.status === "pre-labelled" && frame.version > 0 ? "in progress" : frame.status;
-  chip.dataset.status = frame.status;
+  chip.textContent = nothing ? "model proposes nothing"
+    : frame.status === "pre-labelled" && frame.version > 0 ? "in progress" : frame.status;
+  chip.dataset.status = nothing ? "nothing-proposed" : frame.status;
   const parts = [`${frame.width}×${frame.height}`, `version ${frame.version}`];
-  if (frame.proposal_model) parts.push(`pre-labelled by ${frame.proposal_model}`);
+  if (frame.proposal_model) parts.push(`${proposedNothing ? "checked" : "pre-labelled"} by ${frame.proposal_model}`);
   if (frame.queue) parts.push(`queue #${frame.queue.rank + 1} · score ${frame.queue.score.toFixed(3)}`);
   $("frame-meta").textContent = parts.join(" · ");
   for (const [i, c] of state.classes.entries()) {
     const origin = frame.origins[i];
     const node = $("class-bar").querySelector(`[data-class="${c.class_id}"] .origin`);
-    if (node) node.textContent = origin && (frame.masks[i] || origin !== "drawn") ? origin : "";
+    // an empty mask kept empty (drawn on nothing, or an empty proposal accepted) says nothing worth a label
+    const quiet = !frame.masks[i] && (origin === "drawn" || origin === "accepted");
+    if (node) node.textContent = origin && !quiet ? origin : "";
   }
   $("prev").disabled = state.visited.length < 2;
 }
@@ -237,14 +255,14 @@ function currentMasks() {
 
 // Save the masks as they are now with `status`; saves run one at a time, in order.
 function save(status = strokeStatus(), { force = false } = {}) {
+  state.edits += 1;
   if (state.conflict && !force) return Promise.resolve(false);
-  state.dirty = true;
   const previous = state.saving || Promise.resolve();
   const run = previous.then(async () => {
     if (state.conflict && !force) return false;
     const frame = state.frame;
     const body = { version: frame.version, status, masks: currentMasks() };
-    state.dirty = false;
+    const covers = state.edits; // the masks sent hold every change made so far
     setSaveState("saving", frame.version);
     const started = performance.now();
     try {
@@ -255,7 +273,9 @@ function save(status = strokeStatus(), { force = false } = {}) {
         state.frame = saved;
         renderFrame();
       }
+      state.savedEdits = Math.max(state.savedEdits, covers);
       setSaveState("saved", saved.version);
+      if (["unsaved", "kept"].includes($("page-error").dataset.kind) && !unsaved()) showError(null);
       return true; // the counts refresh when the frame is left (goNext), not on every stroke
     } catch (error) {
       if (error instanceof ApiError && error.status === 409) {
@@ -264,7 +284,11 @@ function save(status = strokeStatus(), { force = false } = {}) {
         $("conflict").hidden = false;
         setSaveState("conflict", frame.version);
       } else {
-        setSaveState("error", frame.version, `not saved: ${error.message}`);
+        // fetch's own TypeError ("Failed to fetch") means the request never got an answer
+        state.saveError = error instanceof TypeError ? "the server could not be reached" : error.message;
+        setSaveState("error", frame.version); // short: the reason is in the banner, too long for the head
+        showError(`${frame.name}: not saved (${state.saveError}). The strokes stay on the page; ` +
+          "the next stroke or leaving the frame saves them again.", "unsaved");
       }
       return false;
     }
@@ -285,15 +309,34 @@ async function finish(status, clear = false) {
   if (ok) await goNext();
 }
 
+// Whether the open frame may be left: every change saved, after one more try for any that
+// failed. Otherwise the page stays, says so, and keeps the strokes on screen.
+async function readyToLeave() {
+  await flushSave();
+  if (!unsaved()) return true;
+  if (!state.conflict && (await save())) return true;
+  const why = state.conflict ? "another tab saved it first: choose a copy above"
+    : state.saveError;
+  showError(`${state.frame.name}: your last changes are not saved (${why}). ` +
+    "The page stays on this frame; leaving it tries to save them again.", "kept");
+  return false;
+}
+
 async function goNext() {
-  if (!state.frame) return;
-  const { name } = await (await api(`/api/label/next?after=${encodeURIComponent(state.frame.name)}`)).json();
+  if (!state.frame || !(await readyToLeave())) return;
+  let name;
+  try {
+    ({ name } = await (await api(`/api/label/next?after=${encodeURIComponent(state.frame.name)}`)).json());
+  } catch (error) {
+    showError(`the next frame: ${error.message}`);
+    return;
+  }
   await openFrame(name);
   loadStats();
 }
 
 async function goPrevious() {
-  if (state.visited.length < 2) return;
+  if (state.visited.length < 2 || !(await readyToLeave())) return;
   state.visited.pop();
   await openFrame(state.visited[state.visited.length - 1], false);
 }
@@ -444,8 +487,10 @@ async function loadStats() {
   try {
     const info = await (await api("/api/label/info")).json();
     const s = info.stats.by_status;
+    const queue = info.stats.queue;
     $("stats-line").textContent = `${info.frames} frames · ${s.confirmed} confirmed · ${s["pre-labelled"]} pre-labelled · ` +
-      `${s.unlabelled} unlabelled · ${s.skipped} skipped` + (info.stats.queue.size ? ` · queue of ${info.stats.queue.size}` : " · no queue yet");
+      `${s.unlabelled} unlabelled · ${s.skipped} skipped` +
+      (queue.size ? ` · ${queue.left} of ${queue.size} left in the queue` : " · no queue yet");
     return info;
   } catch (error) {
     $("stats-line").textContent = `counts unavailable: ${error.message}`;
@@ -468,6 +513,11 @@ function wire() {
     stepZoom(event.deltaY < 0 ? 1 : -1, [event.clientX, event.clientY]);
   }, { passive: false });
   document.addEventListener("keydown", onKey);
+  window.addEventListener("beforeunload", (event) => {
+    if (!unsaved()) return;
+    event.preventDefault(); // the browser asks whether to leave; its own words, ours are ignored
+    event.returnValue = true; // browsers before the standard ask only when it is set
+  });
   document.addEventListener("keyup", (event) => {
     if (event.key !== " ") return;
     state.spaceHeld = false;
