@@ -204,3 +204,34 @@ def test_the_labelling_routes_answer_404_to_a_name_with_a_path(served):
         restore = client.post(f"/api/label/frames/{name}/restore", json={"id": 1, "version": 0})
         assert save.status_code == restore.status_code == 404, name
     assert store.frame("../frames/" + names[0]).version == 0
+
+
+# ---------- a model given twice to a tuned pipeline ----------
+
+
+def test_a_model_given_twice_as_export_and_int8_export_is_refused_naming_it(tmp_path):
+    import shutil
+
+    from steel_defect.inference.pipeline import PipelineError, build_predictor, save_spec
+    from steel_defect.inference.postprocess import PostProcessing
+
+    checkpoints = random_checkpoints(tmp_path)
+    single = build_predictor(None, [checkpoints["seg"]], untuned=True)
+    spec = save_spec(
+        tmp_path / "postprocessing.yml",
+        PostProcessing(),
+        single.segmenters,
+        tta=[],
+        gate=single.gate,
+        search_downsample=1,
+        folds_csv=tmp_path / "folds.csv",
+        folds_sha256="0" * 64,
+    )
+    # as `--checkpoints export/*.onnx` finds X.onnx and X.int8.onnx: one weights digest, two files
+    twin = tmp_path / "export" / "seg.int8.pth"
+    twin.parent.mkdir()
+    shutil.copy(checkpoints["seg"], twin)
+    given_twice = r"one model \(weights \w+\) is given 2 times: .*/seg.pth, .*/seg.int8.pth; .* once"
+    with pytest.raises(PipelineError, match=given_twice):
+        build_predictor(spec, [checkpoints["seg"], twin])
+    assert len(build_predictor(spec, [twin]).segmenters) == 1  # either file alone is that model

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,8 +196,10 @@ def check_predictor(predictor: Predictor, spec: PipelineSpec) -> None:
     """Raise :class:`PipelineError` naming what differs between ``predictor`` and ``spec``."""
     where = spec.source or "the tuned pipeline"
     networks = predictor.segmenters + predictor.classifiers
-    tuned = {m.weights_sha256: m for m in spec.models}
-    given = {}
+    # Counts, not sets: ``export/*.onnx`` holding X.onnx and X.int8.onnx gives one model twice,
+    # which would weigh it double in the ensemble's mean that the thresholds were tuned on.
+    tuned = Counter(m.weights_sha256 for m in spec.models)
+    given: dict[str, list] = {}
     for network in networks:
         digest = network.info.get("weights_sha256")
         if digest is None:
@@ -210,9 +213,19 @@ def check_predictor(predictor: Predictor, spec: PipelineSpec) -> None:
                 f"it names {', '.join(str(m.path) for m in spec.models)}. Re-run `steel-defect "
                 "thresholds` for these models, or pass the ones it names"
             )
-        given[digest] = network
+        given.setdefault(digest, []).append(network)
+    for digest, copies in given.items():
+        if len(copies) > tuned[digest]:
+            raise PipelineError(
+                f"one model (weights {_short(digest)}) is given {len(copies)} times: "
+                f"{', '.join(str(n.path) for n in copies)}; {where} was tuned with it "
+                f"{'once' if tuned[digest] == 1 else f'{tuned[digest]} times'}. An export and its int8 "
+                "variant (X.onnx, X.int8.onnx) are the same model: pass one of them"
+            )
     missing = [
-        f"{m.path} (weights {_short(m.weights_sha256)})" for m in spec.models if m.weights_sha256 not in given
+        f"{m.path} (weights {_short(m.weights_sha256)})"
+        for m in spec.models
+        if len(given.get(m.weights_sha256, ())) < tuned[m.weights_sha256]
     ]
     if missing:
         raise PipelineError(
