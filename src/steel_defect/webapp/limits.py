@@ -72,7 +72,11 @@ class RequestGuard:
     """ASGI middleware: a deadline for every request and a bound on queued predictions.
 
     A request not answered within ``timeout_s`` gets 408 when its body had not all arrived
-    (a slow or stalled client) and 503 with ``Retry-After`` otherwise; a prediction already
+    (a slow or stalled client) and 503 with ``Retry-After`` otherwise. An answer that has begun
+    (a streamed export) runs on as long as each chunk follows the last within ``timeout_s``:
+    its 200 is sent, so cutting it short would hand the client a file that looks whole. One
+    that stalls longer is abandoned without its final chunk, which clients report as an
+    incomplete transfer. A prediction already
     running finishes in the background (its batch holds the network), still counted as in
     progress until its thread ends, and its answer is dropped. A request to one of
     ``queued_paths`` while ``max_queued`` are in progress, the running one included, gets 503
@@ -95,7 +99,7 @@ class RequestGuard:
         if queued and self.in_progress >= self.max_queued:
             message = f"the server is busy ({self.in_progress} predictions in progress); retry in {retry} s"
             return await _answer(send, 503, message, [(b"retry-after", retry.encode())])
-        state = {"started": False, "body_done": False, "abandoned": False}
+        state = {"started": False, "body_done": False, "abandoned": False, "sent": False}
 
         async def tracking_receive():
             message = await receive()
@@ -107,6 +111,7 @@ class RequestGuard:
             if state["abandoned"]:
                 return  # we answered already; the late result has nowhere to go
             state["started"] = state["started"] or message["type"] == "http.response.start"
+            state["sent"] = True
             await send(message)
 
         task = asyncio.ensure_future(self.app(scope, tracking_receive, guarded_send))
@@ -114,11 +119,14 @@ class RequestGuard:
             self.in_progress += 1
             task.add_done_callback(self._finished)
         done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        while not done and state["started"] and state["sent"]:
+            state["sent"] = False  # a chunk went out in the last period: wait for the next one
+            done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
         if done:
             return task.result()
         if state["started"]:
-            task.cancel()  # the answer is half sent: all we can do is stop
-            return
+            task.cancel()  # stalled half way through its answer: all we can do is stop
+            raise RuntimeError(f"answer stalled for {self.timeout_s:g} s after it began; connection closed")
         state["abandoned"] = True
         if state["body_done"]:
             # The endpoint runs in a worker thread that cancelling would not stop: let the task
