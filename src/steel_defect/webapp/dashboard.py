@@ -189,7 +189,12 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
             for row in watchers:
                 batch = DEFAULT_BATCH
                 if watcher is not None and row["source"] == watcher.source:
-                    row.update(state=watcher.state, message=watcher.message, backlog=watcher.backlog())
+                    row.update(
+                        state=watcher.state,
+                        message=watcher.message,
+                        backlog=watcher.backlog(),
+                        lag_s=watcher.lag_s(),
+                    )
                     batch = watcher.batch_size
                 row["behind"] = behind(row, batch)
             return {
