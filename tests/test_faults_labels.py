@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from steel_defect.data.annotations import AnnotationError
+from steel_defect.data.annotations import AnnotationError, read_annotations, resolve_image_ids
 from steel_defect.labels.folder import FrameFolder
 from steel_defect.labels.store import LabelStore
 from steel_defect.labels.transfer import ExportError, export_folder, import_csv
@@ -45,6 +45,14 @@ def start_paused(cmd: list[str], point: str, marker: Path, timeout: float = 120)
             pytest.fail(f"never reached {point}: {process.communicate()[1][-3000:]}")
         time.sleep(0.02)
     return process
+
+
+def kill_at(cmd: list[str], point: str, marker: Path) -> None:
+    """Run ``cmd`` until it waits at ``point``, then SIGKILL it there."""
+    process = start_paused(cmd, point, marker)
+    process.kill()
+    process.communicate()
+    assert process.returncode == -9
 
 
 # ---------- the database file ----------
@@ -235,3 +243,59 @@ def test_a_model_given_twice_as_export_and_int8_export_is_refused_naming_it(tmp_
     with pytest.raises(PipelineError, match=given_twice):
         build_predictor(spec, [checkpoints["seg"], twin])
     assert len(build_predictor(spec, [twin]).segmenters) == 1  # either file alone is that model
+
+
+# ---------- an export killed while it swaps the new folder in ----------
+
+
+def _exported(out: Path) -> list[str]:
+    """The frames of the whole export at ``out``: its CSV and its images must agree."""
+    assert (out / ".steel-defect-export.json").is_file()
+    ids = resolve_image_ids(read_annotations(out / "train.csv"), out / "train_images")
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == ids
+    return ids
+
+
+def _beside(out: Path) -> list[str]:
+    """What the folder holding ``out`` holds, the database's own files left out."""
+    return sorted(p.name for p in out.parent.iterdir() if not p.name.startswith("labels.sqlite"))
+
+
+def test_an_export_killed_between_its_renames_leaves_or_restores_a_whole_export(tmp_path):
+    images, db, out, marker = (tmp_path / name for name in ("frames", "labels.sqlite", "out", "p"))
+    names = _frames(images, 3)
+    with LabelStore.open(db) as store:
+        store.add_frames([(n, 1600, 256) for n in names])
+        store.save_masks(names[0], ["", "", "1 5", ""], version=0, status="confirmed")
+        export_folder(store, out, images)  # the previous export: one frame
+        store.save_masks(names[1], EMPTY, version=0, status="confirmed")  # the next one has two
+    assert _exported(out) == names[:1]
+
+    # on Linux the swap is one exchange: killed right after it, out is the new export already
+    cli = [sys.executable, "-m", "steel_defect.cli", "labels", "export", "--db", str(db)]
+    kill_at([*cli, "--out", str(out), "--images", str(images)], "export:swap", marker)
+    assert _exported(out) == names[:2]
+    assert [p.name for p in tmp_path.glob(".out.*.partial")] != []  # the old export, left aside
+
+    # the fallback's two renames, killed between them: no out for a moment ...
+    with LabelStore.open(db) as store:
+        store.save_masks(names[2], EMPTY, version=0, status="confirmed")
+    two_renames = (
+        "import sys; from steel_defect.labels.store import LabelStore\n"
+        "from steel_defect.labels.transfer import export_folder\n"
+        "with LabelStore.open(sys.argv[1], readonly=True) as store:\n"
+        "    export_folder(store, sys.argv[2], sys.argv[3], exchange=False)\n"
+    )
+    kill_at([sys.executable, "-c", two_renames, str(db), str(out), str(images)], "export:swap", marker)
+    assert not out.exists() and _exported(tmp_path / ".out.old") == names[:2]
+    # ... and the next export puts it back first, even one that is then refused
+    with LabelStore.open(db, readonly=True) as store, pytest.raises(ExportError, match="does not exist"):
+        export_folder(store, out, tmp_path / "no-such-folder")
+    assert _exported(out) == names[:2]
+    assert _beside(out) == ["frames", "out", "p"]
+    done = subprocess.run(
+        [*cli, "--out", str(out), "--images", str(images)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _exported(out) == names
+    assert _beside(out) == ["frames", "out", "p"]
