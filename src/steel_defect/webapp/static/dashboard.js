@@ -110,10 +110,10 @@ function renderTiles(aggregates, throughput) {
     [`per minute (last ${minutes(whole ? throughput.window : throughput.seconds)})`,
       throughput.per_minute === null ? "–" : throughput.per_minute.toFixed(1), null,
       throughput.per_minute === null ? `observed for ${Math.round(throughput.seconds)} s: too short to tell`
-        : `${throughput.frames.toLocaleString()} frames since ${time(throughput.since)}`],
+        : `${throughput.frames.toLocaleString()} frame${throughput.frames === 1 ? "" : "s"} since ${time(throughput.since)}`],
     ["corrupt / missing", `${aggregates.frames.corrupt} / ${aggregates.frames.missing}`],
     ...Object.entries(aggregates.classes).map(([c, a]) => [
-      `class ${c} · ${state.classes[c].name}`, percent(a.rate), state.classes[c].color, `${a.frames} frames`]),
+      `class ${c} · ${state.classes[c].name}`, percent(a.rate), state.classes[c].color, `${a.frames} frame${a.frames === 1 ? "" : "s"}`]),
   ];
   $("tiles").replaceChildren(...tiles.map(([label, value, color, note]) => el("div", { class: "tile", "data-label": label },
     el("div", { class: "tile-value" }, value),
@@ -131,8 +131,11 @@ function renderChart(rates, start, end) {
   const frameStep = niceStep(Math.max(1, ...buckets.map((b) => b.frames)), 4, [1, 2, 5], true);
   const steps = Math.max(1, Math.ceil(Math.max(0, ...buckets.map((b) => b.frames)) / frameStep));
   const maxFrames = steps * frameStep;  // whole frames on every tick, none repeated
-  const rateStep = niceStep(Math.max(0.05, ...buckets.flatMap((b) => Object.values(b.classes).map((n) => n / Math.max(1, b.frames)))) / steps, 1, [1, 2, 2.5, 5], false);
-  const rateMax = steps * rateStep;  // the right axis shares the left one's grid lines
+  // The right axis has round percentages of its own (sharing the left one's grid read 0 … 150%).
+  const topRate = Math.max(0.05, ...buckets.flatMap((b) => Object.values(b.classes).map((n) => n / Math.max(1, b.frames))));
+  const rateStep = niceStep(topRate, 4, [1, 2, 2.5, 5], false);
+  const rateSteps = Math.ceil(topRate / rateStep - 1e-9);
+  const rateMax = rateSteps * rateStep;
   const rateDigits = decimals(100 * rateStep);
   const yFrames = (n) => top + plotH - (n / maxFrames) * plotH;
   const yRate = (r) => top + plotH - (r / rateMax) * plotH;
@@ -142,9 +145,13 @@ function renderChart(rates, start, end) {
     nodes.push(svg("line", { x1: left, x2: width - right, y1: y, y2: y, class: "grid" }));
     const frames = svg("text", { x: left - 6, y: y + 4, class: "axis frames-tick", "text-anchor": "end" });
     frames.textContent = String(i * frameStep);
+    nodes.push(frames);
+  }
+  for (let i = 0; i <= rateSteps; i++) {
+    const y = yRate(i * rateStep);
     const rate = svg("text", { x: width - right + 6, y: y + 4, class: "axis rate-tick" });
     rate.textContent = `${(100 * i * rateStep).toFixed(rateDigits)}%`;
-    nodes.push(frames, rate);
+    nodes.push(svg("line", { x1: width - right, x2: width - right + 3, y1: y, y2: y, class: "tick" }), rate);
   }
   for (const t of timeTicks(start, end)) {
     const label = svg("text", { x: x(t), y: height - 6, class: "axis time-tick", "text-anchor": "middle" });
