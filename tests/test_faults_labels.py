@@ -299,3 +299,72 @@ def test_an_export_killed_between_its_renames_leaves_or_restores_a_whole_export(
     assert done.returncode == 0, done.stderr[-3000:]
     assert _exported(out) == names
     assert _beside(out) == ["frames", "out", "p"]
+
+
+# ---------- an internal ValueError passed off as the user's ----------
+
+
+def test_an_internal_value_error_keeps_its_traceback_and_user_errors_stay_one_line(tmp_path):
+    from steel_defect.cli import _is_user_error
+    from steel_defect.config.errors import ConfigError
+    from steel_defect.data.annotations import CSVReadError
+    from steel_defect.data.images import ImageReadError
+    from steel_defect.data.rle import RLEError
+    from steel_defect.inference.onnx_backend import ExportError as OnnxExportError
+    from steel_defect.inference.pipeline import PipelineError
+    from steel_defect.labels.store import ImportConflict, InvalidMasks, LabelStoreError
+    from steel_defect.models.checkpoint import CheckpointError
+
+    mine = [ConfigError("x"), AnnotationError("x"), CSVReadError(2, "x"), RLEError("x"), ImageReadError("x")]
+    mine += [PipelineError("x"), ExportError("x"), OnnxExportError("x"), CheckpointError("x")]
+    mine += [InvalidMasks("x"), ImportConflict(["a.jpg"]), LabelStoreError("x")]
+    assert [type(e).__name__ for e in mine if not _is_user_error(e)] == []
+    assert not any(_is_user_error(e) for e in (ValueError("x"), KeyError("x"), TypeError("x")))
+
+    db = tmp_path / "labels.sqlite"
+    LabelStore.open(db).close()
+    bad_rle = tmp_path / "train.csv"
+    bad_rle.write_text("ImageId_ClassId,EncodedPixels\n" + "".join(f"a.jpg_{c},5 x\n" for c in range(1, 5)))
+    cli = [sys.executable, "-m", "steel_defect.cli", "labels"]
+    user = subprocess.run([*cli, "import", "--db", str(db), str(bad_rle)], capture_output=True, text=True)
+    assert user.returncode == 2 and "Traceback" not in user.stderr
+    assert user.stderr.startswith(f"steel-defect labels: error: {bad_rle}, line 2 (a.jpg class 1): bad RLE")
+    # a slip in the command's own code (injected into `labels stats`' printing): a bug, not the user's
+    slip = (
+        "import sys, steel_defect.cli as cli\n"
+        "def slip(stats): raise ValueError('an internal slip')\n"
+        "cli._print_stats = slip\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    bug = subprocess.run(
+        [sys.executable, "-c", slip, "labels", "stats", "--db", str(db)], capture_output=True, text=True
+    )
+    assert bug.returncode == 1
+    assert "Traceback (most recent call last)" in bug.stderr and "ValueError: an internal slip" in bug.stderr
+
+
+def test_an_internal_value_error_in_a_request_answers_500_not_422(tmp_path):
+    from steel_defect.inference.predictor import Predictor
+    from steel_defect.webapp.app import create_app
+    from steel_defect.webapp.examples import example_images
+    from steel_defect.webapp.service import InferenceService
+
+    service = InferenceService(Predictor([random_checkpoints(tmp_path)["seg"]]), keep=4)
+    client = TestClient(create_app(service))
+    frame = next(iter(example_images().values()))
+    result = client.post("/api/predict", files=[("files", ("a.jpg", frame, "image/jpeg"))]).json()
+    url = f"/api/results/{result['images'][0]['id']}/postprocess"
+    user = client.post(url, json={"classes": {"9": {"threshold": 0.3}}})
+    assert user.status_code == 422 and "unknown class 9" in user.json()["detail"]
+
+    def slip(overrides):
+        raise ValueError("an internal slip")
+
+    service.post_with = slip  # a bug in the service, injected
+    with pytest.raises(ValueError, match="an internal slip"):  # raised on to the server, which logs it
+        client.post(url, json={"classes": {"3": {"threshold": 0.3}}})
+    answer = TestClient(create_app(service), raise_server_exceptions=False).post(
+        url, json={"classes": {"3": {"threshold": 0.3}}}
+    )
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    assert answer.json()["detail"].startswith("internal error (ValueError)")

@@ -32,14 +32,11 @@ import sys
 from pathlib import Path
 
 from steel_defect.constants import ENGINES, HOLDOUT_PARTS
+from steel_defect.errors import UserError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import otherwise calls the network
 
 log = logging.getLogger("steel_defect")
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one clear line, exit status 2."""
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -926,13 +923,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _is_user_error(err: Exception) -> bool:
     """Whether ``err`` is a problem with the user's input (one line, exit status 2)."""
-    # ConfigError, AnnotationError, SubmissionError, CheckpointError and the model, loss and
-    # transform config errors are ValueErrors. ImageReadError is an OSError; it is looked up
-    # only when its module was imported (nothing else can raise it), so that `--help` and
-    # `evaluate` do not import OpenCV just to name it.
+    # The project's input errors (ConfigError, AnnotationError, RLEError, SubmissionError,
+    # CheckpointError, PipelineError, ExportError, InvalidMasks, ImportConflict...) are UserErrors;
+    # a bare ValueError is a bug and keeps its traceback. ImageReadError (an OSError) and the
+    # databases' errors (RuntimeErrors) are named here, looked up only when their module was
+    # imported (nothing else can raise them), so that `--help` does not import OpenCV to name one.
     images = sys.modules.get("steel_defect.data.images")
     labels = sys.modules.get("steel_defect.labels.store")
-    kinds = (UserError, FileNotFoundError, ValueError) + ((images.ImageReadError,) if images else ())
+    kinds = (UserError, FileNotFoundError) + ((images.ImageReadError,) if images else ())
     kinds += (labels.LabelStoreError,) if labels else ()
     line_log = sys.modules.get("steel_defect.line.log")
     kinds += (line_log.LogError,) if line_log else ()

@@ -28,6 +28,7 @@ from steel_defect.data.annotations import read_annotations, resolve_image_ids, w
 from steel_defect.data.folds import make_folds_table, split_folds
 from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
+from steel_defect.errors import UserError
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import write_report
 from steel_defect.inference.oof import search_thresholds
@@ -62,7 +63,7 @@ def _holdout_real(data_dir: Path, work: Path, seed: int, part: int = 0) -> tuple
     """Split a real labelled folder into train (3/4) and test (quarter ``part``, stratified)
     label files in ``work``."""
     if not 0 <= part < HOLDOUT_PARTS:
-        raise ValueError(f"holdout part {part} is not one of 0..{HOLDOUT_PARTS - 1}")
+        raise UserError(f"holdout part {part} is not one of 0..{HOLDOUT_PARTS - 1}")
     annotations = read_annotations(data_dir / "train.csv")
     ids = resolve_image_ids(annotations, data_dir / "train_images")
     table = make_folds_table(ids, annotations.labels(ids), n_splits=HOLDOUT_PARTS, seed=seed)
@@ -203,7 +204,7 @@ def refuse_scored_frames(test_ids: list[str], folders: dict) -> None:
         seen = sorted(p.name for p in Path(folder).iterdir() if p.name in scored)
         if seen:
             shown = ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else "")
-            raise ValueError(
+            raise UserError(
                 f"{setting} {folder} holds {len(seen)} of the test frames this run scores ({shown}); "
                 "point it at a folder without them"
             )
@@ -237,7 +238,7 @@ def run_demo(
     variant to compare, e.g. ``configs/real/unet_effnet_lite0_fullres.yml``).
     """
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
+        raise UserError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     steps = RECIPES[recipe]
     if seg_config is not None:
         if not Path(seg_config).is_file():

@@ -6,8 +6,10 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
+from steel_defect.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration that cannot be used; the message says which key and why."""
 
 

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from steel_defect.errors import UserError
+
 FOLD_DIR = re.compile(r"fold(\d+)")
 
 
@@ -44,7 +46,7 @@ class RunPaths:
     def fold(self) -> int:
         match = FOLD_DIR.fullmatch(self.run_dir.name)
         if match is None:
-            raise ValueError(f"{self.run_dir} is not a fold<K> folder")
+            raise UserError(f"{self.run_dir} is not a fold<K> folder")
         return int(match.group(1))
 
     @property
@@ -98,7 +100,7 @@ CHECKPOINT_NAME = re.compile(r"best|last|swa|snapshot_\d+|epoch_\d{3}")
 def check_checkpoint_name(name: str) -> str:
     """``name`` if it names a checkpoint a run writes (``best``, ``swa``, ``snapshot_2``, ...)."""
     if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
-        raise ValueError(
+        raise UserError(
             f"unknown checkpoint name {name!r}; valid: best, last, swa, snapshot_K, epoch_NNN "
             "(the files in fold<K>/checkpoints/ without .pth)"
         )

@@ -27,6 +27,7 @@ import numpy as np
 from steel_defect.atomic import atomic_write
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
 from steel_defect.data.rle import RLEError, parse_rle
+from steel_defect.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +36,7 @@ WIDE_HEADER = ["ImageId_ClassId", "EncodedPixels"]
 LONG_HEADER = ["ImageId", "ClassId", "EncodedPixels"]
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """A label or submission file that is malformed; the message names file and line."""
 
 
@@ -80,7 +81,7 @@ class Annotations:
         return cache
 
 
-class CSVReadError(ValueError):
+class CSVReadError(UserError):
     """A file that stops being UTF-8 CSV at ``line`` (1-based); the message says why."""
 
     def __init__(self, line: int, message: str):

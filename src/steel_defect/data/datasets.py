@@ -31,6 +31,7 @@ from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
 from steel_defect.data.annotations import Annotations
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_hwc
+from steel_defect.errors import UserError
 
 # Called as transforms(image=..., mask=...) -> dict, as an albumentations Compose is.
 Transforms = Callable[..., dict[str, Any]]
@@ -50,9 +51,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def image_to_uint8_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, C) uint8 image -> uint8 tensor (C, H, W), for ``data.normalize_on_device``."""
     if image.dtype != np.uint8:
-        raise ValueError(
-            f"data.normalize_on_device needs uint8 images from the transforms, got {image.dtype}"
-        )
+        raise UserError(f"data.normalize_on_device needs uint8 images from the transforms, got {image.dtype}")
     if image.ndim == 2:
         image = image[:, :, None]
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -119,7 +118,7 @@ class SegmentationDataset(Dataset):
             out = self.transforms(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         if mask.shape[:2] != image.shape[:2] or mask.shape[-1] != len(self.classes):
-            raise ValueError(
+            raise UserError(
                 f"{image_id}: transforms returned image {image.shape} but mask {mask.shape}; "
                 "image and mask must keep the same height and width"
             )

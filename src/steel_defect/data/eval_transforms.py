@@ -29,6 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from steel_defect.errors import UserError
+
 # Transforms that keep every pixel in place (or only rescale the frame): the only ones
 # inference can undo.
 INVERTIBLE = ("Resize", "Normalize")
@@ -170,7 +172,7 @@ def build_eval_transforms(specs: Sequence[Mapping[str, Any]] | None, key_path: s
     pipeline = build_transforms(specs, key_path)
     for step in pipeline.transforms:
         if type(step).__name__ not in INVERTIBLE:
-            raise ValueError(
+            raise UserError(
                 f"{key_path}: validation transform {type(step).__name__} moves pixels; inference can only "
                 "undo Resize (use Resize and Normalize in transforms.valid)"
             )

@@ -19,6 +19,7 @@ from steel_defect.atomic import atomic_write
 from steel_defect.config import save_config
 from steel_defect.constants import CLASS_IDS
 from steel_defect.data.annotations import read_annotations, resolve_image_ids
+from steel_defect.errors import UserError
 
 FLAG_COLUMNS = ["defect_free", *(f"class_{c}" for c in CLASS_IDS)]
 
@@ -31,9 +32,9 @@ def assign_folds(labels: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
     labels = np.asarray(labels, dtype=bool)
     n = labels.shape[0]
     if n_splits < 2:
-        raise ValueError(f"folds.n_splits must be at least 2, got {n_splits}")
+        raise UserError(f"folds.n_splits must be at least 2, got {n_splits}")
     if n < n_splits:
-        raise ValueError(f"cannot split {n} images into {n_splits} folds; lower folds.n_splits")
+        raise UserError(f"cannot split {n} images into {n_splits} folds; lower folds.n_splits")
     flags = np.column_stack([~labels.any(axis=1), labels]).astype(int)
     folds = np.full(n, -1, dtype=np.int64)
     splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -67,7 +68,7 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     table = pd.read_csv(path, dtype={"ImageId": str})
     missing = {"ImageId", "fold"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected ImageId,fold,...")
+        raise UserError(f"{path}: missing column(s) {sorted(missing)}; expected ImageId,fold,...")
     return table
 
 
@@ -87,7 +88,7 @@ def split_ids(table: pd.DataFrame, valid_fold: int) -> tuple[list[str], list[str
     """(train ids, valid ids): validate on ``valid_fold``, train on the other folds."""
     folds = sorted(int(f) for f in table.fold.unique())
     if valid_fold not in folds:
-        raise ValueError(f"fold {valid_fold} is not in the split; folds are {folds}")
+        raise UserError(f"fold {valid_fold} is not in the split; folds are {folds}")
     is_valid = table.fold == valid_fold
     return table.ImageId[~is_valid].tolist(), table.ImageId[is_valid].tolist()
 

@@ -18,12 +18,13 @@ import re
 import numpy as np
 
 from steel_defect.constants import IMAGE_SHAPE
+from steel_defect.errors import UserError
 
 _RLE_TEXT = re.compile(r"[-0-9\s]*")
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
-class RLEError(ValueError):
+class RLEError(UserError):
     """A run-length string that does not describe a valid mask."""
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from steel_defect.errors import UserError
+
 
 class EpochSampler(Sampler[int]):
     """A sampler whose draw depends only on ``seed`` and the epoch (see the module docstring)."""
@@ -40,10 +42,10 @@ class MixSampler(EpochSampler):
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int):
         if len(sizes) != len(weights) or not sizes:
-            raise ValueError(f"need one weight per set, got sizes {list(sizes)} and weights {list(weights)}")
+            raise UserError(f"need one weight per set, got sizes {list(sizes)} and weights {list(weights)}")
         for size, weight in zip(sizes, weights, strict=True):
             if size < 0 or weight < 0:
-                raise ValueError(f"set sizes and weights must be >= 0, got {size} and {weight}")
+                raise UserError(f"set sizes and weights must be >= 0, got {size} and {weight}")
         self.sizes, self.weights, self.seed = list(sizes), list(weights), seed
         self.epoch = 0
 
@@ -87,7 +89,7 @@ class BalancedSampler(EpochSampler):
                 f"labels must be (N, {len(class_weights)}) class presence, got {tuple(labels.shape)}"
             )
         if not 0.0 <= defect_fraction <= 1.0 or (class_weights <= 0).any():
-            raise ValueError(
+            raise UserError(
                 f"need defect_fraction in [0, 1] and class_weights > 0, got {defect_fraction} and "
                 f"{class_weights.tolist()}"
             )
@@ -98,7 +100,7 @@ class BalancedSampler(EpochSampler):
         if (~defect).any():
             weight[~defect] = (1.0 - defect_fraction) / int((~defect).sum())
         if weight.sum() <= 0:
-            raise ValueError("no image can be drawn: all defect-free with defect_fraction 1, or the reverse")
+            raise UserError("no image can be drawn: all defect-free with defect_fraction 1, or the reverse")
         self.weights, self.seed, self.epoch = weight, seed, 0
 
     def __len__(self) -> int:
@@ -126,7 +128,7 @@ class HardNegativeSampler(EpochSampler):
                 f"need labels (N, 4) and scores (N,), got {tuple(labels.shape)} and {tuple(scores.shape)}"
             )
         if not 0.0 <= keep <= 1.0:
-            raise ValueError(f"keep must be a share in [0, 1], got {keep}")
+            raise UserError(f"keep must be a share in [0, 1], got {keep}")
         defect = labels.any(dim=1)
         free = torch.nonzero(~defect).flatten()
         hardest = free[torch.argsort(scores[free], descending=True, stable=True)][: round(keep * len(free))]

@@ -20,12 +20,13 @@ from steel_defect.data.annotations import (
     write_annotations,
 )
 from steel_defect.data.rle import RLEError, parse_rle
+from steel_defect.errors import UserError
 
 MAX_REPORTED = 20
 _REPORTED = "<reported>"  # stands for a row whose problem is already listed
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError):
     """An invalid submission; ``problems`` lists one message per bad row or image."""
 
     def __init__(self, path: Path, problems: list[str], total: int | None = None):
@@ -133,13 +134,13 @@ def read_sample_submission(path: str | Path) -> list[str]:
             column = header.index("ImageId")
             ids = [row[column] for row in body]
         else:
-            raise ValueError(f"header {header} has neither ImageId_ClassId nor ImageId")
+            raise UserError(f"header {header} has neither ImageId_ClassId nor ImageId")
     except OSError as err:
         raise FileNotFoundError(f"sample submission {path}: cannot read ({err.strerror or err})") from err
     except IndexError:
-        raise ValueError(f"sample submission {path}: a row has fewer fields than the header") from None
+        raise UserError(f"sample submission {path}: a row has fewer fields than the header") from None
     except ValueError as err:  # CSVReadError included
-        raise ValueError(f"sample submission {path}: {err}") from None
+        raise UserError(f"sample submission {path}: {err}") from None
     return list(dict.fromkeys(ids))
 
 

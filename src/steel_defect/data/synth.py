@@ -31,6 +31,7 @@ from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLA
 from steel_defect.data.annotations import WIDE_HEADER, write_annotations
 from steel_defect.data.images import encode_jpeg
 from steel_defect.data.rle import masks_to_rles
+from steel_defect.errors import UserError
 
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
 # Shares chosen so every class shows up in a few dozen frames while class 3 still
@@ -296,9 +297,9 @@ def write_synthetic_dataset(
     "out_dir"}``, counted over all ``n`` images.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1 (the number of images to write), got {n!r}")
+        raise UserError(f"n must be an integer >= 1 (the number of images to write), got {n!r}")
     if not 0 <= test_fraction < 1:
-        raise ValueError(
+        raise UserError(
             f"test_fraction must be in [0, 1) so some images are left to train on, got {test_fraction}"
         )
     out_dir = Path(out_dir)

@@ -15,6 +15,7 @@ from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
 from steel_defect.data.annotations import read_annotations
 from steel_defect.data.rle import rles_to_masks
 from steel_defect.data.submission import read_submission
+from steel_defect.errors import UserError
 
 
 def dice_pairs(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -40,7 +41,7 @@ def summarize(dice: np.ndarray) -> dict:
     if dice.ndim != 2 or dice.shape[1] != len(CLASS_IDS):
         raise ValueError(f"expected a (N, {len(CLASS_IDS)}) Dice table, got shape {dice.shape}")
     if dice.shape[0] == 0:
-        raise ValueError("no images to score")
+        raise UserError("no images to score")
     return {
         "mean_dice": float(dice.mean()),
         "per_class": {str(c): float(dice[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
@@ -61,7 +62,7 @@ def read_pair(pred_path: str | Path, truth_path: str | Path, shape: tuple[int, i
     if truth.layout == "long":
         missing = [i for i in truth.image_ids if i not in pred]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{pred_path}: {len(missing)} image(s) with defects in {truth_path} are missing, "
                 f"e.g. {missing[0]}"
             )

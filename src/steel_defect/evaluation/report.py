@@ -20,6 +20,7 @@ from steel_defect.atomic import atomic_write
 from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES, IMAGE_SHAPE
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import rle_to_mask
+from steel_defect.errors import UserError
 from steel_defect.evaluation import figures
 from steel_defect.evaluation.analysis import (
     ImageScores,
@@ -198,10 +199,10 @@ def read_search_curves(path: str | Path) -> dict:
             f"search report {path} does not exist; `steel-defect thresholds` writes it beside the YAML"
         ) from None
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"search report {path} cannot be read as JSON: {err}") from None
+        raise UserError(f"search report {path} cannot be read as JSON: {err}") from None
     curves = data.get("curves") if isinstance(data, dict) else None
     if not isinstance(curves, dict) or any(str(c) not in curves for c in CLASS_IDS):
-        raise ValueError(
+        raise UserError(
             f"search report {path} has no per-class 'curves' (written before they were recorded); "
             "run `steel-defect thresholds` again to get them"
         )
@@ -257,7 +258,7 @@ def write_report(
     Returns ``{"out", "images", "mean_dice", "empty_dice", "per_class"}``.
     """
     if worst < 0:
-        raise ValueError(f"--worst must be 0 or more, got {worst}")
+        raise UserError(f"--worst must be 0 or more, got {worst}")
     curves = read_search_curves(search_report) if search_report else {}
     images_dir = Path(images_dir)
     if not images_dir.is_dir():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steel_defect.errors import UserError
 from steel_defect.inference.onnx_export import (
     export_onnx,
     quantize_int8,
@@ -54,7 +55,7 @@ def int8_frame_ids(cfg, trained_on: dict | None, source: str, n_calib: int, n_ho
 
     valid = ((trained_on or {}).get("split") or {}).get("valid_ids")
     if not valid:
-        raise ValueError(
+        raise UserError(
             f"{source} does not record its validation frames (trained before checkpoints recorded "
             "the split): the int8 check cannot tell which frames it never learnt from; retrain it, "
             "or export without --int8"
@@ -66,7 +67,7 @@ def int8_frame_ids(cfg, trained_on: dict | None, source: str, n_calib: int, n_ho
     others = sorted(known - set(valid))
     calib = [str(i) for i in rng.permutation(others)[:n_calib]] if others else []
     if not calib or not holdout:
-        raise ValueError(
+        raise UserError(
             f"{cfg.paths.train_csv}: {len(holdout)} of {source}'s validation frames and {len(calib)} "
             f"other frames found; the int8 check needs at least one of each"
         )
@@ -106,7 +107,7 @@ def _check_pipeline(checkpoint: Path, digest: str, spec):
         return [], PostProcessing(), ()
     mine = [m for m in spec.models if m.weights_sha256 == digest]
     if not mine:
-        raise ValueError(f"{checkpoint} is not a model of the tuned pipeline {spec.source}")
+        raise UserError(f"{checkpoint} is not a model of the tuned pipeline {spec.source}")
     others = [m.path for m in spec.of_fold(mine[0].fold) if m.weights_sha256 != digest]
     return others, spec.post, spec.tta
 
@@ -154,7 +155,7 @@ def export_all(
             calib_ids, holdout_ids = int8_frame_ids(
                 cfg, meta.get("trained_on"), str(checkpoint), n_calib, n_holdout
             )
-        except ValueError as err:
+        except UserError as err:
             entry["int8"] = {"refused": str(err)}
             continue
         others, post, tta = _check_pipeline(checkpoint, meta["weights_sha256"], None if untuned else spec)

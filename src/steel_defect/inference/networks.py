@@ -35,6 +35,7 @@ import numpy as np
 from steel_defect.config import model_classes, model_cls_head
 from steel_defect.constants import CLASS_IDS
 from steel_defect.data.eval_transforms import build_eval_transforms
+from steel_defect.errors import UserError
 
 BACKENDS = ("torch", "onnx")
 # Where the kernel exposes a GPU to this process (NVIDIA's driver, or AMD's for ROCm builds of torch).
@@ -104,7 +105,7 @@ def resolve_backend(backend: str, device: str = "auto") -> tuple[str, str]:
     import importlib.util
 
     if backend not in ("auto", *BACKENDS):
-        raise ValueError(f"unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
     if backend == "auto":
         on_cpu = device == "cpu" or (device == "auto" and not gpu_visible())
         installed = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steel_defect.errors import UserError
 from steel_defect.inference.networks import Network, default_threads, describe_state
 
 FORMAT = "steel-defect-onnx"
@@ -24,7 +25,7 @@ VERSION = 1
 METADATA_KEY = "steel_defect"
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An ONNX file that is missing, unreadable, not ours, or stale against its checkpoint."""
 
 

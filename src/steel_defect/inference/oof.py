@@ -31,6 +31,7 @@ from steel_defect.data.annotations import read_annotations
 from steel_defect.data.folds import read_folds, split_digest, split_ids
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
+from steel_defect.errors import UserError
 from steel_defect.evaluation.metric import dice_pairs
 from steel_defect.inference.pipeline import save_spec
 from steel_defect.inference.postprocess import quantise
@@ -49,7 +50,7 @@ from steel_defect.models.checkpoint import update_checkpoint
 log = logging.getLogger(__name__)
 
 
-class SplitMismatchError(ValueError):
+class SplitMismatchError(UserError):
     """A fold's model was trained on another split than the one the search predicts out of fold."""
 
 
@@ -200,7 +201,7 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=(), name: st
                     top.append(p.max(axis=(1, 2)))  # before block averaging lowers it
                     truth.append(downsample_mask(masks, factor))
     if len(gates) != 1:
-        raise ValueError(f"the folds' models gate differently ({sorted(gates)}); train every fold alike")
+        raise UserError(f"the folds' models gate differently ({sorted(gates)}); train every fold alike")
     return {
         "ids": ids,
         "probs": np.stack(probs) if probs else None,

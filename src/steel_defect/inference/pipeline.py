@@ -38,6 +38,7 @@ import yaml
 
 from steel_defect.atomic import atomic_write
 from steel_defect.constants import CLASS_IDS
+from steel_defect.errors import UserError
 from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import TTA_DIMS, Predictor
 
@@ -51,7 +52,7 @@ UNTUNED_HINT = (
 )
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError):
     """A tuned pipeline that cannot be rebuilt as it was tuned: what differs is in the message."""
 
 

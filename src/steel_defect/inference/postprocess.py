@@ -30,6 +30,7 @@ import yaml
 
 from steel_defect.atomic import atomic_write
 from steel_defect.constants import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_CLASSES
+from steel_defect.errors import UserError
 
 # 255 * t is computed in floating point (0.2 * 255 = 51.00000000000001); without the slack
 # ceil would move such thresholds one step up and break u / 255 >= t.
@@ -38,13 +39,13 @@ _EPS = 1e-9
 
 def _check_probability(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        raise UserError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
 def _check_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
-        raise ValueError(f"{name} must be a whole number of pixels >= 0 (0 disables it), got {value!r}")
+        raise UserError(f"{name} must be a whole number of pixels >= 0 (0 disables it), got {value!r}")
     return int(value)
 
 
@@ -118,31 +119,29 @@ class PostProcessing:
         """
         if not isinstance(data, dict) or set(data) - {"classes", "pipeline"}:
             extra = sorted(map(str, set(data) - {"classes", "pipeline"})) if isinstance(data, dict) else data
-            raise ValueError(
+            raise UserError(
                 f"{source}: expected a mapping with the keys 'classes' (and 'pipeline'), got {extra!r}"
             )
         classes = data.get("classes") or {}
         if not isinstance(classes, dict):
-            raise ValueError(f"{source}: 'classes' must map class ids {list(CLASS_IDS)} to parameters")
+            raise UserError(f"{source}: 'classes' must map class ids {list(CLASS_IDS)} to parameters")
         params = {c: ClassParams() for c in CLASS_IDS}
         for key, values in classes.items():
             class_id = int(key) if isinstance(key, str) and key.strip().isdigit() else key
             if class_id not in CLASS_IDS or isinstance(class_id, bool):
-                raise ValueError(
-                    f"{source}: unknown class key {key!r} in 'classes'; valid: {list(CLASS_IDS)}"
-                )
+                raise UserError(f"{source}: unknown class key {key!r} in 'classes'; valid: {list(CLASS_IDS)}")
             values = values or {}
             if not isinstance(values, dict):
-                raise ValueError(f"{source}: classes.{key} must be a mapping of {list(_FIELDS)}")
+                raise UserError(f"{source}: classes.{key} must be a mapping of {list(_FIELDS)}")
             unknown = sorted(map(str, set(values) - set(_FIELDS)))
             if unknown:
-                raise ValueError(
+                raise UserError(
                     f"{source}: unknown key(s) {unknown} in classes.{key}; valid: {list(_FIELDS)}"
                 )
             try:
                 params[class_id] = ClassParams(**values)
             except ValueError as err:
-                raise ValueError(f"{source}: classes.{key}: {err}") from None
+                raise UserError(f"{source}: classes.{key}: {err}") from None
         return cls(tuple(params[c] for c in CLASS_IDS))
 
     def to_dict(self) -> dict:
@@ -161,7 +160,7 @@ class PostProcessing:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from None
+            raise UserError(f"{path}: not valid YAML: {err}") from None
         return cls.from_dict(data if data is not None else {}, source=str(path))
 
     def save(self, path: str | Path) -> None:
@@ -173,7 +172,7 @@ class PostProcessing:
 def check_factor(factor) -> int:
     """``factor`` (a per-side downsampling factor) if it is a whole number >= 1, else ValueError."""
     if isinstance(factor, bool) or not isinstance(factor, Integral) or factor < 1:
-        raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
+        raise UserError(f"factor must be a whole number >= 1, got {factor!r}")
     return int(factor)
 
 

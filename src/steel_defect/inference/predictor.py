@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
+from steel_defect.errors import UserError
 from steel_defect.inference.networks import (
     BACKENDS,
     PROVENANCE_KEYS,
@@ -64,7 +65,7 @@ def load_network(
     on the onnx backend runs through its cached export (:func:`.onnx_export.load_exported`).
     Each backend is imported only when asked for: torch is never loaded for an ``.onnx`` file."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     path = Path(path)
     if path.suffix == ".onnx":
         from steel_defect.inference.onnx_backend import load_onnx
@@ -120,9 +121,9 @@ class Predictor:
     ):
         unknown = [t for t in tta if t not in TTA_DIMS]
         if unknown:
-            raise ValueError(f"unknown TTA {unknown}; valid: {', '.join(TTA_DIMS)}")
+            raise UserError(f"unknown TTA {unknown}; valid: {', '.join(TTA_DIMS)}")
         if not checkpoints:
-            raise ValueError("no checkpoints given; pass at least one segmentation checkpoint")
+            raise UserError("no checkpoints given; pass at least one segmentation checkpoint")
         backend, device = resolve_backend(backend, str(device))
         if device == "auto":  # torch, which is loaded for the networks anyway, knows the GPUs
             import torch
@@ -134,7 +135,7 @@ class Predictor:
         self.segmenters = [n for n in networks if n.task == "seg"]
         self.classifiers = [n for n in networks if n.task == "cls"]
         if not self.segmenters:
-            raise ValueError(f"none of {[str(c) for c in checkpoints]} is a segmentation checkpoint")
+            raise UserError(f"none of {[str(c) for c in checkpoints]} is a segmentation checkpoint")
         covered = {c for n in self.segmenters for c in n.classes}
         for class_id in CLASS_IDS:
             if class_id not in covered:

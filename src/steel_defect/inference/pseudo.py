@@ -31,6 +31,7 @@ from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
 from steel_defect.data.annotations import write_annotations
 from steel_defect.data.images import ImageReadError, read_image
 from steel_defect.data.rle import masks_to_rles
+from steel_defect.errors import UserError
 from steel_defect.inference.predictor import Prediction, Predictor
 from steel_defect.inference.run import list_images
 
@@ -49,7 +50,7 @@ class PseudoRules:
         for name in ("upper", "lower"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+                raise UserError(f"{name} must be a probability in [0, 1], got {value!r}")
 
 
 def evidence(prediction: Prediction) -> tuple[np.ndarray, np.ndarray | None]:

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from steel_defect.constants import CLASS_IDS, NUM_CLASSES
+from steel_defect.errors import UserError
 from steel_defect.inference.postprocess import (
     NEVER,
     ClassParams,
@@ -85,7 +86,7 @@ def _blocks(array: np.ndarray, factor: int) -> np.ndarray:
     factor = check_factor(factor)
     *lead, h, w = array.shape
     if h % factor or w % factor:
-        raise ValueError(f"maps of {h}x{w} cannot be downsampled by {factor}; pick a divisor of both")
+        raise UserError(f"maps of {h}x{w} cannot be downsampled by {factor}; pick a divisor of both")
     return array.reshape(*lead, h // factor, factor, w // factor, factor)
 
 
@@ -258,7 +259,7 @@ def search_class_tables(
     gates = {"cls_threshold": cls_thresholds, "top_threshold": top_thresholds}
     for name, grid in {**grids, **gates}.items():
         if len(grid) == 0:
-            raise ValueError(f"the {name} grid is empty; give at least one value")
+            raise UserError(f"the {name} grid is empty; give at least one value")
         for value in grid:
             if value is not None or name not in gates:
                 ClassParams(**{name: value})  # validates the range with a clear message
@@ -269,7 +270,7 @@ def search_class_tables(
             f"{len(min_components)}, images {n})"
         )
     if not (isinstance(slack, int | float) and 0.0 <= slack < 1.0):
-        raise ValueError(f"slack must be a mean Dice in [0, 1), got {slack!r}")
+        raise UserError(f"slack must be a mean Dice in [0, 1), got {slack!r}")
     cls_gate, top_gate = _gate(cls_probs, cls_thresholds, n), _gate(top_probs, top_thresholds, n)
     scores = _scores(area, inter, truth_area, min_areas, cls_gate, top_gate)
 
@@ -409,10 +410,10 @@ def search_all(
     if probs.shape[1] != NUM_CLASSES:
         raise ValueError(f"expected {NUM_CLASSES} classes on axis 1, got shape {probs.shape}")
     if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or scale < 1:
-        raise ValueError(f"scale must be the whole downsampling factor per side (>= 1), got {scale!r}")
+        raise UserError(f"scale must be the whole downsampling factor per side (>= 1), got {scale!r}")
     for name, grid in {"min_components": min_components, "min_areas": min_areas}.items():
         if any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0 for s in grid):
-            raise ValueError(f"{name} must be whole pixel counts >= 0, got {list(grid)}")
+            raise UserError(f"{name} must be whole pixel counts >= 0, got {list(grid)}")
     comp_map, area_map = _to_reduced(min_components, scale), _to_reduced(min_areas, scale)
     tables, baselines = [], []
     for i in range(NUM_CLASSES):
@@ -445,7 +446,7 @@ def search_tables(
     """
     area, inter, truth_area = np.asarray(area), np.asarray(inter), np.asarray(truth_area)
     if 0.5 not in thresholds or 0 not in min_components:
-        raise ValueError("the grids must hold threshold 0.5 and min_component 0 (the baseline)")
+        raise UserError("the grids must hold threshold 0.5 and min_component 0 (the baseline)")
     t, m = list(thresholds).index(0.5), list(min_components).index(0)
     tables, baselines = [], []
     for i in range(NUM_CLASSES):

@@ -21,6 +21,7 @@ import numpy as np
 from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.data.headers import HeaderError, header_size
 from steel_defect.data.images import IMAGE_SUFFIXES, decode_image
+from steel_defect.errors import UserError
 from steel_defect.labels.store import UnknownFrame
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ _SAFE_NAME = re.compile(r"[\w.\- ()+]+")  # what a CSV ImageId and a URL path se
 HEADER_BYTES = 256 * 1024  # a JPEG's EXIF block comes before its frame header; 64 KB at most each
 
 
-class FolderError(ValueError):
+class FolderError(UserError):
     """A labelling folder that is missing or holds no usable frame."""
 
 

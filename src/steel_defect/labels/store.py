@@ -37,6 +37,7 @@ from pathlib import Path
 
 from steel_defect.constants import CLASS_IDS, NUM_CLASSES
 from steel_defect.data.rle import RLEError, parse_rle
+from steel_defect.errors import UserError
 from steel_defect.pause import pause_point
 
 STATUSES = ("unlabelled", "pre-labelled", "confirmed", "skipped")
@@ -116,7 +117,7 @@ class DatabaseLocked(LabelStoreError):
     """Another process held the write lock for the whole busy timeout: worth trying again (503)."""
 
 
-class UnknownFrame(ValueError):
+class UnknownFrame(UserError):
     """A frame name the database (or the folder) does not list."""
 
     def __init__(self, name: str):
@@ -124,11 +125,11 @@ class UnknownFrame(ValueError):
         self.name = name
 
 
-class InvalidMasks(ValueError):
+class InvalidMasks(UserError):
     """Masks that do not decode or do not fit their frame (the API answers 422)."""
 
 
-class ImportConflict(ValueError):
+class ImportConflict(UserError):
     """An import that would overwrite frames already labelled otherwise; nothing was written."""
 
     def __init__(self, names: list[str]):

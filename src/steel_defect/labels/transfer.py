@@ -34,6 +34,7 @@ from steel_defect.data.annotations import (
     resolve_image_ids,
     write_annotations,
 )
+from steel_defect.errors import UserError
 from steel_defect.labels.folder import FrameFolder
 from steel_defect.labels.store import LabelStore, now
 from steel_defect.pause import pause_point
@@ -46,7 +47,7 @@ RENAME_EXCHANGE = 2  # linux/fs.h: swap the two names in one step
 _AT_FDCWD = -100
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that cannot be written: no confirmed frame, a missing image, a foreign folder."""
 
 
@@ -67,7 +68,7 @@ def import_csv(
         unusable = [i for i in ids if i not in folder]
         if unusable:
             reasons = dict(folder.skipped)
-            raise ValueError(
+            raise UserError(
                 f"{len(unusable)} frames of {csv_path} are unusable in {images} "
                 f"(first: {unusable[0]}: {reasons.get(unusable[0], 'not an image file')})"
             )

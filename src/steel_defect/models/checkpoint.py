@@ -21,13 +21,14 @@ from torch import nn
 from steel_defect.atomic import atomic_write
 from steel_defect.config import to_plain
 from steel_defect.constants import CLASS_NAMES
+from steel_defect.errors import UserError
 from steel_defect.models import build_model
 
 FORMAT = "steel-defect-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file that is missing, unreadable or not ours."""
 
 

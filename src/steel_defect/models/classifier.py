@@ -14,6 +14,7 @@ from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
 from steel_defect.constants import NUM_CLASSES
+from steel_defect.errors import UserError
 
 # "no defect" plus one output per defect class
 NUM_CLS_OUTPUTS = NUM_CLASSES + 1
@@ -40,9 +41,9 @@ class Classifier(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"Classifier pooling is {pooling!r}; valid choices: {', '.join(POOLINGS)}")
+            raise UserError(f"Classifier pooling is {pooling!r}; valid choices: {', '.join(POOLINGS)}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"Classifier dropout must be in [0, 1), got {dropout}")
+            raise UserError(f"Classifier dropout must be in [0, 1), got {dropout}")
         self.encoder = get_encoder(encoder_name, in_channels=in_channels, depth=5, weights=encoder_weights)
         self.pooling = pooling
         features = self.encoder.out_channels[-1]

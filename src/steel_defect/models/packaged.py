@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from steel_defect.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # TensorFlow-trained EfficientNet-Lite expects inputs scaled to [-1, 1].
@@ -79,7 +81,7 @@ PACKAGED: dict[str, PackagedWeights] = {
 }
 
 
-class PackagedWeightsError(ValueError):
+class PackagedWeightsError(UserError):
     """A packaged weight file that is missing or does not fit its encoder."""
 
 

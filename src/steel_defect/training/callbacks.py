@@ -21,6 +21,7 @@ from catalyst.core.callback import (
 
 from steel_defect.constants import CLASS_IDS
 from steel_defect.data.sampling import EpochSampler
+from steel_defect.errors import UserError
 from steel_defect.training.engines import all_gather
 
 
@@ -97,7 +98,7 @@ class BackwardStepCallback(IBackwardCallback, IOptimizerCallback):
         # both interfaces, so catalyst knows the optimisation is handled; one order
         Callback.__init__(self, order=CallbackOrder.Backward)
         if accumulation_steps < 1:
-            raise ValueError(f"train.accumulation_steps must be at least 1, got {accumulation_steps}")
+            raise UserError(f"train.accumulation_steps must be at least 1, got {accumulation_steps}")
         self.accumulation_steps, self.grad_clip = accumulation_steps, grad_clip
 
     def on_loader_start(self, runner) -> None:

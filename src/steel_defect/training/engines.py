@@ -22,6 +22,7 @@ from accelerate.state import AcceleratorState
 from catalyst import dl
 
 from steel_defect.constants import ENGINES
+from steel_defect.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,10 @@ def build_engine(name: str, nproc: int = 1, amp: str | None = None):
     is bf16 where :func:`native_bf16`, else fp32.
     """
     if name not in ENGINES:
-        raise ValueError(f"engine '{name}' is unknown; valid: {', '.join(ENGINES)}")
+        raise UserError(f"engine '{name}' is unknown; valid: {', '.join(ENGINES)}")
     cuda = torch.cuda.is_available()
     if name in ("gpu", "dp") and not cuda:
-        raise ValueError(f"engine '{name}' needs a CUDA device and none is visible; use --engine cpu")
+        raise UserError(f"engine '{name}' needs a CUDA device and none is visible; use --engine cpu")
     on_gpu = cuda and name != "cpu"
     if amp == "auto":
         amp = "bf16" if native_bf16(on_gpu) else None

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from steel_defect.config.layout import RunPaths
+from steel_defect.errors import UserError
 from steel_defect.models.checkpoint import read_entry
 from steel_defect.training.runner import TASKS
 
@@ -61,9 +62,9 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: cannot read the run's config ({err})") from None
+        raise UserError(f"{path}: cannot read the run's config ({err})") from None
     if not isinstance(data, dict) or "task" not in data:
-        raise ValueError(f"{path}: not a resolved steel-defect config (no 'task' key)")
+        raise UserError(f"{path}: not a resolved steel-defect config (no 'task' key)")
     return data
 
 
@@ -73,11 +74,11 @@ def _read_history(path: Path) -> list[dict]:
     try:
         history = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(
+        raise UserError(
             f"{path}: cannot read the run's history ({err}); delete it or rerun the fold"
         ) from None
     if not isinstance(history, list):
-        raise ValueError(f"{path}: expected a list of epochs")
+        raise UserError(f"{path}: expected a list of epochs")
     return history
 
 

@@ -43,6 +43,7 @@ from steel_defect.data.datasets import ImageFolderDataset
 from steel_defect.data.folds import read_folds
 from steel_defect.data.images import IMAGE_SUFFIXES
 from steel_defect.data.transforms import build_transforms
+from steel_defect.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def unlabelled_paths(cfg) -> list[Path]:
             "train.semi: left out %d unlabelled frames that the fold split labels", len(paths) - len(kept)
         )
     if not kept:
-        raise ValueError(f"train.semi.unlabelled {folder}: no frame left once the labelled ones are left out")
+        raise UserError(f"train.semi.unlabelled {folder}: no frame left once the labelled ones are left out")
     return kept
 
 

@@ -17,11 +17,12 @@ Routes (OpenAPI docs at ``/docs``):
     GET  /line, /api/log/*                  the line's dashboard and log API (``serve --log``)
 
 Every error is ``{"detail": "<message>"}`` with its status: 400 malformed request, 401 no or
-wrong access token (when the server has one, see :mod:`.security`), 404
-unknown result, 408 request body too slow, 413 too large, 415 not an image, 422 corrupt image or
-invalid value, 503 busy or too slow (with ``Retry-After``; see :mod:`.limits`). In a
-batch, a bad file fails only its own item (``"error"`` in its entry, status 200 overall);
-when no file of a request could be predicted the request fails with their status.
+wrong access token (when the server has one, see :mod:`.security`), 404 unknown result, 408
+request body too slow, 413 too large, 415 not an image, 422 corrupt image or invalid value, 500
+a bug (its traceback in the server's log), 503 busy or too slow (with ``Retry-After``; see
+:mod:`.limits`). In a batch, a bad file fails only its own item (``"error"`` in its entry,
+status 200 overall); when no file of a request could be predicted the request fails with their
+status.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steel_defect.data.headers import image_format
+from steel_defect.errors import UserError
 from steel_defect.webapp.examples import example_images
 from steel_defect.webapp.limits import BodySizeLimit, RequestGuard
 from steel_defect.webapp.security import COOKIE, SecurityHeaders, TokenAuth, session_value
@@ -60,9 +62,9 @@ class Limits:
 
     def __post_init__(self):
         if not self.timeout_s > 0:
-            raise ValueError(f"the request timeout must be above 0 s, got {self.timeout_s}")
+            raise UserError(f"the request timeout must be above 0 s, got {self.timeout_s}")
         if self.max_queued < 1:
-            raise ValueError(f"max_queued must be at least 1 prediction, got {self.max_queued}")
+            raise UserError(f"max_queued must be at least 1 prediction, got {self.max_queued}")
 
 
 class ClassOverride(BaseModel):
@@ -125,6 +127,12 @@ def new_app(summary: str, limits: Limits, token: str | None, queued_paths=("/api
     async def _http_error(request: Request, err: StarletteHTTPException):
         return _error(err.status_code, str(err.detail))
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, err: Exception):
+        # Not the user's to fix: Starlette raises it again after this answer, so the server logs
+        # its traceback; the page still gets the JSON it reads every error from.
+        return _error(500, f"internal error ({type(err).__name__}); the server's log has its traceback")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
         errors = err.errors()
@@ -169,7 +177,7 @@ def create_app(
             return None
         try:
             return service.post_with({c: o.model_dump(exclude_unset=True) for c, o in body.classes.items()})
-        except ValueError as err:
+        except UserError as err:  # a bare ValueError is a bug: 500, its traceback in the log
             raise HTTPException(422, str(err)) from None
 
     def stored(result_id: str):

@@ -20,6 +20,7 @@ import numpy as np
 from steel_defect.constants import CLASS_IDS
 from steel_defect.data.images import IMAGE_SUFFIXES, encode_jpeg
 from steel_defect.data.synth import generate_frame
+from steel_defect.errors import UserError
 from steel_defect.webapp.uploads import UploadError, decode_upload, display_name
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ N_EXAMPLES = 6
 MAX_FOLDER_EXAMPLES = 12  # buttons on one line of the page; also bounds the start-up reads
 
 
-class ExamplesError(ValueError):
+class ExamplesError(UserError):
     """An ``--examples`` folder that is missing or holds no usable frame."""
 
 

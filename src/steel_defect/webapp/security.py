@@ -25,6 +25,8 @@ import ipaddress
 import json
 import os
 
+from steel_defect.errors import UserError
+
 TOKEN_ENV = "STEEL_DEFECT_TOKEN"
 COOKIE = "steel_defect_session"
 OPEN_PATHS = ("/api/health", "/api/login")
@@ -38,7 +40,7 @@ CSP = (
 _DOCS = ("/docs", "/redoc")
 
 
-class AccessError(ValueError):
+class AccessError(UserError):
     """A ``serve`` command that would expose the model without a token, or with a weak one."""
 
 

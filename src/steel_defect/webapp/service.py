@@ -29,6 +29,7 @@ from steel_defect.constants import CLASS_IDS, CLASS_NAMES
 from steel_defect.data.annotations import write_rows
 from steel_defect.data.images import encode_jpeg
 from steel_defect.data.rle import masks_to_rles
+from steel_defect.errors import UserError
 from steel_defect.inference.postprocess import PostProcessing, postprocess
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.provenance import (
@@ -92,9 +93,9 @@ class InferenceService:
 
     def __init__(self, predictor: Predictor, keep: int = 256, batch_size: int = 4, keep_mb: float = 512.0):
         if keep < 1:
-            raise ValueError(f"keep must be at least 1 result, got {keep}")
+            raise UserError(f"keep must be at least 1 result, got {keep}")
         if keep_mb <= 0:
-            raise ValueError(f"keep_mb must be above 0 MB, got {keep_mb}")
+            raise UserError(f"keep_mb must be above 0 MB, got {keep_mb}")
         self.predictor = predictor
         self.keep = keep
         self.keep_bytes = int(keep_mb * 2**20)
@@ -225,16 +226,16 @@ class InferenceService:
     def post_with(self, overrides: dict[int, dict] | None) -> PostProcessing:
         """The server's post-processing with some per-class fields replaced.
 
-        ``{3: {"threshold": 0.3, "min_area": 0}}``; a bad value raises ValueError naming it.
+        ``{3: {"threshold": 0.3, "min_area": 0}}``; a bad value raises UserError naming it.
         """
         classes = list(self.post.classes)
         for class_id, fields in (overrides or {}).items():
             if class_id not in CLASS_IDS:
-                raise ValueError(f"unknown class {class_id!r}; valid: {list(CLASS_IDS)}")
+                raise UserError(f"unknown class {class_id!r}; valid: {list(CLASS_IDS)}")
             try:
                 classes[class_id - 1] = replace(classes[class_id - 1], **fields)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"class {class_id}: {err}") from None
+                raise UserError(f"class {class_id}: {err}") from None
         return PostProcessing(tuple(classes))
 
     def masks(self, result: StoredResult, post: PostProcessing | None = None) -> np.ndarray:

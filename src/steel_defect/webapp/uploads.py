@@ -18,11 +18,12 @@ import numpy as np
 from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.data.headers import ACCEPTED, image_format
 from steel_defect.data.images import ImageReadError, ImageSizeError, decode_image
+from steel_defect.errors import UserError
 
 _UNSAFE = re.compile(r"[^\w.\- ()+]")
 
 
-class UploadError(ValueError):
+class UploadError(UserError):
     """An uploaded item that cannot be predicted; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, message: str):
