@@ -2,8 +2,9 @@
 
 One test per fault, named after it: a database path that a URI would cut short, two processes
 creating one database at once, a database locked or corrupt under the web app, a frame deleted
-while the server runs, ImageIds that point outside the images folder, a model given twice to the
-queue, an export killed between its renames, and an internal error passed off as a user's. Real
+while the server runs, ImageIds that point outside the images folder, a model given twice to a
+tuned pipeline, an export killed between its renames, and an internal error passed off as a
+user's. Real
 SQLite files in a temporary folder, real second connections and processes, the app's own test
 client; races are played out in the order the test picks with the pause points of
 ``steel_defect/pause.py``, never with a sleep.
