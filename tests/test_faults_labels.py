@@ -306,7 +306,7 @@ def test_an_export_killed_between_its_renames_leaves_or_restores_a_whole_export(
 
 
 def test_an_internal_value_error_keeps_its_traceback_and_user_errors_stay_one_line(tmp_path):
-    from steel_defect.cli import _is_user_error
+    from steel_defect.cli import is_user_error
     from steel_defect.config.errors import ConfigError
     from steel_defect.data.annotations import CSVReadError
     from steel_defect.data.images import ImageReadError
@@ -319,8 +319,8 @@ def test_an_internal_value_error_keeps_its_traceback_and_user_errors_stay_one_li
     mine = [ConfigError("x"), AnnotationError("x"), CSVReadError(2, "x"), RLEError("x"), ImageReadError("x")]
     mine += [PipelineError("x"), ExportError("x"), OnnxExportError("x"), CheckpointError("x")]
     mine += [InvalidMasks("x"), ImportConflict(["a.jpg"]), LabelStoreError("x")]
-    assert [type(e).__name__ for e in mine if not _is_user_error(e)] == []
-    assert not any(_is_user_error(e) for e in (ValueError("x"), KeyError("x"), TypeError("x")))
+    assert [type(e).__name__ for e in mine if not is_user_error(e)] == []
+    assert not any(is_user_error(e) for e in (ValueError("x"), KeyError("x"), TypeError("x")))
 
     db = tmp_path / "labels.sqlite"
     LabelStore.open(db).close()
@@ -332,9 +332,9 @@ def test_an_internal_value_error_keeps_its_traceback_and_user_errors_stay_one_li
     assert user.stderr.startswith(f"steel-defect labels: error: {bad_rle}, line 2 (a.jpg class 1): bad RLE")
     # a slip in the command's own code (injected into `labels stats`' printing): a bug, not the user's
     slip = (
-        "import sys, steel_defect.cli as cli\n"
+        "import sys, steel_defect.cli as cli, steel_defect.cli.labels as labels\n"
         "def slip(stats): raise ValueError('an internal slip')\n"
-        "cli._print_stats = slip\n"
+        "labels.print_stats = slip\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
     bug = subprocess.run(

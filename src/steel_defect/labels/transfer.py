@@ -83,7 +83,8 @@ def import_csv(
     return counts
 
 
-def _images_dir(store: LabelStore, images: str | Path | None) -> Path:
+def images_dir(store: LabelStore, images: str | Path | None) -> Path:
+    """The frames' folder: ``images``, else the one the database records; ExportError when neither is."""
     chosen = images or store.get_meta(IMAGES_META)
     if chosen is None:
         raise ExportError(
@@ -121,7 +122,7 @@ def export_folder(
             f"{unsafe[0]!r}); they would be read from and written outside the folders. Nothing was "
             "exported: import the labels again into a new --db (import now refuses such ImageIds)"
         )
-    source = _images_dir(store, images)
+    source = images_dir(store, images)
     missing = [name for name, _ in confirmed if not (source / name).is_file()]
     if missing:
         raise ExportError(f"{len(missing)} confirmed frames are missing from {source} (first: {missing[0]})")

@@ -1,0 +1,138 @@
+"""What several commands share: their common options, the tuned pipeline's path, the predictor.
+
+Each command group (``data``, ``predict``, ``labels``, ``line``, ``reports``) adds its parsers
+with ``register(sub)`` and keeps its handlers beside them; this module holds only what two or
+more of them use. Nothing heavy is imported at module level: ``steel-defect --help`` must not
+load torch, pandas or OpenCV (tests/test_startup_imports.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("steel_defect")
+
+
+def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="experiment YAML (merged onto its base)")
+    parser.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides such as train.epochs=2 paths.work_dir=work/x",
+    )
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postprocessing",
+        help="the tuned pipeline: postprocessing.yml of `steel-defect thresholds` (default "
+        "paths.postprocessing, or <work_dir>/postprocessing.yml of --config)",
+    )
+    parser.add_argument(
+        "--untuned",
+        action="store_true",
+        help="run without a tuned pipeline: --checkpoints as given, the config's TTA, threshold 0.5 "
+        "(or --postprocessing's classes, unchecked); prints a warning",
+    )
+
+
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        help="default inference.backend (auto: onnx on a CPU with onnxruntime installed, else torch); "
+        "onnx: ONNX Runtime on the CPU (a .pth is exported once, to <name>.onnx beside it or to the "
+        "user's cache when that folder is read-only)",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads (default inference.threads: physical cores)")
+
+
+def add_page_args(parser: argparse.ArgumentParser, port: int, serves: str) -> None:
+    """--host, --port, --token, --no-auth and --timeout of a command that serves a page."""
+    parser.add_argument(
+        "--host", default="127.0.0.1", help=f"0.0.0.0 exposes {serves}, which needs a token (or --no-auth)"
+    )
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument(
+        "--token",
+        help="require this access token (16+ characters) from every API client; the page asks for it "
+        "once. Default: $STEEL_DEFECT_TOKEN (better: a command line is visible to other users)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve a non-loopback --host without a token: every client that can reach it is trusted",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to answer a request (else 408 or 503)"
+    )
+
+
+def page_token(args, what: str) -> str | None:
+    """The access token a page needs (before any model loads, so a missing one fails in a second)."""
+    from steel_defect.webapp.security import access_token, is_loopback
+
+    token = access_token(args.host, args.token, args.no_auth)
+    if token is None and not is_loopback(args.host):
+        log.warning("--no-auth: anyone who can reach %s can %s", args.host, what)
+    return token
+
+
+def torch_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def tuned_path(cfg, override: str | None) -> Path | None:
+    """The tuned pipeline's YAML: ``--postprocessing``, else ``paths.postprocessing``, else
+    ``<work_dir>/postprocessing.yml`` of the ``--config`` when it exists; None when there is none."""
+    from steel_defect.config import layout
+
+    path = override or cfg.paths.postprocessing
+    default = layout.postprocessing(cfg.paths.work_dir)
+    if path is None and default.is_file():
+        path = default
+    if path is not None:
+        log.info("tuned pipeline from %s", path)
+    return Path(path) if path is not None else None
+
+
+def cli_predictor(cfg, args, checkpoints, post_path, device: str | None = None):
+    """The predictor of predict, serve and pseudo-label, built from the tuned pipeline (or
+    ``--untuned``); ``--backend``/``--threads`` override the config."""
+    from steel_defect.inference.networks import resolve_backend
+    from steel_defect.inference.pipeline import build_predictor
+
+    backend = args.backend or cfg.inference.backend
+    if checkpoints and all(Path(c).suffix == ".onnx" for c in checkpoints):
+        backend = "onnx"  # exports run on ONNX Runtime whatever the config says
+    # auto: ONNX Runtime on a CPU (asked without importing torch), else torch
+    backend, device = resolve_backend(backend, device or cfg.inference.device)
+    if backend == "torch":
+        device = torch_device(device)
+    threads = args.threads or cfg.inference.threads
+    return build_predictor(
+        post_path,
+        checkpoints,
+        untuned=args.untuned,
+        tta=tuple(cfg.inference.tta),
+        device=device,
+        backend=backend,
+        threads=threads,
+    )
+
+
+def label_predictor(cfg, args):
+    """The model that pre-labels and scores the queue: only when --postprocessing or --checkpoints
+    name one (a labelling session never picks up a work folder's model by surprise)."""
+    if not args.postprocessing and not args.checkpoints:
+        return None
+    post = Path(args.postprocessing) if args.postprocessing else None
+    return cli_predictor(cfg, args, args.checkpoints, post, device=args.device)

@@ -1,0 +1,185 @@
+"""Labelling: ``label`` (the page) and ``labels`` (import, export, stats, queue, history, restore)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from steel_defect.cli.common import (
+    add_backend_args,
+    add_config_args,
+    add_page_args,
+    add_pipeline_args,
+    label_predictor,
+    log,
+    page_token,
+)
+from steel_defect.errors import UserError
+
+
+def register(sub) -> None:
+    """Add the labelling commands."""
+    p = sub.add_parser("label", help="label frames in the page: pre-labels, queue, labels database")
+    add_config_args(p, required=False)
+    p.add_argument("--images", required=True, help="folder of the frames to label (1600x256)")
+    p.add_argument("--db", required=True, help="labels database, created when missing (labels.sqlite)")
+    p.add_argument("--checkpoints", nargs="+", help="models that pre-label (default: the tuned pipeline's)")
+    add_pipeline_args(p)
+    add_page_args(p, port=8001, serves="the page")
+    p.add_argument("--device", help="cpu, cuda or auto (default inference.device)")
+    add_backend_args(p)
+    p.add_argument("--max-file-mb", type=float, default=10.0, help="largest frame file offered")
+    p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("labels", help="the labels database: import, export, stats, queue, history, restore")
+    actions = p.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    q = actions.add_parser("import", help="train.csv (either layout) -> confirmed labels")
+    q.add_argument("--db", required=True)
+    q.add_argument("csv", help="train.csv: ImageId_ClassId,EncodedPixels or ImageId,ClassId,EncodedPixels")
+    q.add_argument("--images", help="the frames' folder (checked; the long layout's defect-free frames)")
+    q.add_argument("--replace", action="store_true", help="overwrite frames already labelled otherwise")
+    q = actions.add_parser("export", help="confirmed frames -> DIR/train.csv + DIR/train_images/")
+    q.add_argument("--db", required=True)
+    q.add_argument("--out", required=True, help="a new folder, or an earlier export (replaced whole)")
+    q.add_argument("--images", help="the frames' folder (default: the one the database records)")
+    q = actions.add_parser("stats", help="counts per status, class and origin; the queue's model")
+    q.add_argument("--db", required=True)
+    q.add_argument("--json", action="store_true")
+    q = actions.add_parser("queue", help="score the unlabelled frames with the model; store pre-labels")
+    q.add_argument("--db", required=True)
+    add_config_args(q, required=False)
+    q.add_argument("--images", help="the frames' folder (default: the one the database records)")
+    q.add_argument("--checkpoints", nargs="+")
+    add_pipeline_args(q)
+    add_backend_args(q)
+    q.add_argument("--device", help="cpu, cuda or auto")
+    q = actions.add_parser("history", help="every save of one frame")
+    q.add_argument("--db", required=True)
+    q.add_argument("--frame", required=True)
+    q = actions.add_parser("restore", help="save an earlier state of a frame again (see history)")
+    q.add_argument("--db", required=True)
+    q.add_argument("--frame", required=True)
+    q.add_argument("--to", type=int, required=True, help="the history id to restore")
+    p.set_defaults(func=_cmd_labels)
+
+
+def _cmd_label(args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.labels.folder import FrameFolder
+    from steel_defect.labels.store import LabelStore
+    from steel_defect.labels.transfer import IMAGES_META
+    from steel_defect.webapp.app import Limits
+    from steel_defect.webapp.labelling import MAX_SAVE_BYTES, LabelService, create_label_app
+    from steel_defect.webapp.server import serve
+
+    token = page_token(args, "edit the labels")
+    max_file_bytes = int(args.max_file_mb * 2**20)
+    folder = FrameFolder(args.images, max_file_bytes)
+    store = LabelStore.open(args.db)
+    store.set_meta(IMAGES_META, str(folder.directory.resolve()))
+    cfg = load_config(args.config, args.opts)
+    predictor = label_predictor(cfg, args)
+    service = LabelService(store, folder, predictor)
+    log.info(
+        "%d frames to label in %s (%d files skipped), labels in %s",
+        len(folder.paths),
+        folder.directory,
+        len(folder.skipped),
+        store.path,
+    )
+    limits = Limits(max_file_bytes=max_file_bytes, max_request_bytes=MAX_SAVE_BYTES, timeout_s=args.timeout)
+    serve(create_label_app(service, limits, token=token), args.host, args.port)
+    return 0
+
+
+def print_stats(stats) -> None:
+    print(f"{stats.frames} frames: " + ", ".join(f"{n} {s}" for s, n in stats.by_status.items()))
+    print(f"{stats.saves} saves in the history")
+    for class_id, count in stats.confirmed_with_class.items():
+        origins = ", ".join(f"{n} {o}" for o, n in stats.origins[class_id].items() if n)
+        print(
+            f"class {class_id}: on {count} confirmed frames"
+            + (f"; saved masks: {origins}" if origins else "")
+        )
+    queue = stats.queue
+    if queue["size"]:
+        left = f"{queue['left']} of {queue['size']} left" if "left" in queue else f"{queue['size']} frames"
+        print(f"queue: {left}, scored by {queue['model_version']} at {queue['scored_at']}")
+    else:
+        print("queue: not scored yet (steel-defect labels queue --db DB --postprocessing ...)")
+
+
+def _cmd_labels(args) -> int:
+    from steel_defect.labels.store import LabelStore
+
+    action = args.labels_command
+    readonly = action in ("stats", "export", "history")
+    with LabelStore.open(args.db, readonly=readonly, create=action == "import") as store:
+        return LABEL_ACTIONS[action](store, args)
+
+
+def _stats(store, args) -> int:
+    stats = store.stats()
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(stats), indent=2))
+    else:
+        print_stats(stats)
+    return 0
+
+
+def _export(store, args) -> int:
+    from steel_defect.labels.transfer import export_folder
+
+    print(json.dumps(export_folder(store, args.out, args.images), indent=2))
+    print(f"train on it with: steel-defect demo --recipe real --data-dir {args.out}", file=sys.stderr)
+    return 0
+
+
+def _history(store, args) -> int:
+    for entry in store.history(args.frame):
+        drawn = [c for c, rle in enumerate(entry["masks"], 1) if rle]
+        print(
+            f"{entry['id']:>6}  version {entry['version']:<4} {entry['saved_at']}  "
+            f"{entry['status']:<12} classes {drawn or 'none'}  ({entry['source']})"
+        )
+    return 0
+
+
+def _import(store, args) -> int:
+    from steel_defect.labels.transfer import import_csv
+
+    print(json.dumps(import_csv(store, args.csv, args.images, replace=args.replace), indent=2))
+    return 0
+
+
+def _restore(store, args) -> int:
+    state = store.restore(args.frame, args.to)
+    print(f"{args.frame}: saved state {args.to} again as version {state.version} ({state.status})")
+    return 0
+
+
+def _queue(store, args) -> int:
+    from steel_defect.config import load_config
+    from steel_defect.labels.folder import FrameFolder
+    from steel_defect.labels.queue import score_queue
+    from steel_defect.labels.transfer import images_dir
+
+    cfg = load_config(args.config, args.opts)
+    predictor = label_predictor(cfg, args)
+    if predictor is None:
+        raise UserError("labels queue needs the model: --postprocessing WORK/postprocessing.yml")
+    folder = FrameFolder(images_dir(store, args.images))
+    print(json.dumps(score_queue(store, folder, predictor, cfg.inference.batch_size), indent=2))
+    return 0
+
+
+LABEL_ACTIONS = {
+    "import": _import,
+    "export": _export,
+    "stats": _stats,
+    "queue": _queue,
+    "history": _history,
+    "restore": _restore,
+}
