@@ -24,7 +24,7 @@ from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.data.annotations import read_annotations, resolve_image_ids
 from steel_defect.data.copy_paste import DefectBank, copy_pastes
 from steel_defect.data.datasets import ClassificationDataset, SegmentationDataset
-from steel_defect.data.eval_transforms import Normalize
+from steel_defect.data.fast_transforms import Normalize
 from steel_defect.data.folds import read_folds, split_ids
 from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks

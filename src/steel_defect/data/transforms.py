@@ -40,12 +40,12 @@ import numpy as np
 from steel_defect.config.errors import ComponentError
 from steel_defect.config.registry import check_params, lookup
 from steel_defect.data.copy_paste import CopyPaste, copy_pastes
-from steel_defect.data.eval_transforms import Normalize, fast_transform
+from steel_defect.data.fast_transforms import Normalize, fast_transform
 
 
 class LutNormalize(A.Normalize):
     """``A.Normalize`` whose plain form (numbers for mean, std, max_pixel_value) runs on uint8
-    images as :class:`.eval_transforms.Normalize` does: one multi-channel ``cv2.LUT`` of the same
+    images as :class:`.fast_transforms.Normalize` does: one multi-channel ``cv2.LUT`` of the same
     float32 table instead of one per channel and a merge, so the same values, in about a quarter
     of the time (it runs on every training frame: ``bench/loader.py``)."""
 
@@ -191,7 +191,7 @@ def build_transforms(
 
 
 def split_normalize(specs: Sequence[Mapping[str, Any]] | None, key_path: str):
-    """``specs`` without their last step, and that step as an :class:`.eval_transforms.Normalize`
+    """``specs`` without their last step, and that step as an :class:`.fast_transforms.Normalize`
     (``data.normalize_on_device``: the loader stops before it and the device runs it).
 
     Raises :class:`ComponentError` naming ``key_path`` unless the last step is a plain

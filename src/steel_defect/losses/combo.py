@@ -27,12 +27,10 @@ from torch import nn
 
 from steel_defect.config.errors import ComponentError
 from steel_defect.config.registry import check_params
+from steel_defect.losses.registry import build_loss
 
 
 def _build(spec, where: str, allowed: set[str]) -> tuple[nn.Module, dict]:
-    # the registry in steel_defect.losses imports this module, so look it up at call time
-    from steel_defect.losses import build_loss
-
     if not isinstance(spec, Mapping) or "name" not in spec:
         raise ComponentError(where, f"must be a mapping with a 'name' (and optional params), got {spec!r}")
     check_params(sorted(allowed), spec, where)

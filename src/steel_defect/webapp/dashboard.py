@@ -44,7 +44,7 @@ from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
 from steel_defect.data.images import ImageReadError, encode_jpeg, read_image
 from steel_defect.data.rle import rle_to_mask
 from steel_defect.line.log import STATUSES, InspectionLog, LogError, Search
-from steel_defect.webapp.app import MEDIA_TYPES, STATIC, Limits, new_app
+from steel_defect.webapp.base import MEDIA_TYPES, STATIC, Limits, new_app
 
 SUFFIX_TYPES = {
     ".jpg": "JPEG",

@@ -51,7 +51,7 @@ from steel_defect.labels.store import (
     StaleSave,
     UnknownFrame,
 )
-from steel_defect.webapp.app import MEDIA_TYPES, STATIC, Limits, new_app
+from steel_defect.webapp.base import MEDIA_TYPES, STATIC, Limits, new_app
 from steel_defect.webapp.provenance import ensemble_summary
 
 log = logging.getLogger(__name__)
