@@ -78,11 +78,20 @@ def test_truth_scores_one_and_empty_scores_the_defect_free_share(synth_dir, caps
     assert result["mean_dice"] == pytest.approx(expected)
 
 
-def test_config_docs_lists_every_key(capsys):
+def test_config_docs_lists_every_key_and_every_registrys_names(capsys):
+    from steel_defect.losses import LOSSES
+    from steel_defect.models.build import ARCHITECTURES
+
     assert main(["config", "--docs"]) == 0
     out = capsys.readouterr().out
     for key in ("`paths.work_dir`", "`data.batch_size`", "`folds.n_splits`", "`train.epochs`"):
         assert key in out
+    rows = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| `")}
+    # each registry's names, read from the registries: nothing written out twice
+    assert {f"`{name}`" for name in (*LOSSES, *ARCHITECTURES)} <= rows
+    for name in ("combo", "lovasz_softmax", "unetplusplus", "fixmatch", "mean_teacher", "onnx", "auto"):
+        assert f"`{name}`" in rows
+    assert "`tu-tf_efficientnet_lite0`" in rows and "`balanced`" in rows and "`radam`" in rows
 
 
 def test_version_is_the_package_version(capsys):

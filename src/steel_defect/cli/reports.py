@@ -53,7 +53,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("config", help="print the resolved config, or document every key")
     add_config_args(p, required=False)
-    p.add_argument("--docs", action="store_true", help="print a Markdown table of every key")
+    p.add_argument(
+        "--docs",
+        action="store_true",
+        help="print every key (default, meaning) and every registry's names, as Markdown",
+    )
     p.set_defaults(func=_cmd_config)
 
 
@@ -120,16 +124,15 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_config(args) -> int:
+    if args.docs:
+        from steel_defect.cli.reference import reference
+
+        print(reference(), end="")
+        return 0
     import yaml
 
     from steel_defect.config import load_config, to_plain
-    from steel_defect.config.loader import schema_table
 
-    if args.docs:
-        print("| key | default | meaning |\n|---|---|---|")
-        for key, default, doc in schema_table():
-            print(f"| `{key}` | `{default}` | {doc} |")
-        return 0
     cfg = load_config(args.config, args.opts)
     print(yaml.safe_dump(to_plain(cfg), sort_keys=False), end="")
     return 0
