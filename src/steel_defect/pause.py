@@ -10,7 +10,7 @@ a pause point costs one environment lookup. Points:
     write:<file name>  halfway through an atomic write of that file, e.g. write:last.pth: the
                        temporary file holds the first chunk, the final name is untouched (atomic.py)
     open:migrate       a labels database's schema version read, its migration not yet begun
-                       (labels/store.py)
+                       (labels/store/)
     export:swap        a labels export swapping its new folder in, between the exchange and
                        the old folder's removal, or between the fallback's two renames
                        (labels/transfer.py)
