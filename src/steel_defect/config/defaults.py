@@ -232,10 +232,20 @@ SCHEMA: dict[str, Any] = {
         "backend": Opt(
             "auto",
             str,
-            "auto (onnx on a CPU with onnxruntime installed, else torch), torch, or onnx (ONNX "
-            "Runtime on the CPU: a .pth is exported once to <name>.onnx beside it, or to the user's "
-            "cache when that folder is read-only, and again when it changes; .onnx files always run on it)",
-            choices=("auto", "torch", "onnx"),
+            "auto (on a CPU the faster of onnx and openvino, measured once per network and CPU and "
+            "cached in the user's cache; else torch), torch, onnx (ONNX Runtime on the CPU: a .pth is "
+            "exported once to <name>.onnx beside it, or to the user's cache when that folder is "
+            "read-only, and again when it changes) or openvino (OpenVINO's CPU runtime on the same "
+            "export, or on an .xml IR)",
+            choices=("auto", "torch", "onnx", "openvino"),
+        ),
+        "precision": Opt(
+            "fp32",
+            str,
+            "fp32 (models run as their files are), bf16 (openvino on a CPU with AMX or AVX-512 BF16; "
+            "refused elsewhere), int8 (the X.int8.onnx / X.int8.xml that `steel-defect export --int8` "
+            "wrote beside an export X.onnx) or auto (bf16 where openvino runs it natively, else fp32)",
+            choices=("fp32", "bf16", "int8", "auto"),
         ),
         "threads": Opt(None, int, "CPU threads of the networks (default: the physical cores)", nullable=True),
         "search_downsample": Opt(

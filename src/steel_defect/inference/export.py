@@ -1,13 +1,16 @@
-"""``steel-defect export``: checkpoints -> a folder of ONNX files, the int8 twin of each checked
-against fp32 on frames the model did not train on, inside the tuned pipeline.
+"""``steel-defect export``: checkpoints -> a folder of ONNX files, the int8 twins of each (ONNX
+Runtime's ``X.int8.onnx`` and, with openvino and nncf installed, OpenVINO's ``X.int8.xml``)
+checked against fp32 on frames the model did not train on, inside the tuned pipeline.
 
     export_all(checkpoints, "export/", cfg, postprocessing="work/postprocessing.json", int8=True)
 
-The conversion itself (graph, metadata, quantization) is :mod:`.onnx_export`.
+The conversion itself (graph, metadata, quantization) is :mod:`.onnx_export` and, for
+OpenVINO's int8, :mod:`.openvino_export`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from steel_defect.inference.onnx_export import (
     read_export_metadata,
     set_int8_report,
 )
+from steel_defect.inference.openvino_export import quantize_openvino_int8, set_openvino_int8_report
 from steel_defect.inference.pipeline import UNTUNED_HINT, PipelineError, read_tuned
 from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import Predictor
@@ -112,6 +116,35 @@ def _check_pipeline(checkpoint: Path, digest: str, spec):
     return others, spec.post, spec.tta
 
 
+def _int8_twin(fp32: Path, name: str, backend: str, calib, check: dict, scoring, force: bool) -> dict:
+    """Quantise ``fp32`` for ``backend`` (ONNX Runtime QDQ, or an OpenVINO IR through NNCF),
+    score it inside the pipeline ``scoring`` (other models, held-out frames, truth, post-processing,
+    TTA) against ``check["dice_fp32"]``, and move it beside ``fp32`` unless it loses too much."""
+    others, holdout, truth, post, tta = scoring
+    suffix = ".int8.onnx" if backend == "onnx" else ".int8.xml"
+    with tempfile.TemporaryDirectory(dir=fp32.parent) as tmp:
+        if backend == "onnx":
+            candidate = quantize_int8(fp32, Path(tmp) / "int8.onnx", calib)
+        else:
+            candidate = quantize_openvino_int8(fp32, Path(tmp) / "int8.xml", calib)
+        dice_int8 = mean_dice([candidate, *others], holdout, truth, post, tta)
+        report = {**check, "dice_int8": dice_int8, "dice_change": dice_int8 - check["dice_fp32"]}
+        loses = report["dice_change"] < -INT8_MAX_DICE_LOSS
+        target = fp32.with_name(f"{name}{suffix}")
+        if loses and not force:
+            report["refused"] = (
+                f"{backend} int8 loses {-report['dice_change']:.4f} mean Dice on {len(holdout)} held-out "
+                f"frames (> {INT8_MAX_DICE_LOSS}); pass --force to write it anyway"
+            )
+        elif backend == "onnx":
+            set_int8_report(candidate, report)
+            candidate.replace(target)
+            report["onnx"] = str(target)
+        else:
+            report["xml"] = str(set_openvino_int8_report(candidate, report, out=target))
+    return report
+
+
 def export_all(
     checkpoints,
     out_dir,
@@ -122,6 +155,7 @@ def export_all(
     n_calib=16,
     n_holdout=16,
     force=False,
+    openvino=None,
 ):
     """Export every checkpoint to ``out_dir`` (and its int8 twin); a list of per-file summaries.
 
@@ -130,7 +164,9 @@ def export_all(
     inside its fold's share of the tuned pipeline (same gate, TTA and thresholds), fp32 against
     int8; without a pipeline it needs ``untuned`` and scores the model alone at threshold 0.5.
     An int8 model that loses more than ``INT8_MAX_DICE_LOSS`` mean Dice is not written unless
-    ``force``; the fp32 file is written either way.
+    ``force``; the fp32 file is written either way. ``openvino`` (default: when openvino and nncf
+    are installed): also write the OpenVINO int8 IR ``<name>.int8.xml`` (NNCF, the same
+    calibration frames), checked the same way; its report is ``int8.openvino`` of the summary.
     """
     spec = read_tuned(postprocessing)[1] if postprocessing is not None else None
     if int8 and spec is None and not untuned:
@@ -161,29 +197,20 @@ def export_all(
         others, post, tta = _check_pipeline(checkpoint, meta["weights_sha256"], None if untuned else spec)
         calib, _ = read_frames(cfg, calib_ids)
         holdout, truth = read_frames(cfg, holdout_ids)
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            candidate = quantize_int8(fp32, Path(tmp) / "int8.onnx", calib)
-            dice_fp32, dice_int8 = (
-                mean_dice([fp32, *others], holdout, truth, post, tta),
-                mean_dice([candidate, *others], holdout, truth, post, tta),
-            )
-            report = {
-                "holdout_frames": len(holdout),
-                "holdout_ids": holdout_ids,
-                "pipeline": [str(p) for p in others],
-                "dice_fp32": dice_fp32,
-                "dice_int8": dice_int8,
-                "dice_change": dice_int8 - dice_fp32,
-            }
-            set_int8_report(candidate, report)
-            entry["int8"] = report
-            if dice_int8 - dice_fp32 < -INT8_MAX_DICE_LOSS and not force:
-                entry["int8"]["refused"] = (
-                    f"int8 loses {dice_fp32 - dice_int8:.4f} mean Dice on {len(holdout)} held-out frames "
-                    f"(> {INT8_MAX_DICE_LOSS}); pass --force to write it anyway"
-                )
-                continue
-            target = out_dir / f"{name}.int8.onnx"
-            candidate.replace(target)
-            entry["int8"]["onnx"] = str(target)
+        check = {
+            "holdout_frames": len(holdout),
+            "holdout_ids": holdout_ids,
+            "pipeline": [str(p) for p in others],
+            "dice_fp32": mean_dice([fp32, *others], holdout, truth, post, tta),
+        }
+        entry["int8"] = _int8_twin(
+            fp32, name, "onnx", calib, check, (others, holdout, truth, post, tta), force
+        )
+        if openvino is None:
+            openvino = all(importlib.util.find_spec(p) is not None for p in ("openvino", "nncf"))
+        if openvino:
+            ov = _int8_twin(fp32, name, "openvino", calib, check, (others, holdout, truth, post, tta), force)
+            entry["int8"]["openvino"] = ov
+            if "refused" in ov and "refused" not in entry["int8"]:  # the command's exit status says so
+                entry["int8"]["refused"] = f"openvino: {ov['refused']}"
     return summary

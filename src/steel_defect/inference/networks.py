@@ -1,4 +1,4 @@
-"""One trained network behind the predictor, whatever runs it: torch or ONNX Runtime.
+"""One trained network behind the predictor, whatever runs it: torch, ONNX Runtime or OpenVINO.
 
     net = load_network("fold0/checkpoints/best.pth", backend="onnx", threads=2)   # .predictor
     probs, head = net.run(network_input(net, frames))   # sigmoid probabilities out
@@ -11,16 +11,24 @@ predictor, the post-processing and the CSV writer never touch torch: with ``.onn
 importing torch at all.
 
 This module is the backends' common interface, at the bottom of the inference package: the
-backends (:mod:`.torch_backend`, :mod:`.onnx_backend`) build a :class:`Network`, and
-:func:`steel_defect.inference.predictor.load_network` picks one of them. Backends
-(``inference.backend`` / ``--backend``):
+backends (:mod:`.torch_backend`, :mod:`.onnx_backend`, :mod:`.openvino_backend`) build a
+:class:`Network`, and :func:`steel_defect.inference.predictor.load_network` picks one of them.
+Backends (``inference.backend`` / ``--backend``):
 
-* ``auto`` (the default, :func:`resolve_backend`): ``onnx`` on a CPU with onnxruntime installed,
-  else ``torch``;
+* ``auto`` (the default, :func:`resolve_backend`): on a CPU, the faster of ``onnx`` and
+  ``openvino`` for each network, measured once on this CPU (:mod:`.auto_backend`), or the one of
+  them that is installed; on a GPU, or with neither installed, ``torch``;
 * ``torch``: the checkpoint's model in eval mode, channels-last, under ``inference_mode``;
 * ``onnx``: ONNX Runtime's CPU execution provider on the exported graph. A ``.pth`` is exported
   once to ``<name>.onnx`` beside it (this needs torch) and reused while the checkpoint's
-  SHA-256 matches the one stored in the export; an ``.onnx`` file is loaded as it is.
+  SHA-256 matches the one stored in the export; an ``.onnx`` file is loaded as it is;
+* ``openvino``: OpenVINO's own CPU runtime on the same export (or on an int8 IR, ``.int8.xml``).
+
+Precisions (``inference.precision``, :data:`PRECISIONS`): ``fp32`` runs a model as its file is
+(an ``.int8.onnx`` / ``.int8.xml`` file given as a model is int8 by itself); ``bf16`` is OpenVINO
+on a CPU that computes bf16 natively (AMX or AVX-512 BF16), refused elsewhere; ``int8`` runs the
+int8 twin that ``steel-defect export --int8`` wrote beside an export (``X.int8.onnx`` for onnx,
+``X.int8.xml`` for openvino); ``auto`` is bf16 where OpenVINO runs it natively, else fp32.
 """
 
 from __future__ import annotations
@@ -37,7 +45,11 @@ from steel_defect.constants import CLASS_IDS
 from steel_defect.data.eval_transforms import build_eval_transforms
 from steel_defect.errors import UserError
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
+# The precisions inference.precision names; "auto" resolves per backend (:func:`resolve_precision`).
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
+# Packages each CPU backend needs: onnx writes the export that both of them read.
+CPU_BACKENDS = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 # Where the kernel exposes a GPU to this process (NVIDIA's driver, or AMD's for ROCm builds of torch).
 GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")
 # What the model learnt from, where its encoder started, its out-of-fold Dice (the web page shows them).
@@ -93,24 +105,43 @@ def gpu_visible() -> bool:
     return any(os.path.exists(node) for node in GPU_NODES)
 
 
+def installed_cpu_backends() -> list[str]:
+    """The CPU backends whose packages are installed (looked up, not imported)."""
+    import importlib.util
+
+    return [
+        name
+        for name, packages in CPU_BACKENDS.items()
+        if all(importlib.util.find_spec(package) is not None for package in packages)
+    ]
+
+
+def check_backend(backend: str, key: str = "inference.backend") -> None:
+    if backend not in ("auto", *BACKENDS):
+        raise UserError(f"{key}: unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
+
+
+def check_precision(precision: str, key: str = "inference.precision") -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"{key}: unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+
+
 def resolve_backend(backend: str, device: str = "auto") -> tuple[str, str]:
     """(backend, device) for ``inference.backend`` / ``inference.device``, torch not imported.
 
-    ``auto`` is ONNX Runtime on the CPU wherever it can be: the device is (or resolves to) the
-    CPU and onnxruntime (with onnx, which writes exports) is installed; then a prediction never
-    imports torch once the export is cached (a ``.pth`` is exported on first use). On a GPU, or
-    without onnxruntime, it is torch.
-    The device comes back as ``cpu`` for onnx; for torch ``auto`` stays for the caller to
-    resolve (that asks torch itself)."""
-    import importlib.util
-
-    if backend not in ("auto", *BACKENDS):
-        raise UserError(f"unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
+    ``auto`` on the CPU (the device is, or resolves to, the CPU) is a CPU backend wherever one
+    is installed, so a prediction never imports torch once the export is cached (a ``.pth`` is
+    exported on first use): the one installed, or, with both onnxruntime and openvino there,
+    ``auto`` still, which :func:`.predictor.load_network` settles per network by measuring them
+    (:mod:`.auto_backend`). On a GPU, or with neither installed, it is torch.
+    The device comes back as ``cpu`` for the CPU backends; for torch ``auto`` stays for the
+    caller to resolve (that asks torch itself)."""
+    check_backend(backend)
     if backend == "auto":
         on_cpu = device == "cpu" or (device == "auto" and not gpu_visible())
-        installed = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
-        backend = "onnx" if on_cpu and installed else "torch"
-    return backend, "cpu" if backend == "onnx" else device
+        installed = installed_cpu_backends() if on_cpu else []
+        backend = "torch" if not installed else installed[0] if len(installed) == 1 else "auto"
+    return backend, device if backend == "torch" else "cpu"
 
 
 def default_threads() -> int:

@@ -3,10 +3,12 @@
     export_onnx("fold0/checkpoints/best.pth", "export/fold0.onnx")
     quantize_int8("export/fold0.onnx", "export/fold0.int8.onnx", calibration_frames)
     net = load_exported("fold0/checkpoints/best.pth")   # the onnx backend on a checkpoint
+    net = load_exported("fold0/checkpoints/best.pth", backend="openvino")   # the same export on OpenVINO
 
 The conversion sits between the backends and the predictor: it runs the torch model beside its
 export to record their difference, and it writes the cache that lets the onnx backend take a
-``.pth``. ``steel-defect export`` (:mod:`.export`) adds the int8 check inside the tuned pipeline.
+``.pth`` (for the onnx and the openvino backend alike). ``steel-defect export`` (:mod:`.export`)
+adds the int8 check inside the tuned pipeline.
 
 The exported graph is the model followed by its sigmoid(s): input ``image`` (N, C, H, W)
 float32 normalised as the checkpoint's ``transforms.valid`` does, outputs ``probs`` and, for a
@@ -232,41 +234,64 @@ def _writable(folder: Path) -> bool:
     return True
 
 
-def _standing_for(checkpoint: Path, onnx_path: Path, session, meta: dict) -> Network:
+def _open(onnx_path: Path, threads, spin, backend: str, precision: str) -> Network:
+    """The export at ``onnx_path`` on ``backend`` (``onnx`` or ``openvino``)."""
+    if backend == "openvino":
+        from steel_defect.inference.openvino_backend import load_openvino
+
+        return load_openvino(onnx_path, threads, precision)
+    session = open_session(onnx_path, threads, spin)
+    return network_from_session(onnx_path, session, read_metadata(session, onnx_path))
+
+
+def _standing_for(checkpoint: Path, onnx_path: Path, network: Network) -> Network:
     """The cached export's network under the checkpoint's name: a tuned pipeline, the page and
     the logs name the ``.pth`` the user gave, and ``info["onnx"]`` says where its export is."""
-    network = network_from_session(onnx_path, session, meta)
     network.info["onnx"] = str(onnx_path)
     return dataclasses.replace(network, path=str(checkpoint))
 
 
-def _fresh(onnx_path: Path, checkpoint: Path, digest: str, threads, spin) -> Network | None:
+def _fresh(onnx_path: Path, checkpoint: Path, digest: str, opener) -> Network | None:
     """The cached export at ``onnx_path`` when it is readable, ours, fp32 and of this checkpoint."""
     if not onnx_path.is_file():
         return None
     try:
-        session = open_session(onnx_path, threads, spin)
-        meta = read_metadata(session, onnx_path)
+        network = opener(onnx_path)
     except ExportError:
         return None  # unreadable or foreign: export again
-    if meta.get("source_sha256") != digest or meta.get("precision") != "fp32":
+    if network.info.get("source_sha256") != digest or network.info.get("precision") != "fp32":
         return None
-    return _standing_for(checkpoint, onnx_path, session, meta)
+    return _standing_for(checkpoint, onnx_path, network)
 
 
-def load_exported(checkpoint: str | Path, threads: int | None = None, spin: bool | None = None) -> Network:
-    """``checkpoint`` on the onnx backend, through its cached export: beside it
-    (:func:`.onnx_backend.cache_path`), or in :func:`user_cache` when that folder cannot be
-    written (a read-only model share, say). The export is written on first use, and again when
+def load_exported(
+    checkpoint: str | Path,
+    threads: int | None = None,
+    spin: bool | None = None,
+    backend: str = "onnx",
+    precision: str = "fp32",
+) -> Network:
+    """``checkpoint`` on the onnx (or ``backend="openvino"``) backend, through its cached export:
+    beside it (:func:`.onnx_backend.cache_path`), or in :func:`user_cache` when that folder cannot
+    be written (a read-only model share, say). The export is written on first use, and again when
     the checkpoint's SHA-256 no longer matches it (that needs torch); a valid cached export is
-    opened once, not once to check it and again to run it."""
+    opened once, not once to check it and again to run it. ``precision`` is OpenVINO's (fp32,
+    bf16, auto); ONNX Runtime runs the export as it is."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} does not exist")
+    if backend == "openvino":  # refused before any export is written, not taken for a stale cache
+        from steel_defect.inference.openvino_backend import resolve_precision
+
+        precision = resolve_precision(precision)
+
+    def opener(onnx_path: Path) -> Network:
+        return _open(onnx_path, threads, spin, backend, precision)
+
     digest = file_sha256(checkpoint)  # read once: a checkpoint is tens of megabytes
     beside, fallback = cache_path(checkpoint), user_cache(checkpoint, digest)
     for onnx_path in (beside, fallback):
-        network = _fresh(onnx_path, checkpoint, digest, threads, spin)
+        network = _fresh(onnx_path, checkpoint, digest, opener)
         if network is not None:
             return network
     onnx_path = None
@@ -278,6 +303,5 @@ def load_exported(checkpoint: str | Path, threads: int | None = None, spin: bool
     if onnx_path is None:
         log.info("caching the export of %s in %s", checkpoint, fallback)
         onnx_path = export_onnx(checkpoint, fallback)
-    log.info("exported %s once for ONNX Runtime: %s (--backend torch skips it)", checkpoint, onnx_path)
-    session = open_session(onnx_path, threads, spin)
-    return _standing_for(checkpoint, onnx_path, session, read_metadata(session, onnx_path))
+    log.info("exported %s once for %s: %s (--backend torch skips it)", checkpoint, backend, onnx_path)
+    return _standing_for(checkpoint, onnx_path, opener(onnx_path))

@@ -139,6 +139,7 @@ def _fold_predictors(seg_cfg, models: dict[int, list[Path]], device: str, post=N
             device=device,
             backend=seg_cfg.inference.backend,
             threads=seg_cfg.inference.threads,
+            precision=seg_cfg.inference.precision,
         )
         for network in predictor.segmenters + predictor.classifiers:
             check_split(network, fold, digest, seg_cfg.paths.folds_csv)

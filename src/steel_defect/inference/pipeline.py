@@ -266,10 +266,12 @@ def build_predictor(
     device: str = "cpu",
     backend: str = "auto",
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> Predictor:
     """The predictor of a tuned pipeline, checked against it; every command builds it here.
-    ``backend`` ``auto`` is what the commands run by default: ONNX Runtime on a CPU with
-    onnxruntime installed, else torch (:func:`.networks.resolve_backend`).
+    ``backend`` ``auto`` is what the commands run by default: on a CPU the faster of ONNX
+    Runtime and OpenVINO, measured once per network, else torch (:func:`.networks.resolve_backend`);
+    ``precision``: ``inference.precision``.
 
     ``postprocessing``: the YAML of a tuned pipeline. ``checkpoints`` default to the spec's;
     given ones (checkpoints or their ONNX exports) must be exactly the spec's models. TTA comes
@@ -279,7 +281,15 @@ def build_predictor(
     post, spec = read_tuned(postprocessing) if postprocessing is not None else (None, None)
     if spec is not None and not untuned:
         paths = list(checkpoints) if checkpoints else spec.checkpoints
-        predictor = Predictor(paths, spec.post, tta=spec.tta, device=device, backend=backend, threads=threads)
+        predictor = Predictor(
+            paths,
+            spec.post,
+            tta=spec.tta,
+            device=device,
+            backend=backend,
+            threads=threads,
+            precision=precision,
+        )
         check_predictor(predictor, spec)
         predictor.pipeline = str(spec.source)
         return predictor
@@ -295,6 +305,14 @@ def build_predictor(
         else "threshold 0.5, no size filters, no gates",
     )
     post = post or PostProcessing()
-    predictor = Predictor(checkpoints, post, tta=tuple(tta), device=device, backend=backend, threads=threads)
+    predictor = Predictor(
+        checkpoints,
+        post,
+        tta=tuple(tta),
+        device=device,
+        backend=backend,
+        threads=threads,
+        precision=precision,
+    )
     check_gates(predictor, post, str(postprocessing or "the post-processing"))
     return predictor

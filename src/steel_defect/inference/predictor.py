@@ -12,8 +12,9 @@ is gated off skip the segmenter entirely. Masks are thresholded from the maps qu
 uint8 (the levels the threshold search tunes on), so the web app's stored maps give exactly
 these masks.
 
-The networks run on a backend (:mod:`.networks`: ``torch``, or ``onnx`` through ONNX Runtime);
-everything here is numpy and OpenCV, so with the ONNX backend a prediction never imports torch.
+The networks run on a backend (:mod:`.networks`: ``torch``, ``onnx`` through ONNX Runtime, or
+``openvino``); everything here is numpy and OpenCV, so with the CPU backends a prediction never
+imports torch.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import numpy as np
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
 from steel_defect.errors import UserError
+from steel_defect.inference.backend_choice import load_fastest, open_network
 from steel_defect.inference.networks import (
-    BACKENDS,
     PROVENANCE_KEYS,
     Network,
+    check_backend,
+    check_precision,
     default_threads,
     network_input,
     resolve_backend,
@@ -59,25 +62,22 @@ class Prediction:
 
 
 def load_network(
-    path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None
+    path: str | Path,
+    backend: str = "torch",
+    device: str = "cpu",
+    threads: int | None = None,
+    precision: str = "fp32",
 ) -> Network:
-    """The network of one checkpoint (``.pth``) or export (``.onnx``) on ``backend``. A ``.pth``
-    on the onnx backend runs through its cached export (:func:`.onnx_export.load_exported`).
-    Each backend is imported only when asked for: torch is never loaded for an ``.onnx`` file."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    path = Path(path)
-    if path.suffix == ".onnx":
-        from steel_defect.inference.onnx_backend import load_onnx
-
-        return load_onnx(path, threads)
-    if backend == "onnx":
-        from steel_defect.inference.onnx_export import load_exported
-
-        return load_exported(path, threads)
-    from steel_defect.inference.torch_backend import load_torch
-
-    return load_torch(path, device, threads)
+    """The network of one checkpoint (``.pth``), export (``.onnx``) or OpenVINO IR (``.xml``) on
+    ``backend`` (``auto``: the CPU backend measured fastest for it, :mod:`.backend_choice`) at
+    ``precision`` (:data:`.networks.PRECISIONS`). A ``.pth`` on the onnx or openvino backend runs
+    through its cached export (:func:`.onnx_export.load_exported`). Each backend is imported only
+    when asked for: torch is never loaded for an ``.onnx`` file."""
+    check_backend(backend)
+    check_precision(precision)
+    if backend == "auto":
+        return load_fastest(path, threads, precision)
+    return open_network(path, backend, device, threads, precision)
 
 
 def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -102,8 +102,10 @@ def _mean(arrays: list[np.ndarray]) -> np.ndarray:
 class Predictor:
     """Ensemble of segmenters (and optional classifiers) with flip TTA and post-processing.
 
-    ``backend``: ``torch``, ``onnx`` (``.onnx`` files always run on ONNX Runtime) or ``auto``
-    (onnx on a CPU with onnxruntime installed, else torch: :func:`.networks.resolve_backend`);
+    ``backend``: ``torch``, ``onnx`` (``.onnx`` files given to torch run on ONNX Runtime),
+    ``openvino`` or ``auto`` (on a CPU the faster of onnx and openvino, measured per network;
+    else torch: :func:`.networks.resolve_backend`); ``precision``: fp32, bf16 (openvino on a CPU
+    with native bf16), int8 (the ``export --int8`` twins) or auto (:data:`.networks.PRECISIONS`);
     ``threads``: CPU threads of the networks (default: the physical cores);
     ``batch_tta``: run the TTA views as one batch (one call per network) instead of one call
     per view; the same numbers, and on the CPU measured slightly faster (README, "Benchmarks").
@@ -118,6 +120,7 @@ class Predictor:
         backend: str = "torch",
         threads: int | None = None,
         batch_tta: bool = True,
+        precision: str = "fp32",
     ):
         unknown = [t for t in tta if t not in TTA_DIMS]
         if unknown:
@@ -131,7 +134,9 @@ class Predictor:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device, self.backend = device, backend
         self.threads = threads or default_threads()
-        networks = [load_network(path, backend, self.device, self.threads) for path in checkpoints]
+        check_precision(precision)
+        self.precision = precision
+        networks = [load_network(path, backend, self.device, self.threads, precision) for path in checkpoints]
         self.segmenters = [n for n in networks if n.task == "seg"]
         self.classifiers = [n for n in networks if n.task == "cls"]
         if not self.segmenters:
@@ -157,6 +162,7 @@ class Predictor:
             "device": self.device,
             "backend": ",".join(sorted({n.backend for n in self.segmenters + self.classifiers})),
             "threads": self.threads,
+            "precision": self.precision,
         }
 
     def _views(self, network: Network, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
