@@ -213,3 +213,15 @@ def test_unknown_backend_or_precision_fails_naming_the_key(exported):
         UserError, match=r"inference\.backend: unknown backend 'tvm'; valid: auto, torch, onnx"
     ):
         Predictor([exported["seg"]], backend="tvm")
+
+
+def test_predict_command_runs_a_checkpoint_on_openvino(tmp_path, tiny_synth, checkpoints, caplog):
+    checkpoint = tmp_path / "seg.pth"
+    checkpoint.write_bytes(checkpoints["seg"].read_bytes())
+    out = tmp_path / "submission.csv"
+    images = tiny_synth / "data" / "test_images"
+    argv = ["predict", "--untuned", "--backend", "openvino", "--checkpoints", str(checkpoint)]
+    with caplog.at_level(logging.INFO):
+        assert main([*argv, "--images", str(images), "--out", str(out)]) == 0
+    assert f"exported {checkpoint} once for openvino" in caplog.text
+    assert out.read_text().count(".jpg_") == 4 * len(list(images.iterdir()))
