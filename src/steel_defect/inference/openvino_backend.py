@@ -26,9 +26,12 @@ from steel_defect.inference.networks import Network, check_precision, default_th
 from steel_defect.inference.onnx_backend import FORMAT, METADATA_KEY, VERSION, ExportError
 
 # OpenVINO's CPU plugin for a sync request of 1-4 frames on 2 threads: LATENCY (one stream using
-# every thread) against THROUGHPUT (one stream per core, so a single request gets one core).
-# bench/backends.py measured them side by side on the 2-core AVX2 EPYC: see docs/inference.md.
-PERFORMANCE_HINT = "LATENCY"
+# both threads) or THROUGHPUT (two streams of one thread; one request runs on one of them, and a
+# second thread's request, the web app's, on the other). bench/backends.py timed them side by side
+# on the shared 2-core AVX2 EPYC (load average ~4 from other work): THROUGHPUT 1.12x faster at
+# batch 1 and 1.12x at batch 4 in fp32, 1.06x and 1.11x in int8 (docs/inference.md). One thread
+# loses less to a core taken by decoding or another process than two that wait for each other.
+PERFORMANCE_HINT = "THROUGHPUT"
 # inference.precision -> OpenVINO's INFERENCE_PRECISION_HINT. fp32 is asked for explicitly:
 # on an AMX CPU OpenVINO would otherwise run bf16 by default.
 RUNTIME_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -100,11 +103,12 @@ def read_model(path: Path):
     return model, _metadata(model, path)
 
 
-def compile_model(model, threads: int | None, precision: str):
-    """``model`` compiled for the CPU; ``precision`` is fp32, bf16 or int8 (already resolved)."""
+def compile_model(model, threads: int | None, precision: str, hint: str = PERFORMANCE_HINT):
+    """``model`` compiled for the CPU; ``precision`` is fp32, bf16 or int8 (already resolved);
+    ``hint``: OpenVINO's PERFORMANCE_HINT (bench/backends.py times both)."""
     config = {
         "INFERENCE_NUM_THREADS": threads or default_threads(),
-        "PERFORMANCE_HINT": PERFORMANCE_HINT,
+        "PERFORMANCE_HINT": hint,
         "INFERENCE_PRECISION_HINT": RUNTIME_PRECISION[precision],
     }
     return core().compile_model(model, "CPU", config)
