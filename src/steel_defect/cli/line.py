@@ -96,6 +96,7 @@ def _cmd_watch(args) -> int:
         keep_days=args.keep_days,
         keep_rows=args.keep_rows,
         alarms=alarms,
+        overlap_writes=True,
     )
     log.info("watching %s as line %r; log in %s", watcher.folder, watcher.line, inspection_log.name)
 

@@ -40,8 +40,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, TruncatedImage, decode_image
@@ -109,10 +112,21 @@ class Watcher:
         alarms: AlarmMonitor | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] | None = None,
+        decode_workers: int = 2,
+        overlap_writes: bool = False,
     ):
         """``clock`` gives the wall-clock times written to the log; ``monotonic`` measures the
         intervals (settling, heartbeats, retention). A test's own ``clock`` drives both unless
-        it passes ``monotonic`` as well."""
+        it passes ``monotonic`` as well.
+
+        Under a backlog the stages overlap: a batch's frames are read and decoded by
+        ``decode_workers`` threads (the decoders release the GIL), and with ``overlap_writes``
+        its log transaction, archive moves and alarm check run in a writer thread while the next
+        batch is judged (``steel-defect watch`` turns it on; a test that calls :meth:`step` and
+        reads the log at once leaves it off, or calls :meth:`flush`). One batch at most is being
+        written at a time, and its frames count as done from the moment they are handed over; a
+        write that fails stops the loop at the next batch with its error, and the frames it held
+        are judged again at the next start."""
         self.folder = Path(folder).resolve()
         self.source = str(self.folder)
         self.log, self.predictor = inspection_log, predictor
@@ -137,6 +151,10 @@ class Watcher:
         self._last_beat: float | None = None
         self._last_prune: float | None = None
         self._forgot_absent = False
+        self._tombstones = 0  # identities of this folder that retention left in the log
+        self._decoders = ThreadPoolExecutor(decode_workers, "decode") if decode_workers > 1 else None
+        self._writer = ThreadPoolExecutor(1, "log-writer") if overlap_writes else None
+        self._writing: Future | None = None
         # Published by the loop's thread for the status page, which must never walk ``pending``
         # while the loop changes it.
         self.published = {"backlog": 0, "lag_s": None}
@@ -200,11 +218,12 @@ class Watcher:
         present = {(name, size, mtime_ns) for name, (size, mtime_ns, _) in listing.items()}
         if not self._forgot_absent:  # pruned identities of files removed while no watcher ran
             self._forgot_absent = True
-            self.log.forget_absent(self.source, present)
+            self._tombstones = self.log.forget_absent(self.source, present)
         left = self.done - present  # frames that left the folder (archived, deleted)
         if left:
             self.done -= left
-            self.log.forget(self.source, left)
+            if self._tombstones or self.keep_days or self.keep_rows:  # else there is none to forget
+                self.log.forget(self.source, left)
         missing = []
         for name in [n for n in self.pending if n not in listing]:
             gone = self.pending.pop(name)
@@ -255,35 +274,39 @@ class Watcher:
             return None
         return data
 
+    def _load(self, name: str, item: Pending) -> FrameRecord | np.ndarray | None:
+        """The frame decoded, or its corrupt or missing record, or None while it may still be
+        being written (it goes back to wait). Runs in the decode threads."""
+        try:
+            data = self._read(name, item)
+        except FileNotFoundError:
+            return self._record(name, item, "missing", "deleted before it was judged")
+        except OSError as err:
+            return self._record(name, item, "corrupt", f"cannot read ({err.strerror or err})")
+        if data is None:
+            return None  # still being written
+        try:
+            return decode_image(data, channels=3, name=name, expected_shape=IMAGE_SHAPE)
+        except TruncatedImage as err:
+            # A camera writing in place may pause longer than the settle time: a file cut
+            # short waits as an empty one does before it is called corrupt.
+            if not item.cut_short and self.monotonic() - item.stable_since < EMPTY_GRACE_S:
+                item.cut_short = True
+                return None
+            return self._record(name, item, "corrupt", str(err))
+        except ImageReadError as err:
+            return self._record(name, item, "corrupt", str(err))
+
     def judge(self, names: list[str]) -> list[FrameRecord]:
         """Records for ``names``: judged, corrupt (with the reason) or missing."""
-        records, good = [], []
-        for name in names:
-            item = self.pending[name]
-            try:
-                data = self._read(name, item)
-            except FileNotFoundError:
-                records.append(self._record(name, item, "missing", "deleted before it was judged"))
-                continue
-            except OSError as err:
-                records.append(self._record(name, item, "corrupt", f"cannot read ({err.strerror or err})"))
-                continue
-            if data is None:
-                continue  # still being written
-            try:
-                image = decode_image(data, channels=3, name=name, expected_shape=IMAGE_SHAPE)
-            except TruncatedImage as err:
-                # A camera writing in place may pause longer than the settle time: a file cut
-                # short waits as an empty one does before it is called corrupt.
-                if not item.cut_short and self.monotonic() - item.stable_since < EMPTY_GRACE_S:
-                    item.cut_short = True
-                    continue
-                records.append(self._record(name, item, "corrupt", str(err)))
-                continue
-            except ImageReadError as err:
-                records.append(self._record(name, item, "corrupt", str(err)))
-                continue
-            good.append((name, item, image))
+        items = [(name, self.pending[name]) for name in names]
+        if self._decoders is not None and len(items) > 1:
+            loaded = list(self._decoders.map(lambda pair: self._load(*pair), items))
+        else:
+            loaded = [self._load(name, item) for name, item in items]
+        records = [r for r in loaded if isinstance(r, FrameRecord)]
+        good = [(name, item, image) for (name, item), image in zip(items, loaded, strict=True)]
+        good = [(name, item, image) for name, item, image in good if isinstance(image, np.ndarray)]
         if good:
             predictions = self.predictor.predict([image for _, _, image in good])
             for (name, item, _), prediction in zip(good, predictions, strict=True):
@@ -341,20 +364,36 @@ class Watcher:
         batch = self.complete()[: self.batch_size]
         records = missing + (self.judge(batch) if batch else [])
         if records:
-            self.log.record(records)
-            pause_point("batch:watch")  # test-only: a kill between batches, everything committed
+            self.flush()  # the previous batch's write: its error stops the loop here
             for record in records:
                 self.pending.pop(record.name, None)
                 if record.status != "missing":
                     self.done.add((record.name, record.size, record.mtime_ns))
-                    self._archive(record.name, record.path)
                 setattr(self.stats, record.status, getattr(self.stats, record.status) + 1)
-                _log_verdict(record)
             self.stats.batches += 1
-            if self.alarms is not None:
-                self.alarms.check(self.log, self.line, self.clock())
+            if self._writer is not None:
+                self._writing = self._writer.submit(self._commit, records)
+            else:
+                self._commit(records)
         self._maintain()
         return len(records)
+
+    def _commit(self, records: list[FrameRecord]) -> None:
+        """Write a batch's rows in one transaction, then move its frames and check the alarms."""
+        self.log.record(records)
+        pause_point("batch:watch")  # test-only: a kill between batches, everything committed
+        for record in records:
+            if record.status != "missing":
+                self._archive(record.name, record.path)
+            _log_verdict(record)
+        if self.alarms is not None:
+            self.alarms.check(self.log, self.line, self.clock())
+
+    def flush(self) -> None:
+        """Wait for the batch being written; raise its error (a LogError) if it failed."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def backlog(self) -> int:
         """Complete frames waiting to be judged, as the loop last counted them (any thread)."""
@@ -473,8 +512,11 @@ class Watcher:
                 if not self.complete():
                     self._wait()
         finally:
-            self._stop_events()
-            self.state = "stopped"
+            try:
+                self.flush()
+            finally:
+                self._stop_events()
+                self.state = "stopped"
             try:
                 self._maintain(force=True)
             except Exception as err:  # the log may be what failed; the error that stopped us wins
