@@ -6,6 +6,9 @@ IMAGE_SHAPE = (IMAGE_HEIGHT, IMAGE_WIDTH)
 
 CLASS_IDS = (1, 2, 3, 4)
 NUM_CLASSES = len(CLASS_IDS)
+# Flip views of test-time augmentation (the predictor's TTA_DIMS gives their axes); the config
+# loader checks distill.tta against them.
+TTA_VIEWS = ("hflip", "vflip", "hvflip")
 # Training engines (training/engines.py builds them; the config and the CLI offer them).
 ENGINES = ("cpu", "gpu", "dp", "ddp")
 # Names used in reports and the GUI; the challenge itself only numbers them.

@@ -282,4 +282,53 @@ SCHEMA: dict[str, Any] = {
             "(fewer false defects on unseen frames); 0 keeps the best",
         ),
     },
+    # `steel-defect distill` (distill/): one student learns the tuned ensemble's maps
+    "distill": {
+        "model": Opt(
+            {},
+            dict,
+            "the student's model: keys of the model section (name, encoder, encoder_weights, "
+            "params, output_prior) over this config's; {} distils into the same architecture. "
+            "It predicts all four classes and has no head: the teacher's maps are what it learns",
+        ),
+        "transforms": Opt(
+            None,
+            dict,
+            "the student's {train: [...], valid: [...]} (e.g. another encoder's Normalize); null: "
+            "this config's transforms, less CopyPaste (a pasted defect is not in the teacher's maps)",
+            nullable=True,
+        ),
+        "epochs": Opt(None, int, "epochs of each student; null: train.epochs", nullable=True),
+        "label_weight": Opt(
+            0.5,
+            float,
+            "loss = (1 - w) * KL(teacher map || student map) over every frame + w * the config's loss "
+            "against the labels over the labelled frames; 0: the teacher alone, 1: the labels alone",
+        ),
+        "unlabelled": Opt(
+            None,
+            str,
+            "a folder of unlabelled frames the teacher maps too and the students learn from; frames "
+            "named in the fold split are left out; null: the labelled frames only",
+            nullable=True,
+        ),
+        "unlabelled_weight": Opt(
+            1.0,
+            float,
+            "unlabelled frames drawn per epoch, per unlabelled frame (as data.extra's weight)",
+        ),
+        "cache_dir": Opt(
+            None,
+            str,
+            "where the teacher's maps are kept (uint8 PNG per frame, keyed on the teacher's weights "
+            "and the frame's bytes); null: <out_dir>/teacher_maps",
+            nullable=True,
+        ),
+        "tta": Opt(
+            [],
+            list,
+            "the student pipeline's flip views (hflip, vflip, hvflip); [] runs one pass a frame, "
+            "which is what a line needs (it learnt the teacher's flip-averaged maps)",
+        ),
+    },
 }

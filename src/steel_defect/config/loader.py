@@ -22,7 +22,7 @@ from steel_defect.config.defaults import SCHEMA, Opt
 from steel_defect.config.errors import ConfigError, did_you_mean
 from steel_defect.config.layout import folds_csv
 from steel_defect.config.registry import check_params, lookup
-from steel_defect.constants import CLASS_IDS
+from steel_defect.constants import CLASS_IDS, TTA_VIEWS
 
 # No setting nests deeper than a few levels (transforms: list -> mapping -> params); a value
 # nested hundreds deep is a typo or an attack, and would exhaust the recursion of the merge.
@@ -261,6 +261,56 @@ def _check_semi(cfg: dict) -> dict | None:
     return semi
 
 
+# The student's model keys; classes and cls_head are the student's by construction (all four maps,
+# no head: the teacher's maps are what it learns).
+DISTILL_MODEL_KEYS = ("name", "encoder", "encoder_weights", "params", "output_prior")
+
+
+def _check_distill(cfg: dict) -> None:
+    """``distill.*``: keys and plain values (the student's component names are checked where the
+    student is built, as every ``*.name`` is: distill/student.py::student_config)."""
+    settings = cfg["distill"]
+    model = settings["model"]
+    for key, value in model.items():
+        if key not in DISTILL_MODEL_KEYS:
+            why = (
+                "the student predicts all four classes and has no head"
+                if key in ("classes", "cls_head")
+                else f"valid keys: {', '.join(DISTILL_MODEL_KEYS)}"
+            )
+            raise ConfigError(
+                f"unknown config key 'distill.model.{key}'{did_you_mean(key, DISTILL_MODEL_KEYS)}; {why}"
+            )
+        _check_type(f"distill.model.{key}", SCHEMA["model"][key], value)
+    transforms = settings["transforms"]
+    if transforms is not None:
+        for key, value in transforms.items():
+            if key not in ("train", "valid"):
+                raise ConfigError(f"unknown config key 'distill.transforms.{key}'; valid keys: train, valid")
+            if not isinstance(value, list):
+                raise ConfigError(
+                    f"config key 'distill.transforms.{key}' must be a list of transforms, got {value!r}"
+                )
+    if settings["epochs"] is not None and settings["epochs"] < 1:
+        raise ConfigError(f"config key 'distill.epochs' must be at least 1, got {settings['epochs']}")
+    if not 0.0 <= settings["label_weight"] <= 1.0:
+        raise ConfigError(
+            f"config key 'distill.label_weight' must be in [0, 1], got {settings['label_weight']}"
+        )
+    if settings["unlabelled_weight"] < 0:
+        raise ConfigError(
+            f"config key 'distill.unlabelled_weight' must be 0 or more, got {settings['unlabelled_weight']}"
+        )
+    folder = settings["unlabelled"]
+    if folder is not None and not Path(folder).is_dir():
+        raise ConfigError(
+            f"config key 'distill.unlabelled' must name a folder of unlabelled frames, got {folder!r}"
+        )
+    unknown = [v for v in settings["tta"] if v not in TTA_VIEWS]
+    if unknown:
+        raise ConfigError(f"config key 'distill.tta' holds {unknown}; valid views: {', '.join(TTA_VIEWS)}")
+
+
 def _check_classes(cfg: dict) -> None:
     classes, valid = cfg["model"]["classes"], list(CLASS_IDS)
     bad = any(c not in valid or isinstance(c, bool) for c in classes)
@@ -357,6 +407,7 @@ def load_config(
     _check_averaging(cfg)
     cfg["model"]["cls_head"] = _check_cls_head(cfg)
     cfg["train"]["semi"] = _check_semi(cfg)
+    _check_distill(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
     return EasyDict(cfg)

@@ -153,12 +153,20 @@ class SteelRunner(IRunner):
             scheduler.load_state_dict(self.resume_state["scheduler_state"])
         return scheduler
 
+    def loss_callback(self):
+        """The callback that computes the batch loss (a distilled student's reads more keys)."""
+        return dl.CriterionCallback(input_key="logits", target_key=self.target_key, metric_key="loss")
+
+    def trained_on(self) -> dict:
+        """What the checkpoints record the run learnt from (:func:`training_data`)."""
+        return training_data(self.cfg, self.fold)
+
     def get_callbacks(self):
         train = self.cfg.train
         callbacks = OrderedDict(
             mix=MixCallback(train.mixup_alpha, train.cutmix_alpha, self.target_key, seed=self.cfg.seed),
             epoch=EpochCallback(seed=self.cfg.seed),
-            loss=dl.CriterionCallback(input_key="logits", target_key=self.target_key, metric_key="loss"),
+            loss=self.loss_callback(),
             metrics=self.metrics_callback(classes=model_classes(self.cfg))
             if self.cfg.task == "seg"
             else self.metrics_callback(),
@@ -171,7 +179,7 @@ class SteelRunner(IRunner):
                 train.save_top_k,
                 self.resume_state,
                 self.minimize,
-                trained_on=training_data(self.cfg, self.fold),
+                trained_on=self.trained_on(),
             ),
             limits=BatchLimitCallback({"train": train.max_train_batches, "valid": train.max_valid_batches}),
             progress=dl.TqdmCallback(),
@@ -193,7 +201,7 @@ class SteelRunner(IRunner):
                 self.cfg,
                 train.swa,
                 cycle_ends(self.cfg) if train.snapshots else [],
-                trained_on=training_data(self.cfg, self.fold),
+                trained_on=self.trained_on(),
             )
         if train.early_stopping:
             callbacks["early_stopping"] = ResumableEarlyStopping(

@@ -1,0 +1,292 @@
+"""``distill``: the tuned ensemble's maps teach one student, whose thresholds are tuned out of fold.
+
+    summary = distill(cfg, "work/real/postprocessing.yml", "work/real/line")
+
+**The honest scheme.** The teacher is a tuned pipeline of fold models: fold K's segmenters never
+saw fold K's frames. The whole ensemble saw every frame (each frame trained all folds' models but
+one), so no map it draws is out of fold for a student scored on those frames. Hence:
+
+* out-of-fold student K learns from the frames outside fold K (the unlabelled ones too), with the
+  maps of fold K's teacher alone, and with the labels of those frames; it then scores fold K.
+  Neither it nor its teacher saw fold K, so the thresholds searched on the students' maps of
+  their own folds are tuned out of fold, as the ensemble's are;
+* the shipped student learns from every frame with the whole ensemble's maps (the better
+  teacher, and every label), and takes those thresholds: the students that earned them were
+  trained by the same procedure on (K-1)/K of the frames, as each fold model of the ensemble
+  stands for the ensemble whose thresholds it tuned. Every student trains for the same epochs
+  and ships its last one: the shipped student has no held-out frames to pick an epoch on, so
+  the out-of-fold ones do not pick either.
+
+What each student learnt from and which frames it scored is recorded (``distill.json``, and
+``trained_on`` in every checkpoint); the threshold search checks each out-of-fold student
+against the split as it checks any fold model. ``K + 1`` students train in all.
+
+Writes, under ``out_dir``::
+
+    teacher_maps/<key>/...          the teacher's maps (``distill.cache_dir``; :mod:`.teacher`)
+    oof/fold<K>/checkpoints/last.pth  out-of-fold student K
+    student/checkpoints/last.pth    the shipped student
+    postprocessing.yml              its tuned pipeline (+ .report.json, .oof.csv)
+    distill.json                    the scheme as it ran: folds, frames, teachers, students
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+from steel_defect.atomic import atomic_write
+from steel_defect.config import layout
+from steel_defect.config.layout import RunPaths, trained_folds
+from steel_defect.constants import CLASS_IDS
+from steel_defect.data.annotations import read_annotations
+from steel_defect.data.folds import read_folds, split_digest
+from steel_defect.data.images import IMAGE_SUFFIXES
+from steel_defect.data.synth import images_source
+from steel_defect.data.transforms import build_transforms
+from steel_defect.distill.student import DistillFrames, student_config, student_shape, train_student
+from steel_defect.distill.teacher import Teacher, compute_maps, frame, teachers
+from steel_defect.errors import UserError
+from steel_defect.inference.oof import collect_oof, out_of_fold_score, unlearnt_classes, write_oof_scores
+from steel_defect.inference.pipeline import PipelineError, build_predictor, read_tuned, save_spec
+from steel_defect.inference.predictor import load_network
+from steel_defect.inference.search import DEFAULT_THRESHOLDS, class_signal, search_all, search_tables
+from steel_defect.models.checkpoint import read_entry, update_checkpoint
+from steel_defect.training.runner import training_data
+
+log = logging.getLogger(__name__)
+
+
+def unlabelled_frames(folder: str | Path | None, labelled: set[str]) -> list[Path]:
+    """The image files of ``folder`` less any named in the fold split (a labelled frame's real
+    label wins, and a scored frame must not reach a student's training by another door)."""
+    if folder is None:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"unlabelled frames: {folder} is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    kept = [p for p in paths if p.name not in labelled]
+    if len(kept) < len(paths):
+        log.info("distill: left out %d unlabelled frames that the fold split labels", len(paths) - len(kept))
+    return kept
+
+
+def _teacher_record(teacher: Teacher) -> list[dict]:
+    """Each model of ``teacher``: path, weights, and the frames it never learnt from."""
+    out = []
+    for m in teacher.models:
+        split = ((read_entry(m.path, "trained_on") or {}).get("split")) or {}
+        out.append(
+            {
+                "path": str(m.path),
+                "weights_sha256": m.weights_sha256,
+                "fold": m.fold,
+                "valid_ids": split.get("valid_ids"),
+            }
+        )
+    return out
+
+
+def _frames_of(student_cfg, items, teacher: Teacher, cache: Path, annotations, side: str) -> DistillFrames:
+    transforms = build_transforms(student_cfg.transforms[side], f"transforms.{side}", seed=student_cfg.seed)
+    return DistillFrames(
+        items,
+        [teacher.map_path(cache, f) for f in items],
+        annotations,
+        transforms,
+        student_cfg.data.channels,
+        uint8=bool(student_cfg.data.normalize_on_device),
+    )
+
+
+def _parts(student_cfg, items, teacher, cache, annotations) -> list[DistillFrames]:
+    """The labelled and (when there are any) the unlabelled frames, sharing one transform pipeline."""
+    train = _frames_of(student_cfg, [f for f in items if f.labelled], teacher, cache, annotations, "train")
+    rest = [f for f in items if not f.labelled]
+    if not rest:
+        return [train]
+    return [
+        train,
+        DistillFrames(
+            rest,
+            [teacher.map_path(cache, f) for f in rest],
+            annotations,
+            train.transforms,
+            train.channels,
+            train.uint8,
+        ),
+    ]
+
+
+def tune(oof_cfg, shipped: Path, out: Path) -> dict:
+    """Search the thresholds on the out-of-fold students' maps of their own folds; write the
+    shipped student's tuned pipeline with them; the search's summary."""
+    oof = collect_oof(oof_cfg, None, oof_cfg.inference.device, (), "last")
+    top = oof["top"] if oof_cfg.inference.search_top_threshold else None
+    slack = oof_cfg.inference.search_slack
+    if oof["tables"] is not None:
+        params, report = search_tables(*oof["tables"], oof["cls"], top_probs=top, slack_images=slack)
+    else:
+        params, report = search_all(
+            oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top, slack_images=slack
+        )
+    network = load_network(shipped, "torch")
+    tta, folds_csv = oof_cfg.inference.tta, oof_cfg.paths.folds_csv
+    save_spec(out, params, [network], tta, oof["gate"], oof["factor"], folds_csv, oof["split"])
+    summary = {
+        "postprocessing": str(out),
+        "images": len(oof["ids"]),
+        "folds": oof["folds"],
+        "mean": report["mean"],
+    }
+    summary["classes"] = {str(c): dict(r) for c, r in report["classes"].items()}
+    present = oof["tables"][2] > 0 if oof["tables"] is not None else oof["truth"].any(axis=(2, 3))
+    for c, signal in class_signal(oof["top"], present, min(DEFAULT_THRESHOLDS)).items():
+        summary["classes"][str(c)]["signal"] = signal
+    summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
+    summary["out_of_fold"]["unlearnt"] = unlearnt_classes(summary["classes"])
+    extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
+    with atomic_write(layout.search_report(out)) as handle:
+        json.dump({**summary, **extra}, handle, indent=2, default=str)
+    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof))
+    update_checkpoint(shipped, out_of_fold=summary["out_of_fold"])
+    return summary
+
+
+def distill(cfg, teacher_spec: str | Path, out_dir: str | Path, unlabelled: str | Path | None = None) -> dict:
+    """Distil the tuned pipeline ``teacher_spec`` into one student (``cfg``'s ``distill:``
+    section and paths) under ``out_dir``; returns the summary (also in ``distill.json``).
+
+    ``unlabelled``: a folder of unlabelled frames (default ``distill.unlabelled``). The labelled
+    frames are those of the teacher's fold split, in ``paths.train_images`` with the labels of
+    ``paths.train_csv``. Every name is checked before anything is written.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    _, spec = read_tuned(teacher_spec)
+    if spec is None:
+        raise PipelineError(
+            f"{teacher_spec} has no 'pipeline' entry: distil a pipeline that `steel-defect thresholds` tuned"
+        )
+    student = student_config(cfg, out_dir / "oof")
+    stale = sorted(set(trained_folds(out_dir / "oof", "last")) - {m.fold for m in spec.models})
+    if stale:
+        raise UserError(
+            f"{out_dir / 'oof'} holds students of fold(s) {stale}, which {spec.source} has no model of "
+            "(an earlier distillation from another teacher): remove them or distil into another folder"
+        )
+    table = read_folds(spec.folds_path) if spec.folds_path else None
+    if table is None or split_digest(table) != spec.folds_sha256:
+        raise PipelineError(
+            f"{spec.source}: the fold split it was tuned on ({spec.folds_path}) is missing or changed since"
+        )
+    student.paths.folds_csv = str(spec.folds_path)
+    shape = student_shape(student)
+    ensemble, by_fold = teachers(spec, shape)
+    fold_of = dict(zip(table.ImageId.astype(str), table.fold.astype(int), strict=True))
+    images = Path(cfg.paths.train_images)
+    absent = [i for i in sorted(fold_of) if not (images / i).is_file()]
+    if absent:
+        raise UserError(
+            f"{len(absent)} frame(s) of the fold split {spec.folds_path} are not in paths.train_images "
+            f"{images} ({', '.join(absent[:3])}): point paths.train_images at the teacher's frames"
+        )
+    labelled = [frame(images / image_id, True) for image_id in sorted(fold_of)]
+    folder = unlabelled if unlabelled is not None else cfg.distill.unlabelled
+    extra = [frame(p, False) for p in unlabelled_frames(folder, set(fold_of))]
+    cache = Path(cfg.distill.cache_dir or out_dir / "teacher_maps")
+    wanted = list({t.key: t for t in (ensemble, *by_fold.values())}.values())
+    device = cfg.inference.device
+    backend, threads, batch = cfg.inference.backend, cfg.inference.threads, cfg.inference.batch_size
+    t0 = time.perf_counter()
+    counts = compute_maps(wanted, labelled + extra, cache, backend, threads, batch, device)
+    timings = {"teacher_s": round(time.perf_counter() - t0, 1)}
+    annotations = read_annotations(cfg.paths.train_csv)
+    digest, split = spec.folds_sha256, {"sha256": spec.folds_sha256}
+    record: dict = {"folds": {}}
+    t0 = time.perf_counter()
+    for k, teacher in by_fold.items():
+        fold_cfg = copy.deepcopy(student)
+        fold_cfg.folds.valid_fold = k
+        learns = [f for f in labelled if fold_of[f.image_id] != k] + extra
+        scored = [f for f in labelled if fold_of[f.image_id] == k]
+        trained_on = training_data(fold_cfg, k)
+        trained_on["distilled_from"] = {"teacher": teacher.key, "unlabelled_frames": len(extra)}
+        valid = _frames_of(fold_cfg, scored, teacher, cache, annotations, "valid")
+        path = train_student(
+            fold_cfg,
+            k,
+            _parts(fold_cfg, learns, teacher, cache, annotations),
+            valid,
+            RunPaths.of(student.paths.work_dir, k).run_dir,
+            trained_on,
+        )
+        record["folds"][str(k)] = {
+            "student": str(path),
+            "teacher": _teacher_record(teacher),
+            "teacher_key": teacher.key,
+            "learnt_from": [f.image_id for f in learns],
+            "scored": [f.image_id for f in scored],
+        }
+    timings["oof_students_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    shipped_cfg = copy.deepcopy(student)
+    shipped_cfg.paths.work_dir = str(out_dir / "student")
+    shipped_cfg.train.max_valid_batches = 1  # no held-out frame: one batch of training frames, a smoke check
+    trained_on = {
+        "source": images_source(images),
+        "train_frames": len(labelled),
+        "valid_frames": 0,
+        "train_csv": str(cfg.paths.train_csv),
+        "fold": None,
+        "split": {**split, "valid_ids": []},
+        "distilled_from": {"teacher": ensemble.key, "unlabelled_frames": len(extra)},
+    }
+    valid = _frames_of(shipped_cfg, labelled, ensemble, cache, annotations, "valid")
+    shipped = train_student(
+        shipped_cfg,
+        None,
+        _parts(shipped_cfg, labelled + extra, ensemble, cache, annotations),
+        valid,
+        out_dir / "student",
+        trained_on,
+    )
+    timings["student_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    search = tune(student, shipped, layout.postprocessing(out_dir))
+    timings["search_s"] = round(time.perf_counter() - t0, 1)
+    # the one-pipeline checks every command runs, on the spec just written
+    predictor = build_predictor(search["postprocessing"], backend=backend, threads=threads, device=device)
+    timings["total_s"] = round(time.perf_counter() - start, 1)
+    summary = {
+        "postprocessing": search["postprocessing"],
+        "student": str(shipped),
+        "teacher": {
+            "postprocessing": str(spec.source),
+            "ensemble": ensemble.key,
+            **counts,
+            "cache": str(cache),
+        },
+        "shape": list(shape),
+        "frames": {"labelled": len(labelled), "unlabelled": len(extra)},
+        "split": digest,
+        "out_of_fold": search["out_of_fold"],
+        "model": predictor.describe(),
+        "timings": timings,
+        **record,
+    }
+    with atomic_write(out_dir / "distill.json") as handle:
+        json.dump(summary, handle, indent=2)
+    per_class = " ".join(f"{c}:{search['out_of_fold']['per_class'][str(c)]:.4f}" for c in CLASS_IDS)
+    log.info(
+        "distilled %s -> %s, out of fold %.4f (%s)",
+        spec.source,
+        shipped,
+        search["out_of_fold"]["mean_dice"],
+        per_class,
+    )
+    return summary
