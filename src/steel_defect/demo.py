@@ -7,10 +7,12 @@ its labelled images as the test set, which neither training nor the threshold se
 ``--recipe`` picks the configs (:data:`RECIPES`): ``synthetic`` (the default, sized for the
 synthetic frames, trains fold 0 only) or ``real`` (``make demo-real``: the ImageNet-pretrained
 recipe for real steel, which trains every fold so the thresholds are tuned on all training
-images out of fold and the held-out frames are predicted by the fold ensemble). Everything
-lands in ``--work-dir`` (default ``work/demo``): ``submission.csv``, ``test_truth.csv``, the
-runs, ``postprocessing.yml``, ``report.html`` (the error analysis of the test frames) and
-``summary.json``.
+images out of fold and the held-out frames are predicted by the fold ensemble; it ends by
+distilling that ensemble into one network for the line, :mod:`steel_defect.distill`, scored and
+timed beside it). Everything lands in ``--work-dir`` (default ``work/demo``): ``submission.csv``,
+``test_truth.csv``, the runs, ``postprocessing.yml``, ``report.html`` (the error analysis of the
+test frames) and ``summary.json`` (with ``line_postprocessing``, the distilled pipeline, beside
+``postprocessing``).
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ from steel_defect.config import layout, load_config
 from steel_defect.constants import HOLDOUT_PARTS
 from steel_defect.data.annotations import read_annotations, resolve_image_ids, write_annotations
 from steel_defect.data.folds import make_folds_table, split_folds
+from steel_defect.data.images import read_image
 from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
+from steel_defect.distill import distill
 from steel_defect.errors import UserError
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import write_report
 from steel_defect.inference.oof import search_thresholds
 from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.pseudo import extra_opt, pseudo_label
-from steel_defect.inference.run import predict_folder, summary_text
+from steel_defect.inference.run import list_images, predict_folder, summary_text
 from steel_defect.training.checks import check_components
 from steel_defect.training.runner import train
 
@@ -51,11 +55,14 @@ class Recipe:
     seg: str  # relative to configs/
     cls: str | None  # None: no classifier (the threshold search gates on the segmenter alone)
     all_folds: bool  # False: fold 0 only
+    # end by distilling the tuned ensemble into one network (the seg config's distill section);
+    # not for `make demo`: its K + 1 students would double its training
+    distill: bool = False
 
 
 RECIPES = {
     "synthetic": Recipe("demo/synth_seg_lite0.yml", "demo/synth_cls.yml", all_folds=False),
-    "real": Recipe("real/unet_effnet_lite0.yml", None, all_folds=True),
+    "real": Recipe("real/unet_effnet_lite0.yml", None, all_folds=True, distill=True),
 }
 
 
@@ -185,6 +192,54 @@ def pseudo_round(steps, seg_opts, cls_cfg, folds, predictor, data, work, setting
     return work, checkpoints, search, score, pseudo
 
 
+def frames_per_second(predictors: dict, frames: list, batch: int = 4, rounds: int = 2) -> dict[str, float]:
+    """Frames/s of each predictor on the same decoded frames, taking turns (so a busy moment
+    of the machine costs each alike), the best of ``rounds``; decoding is not counted."""
+    for predictor in predictors.values():
+        predictor.predict(frames[:batch])  # sessions, caches and exports warm before the clock
+    best = dict.fromkeys(predictors, 0.0)
+    for _ in range(rounds):
+        for name, predictor in predictors.items():
+            t0 = time.perf_counter()
+            for start in range(0, len(frames), batch):
+                predictor.predict(frames[start : start + batch])
+            best[name] = max(best[name], len(frames) / (time.perf_counter() - t0))
+    return best
+
+
+def line_round(seg_cfg, ensemble, data: DemoData, work: Path, timings: dict) -> dict:
+    """Distil the tuned ensemble of ``work`` into one network (``work/line``), score its tuned
+    pipeline on the test frames, and time both pipelines side by side on them with the same
+    threads (``ensemble``: the tuned ensemble's predictor)."""
+    t0 = time.perf_counter()
+    distilled = distill(seg_cfg, layout.postprocessing(work), work / "line")
+    timings["distill_s"] = round(time.perf_counter() - t0, 1)
+    line = build_predictor(
+        distilled["postprocessing"], backend=seg_cfg.inference.backend, threads=ensemble.threads
+    )
+    out = work / "line" / "submission.csv"
+    predict_folder(line, data.test_images, out, data.sample, batch_size=4, progress=False)
+    score = evaluate_files(out, work / "test_truth.csv")
+    ids = list_images(data.test_images, data.sample)
+    frames = [read_image(Path(data.test_images) / i, channels=3) for i in ids]
+    rates = frames_per_second({"ensemble": ensemble, "line": line}, frames)
+    return {
+        "postprocessing": distilled["postprocessing"],
+        "mean_dice": score["mean_dice"],
+        "per_class": score["per_class"],
+        "out_of_fold": distilled["out_of_fold"],
+        "submission": str(out),
+        "speed": {
+            "frames": len(frames),
+            "threads": ensemble.threads,
+            "backend": {"ensemble": ensemble.describe()["backend"], "line": line.describe()["backend"]},
+            "ensemble_frames_per_s": round(rates["ensemble"], 3),
+            "line_frames_per_s": round(rates["line"], 3),
+        },
+        "teacher_maps": distilled["teacher"],
+    }
+
+
 def score_empty(work: Path) -> dict:
     """The challenge metric of all-empty masks on the test frames: the baseline to beat."""
     empty = work / "empty_submission.csv"
@@ -223,6 +278,7 @@ def run_demo(
     pseudo_opts: list[str] | None = None,
     holdout: int = 0,
     seg_config: str | Path | None = None,
+    distil: bool | None = None,
 ) -> dict:
     """Run the whole recipe; returns (and writes to ``summary.json``) the scores and paths.
 
@@ -235,7 +291,9 @@ def run_demo(
     (e.g. fewer epochs, since each epoch now holds more frames). ``holdout`` picks which
     quarter of a real folder is the test set (0..3); running all four scores every frame once
     (``bench/real_holdout.py``). ``seg_config``: a segmenter config in place of the recipe's (a
-    variant to compare, e.g. ``configs/real/unet_effnet_lite0_fullres.yml``).
+    variant to compare, e.g. ``configs/real/unet_effnet_lite0_fullres.yml``). ``distil``: end by
+    distilling the tuned ensemble into one network for the line (:func:`line_round`); None: the
+    recipe's choice (``real`` does).
     """
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
@@ -252,7 +310,11 @@ def run_demo(
     semi = seg_cfg.train.semi
     refuse_scored_frames(
         read_annotations(work / "test_truth.csv").image_ids,
-        {"train.semi.unlabelled": semi and semi["unlabelled"], "--pseudo-images": pseudo_images},
+        {
+            "train.semi.unlabelled": semi and semi["unlabelled"],
+            "--pseudo-images": pseudo_images,
+            "distill.unlabelled": seg_cfg.distill.unlabelled,
+        },
     )
     split_folds(seg_cfg)
     folds = range(seg_cfg.folds.n_splits) if steps.all_folds else (0,)
@@ -269,6 +331,13 @@ def run_demo(
             steps, seg_opts, cls_cfg, folds, predictor, data, work, settings, timings
         )
         rounds.append({**_round_result(score, search), "pseudo": pseudo})
+    line = None
+    if steps.distill if distil is None else distil:
+        if rounds:  # the second round's ensemble is the teacher
+            predictor = build_predictor(
+                layout.postprocessing(work), checkpoints, backend=seg_cfg.inference.backend
+            )
+        line = line_round(seg_cfg, predictor, data, work, timings)
     baseline = score_empty(work)
     t0 = time.perf_counter()
     report = write_report(
@@ -285,6 +354,9 @@ def run_demo(
         summary["holdout"] = holdout
     if rounds:
         summary["rounds"] = rounds
+    if line is not None:
+        summary["line_postprocessing"] = line.pop("postprocessing")
+        summary["line"] = line
     with atomic_write(layout.demo_summary(work)) as handle:
         json.dump(summary, handle, indent=2)
     return summary
@@ -344,6 +416,19 @@ def format_summary(summary: dict) -> str:
             f"{'class' if len(unlearnt) == 1 else 'classes'} {named}. They need more labelled frames "
             "(steel-defect label)"
         )
+    line, oof = summary.get("line"), summary.get("out_of_fold")
+    if line:
+        speed = line["speed"]
+        lines.append(
+            f"line pipeline (one distilled network): test {line['mean_dice']:.4f}, out-of-fold "
+            f"{line['out_of_fold']['mean_dice']:.4f}; the ensemble: test {summary['mean_dice']:.4f}, "
+            f"out-of-fold {oof['mean_dice']:.4f}"
+        )
+        lines.append(
+            f"frames/s on the {speed['frames']} test frames, {speed['threads']} threads, side by side: "
+            f"ensemble {speed['ensemble_frames_per_s']:.2f} ({speed['backend']['ensemble']}), line "
+            f"{speed['line_frames_per_s']:.2f} ({speed['backend']['line']})"
+        )
     full = summary.get("full_resolution")
     if full:
         lines.append(
@@ -355,6 +440,7 @@ def format_summary(summary: dict) -> str:
         f"truth:           {summary['test_truth']}",
         f"error analysis:  {summary['report']}   (open in a browser)",
         f"post-processing: {summary['postprocessing']}",
+        *([f"line pipeline:   {summary['line_postprocessing']}"] if line else []),
         f"timings (s):     {summary['timings']}",
         f"web GUI:         {summary['serve']}   (then open http://127.0.0.1:8000)",
         f"predict a folder: {summary['predict']}",
