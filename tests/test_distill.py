@@ -23,6 +23,7 @@ from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.distill import distill
 from steel_defect.distill.student import DistillFrames, DistillLoss, student_config, student_shape
 from steel_defect.distill.teacher import frame, read_levels, teachers
+from steel_defect.inference.onnx_export import export_onnx
 from steel_defect.inference.pipeline import build_predictor, read_tuned, save_spec
 from steel_defect.inference.postprocess import PostProcessing, quantise
 from steel_defect.inference.predictor import Predictor, load_network
@@ -185,7 +186,7 @@ def test_no_frame_is_scored_by_a_student_or_a_teacher_that_saw_it(taught):
     assert shipped["distilled_from"] == {"teacher": summary["teacher"]["ensemble"], "unlabelled_frames": 3}
 
 
-def test_the_student_is_a_tuned_pipeline_that_predicts_masks(taught):
+def test_the_student_is_a_tuned_pipeline_that_predicts_masks(taught, tmp_path):
     summary = taught["summary"]
     predictor = build_predictor(summary["postprocessing"], backend="torch")  # the one-pipeline checks
     _, spec = read_tuned(summary["postprocessing"])
@@ -202,6 +203,11 @@ def test_the_student_is_a_tuned_pipeline_that_predicts_masks(taught):
     predictions = predictor.predict(frames)
     assert [p.masks.shape for p in predictions] == [(4, 256, 1600)] * 2
     assert all(p.masks.dtype == np.uint8 and set(np.unique(p.masks)) <= {0, 1} for p in predictions)
+    # its ONNX export stands in for it, as any model's does (`export`, then `predict --checkpoints`)
+    exported = export_onnx(summary["student"], tmp_path / "student.onnx")
+    onnx = build_predictor(summary["postprocessing"], [exported]).predict(frames)
+    for a, b in zip(predictions, onnx, strict=True):
+        assert np.mean(a.levels != b.levels) < 1e-3  # the graphs agree to ~1e-5 in probability
 
 
 def test_the_students_frames_carry_the_stored_levels(taught):
