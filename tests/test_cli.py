@@ -89,7 +89,7 @@ def test_config_docs_lists_every_key_and_every_registrys_names(capsys):
     rows = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| `")}
     # each registry's names, read from the registries: nothing written out twice
     assert {f"`{name}`" for name in (*LOSSES, *ARCHITECTURES)} <= rows
-    for name in ("combo", "lovasz_softmax", "unetplusplus", "fixmatch", "mean_teacher", "onnx", "auto"):
+    for name in ("combo", "lovasz_softmax", "unetplusplus", "fixmatch", "mean_teacher", "openvino", "int8"):
         assert f"`{name}`" in rows
     assert "`tu-tf_efficientnet_lite0`" in rows and "`balanced`" in rows and "`radam`" in rows
 

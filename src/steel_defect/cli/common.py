@@ -49,6 +49,12 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
         "<name>.onnx beside it or to the user's cache when that folder is read-only); openvino: "
         "OpenVINO's CPU runtime on the same export",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8", "auto"),
+        help="default inference.precision: bf16 on a CPU that computes it natively (openvino), int8 "
+        "the twin `export --int8` wrote beside an export, auto bf16 where it is native, else fp32",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default inference.threads: physical cores)")
 
 
@@ -107,15 +113,14 @@ def tuned_path(cfg, override: str | None) -> Path | None:
 
 def cli_predictor(cfg, args, checkpoints, post_path, device: str | None = None):
     """The predictor of predict, serve and pseudo-label, built from the tuned pipeline (or
-    ``--untuned``); ``--backend``/``--threads`` override the config."""
+    ``--untuned``); ``--backend``/``--precision``/``--threads`` override the config."""
     from steel_defect.inference.networks import resolve_backend
     from steel_defect.inference.pipeline import build_predictor
 
-    backend = args.backend or cfg.inference.backend
-    if checkpoints and all(Path(c).suffix == ".onnx" for c in checkpoints):
-        backend = "onnx"  # exports run on ONNX Runtime whatever the config says
-    # auto: ONNX Runtime on a CPU (asked without importing torch), else torch
-    backend, device = resolve_backend(backend, device or cfg.inference.device)
+    # auto: the faster CPU backend on a CPU (asked without importing torch), else torch
+    backend, device = resolve_backend(args.backend or cfg.inference.backend, device or cfg.inference.device)
+    if backend == "torch" and checkpoints and all(Path(c).suffix == ".onnx" for c in checkpoints):
+        backend, device = "onnx", "cpu"  # an export has no torch model: ONNX Runtime runs it
     if backend == "torch":
         device = torch_device(device)
     threads = args.threads or cfg.inference.threads
@@ -127,6 +132,7 @@ def cli_predictor(cfg, args, checkpoints, post_path, device: str | None = None):
         device=device,
         backend=backend,
         threads=threads,
+        precision=args.precision or cfg.inference.precision,
     )
 
 
