@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -47,20 +46,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchdata import REPO, synthetic_images
+from benchdata import REPO, fastest, synthetic_images
+
+from steel_defect.inference.backend_choice import cpu_name
 
 REAL_FRAMES = REPO.parent / "shared" / "data" / "severstal_unlabeled" / "test_images"
 MATMUL_N = 2048
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_flags() -> set[str]:
@@ -77,13 +68,8 @@ def cpu_flags() -> set[str]:
 
 
 def _best_of(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    fn()  # warm-up
+    return fastest(fn, repeats)
 
 
 def matmul_peaks(threads: int) -> dict[str, float]:
