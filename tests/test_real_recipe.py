@@ -5,15 +5,24 @@ saw, and paints at most one false defect there.
 Marked ``slow`` and ``realdata``: it trains four folds on a 2-core CPU (13 minutes on an
 AVX2-only one) and skips with the reason when ``../shared/data/severstal_sample`` is absent,
 as in a user's fresh clone. docs/real-steel.md gives the measured figures.
+
+The demo ends by distilling the ensemble into one network for the line. Here its students train
+2 epochs (``distill.epochs=2``, about 2 minutes more): this checks the distillation's mechanics on
+real frames (the teacher's maps, the out-of-fold scheme, the tuned pipeline, both pipelines timed
+side by side), not the student's Dice, which needs its 20 epochs and every frame held out
+(``bench/real_holdout.py``, docs/inference.md).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from steel_defect.demo import run_demo
 from steel_defect.evaluation.analysis import score_images
+from steel_defect.inference.pipeline import read_tuned
 from steel_defect.training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
@@ -32,7 +41,7 @@ ONE_PAIR = 1 / (4 * 14)
 
 
 def test_real_recipe_finds_real_defects_on_unseen_real_frames(real_sample, tmp_path):
-    summary = run_demo(real_sample, tmp_path / "real", recipe="real", seed=0)
+    summary = run_demo(real_sample, tmp_path / "real", recipe="real", seed=0, opts=["distill.epochs=2"])
     assert summary["test_images"] == 14
     # out of fold, the thresholds kept only what helped on the training quarters
     oof = summary["out_of_fold"]
@@ -52,3 +61,19 @@ def test_real_recipe_finds_real_defects_on_unseen_real_frames(real_sample, tmp_p
     assert state["trained_on"]["train_frames"] + state["trained_on"]["valid_frames"] == 40
     assert state["weights_source"]["kind"] == "package"
     assert state["out_of_fold"] == oof
+    # the line pipeline: one distilled network, a tuned pipeline of its own
+    line = summary["line"]
+    assert summary["line_postprocessing"] == str(tmp_path / "real/line/postprocessing.yml")
+    _, spec = read_tuned(summary["line_postprocessing"])
+    assert len(spec.models) == 1 and spec.models[0].fold is None and spec.tta == ()
+    maps = line["teacher_maps"]  # the four fold models, plain and flipped, once per frame
+    assert maps["computed"] == 40 and maps["passes"] == 40 * 4 * 2
+    assert line["out_of_fold"]["images"] == 40
+    assert line["mean_dice"] >= summary["empty_baseline"] - ONE_PAIR - 1e-9, line
+    # one pass of a narrower network against 4 folds x 2 views (22x on a busy 2-core AMD EPYC)
+    assert line["speed"]["line_frames_per_s"] > 3 * line["speed"]["ensemble_frames_per_s"], line["speed"]
+    record = json.loads((tmp_path / "real/line/distill.json").read_text())
+    for k, fold in record["folds"].items():  # no frame scored by a student or teacher that saw it
+        assert not set(fold["scored"]) & set(fold["learnt_from"])
+        assert [t["fold"] for t in fold["teacher"]] == [int(k)]
+        assert set(fold["scored"]) <= set(fold["teacher"][0]["valid_ids"])
