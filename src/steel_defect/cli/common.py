@@ -56,6 +56,12 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
         "the twin `export --int8` wrote beside an export, auto bf16 where it is native, else fp32",
     )
     parser.add_argument("--threads", type=int, help="CPU threads (default inference.threads: physical cores)")
+    parser.add_argument(
+        "--no-clean-gate",
+        action="store_true",
+        help="run every frame through the segmenters: no clean-frame gate, even where the tuned "
+        "pipeline has one (inference.clean_gate: false), e.g. to compare speed and masks",
+    )
 
 
 def add_page_args(parser: argparse.ArgumentParser, port: int, serves: str) -> None:
@@ -113,7 +119,8 @@ def tuned_path(cfg, override: str | None) -> Path | None:
 
 def cli_predictor(cfg, args, checkpoints, post_path, device: str | None = None):
     """The predictor of predict, serve and pseudo-label, built from the tuned pipeline (or
-    ``--untuned``); ``--backend``/``--precision``/``--threads`` override the config."""
+    ``--untuned``); ``--backend``/``--precision``/``--threads``/``--no-clean-gate`` override the
+    config."""
     from steel_defect.inference.networks import resolve_backend
     from steel_defect.inference.pipeline import build_predictor
 
@@ -133,6 +140,7 @@ def cli_predictor(cfg, args, checkpoints, post_path, device: str | None = None):
         backend=backend,
         threads=threads,
         precision=args.precision or cfg.inference.precision,
+        clean_gate=cfg.inference.clean_gate and not getattr(args, "no_clean_gate", False),
     )
 
 

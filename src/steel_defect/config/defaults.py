@@ -281,6 +281,27 @@ SCHEMA: dict[str, Any] = {
             "of a class's best is a candidate, and the one that paints the fewest images wins "
             "(fewer false defects on unseen frames); 0 keeps the best",
         ),
+        "clean_gate": Opt(
+            True,
+            bool,
+            "run the tuned pipeline's clean-frame gate where it has one: a coarse pass of the "
+            "segmenters calls a frame clean (empty masks) and spares it the full pass (predict, "
+            "watch; the pages and pseudo-labelling need every map and skip nothing); false (or "
+            "--no-clean-gate): every frame runs the full pass",
+        ),
+        "gate_scale": Opt(
+            2,
+            int,
+            "threshold search: tune a clean-frame gate on the segmenters' pass at 1/gate_scale of "
+            "their input per side (2: about a quarter of the multiply-adds), out of fold; null: none",
+            nullable=True,
+        ),
+        "gate_max_lost_pairs": Opt(
+            1.0,
+            float,
+            "threshold search: the out-of-fold Dice, in (frame, class) pairs, the clean-frame gate may "
+            "give up to skip more frames; 0: it skips only frames where the pipeline earns nothing",
+        ),
     },
     # `steel-defect distill` (distill/): one student learns the tuned ensemble's maps
     "distill": {

@@ -339,6 +339,20 @@ def _check_averaging(cfg: dict) -> None:
         )
 
 
+def _check_gate(cfg: dict) -> None:
+    inference = cfg["inference"]
+    if inference["gate_scale"] is not None and inference["gate_scale"] < 2:
+        raise ConfigError(
+            f"config key 'inference.gate_scale' is the clean-frame gate's shrink factor per side: at "
+            f"least 2 (2: a quarter of the pixels), or null for no gate; got {inference['gate_scale']}"
+        )
+    if inference["gate_max_lost_pairs"] < 0:
+        raise ConfigError(
+            "config key 'inference.gate_max_lost_pairs' must be 0 or more (pairs of out-of-fold Dice "
+            f"the clean-frame gate may give up), got {inference['gate_max_lost_pairs']}"
+        )
+
+
 def parse_overrides(overrides: list[str] | None) -> dict:
     """``["train.epochs=2", "paths.work_dir=work/x"]`` -> nested dict (values parsed as YAML)."""
     result: dict = {}
@@ -408,6 +422,7 @@ def load_config(
     cfg["model"]["cls_head"] = _check_cls_head(cfg)
     cfg["train"]["semi"] = _check_semi(cfg)
     _check_distill(cfg)
+    _check_gate(cfg)
     _fill_paths(cfg["paths"])
     check_inputs(cfg, require)
     return EasyDict(cfg)

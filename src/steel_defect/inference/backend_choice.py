@@ -26,6 +26,7 @@ import numpy as np
 
 from steel_defect.atomic import atomic_write
 from steel_defect.errors import UserError
+from steel_defect.inference.gate import coarse_shape
 from steel_defect.inference.networks import (
     Network,
     check_backend,
@@ -114,6 +115,29 @@ def open_network(path, backend: str, device: str = "cpu", threads: int | None = 
     from steel_defect.inference.openvino_backend import load_openvino
 
     return load_openvino(path, threads, "fp32" if precision == "int8" else precision)
+
+
+def open_coarse(network: Network, source, scale: int, threads: int | None, precision: str = "fp32"):
+    """(network, input (H, W)) of ``network``'s coarse pass at ``scale`` (the clean-frame gate,
+    :mod:`.gate`), on ``network``'s own backend. Torch runs any input size, so it is the network
+    itself; an export has a fixed frame size, so the coarse pass runs its own export of the
+    checkpoint ``source``, written once beside it (int8 pipelines run it in fp32: the int8 twin is
+    calibrated at the full size)."""
+    _, height, width = input_shape(network)
+    shape = coarse_shape((height, width), scale)
+    if network.backend == "torch":
+        return network, shape
+    source = Path(source)
+    if source.suffix != ".pth" or not source.is_file():
+        raise ExportError(
+            f"the clean-frame gate runs {network.path} at 1/{scale} scale through an export of its "
+            f"checkpoint, and {source} is not one: keep the tuned pipeline's .pth files where it names "
+            "them, or turn the gate off (--no-clean-gate, inference.clean_gate: false)"
+        )
+    from steel_defect.inference.onnx_export import load_exported
+
+    precision = "fp32" if precision == "int8" else precision
+    return load_exported(source, threads, backend=network.backend, precision=precision, input_hw=shape), shape
 
 
 def cpu_name() -> str:

@@ -94,8 +94,12 @@ def _with_metadata(model_bytes: bytes, meta: dict) -> bytes:
     return proto.SerializeToString()
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
-    """Write ``checkpoint``'s model as ONNX to ``out`` (atomically) and return ``out``."""
+def export_onnx(
+    checkpoint: str | Path, out: str | Path, opset: int = OPSET, input_hw: tuple[int, int] | None = None
+) -> Path:
+    """Write ``checkpoint``'s model as ONNX to ``out`` (atomically) and return ``out``.
+    ``input_hw``: the (H, W) it takes, when not its validation transform's (the clean-frame
+    gate's coarse pass, :mod:`.gate`)."""
     import torch  # here, not at the top: a warm export cache opens without torch
 
     from steel_defect.models.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
@@ -105,6 +109,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
     model, _ = model_from_checkpoint(state)
     fields = describe_state(state, checkpoint)
     channels, height, width = input_shape(Network(run=None, **fields))
+    if input_hw is not None:
+        height, width = input_hw
     dummy = torch.from_numpy(
         np.random.default_rng(0).normal(size=(1, channels, height, width)).astype(np.float32)
     )
@@ -270,13 +276,16 @@ def load_exported(
     spin: bool | None = None,
     backend: str = "onnx",
     precision: str = "fp32",
+    input_hw: tuple[int, int] | None = None,
 ) -> Network:
     """``checkpoint`` on the onnx (or ``backend="openvino"``) backend, through its cached export:
     beside it (:func:`.onnx_backend.cache_path`), or in :func:`user_cache` when that folder cannot
     be written (a read-only model share, say). The export is written on first use, and again when
     the checkpoint's SHA-256 no longer matches it (that needs torch); a valid cached export is
     opened once, not once to check it and again to run it. ``precision`` is OpenVINO's (fp32,
-    bf16, auto); ONNX Runtime runs the export as it is."""
+    bf16, auto); ONNX Runtime runs the export as it is. ``input_hw``: an export taking frames of
+    that (H, W) instead of the transform's, cached as ``<stem>.<H>x<W>.onnx`` (the clean-frame
+    gate's coarse pass)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} does not exist")
@@ -290,6 +299,9 @@ def load_exported(
 
     digest = file_sha256(checkpoint)  # read once: a checkpoint is tens of megabytes
     beside, fallback = cache_path(checkpoint), user_cache(checkpoint, digest)
+    if input_hw is not None:
+        tag = f".{input_hw[0]}x{input_hw[1]}.onnx"
+        beside, fallback = (p.with_name(p.name.removesuffix(".onnx") + tag) for p in (beside, fallback))
     for onnx_path in (beside, fallback):
         network = _fresh(onnx_path, checkpoint, digest, opener)
         if network is not None:
@@ -297,11 +309,11 @@ def load_exported(
     onnx_path = None
     if _writable(beside.parent):
         try:
-            onnx_path = export_onnx(checkpoint, beside)
+            onnx_path = export_onnx(checkpoint, beside, input_hw=input_hw)
         except OSError as err:  # the name is taken (a folder, say), or the disk refused
             log.info("cannot write %s (%s)", beside, err)
     if onnx_path is None:
         log.info("caching the export of %s in %s", checkpoint, fallback)
-        onnx_path = export_onnx(checkpoint, fallback)
+        onnx_path = export_onnx(checkpoint, fallback, input_hw=input_hw)
     log.info("exported %s once for %s: %s (--backend torch skips it)", checkpoint, backend, onnx_path)
     return _standing_for(checkpoint, onnx_path, opener(onnx_path))

@@ -12,6 +12,11 @@ the pipeline they were tuned on (:mod:`.pipeline`), as YAML for inference
 then exactly inference's. With ``inference.search_downsample`` f > 1 it keeps the maps f times
 smaller per side instead, and afterwards predicts the same frames again as inference does and
 scores the chosen parameters at full resolution, so the report shows what that costs.
+
+With ``inference.gate_scale`` (default 2) the fold models also run each frame once at that coarse
+scale, and the clean-frame gate (:mod:`.gate`) is tuned on those peaks and on the Dice the
+searched parameters earn per (frame, class) pair: ``clean_gate`` in the YAML, in the report (the
+frames it skips, the Dice it gives up) and per frame in the ``.oof.csv``.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from steel_defect.data.images import read_image
 from steel_defect.data.rle import rles_to_masks
 from steel_defect.errors import UserError
 from steel_defect.evaluation.metric import dice_pairs
+from steel_defect.inference.gate import TunedGate, classifier_absent, tune_gate
 from steel_defect.inference.pipeline import save_spec
-from steel_defect.inference.postprocess import quantise
+from steel_defect.inference.postprocess import PostProcessing, quantise, reduced_size
 from steel_defect.inference.predictor import Predictor
 from steel_defect.inference.search import (
+    DEFAULT_MIN_COMPONENTS,
     DEFAULT_THRESHOLDS,
     area_table,
     class_signal,
@@ -170,12 +177,15 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=(), name: st
     else None), "tables": (area, inter (N, 4, T, M), truth_area (N, 4)) (f = 1, else None),
     "cls": float (N, 4) or None, "top": float (N, 4) maximum of each full-resolution map,
     "folds": [...], "factor": int, "models": {fold: [paths]}, "networks": [loaded networks],
-    "gate": "classifier" | "head" | "none", "split": digest}``.
+    "gate": "classifier" | "head" | "none", "split": digest, "gate_scale": int or None,
+    "gate_levels": uint8 (N, 4) each class's peak on the coarse pass at gate_scale, or None}``.
     """
     models = fold_models(seg_cfg, cls_cfg, members, name)
     factor = seg_cfg.inference.search_downsample
+    scale = seg_cfg.inference.gate_scale
     annotations = read_annotations(seg_cfg.paths.train_csv)
     ids, probs, truth, cls_probs, top, networks, gates = [], [], [], [], [], [], set()
+    coarse = []
     areas, inters, truth_areas = [], [], []
     for fold, predictor, valid_ids in _fold_predictors(seg_cfg, models, device):
         log.info("fold %d: predicting %d validation images with %s", fold, len(valid_ids), models[fold][0])
@@ -183,6 +193,8 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=(), name: st
         gates.add(predictor.gate)
         for chunk, images in _chunks(seg_cfg, valid_ids):
             seg, heads = predictor.segment_with_heads(images)
+            if scale is not None:  # the clean gate's coarse pass, by the same fold's models
+                coarse.extend(predictor.coarse_levels(images, scale))
             if predictor.classifiers:
                 cls_probs.extend(predictor.classify(images))
             elif heads is not None:  # a two-head segmenter: its head is the gate to tune
@@ -217,7 +229,64 @@ def collect_oof(seg_cfg, cls_cfg=None, device: str = "cpu", members=(), name: st
         "gate": gates.pop(),
         "split": split_digest(read_folds(seg_cfg.paths.folds_csv)),
         "checkpoints": [str(p) for fold in sorted(models) for p in models[fold]],
+        "gate_scale": scale,
+        "gate_levels": np.stack(coarse) if coarse else None,
     }
+
+
+def pair_dice(oof: dict, post: PostProcessing) -> tuple[np.ndarray, np.ndarray]:
+    """(Dice of ``post``'s masks, Dice of an empty mask), float64 (N, 4) each, on every
+    out-of-fold (frame, class) pair of :func:`collect_oof`: what the search scored, pair by pair
+    (their mean is the report's out-of-fold Dice). ``post`` holds values of the search's grids."""
+    if oof["tables"] is not None:
+        area, inter, truth_area = oof["tables"]
+    else:
+        truth_area = oof["truth"].sum(axis=(2, 3), dtype=np.int64)
+    dice = np.empty(truth_area.shape, np.float64)
+    for c, params in enumerate(post.classes):
+        if oof["tables"] is not None:
+            t = DEFAULT_THRESHOLDS.index(params.threshold)
+            m = DEFAULT_MIN_COMPONENTS.index(params.min_component)
+            a, x, min_area = area[:, c, t, m], inter[:, c, t, m], params.min_area
+        else:  # downsampled maps: each pair's table at the one setting, in reduced pixels
+            factor = oof["factor"]
+            grid = ((params.threshold,), (reduced_size(params.min_component, factor),))
+            maps = zip(oof["probs"][:, c], oof["truth"][:, c], strict=True)
+            tables = [area_table(p, truth, *grid) for p, truth in maps]
+            a = np.array([table[0, 0] for table, _ in tables], np.int64)
+            x = np.array([table[0, 0] for _, table in tables], np.int64)
+            min_area = reduced_size(params.min_area, factor)
+        kept = a >= max(min_area, 1)
+        if params.cls_threshold is not None and oof["cls"] is not None:
+            kept &= oof["cls"][:, c] >= params.cls_threshold
+        if params.top_threshold is not None:
+            kept &= oof["top"][:, c] >= params.top_threshold
+        with np.errstate(invalid="ignore", divide="ignore"):
+            kept_dice = 2.0 * x / (a + truth_area[:, c])
+        dice[:, c] = np.where(kept, kept_dice, (truth_area[:, c] == 0).astype(np.float64))
+    return dice, (truth_area == 0).astype(np.float64)
+
+
+def tune_clean_gate(oof: dict, post: PostProcessing, max_lost_pairs: float = 1.0) -> TunedGate | None:
+    """The clean-frame gate of ``post``'s pipeline, tuned on :func:`collect_oof`'s out-of-fold
+    coarse peaks (:func:`.gate.tune_gate`); None when they were not collected
+    (``inference.gate_scale: null``). Its ``report`` names the frames it gives up by id.
+
+    Any out-of-fold search can add it to the spec it writes::
+
+        gate = tune_clean_gate(oof, params, cfg.inference.gate_max_lost_pairs)
+        save_spec(..., clean_gate=gate and gate.spec)
+        summary["clean_gate"] = gate and gate.report
+        write_oof_scores(layout.oof_scores(out), oof, gate)
+    """
+    if oof.get("gate_levels") is None:
+        return None
+    dice, empty = pair_dice(oof, post)
+    absent = classifier_absent(oof["cls"], post, oof["gate"])
+    gate = tune_gate(oof["gate_levels"], dice, empty, oof["gate_scale"], absent, max_lost_pairs)
+    for entry in gate.report["sacrificed"]:
+        entry["image"] = oof["ids"][entry.pop("row")]
+    return gate
 
 
 def full_resolution_score(seg_cfg, models, post, device: str = "cpu") -> dict:
@@ -236,17 +305,25 @@ def full_resolution_score(seg_cfg, models, post, device: str = "cpu") -> dict:
     return {"mean_dice": float(dice.mean()), "per_class": per_class, "images": len(dice)}
 
 
-def write_oof_scores(path: Path, oof: dict) -> Path:
+def write_oof_scores(path: Path, oof: dict, gate: TunedGate | None = None) -> Path:
     """Per image: its fold, the segmenter's peak probability per class and the classifier's (or
     the head's) probability per class, empty without one. ``data.sampler: hard_negatives`` ranks
-    defect-free images by it."""
+    defect-free images by it. With a tuned clean-frame ``gate``: each class's coarse peak
+    (``gate_<c>``, the level / 255 the gate compares), whether the pipeline earns Dice on the pair
+    (``marked_<c>``: skipping the frame would lose it) and whether the gate skips the frame."""
     columns = ["ImageId", *(f"peak_{c}" for c in CLASS_IDS), *(f"cls_{c}" for c in CLASS_IDS)]
+    if gate is not None:
+        columns += [*(f"gate_{c}" for c in CLASS_IDS), *(f"marked_{c}" for c in CLASS_IDS), "gate_skips"]
     with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns)
         for k, image_id in enumerate(oof["ids"]):
             cls = [f"{p:.5f}" for p in oof["cls"][k]] if oof["cls"] is not None else [""] * len(CLASS_IDS)
-            writer.writerow([image_id, *(f"{p:.5f}" for p in oof["top"][k]), *cls])
+            row = [image_id, *(f"{p:.5f}" for p in oof["top"][k]), *cls]
+            if gate is not None:  # levels exactly: 19 / 255 prints as 0.0745098 and reads back as 19
+                row += [repr(int(v) / 255.0) for v in oof["gate_levels"][k]]
+                row += [int(v) for v in gate.marked[k]] + [int(gate.skip[k])]
+            writer.writerow(row)
     return path
 
 
@@ -309,9 +386,10 @@ def search_thresholds(
         )
     out = Path(out or seg_cfg.paths.postprocessing or layout.postprocessing(seg_cfg.paths.work_dir))
     tta = tuple(seg_cfg.inference.tta)
-    save_spec(
-        out, params, oof["networks"], tta, oof["gate"], oof["factor"], seg_cfg.paths.folds_csv, oof["split"]
-    )
+    gate = tune_clean_gate(oof, params, seg_cfg.inference.gate_max_lost_pairs)
+    folds_csv = seg_cfg.paths.folds_csv
+    networks, split = oof["networks"], oof["split"]
+    save_spec(out, params, networks, tta, oof["gate"], oof["factor"], folds_csv, split, gate and gate.spec)
     summary = {
         "postprocessing": str(out),
         "images": len(oof["ids"]),
@@ -327,6 +405,7 @@ def search_thresholds(
         summary["classes"][str(c)]["signal"] = signal
     summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
     summary["out_of_fold"]["unlearnt"] = unlearnt_classes(summary["classes"])
+    summary["clean_gate"] = gate and gate.report
     if oof["factor"] > 1 and seg_cfg.inference.search_full_res_check:
         full = full_resolution_score(seg_cfg, oof["models"], params, device)
         searched = summary["out_of_fold"]
@@ -342,7 +421,7 @@ def search_thresholds(
     extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
     with atomic_write(layout.search_report(out)) as handle:
         json.dump({**summary, **extra}, handle, indent=2, default=str)
-    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof))
+    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof, gate))
     # the models carry the score their thresholds earned, for the web page and for whoever
     # finds the checkpoint later without its report (their weights, which the spec names, stay)
     for path in oof["checkpoints"] if record else []:

@@ -13,6 +13,9 @@ function that rebuilds it for ``predict``, ``serve``, ``pseudo-label``, ``export
       search_downsample: 4      # the resolution the search scored at (full-resolution check in
                                 # postprocessing.report.json)
       folds: {path: folds.csv, sha256: 51be...}   # split_digest of the split tuned out of fold
+    clean_gate:                 # optional: the clean-frame gate tuned out of fold (.gate)
+      scale: 2
+      thresholds: {1: 0.0745, 2: null, 3: 0.1294, 4: 0.0902}
 
 Then::
 
@@ -39,6 +42,7 @@ import yaml
 from steel_defect.atomic import atomic_write
 from steel_defect.constants import CLASS_IDS
 from steel_defect.errors import UserError
+from steel_defect.inference.gate import GateSpec
 from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import TTA_DIMS, Predictor
 
@@ -78,6 +82,7 @@ class PipelineSpec:
     folds_sha256: str
     folds_path: Path | None = None
     source: Path | None = None  # the YAML it was read from
+    clean_gate: GateSpec | None = None  # None: a spec tuned without one, or older than the gate
 
     @property
     def checkpoints(self) -> list[Path]:
@@ -111,8 +116,10 @@ def save_spec(
     search_downsample: int,
     folds_csv: str | Path,
     folds_sha256: str,
+    clean_gate: GateSpec | None = None,
 ) -> Path:
-    """Write the searched classes and the pipeline they were tuned on, atomically, as one YAML."""
+    """Write the searched classes and the pipeline they were tuned on (and its clean-frame gate,
+    when one was tuned), atomically, as one YAML."""
     path = Path(path)
     base = path.parent
     pipeline = {
@@ -125,8 +132,11 @@ def save_spec(
             "sha256": folds_sha256,
         },
     }
+    data = {**post.to_dict(), "pipeline": pipeline}
+    if clean_gate is not None:
+        data["clean_gate"] = clean_gate.to_dict()
     with atomic_write(path) as handle:
-        yaml.safe_dump({**post.to_dict(), "pipeline": pipeline}, handle, sort_keys=False)
+        yaml.safe_dump(data, handle, sort_keys=False)
     return path
 
 
@@ -176,6 +186,12 @@ def read_tuned(path: str | Path) -> tuple[PostProcessing, PipelineSpec | None]:
     if gate not in GATES:
         raise PipelineError(f"{source}: pipeline.gate {gate!r}; valid: {', '.join(GATES)}")
     folds = _field(pipeline, "folds", dict, source)
+    clean_gate = None
+    if data.get("clean_gate") is not None:
+        try:
+            clean_gate = GateSpec.from_dict(data["clean_gate"], source)
+        except UserError as err:
+            raise PipelineError(f"{err}; re-run `steel-defect thresholds`, or delete the section") from None
     spec = PipelineSpec(
         post=post,
         models=tuple(models),
@@ -185,6 +201,7 @@ def read_tuned(path: str | Path) -> tuple[PostProcessing, PipelineSpec | None]:
         folds_sha256=str(folds.get("sha256")),
         folds_path=base / folds["path"] if folds.get("path") else None,
         source=path,
+        clean_gate=clean_gate,
     )
     return post, spec
 
@@ -267,6 +284,7 @@ def build_predictor(
     backend: str = "auto",
     threads: int | None = None,
     precision: str = "fp32",
+    clean_gate: bool = True,
 ) -> Predictor:
     """The predictor of a tuned pipeline, checked against it; every command builds it here.
     ``backend`` ``auto`` is what the commands run by default: on a CPU the faster of ONNX
@@ -277,6 +295,8 @@ def build_predictor(
     given ones (checkpoints or their ONNX exports) must be exactly the spec's models. TTA comes
     from the spec. Without a spec ``untuned`` must be True: ``checkpoints`` are required, ``tta``
     is used and the YAML's classes (or threshold 0.5) apply, with a warning.
+    ``clean_gate``: run the spec's clean-frame gate where it has one (``inference.clean_gate``);
+    False runs every frame through the segmenters. An untuned predictor has no gate.
     """
     post, spec = read_tuned(postprocessing) if postprocessing is not None else (None, None)
     if spec is not None and not untuned:
@@ -289,6 +309,8 @@ def build_predictor(
             backend=backend,
             threads=threads,
             precision=precision,
+            clean_gate=spec.clean_gate if clean_gate else None,
+            sources={m.weights_sha256: m.path for m in spec.models},
         )
         check_predictor(predictor, spec)
         predictor.pipeline = str(spec.source)

@@ -114,13 +114,16 @@ class PostProcessing:
     def from_dict(cls, data: dict, source: str = "post-processing config") -> PostProcessing:
         """Build from ``{"classes": {1: {...}, ...}}``; a missing class gets default params.
 
-        A ``pipeline`` entry (what the search tuned, :mod:`steel_defect.inference.pipeline`) may
-        stand beside ``classes``; that module reads and checks it.
+        A ``pipeline`` entry (what the search tuned, :mod:`steel_defect.inference.pipeline`) and
+        a ``clean_gate`` (:mod:`steel_defect.inference.gate`) may stand beside ``classes``; that
+        module reads and checks them.
         """
-        if not isinstance(data, dict) or set(data) - {"classes", "pipeline"}:
-            extra = sorted(map(str, set(data) - {"classes", "pipeline"})) if isinstance(data, dict) else data
+        beside = {"classes", "pipeline", "clean_gate"}
+        if not isinstance(data, dict) or set(data) - beside:
+            extra = sorted(map(str, set(data) - beside)) if isinstance(data, dict) else data
             raise UserError(
-                f"{source}: expected a mapping with the keys 'classes' (and 'pipeline'), got {extra!r}"
+                f"{source}: expected a mapping with the keys 'classes' (and 'pipeline', 'clean_gate'), "
+                f"got {extra!r}"
             )
         classes = data.get("classes") or {}
         if not isinstance(classes, dict):

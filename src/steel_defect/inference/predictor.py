@@ -8,9 +8,11 @@ the file alone; the task stored in it says whether it segments or classifies. Pr
 are averaged over checkpoints of the same task (fold or architecture ensembles; per class over
 the segmenters that predict it, so per-class models mix with 4-class ones) and over flip TTA,
 then brought back to full resolution. With a classifier, images whose every class
-is gated off skip the segmenter entirely. Masks are thresholded from the maps quantised to
-uint8 (the levels the threshold search tunes on), so the web app's stored maps give exactly
-these masks.
+is gated off skip the segmenter entirely; with a clean-frame gate (``clean_gate``, tuned out of
+fold: :mod:`.gate`) so do the frames whose coarse pass finds every class below its threshold.
+Masks are thresholded from the maps quantised to uint8 (the levels the threshold search tunes
+on), so the web app's stored maps give exactly these masks. ``stats`` counts the frames each
+stage saw.
 
 The networks run on a backend (:mod:`.networks`: ``torch``, ``onnx`` through ONNX Runtime, or
 ``openvino``); everything here is numpy and OpenCV, so with the CPU backends a prediction never
@@ -28,7 +30,8 @@ import numpy as np
 
 from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE, NUM_CLASSES
 from steel_defect.errors import UserError
-from steel_defect.inference.backend_choice import load_fastest, open_network
+from steel_defect.inference.backend_choice import load_fastest, open_coarse, open_network
+from steel_defect.inference.gate import GateSpec, classifier_absent, open_classes, peak_levels, shrink
 from steel_defect.inference.networks import (
     PROVENANCE_KEYS,
     Network,
@@ -108,7 +111,10 @@ class Predictor:
     with native bf16), int8 (the ``export --int8`` twins) or auto (:data:`.networks.PRECISIONS`);
     ``threads``: CPU threads of the networks (default: the physical cores);
     ``batch_tta``: run the TTA views as one batch (one call per network) instead of one call
-    per view; the same numbers, and on the CPU measured slightly faster (README, "Benchmarks").
+    per view; the same numbers, and on the CPU measured slightly faster (README, "Benchmarks");
+    ``clean_gate``: the tuned clean-frame gate (:mod:`.gate`), None for none; ``sources``: the
+    checkpoint (``.pth``) of each model by its weights' SHA-256, which the coarse pass is exported
+    from when a model is given as an export (default: the model's own file).
     """
 
     def __init__(
@@ -121,6 +127,8 @@ class Predictor:
         threads: int | None = None,
         batch_tta: bool = True,
         precision: str = "fp32",
+        clean_gate: GateSpec | None = None,
+        sources: dict[str, str | Path] | None = None,
     ):
         unknown = [t for t in tta if t not in TTA_DIMS]
         if unknown:
@@ -152,6 +160,14 @@ class Predictor:
         gates = [c.cls_threshold for c in self.post.classes]
         # Skip the segmenter only when every class has a gate to consult.
         self.can_skip = bool(self.classifiers) and all(g is not None for g in gates)
+        # Frames each stage saw, counted as they pass: what the gates spared is read from here.
+        stages = ("frames", "segmented", "gate_frames", "skipped_classifier", "skipped_clean")
+        self.stats = dict.fromkeys(stages, 0)
+        self._sources = {k: Path(v) for k, v in (sources or {}).items()}
+        self._coarse: dict[int, list] = {}  # scale -> (network, input shape) per segmenter
+        self.clean_gate = clean_gate
+        if clean_gate is not None:
+            self._coarse_networks(clean_gate.scale)  # exported and opened now, not on the first frame
 
     def describe(self) -> dict:
         return {
@@ -163,6 +179,7 @@ class Predictor:
             "backend": ",".join(sorted({n.backend for n in self.segmenters + self.classifiers})),
             "threads": self.threads,
             "precision": self.precision,
+            "clean_gate": self.clean_gate.to_dict() if self.clean_gate else None,
         }
 
     def _views(self, network: Network, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -203,9 +220,11 @@ class Predictor:
         return self.segment_with_heads(images, shape)[0]
 
     def segment_with_heads(
-        self, images: list[np.ndarray], shape: tuple[int, int] = IMAGE_SHAPE
+        self, images: list[np.ndarray], shape: tuple[int, int] = IMAGE_SHAPE, inputs=None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(maps as :meth:`segment`, the hard-gating heads' probabilities (N, 4) or None).
+
+        ``inputs``: each segmenter's :func:`network_input` of ``images``, when already made.
 
         A two-head segmenter's encoder runs once for both. With a soft gate its maps are
         multiplied by its head's probability of the class (the 2019 ``mask * cls`` gating); hard
@@ -216,8 +235,10 @@ class Predictor:
         count = np.zeros(NUM_CLASSES, np.float32)
         head_total = np.zeros((len(images), NUM_CLASSES), np.float32)
         head_count = np.zeros(NUM_CLASSES, np.float32)
-        for network in self.segmenters:
-            probs, head = self._views(network, network_input(network, images))
+        self.stats["segmented"] += len(images)
+        for k, network in enumerate(self.segmenters):
+            batch = inputs[k] if inputs is not None else network_input(network, images)
+            probs, head = self._views(network, batch)
             if probs.shape[-2:] != tuple(shape):
                 probs = _resize(probs, tuple(shape))
             channels = [CLASS_IDS.index(c) for c in network.classes]
@@ -241,6 +262,38 @@ class Predictor:
         heads = np.where(head_count > 0, head_total / np.maximum(head_count, 1), np.float32(1))
         return maps, heads.astype(np.float32)
 
+    def _coarse_networks(self, scale: int) -> list:
+        """(network, input shape) of each segmenter's coarse pass at ``scale``, opened once."""
+        if scale not in self._coarse:
+            sources = [self._sources.get(n.info.get("weights_sha256"), n.path) for n in self.segmenters]
+            self._coarse[scale] = [
+                open_coarse(n, source, scale, self.threads, self.precision)
+                for n, source in zip(self.segmenters, sources, strict=True)
+            ]
+        return self._coarse[scale]
+
+    def coarse_levels(self, images: list[np.ndarray] | None, scale: int, inputs=None) -> np.ndarray:
+        """(N, 4) uint8: each class's peak on the segmenters' coarse pass at ``scale``: one view,
+        per class the mean over the segmenters that predict it (a soft head multiplies, as in the
+        full pass), quantised as masks are. ``inputs``: each segmenter's :func:`network_input`
+        of the frames, when already made (``images`` may then be None)."""
+        total, count = None, np.zeros(NUM_CLASSES, np.float32)
+        coarse = self._coarse_networks(scale)
+        for k, (network, (twin, shape)) in enumerate(zip(self.segmenters, coarse, strict=True)):
+            batch = inputs[k] if inputs is not None else network_input(network, images)
+            probs, head = twin.run(shrink(batch, shape))
+            if head is not None and network.head_gate == "soft":
+                probs = probs * head[:, :, None, None]
+            if total is None:
+                total = np.zeros((len(probs), NUM_CLASSES, *probs.shape[-2:]), np.float32)
+            elif probs.shape[-2:] != total.shape[-2:]:  # members of another input size
+                probs = _resize(probs, total.shape[-2:])
+            total[:, [CLASS_IDS.index(c) for c in network.classes]] += probs
+            count[[CLASS_IDS.index(c) for c in network.classes]] += 1
+        total *= (1 / np.maximum(count, 1)).astype(np.float32)[None, :, None, None]
+        self.stats["gate_frames"] += len(total)
+        return peak_levels(total)
+
     @property
     def gate(self) -> str:
         """What ``cls_threshold`` gates on: ``classifier``, ``head`` (a two-head segmenter's hard
@@ -255,24 +308,40 @@ class Predictor:
         """Predict a batch of uint8 (H, W, C) frames of one size.
 
         ``skip_gated``: frames whose every class the classifier gates off skip the segmenter
-        (their ``probs`` are None). The web app and pseudo-labelling pass False: they need the
-        maps of every frame; the masks are the same either way.
+        (their ``probs`` are None), and so do those the clean-frame gate calls clean (empty
+        masks). The web app, the labelling queue and pseudo-labelling pass False: they need the
+        maps of every frame, and run neither gate's skip; the classifier's masks are the same
+        either way, and the clean gate's differ at most on the pairs its tuning gave up.
         """
         if not images:
             return []
         shape = images[0].shape[:2]
         cls_probs = self.classify(images)
-        run = list(range(len(images)))
-        if self.can_skip and skip_gated:
-            gates = np.array([c.cls_threshold for c in self.post.classes])
-            run = [i for i in run if (cls_probs[i] >= gates).any()]
-        probs, heads = self.segment_with_heads([images[i] for i in run], shape) if run else (None, None)
-        if cls_probs is None and heads is not None:  # no classifier: the segmenters' heads gate
-            cls_probs = heads
+        absent = np.zeros((len(images), NUM_CLASSES), bool)
+        if skip_gated and self.can_skip:
+            absent |= classifier_absent(cls_probs, self.post, self.gate)
+        by_classifier = absent.all(axis=1)
+        rows, inputs = np.flatnonzero(~by_classifier), None
+        if skip_gated and self.clean_gate is not None and len(rows):
+            # the full pass's inputs, made once: the coarse pass shrinks them, survivors reuse them
+            inputs = [network_input(n, [images[i] for i in rows]) for n in self.segmenters]
+            levels = self.coarse_levels(None, self.clean_gate.scale, inputs)
+            absent[rows] |= ~open_classes(levels, self.clean_gate)
+        run = [int(i) for i in np.flatnonzero(~absent.all(axis=1))]
+        self.stats["frames"] += len(images)
+        self.stats["skipped_classifier"] += int(by_classifier.sum())
+        self.stats["skipped_clean"] += len(rows) - len(run)
+        if inputs is not None and len(run) < len(rows):
+            kept = np.searchsorted(rows, run)
+            inputs = [batch[kept] for batch in inputs]
+        batch = [images[i] for i in run]
+        probs, heads = self.segment_with_heads(batch, shape, inputs) if run else (None, None)
         position = {image_index: row for row, image_index in enumerate(run)}
         results = []
         for i in range(len(images)):
             image_cls = None if cls_probs is None else cls_probs[i]
+            if image_cls is None and heads is not None and i in position:
+                image_cls = heads[position[i]]  # no classifier: the segmenters' heads gate
             if i in position:
                 p = probs[position[i]]
                 levels = quantise(p)

@@ -170,7 +170,7 @@ def summary_text(summary: RunSummary) -> str:
     rate = summary.images / summary.seconds if summary.seconds else float("nan")
     text = f"{summary.images} images in {summary.seconds:.1f} s ({rate:.2f} images/s)"
     if summary.skipped_segmenter:
-        text += f"; segmenter skipped on {summary.skipped_segmenter} (classifier gate)"
+        text += f"; segmenter skipped on {summary.skipped_segmenter} (classifier or clean-frame gate)"
     if summary.failed:
         text += f"; {len(summary.failed)} FAILED (empty rows written):"
         text += "".join(f"\n  {image_id}: {reason}" for image_id, reason in summary.failed.items())
