@@ -7,6 +7,7 @@ them, tuned into a spec as `thresholds` writes it; the students train one batch 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -321,3 +322,19 @@ def test_the_demo_scores_and_times_the_line_pipeline_beside_the_ensemble(again):
         in text
     )
     assert "line pipeline:   " + str(work / "line/postprocessing.yml") in text
+
+
+def test_the_distill_command_writes_the_line_pipeline(taught, tmp_path, capsys):
+    from steel_defect.cli import main
+
+    root = taught["root"]
+    common = [f"paths.data_dir={root / 'data'}", f"paths.folds_csv={root / 'folds.csv'}", *SMALL_OPTS, *TINY]
+    opts = [*common, f"paths.work_dir={root / 'seg'}", f"distill.cache_dir={root / 'cache'}"]
+    config = str(REPO / "configs/demo/synth_seg.yml")
+    argv = ["distill", "--config", config, "--teacher", str(taught["spec"]), "--out", str(tmp_path / "line")]
+    assert main([*argv, "--opts", *opts]) == 0
+    assert "the line's pipeline: --postprocessing" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "line" / "distill.json").read_text())
+    assert summary["teacher"]["computed"] == 0  # the maps of the first distillation, from the cache
+    _, spec = read_tuned(tmp_path / "line" / "postprocessing.yml")
+    assert len(spec.models) == 1 and spec.models[0].fold is None

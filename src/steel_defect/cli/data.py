@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from steel_defect.cli.common import add_config_args, torch_device
@@ -72,6 +73,22 @@ def register(sub) -> None:
         "--out", help="YAML to write (default paths.postprocessing or <work_dir>/postprocessing.yml)"
     )
     p.set_defaults(func=_cmd_thresholds)
+
+    p = sub.add_parser(
+        "distill", help="one student network learns a tuned ensemble's maps (the line's pipeline)"
+    )
+    add_config_args(p)
+    p.add_argument(
+        "--teacher",
+        help="the tuned ensemble to distil: its postprocessing.yml (default <work_dir>/postprocessing.yml)",
+    )
+    p.add_argument(
+        "--out", required=True, help="folder for the students, their maps cache and postprocessing.yml"
+    )
+    p.add_argument(
+        "--unlabelled", metavar="DIR", help="unlabelled frames the student also learns the maps of"
+    )
+    p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("demo", help="the main job: data, folds, training, thresholds, submission, score")
     p.add_argument("--data-dir", help="real Severstal-layout folder (default: synthetic data)")
@@ -198,4 +215,16 @@ def _cmd_demo(args) -> int:
         seg_config=args.seg_config,
     )
     print(format_summary(summary))
+    return 0
+
+
+def _cmd_distill(args) -> int:
+    from steel_defect.config import layout, load_config
+    from steel_defect.distill import distill
+
+    cfg = load_config(args.config, args.opts, require=("paths.train_csv", "paths.train_images"))
+    teacher = args.teacher or layout.postprocessing(cfg.paths.work_dir)
+    summary = distill(cfg, teacher, args.out, unlabelled=args.unlabelled)
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"the line's pipeline: --postprocessing {Path(args.out) / 'postprocessing.yml'}", file=sys.stderr)
     return 0
