@@ -2,7 +2,7 @@
 model runs from the floor the CPU's own matmul peak sets.
 
 Run: ``.venv/bin/python bench/line_rate.py [--frames 48] [--pipeline NAME=SOURCE[:BACKEND[:PRECISION]] ...]
-[--threads 2] [--isa-avx2]``
+[--gate spec|off|both] [--threads 2] [--isa-avx2]``
 
 For each pipeline, in one run on the same frames and threads:
 
@@ -26,6 +26,11 @@ Pipelines (``--pipeline``, repeatable; default: ``ensemble``):
   ``line_postprocessing``; ``NAME=a.pth,b.pth`` runs checkpoints untuned, without TTA;
 * ``:BACKEND[:PRECISION]`` after the source picks ``inference.backend`` and ``inference.precision``
   (default ``onnx``, ``fp32``).
+
+``--gate``: ``spec`` (the default) runs each tuned pipeline with the clean-frame gate its spec
+holds, if any (docs/inference.md, "Skipping clean frames"); ``off`` without it; ``both`` runs each
+pipeline that has one twice, with the gate and then without (a row ``NAME (no gate)``), on the same
+frames. The ``skipped`` column is the share of ``watch``'s frames that skipped the segmenters.
 
 ``--isa-avx2`` reruns the whole bench in a child with ``ONEDNN_MAX_CPU_ISA=AVX2`` and
 ``MKL_ENABLE_INSTRUCTIONS=AVX2``: what an AVX2-only CPU would do. The figures are ratios measured
@@ -136,8 +141,9 @@ def ensemble_checkpoints(work: Path) -> list[str]:
     return paths
 
 
-def build(spec: str, work: Path, threads: int):
-    """(name, predictor, backend, precision) of one ``--pipeline`` entry."""
+def build(spec: str, work: Path, threads: int, gate: bool = True):
+    """(name, predictor, backend, precision) of one ``--pipeline`` entry; ``gate``: the spec's
+    clean-frame gate, where it has one."""
     from steel_defect.inference.pipeline import build_predictor
 
     name, _, rest = spec.partition("=")
@@ -145,7 +151,7 @@ def build(spec: str, work: Path, threads: int):
     source = parts[0]
     backend = parts[1] if len(parts) > 1 else "onnx"
     precision = parts[2] if len(parts) > 2 else "fp32"
-    options = {"backend": backend, "threads": threads}
+    options = {"backend": backend, "threads": threads, "clean_gate": gate}
     if precision != "fp32":
         options["precision"] = precision  # backends that know precisions take it
     if source == "ensemble":
@@ -282,6 +288,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--isa-avx2", action="store_true", help="rerun in a child capped at AVX2")
+    parser.add_argument(
+        "--gate",
+        choices=("spec", "off", "both"),
+        default="spec",
+        help="the tuned pipelines' clean-frame gate: as their spec has it, off, or both side by side",
+    )
     args = parser.parse_args()
     if args.isa_avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
         env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
@@ -305,26 +317,39 @@ def main() -> None:
         images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(source.iterdir())]
         header = (
             "| pipeline | backend | precision | GFLOP/frame | model ms/frame | floor ms | x floor "
-            "| watch frames/s | p50 ms | p99 ms |"
+            "| watch frames/s | skipped | p50 ms | p99 ms |"
         )
         print(header)
         print("|" + "---|" * (header.count("|") - 1))
         for spec in args.pipeline or ["ensemble"]:
-            name, predictor, backend, precision = build(spec, work, args.threads)
-            gflop = frame_gflop(predictor)
-            model = model_seconds(predictor, images[: 4 * args.batch], args.batch)
-            floor = gflop / peaks.get(precision, peaks["fp32"]) if gflop else None
-            rate = watch_rate(predictor, source, work, args.batch)
-            late = latency(predictor, source, work, args.rate, args.latency_frames, args.batch)
-            cells = [name, backend, precision]
-            cells += (
-                [f"{gflop:.1f}", f"{1000 * model:.0f}", f"{1000 * floor:.0f}", f"{model / floor:.1f}"]
-                if floor
-                else ["n/a", f"{1000 * model:.0f}", "n/a", "n/a"]
-            )
-            behind = " (falls behind)" if late["behind"] else ""
-            cells += [f"{rate:.2f}", f"{1000 * late['p50']:.0f}{behind}", f"{1000 * late['p99']:.0f}"]
-            print("| " + " | ".join(cells) + " |", flush=True)
+            name, predictor, backend, precision = build(spec, work, args.threads, args.gate != "off")
+            gates = [predictor.clean_gate] + ([None] if args.gate == "both" and predictor.clean_gate else [])
+            for gate in gates:
+                predictor.clean_gate = gate  # one predictor: the same sessions with and without
+                label = name if gate is not None or len(gates) == 1 else f"{name} (no gate)"
+                row(label, predictor, backend, precision, peaks, images, source, work, args)
+
+
+def row(name, predictor, backend, precision, peaks, images, source, work, args) -> None:
+    """Measure one pipeline and print its table row."""
+    gflop = frame_gflop(predictor)
+    model = model_seconds(predictor, images[: 4 * args.batch], args.batch)
+    floor = gflop / peaks.get(precision, peaks["fp32"]) if gflop else None
+    before = dict(predictor.stats)
+    rate = watch_rate(predictor, source, work, args.batch)
+    frames = predictor.stats["frames"] - before["frames"]
+    skipped = frames - (predictor.stats["segmented"] - before["segmented"])
+    late = latency(predictor, source, work, args.rate, args.latency_frames, args.batch)
+    cells = [name, backend, precision]
+    cells += (
+        [f"{gflop:.1f}", f"{1000 * model:.0f}", f"{1000 * floor:.0f}", f"{model / floor:.1f}"]
+        if floor
+        else ["n/a", f"{1000 * model:.0f}", "n/a", "n/a"]
+    )
+    behind = " (falls behind)" if late["behind"] else ""
+    cells += [f"{rate:.2f}", f"{skipped / max(frames, 1):.0%}"]
+    cells += [f"{1000 * late['p50']:.0f}{behind}", f"{1000 * late['p99']:.0f}"]
+    print("| " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
