@@ -31,6 +31,8 @@ Pipelines (``--pipeline``, repeatable; default: ``ensemble``):
 holds, if any (docs/inference.md, "Skipping clean frames"); ``off`` without it; ``both`` runs each
 pipeline that has one twice, with the gate and then without (a row ``NAME (no gate)``), on the same
 frames. The ``skipped`` column is the share of ``watch``'s frames that skipped the segmenters.
+GFLOP/frame and the floor are the full pass's; with a gate the model time is per frame judged,
+skipped frames included, so it can fall below that floor.
 
 ``--isa-avx2`` reruns the whole bench in a child with ``ONEDNN_MAX_CPU_ISA=AVX2`` and
 ``MKL_ENABLE_INSTRUCTIONS=AVX2``: what an AVX2-only CPU would do. The figures are ratios measured
