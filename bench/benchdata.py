@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -63,3 +66,30 @@ def fastest(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def arrive(
+    folder: Path,
+    source: Path,
+    names: list[str],
+    rate_hz: float,
+    arrivals: dict,
+    stop: threading.Event | None = None,
+) -> None:
+    """The camera: frames of ``source`` renamed into ``folder`` at ``rate_hz`` under new names
+    (``f0000000.jpg``...), each copied to a hidden partial file first; ``arrivals[new name]`` is
+    the rename's ``time.time()``. Cycles through ``names`` until ``stop`` is set, or, without it,
+    stops after one pass."""
+    period, index = 1.0 / rate_hz, 0
+    next_at = time.monotonic()
+    while stop is None or not stop.is_set():
+        if stop is None and index >= len(names):
+            return
+        name = f"f{index:07d}.jpg"
+        partial = folder / f".{name}.part"
+        shutil.copyfile(source / names[index % len(names)], partial)
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        os.rename(partial, folder / name)
+        arrivals[name] = time.time()
+        index += 1
+        next_at += period

@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchdata import REPO, fastest, synthetic_images
+from benchdata import REPO, arrive, fastest, synthetic_images
 
 from steel_defect.inference.backend_choice import cpu_name
 
@@ -252,18 +252,8 @@ def latency(predictor, source: Path, work: Path, rate_hz: float, frames: int, ba
     while watcher.state != "running":
         time.sleep(0.01)
     names = sorted(p.name for p in source.iterdir())
-    arrivals = {}
-    next_at = time.monotonic()
-    for index in range(frames):
-        name = f"f{index:06d}.jpg"
-        partial = folder / f".{name}.part"
-        shutil.copyfile(source / names[index % len(names)], partial)
-        delay = next_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        os.rename(partial, folder / name)
-        arrivals[name] = time.time()
-        next_at += 1.0 / rate_hz
+    arrivals: dict[str, float] = {}
+    arrive(folder, source, [names[i % len(names)] for i in range(frames)], rate_hz, arrivals)
     deadline = time.monotonic() + 600
     while log.count() < frames and time.monotonic() < deadline:
         time.sleep(0.05)

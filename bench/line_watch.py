@@ -22,8 +22,6 @@ models; ``--skip throughput latency soak search`` leaves parts out).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -35,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from benchdata import bench_checkpoints, print_rows, synthetic_images
+from benchdata import arrive, bench_checkpoints, print_rows, synthetic_images
 
 from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.run import predict_rows
@@ -63,24 +61,6 @@ def throughput(predictor, work: Path, frames: int, batch: int) -> tuple[float, f
     return max(bare), max(watched)
 
 
-def _arrive(folder: Path, source: Path, names: list[str], rate_hz: float, arrivals: dict, stop=None) -> None:
-    """Rename frames into ``folder`` at ``rate_hz``, cycling through ``names`` under new names;
-    ``arrivals[new name] = time.time()`` at each rename."""
-    period, index = 1.0 / rate_hz, 0
-    next_at = time.monotonic()
-    while stop is None or not stop.is_set():
-        if stop is None and index >= len(names):
-            return
-        name = f"f{index:07d}.jpg"
-        partial = folder / f".{name}.part"
-        shutil.copyfile(source / names[index % len(names)], partial)
-        os.rename(partial, folder / name)
-        arrivals[name] = time.time()
-        index += 1
-        next_at += period
-        time.sleep(max(0.0, next_at - time.monotonic()))
-
-
 def latency(predictor, work: Path, rate_hz: float, frames: int, batch: int) -> list[float]:
     """Arrival-to-row seconds of ``frames`` frames arriving at ``rate_hz``."""
     folder = work / "latency"
@@ -94,7 +74,7 @@ def latency(predictor, work: Path, rate_hz: float, frames: int, batch: int) -> l
     while watcher.state != "running":
         time.sleep(0.01)
     arrivals: dict[str, float] = {}
-    _arrive(folder, work / "frames", names[:frames], rate_hz, arrivals)
+    arrive(folder, work / "frames", names[:frames], rate_hz, arrivals)
     deadline = time.monotonic() + 120
     while log.count() < frames and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -122,7 +102,7 @@ def soak(checkpoints: list[str], work: Path, rate_hz: float, minutes: float, bat
     time.sleep(15)  # the model loads
     stop, arrivals = threading.Event(), {}
     names = sorted(p.name for p in (work / "frames").iterdir())
-    writer = threading.Thread(target=_arrive, args=(folder, work / "frames", names, rate_hz, arrivals, stop))
+    writer = threading.Thread(target=arrive, args=(folder, work / "frames", names, rate_hz, arrivals, stop))
     writer.start()
     started = time.monotonic()
     samples = []

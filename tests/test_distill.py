@@ -196,6 +196,9 @@ def test_the_student_is_a_tuned_pipeline_that_predicts_masks(taught, tmp_path):
     ]
     assert spec.models[0].fold is None and spec.tta == () and spec.gate == "none"
     assert spec.folds_sha256 == summary["split"]
+    # the student's gate is tuned as its thresholds are, on the out-of-fold students' coarse peaks
+    assert spec.clean_gate is not None and spec.clean_gate.scale == summary["clean_gate"]["scale"]
+    assert summary["clean_gate"]["frames"] == summary["frames"]["labelled"]
     state = load_checkpoint(summary["student"])
     assert state["config"]["model"]["params"]["decoder_channels"] == [32, 16, 8, 8, 4]
     assert state["config"]["model"]["encoder"] == "resnet18" and state["epoch"] == 1

@@ -50,10 +50,17 @@ from steel_defect.data.transforms import build_transforms
 from steel_defect.distill.student import DistillFrames, student_config, student_shape, train_student
 from steel_defect.distill.teacher import Teacher, compute_maps, frame, teachers
 from steel_defect.errors import UserError
-from steel_defect.inference.oof import collect_oof, out_of_fold_score, unlearnt_classes, write_oof_scores
+from steel_defect.inference.oof import (
+    collect_oof,
+    out_of_fold_score,
+    search_collected,
+    tune_clean_gate,
+    unlearnt_classes,
+    write_oof_scores,
+)
 from steel_defect.inference.pipeline import PipelineError, build_predictor, read_tuned, save_spec
 from steel_defect.inference.predictor import load_network
-from steel_defect.inference.search import DEFAULT_THRESHOLDS, class_signal, search_all, search_tables
+from steel_defect.inference.search import DEFAULT_THRESHOLDS, class_signal
 from steel_defect.models.checkpoint import read_entry, update_checkpoint
 from steel_defect.training.runner import training_data
 
@@ -126,17 +133,13 @@ def tune(oof_cfg, shipped: Path, out: Path) -> dict:
     """Search the thresholds on the out-of-fold students' maps of their own folds; write the
     shipped student's tuned pipeline with them; the search's summary."""
     oof = collect_oof(oof_cfg, None, oof_cfg.inference.device, (), "last")
-    top = oof["top"] if oof_cfg.inference.search_top_threshold else None
-    slack = oof_cfg.inference.search_slack
-    if oof["tables"] is not None:
-        params, report = search_tables(*oof["tables"], oof["cls"], top_probs=top, slack_images=slack)
-    else:
-        params, report = search_all(
-            oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top, slack_images=slack
-        )
+    params, report = search_collected(oof, oof_cfg)
+    # the gate is tuned as the thresholds are: on the out-of-fold students' coarse peaks
+    gate = tune_clean_gate(oof, params, oof_cfg.inference.gate_max_lost_pairs)
     network = load_network(shipped, "torch")
     tta, folds_csv = oof_cfg.inference.tta, oof_cfg.paths.folds_csv
-    save_spec(out, params, [network], tta, oof["gate"], oof["factor"], folds_csv, oof["split"])
+    split, clean_gate = oof["split"], gate and gate.spec
+    save_spec(out, params, [network], tta, oof["gate"], oof["factor"], folds_csv, split, clean_gate)
     summary = {
         "postprocessing": str(out),
         "images": len(oof["ids"]),
@@ -149,10 +152,11 @@ def tune(oof_cfg, shipped: Path, out: Path) -> dict:
         summary["classes"][str(c)]["signal"] = signal
     summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
     summary["out_of_fold"]["unlearnt"] = unlearnt_classes(summary["classes"])
+    summary["clean_gate"] = gate and gate.report
     extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
     with atomic_write(layout.search_report(out)) as handle:
         json.dump({**summary, **extra}, handle, indent=2, default=str)
-    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof))
+    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof, gate))
     update_checkpoint(shipped, out_of_fold=summary["out_of_fold"])
     return summary
 
@@ -275,6 +279,7 @@ def distill(cfg, teacher_spec: str | Path, out_dir: str | Path, unlabelled: str 
         "frames": {"labelled": len(labelled), "unlabelled": len(extra)},
         "split": digest,
         "out_of_fold": search["out_of_fold"],
+        "clean_gate": search["clean_gate"],
         "model": predictor.describe(),
         "timings": timings,
         **record,

@@ -359,6 +359,18 @@ def unlearnt_classes(classes: dict) -> dict:
     return out
 
 
+def search_collected(oof: dict, cfg) -> tuple:
+    """``(params, report)`` of the threshold search over what :func:`collect_oof` gathered, with
+    ``cfg``'s search settings (top threshold, slack)."""
+    top = oof["top"] if cfg.inference.search_top_threshold else None
+    slack = cfg.inference.search_slack
+    if oof["tables"] is not None:
+        return search_tables(*oof["tables"], oof["cls"], top_probs=top, slack_images=slack)
+    return search_all(
+        oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top, slack_images=slack
+    )
+
+
 def search_thresholds(
     seg_cfg,
     cls_cfg=None,
@@ -376,14 +388,7 @@ def search_thresholds(
     ``name``: the checkpoint of each fold to tune (default ``inference.search_checkpoint``).
     """
     oof = collect_oof(seg_cfg, cls_cfg, device, members, name)
-    top = oof["top"] if seg_cfg.inference.search_top_threshold else None
-    slack = seg_cfg.inference.search_slack
-    if oof["tables"] is not None:
-        params, report = search_tables(*oof["tables"], oof["cls"], top_probs=top, slack_images=slack)
-    else:
-        params, report = search_all(
-            oof["probs"], oof["truth"], oof["cls"], scale=oof["factor"], top_probs=top, slack_images=slack
-        )
+    params, report = search_collected(oof, seg_cfg)
     out = Path(out or seg_cfg.paths.postprocessing or layout.postprocessing(seg_cfg.paths.work_dir))
     tta = tuple(seg_cfg.inference.tta)
     gate = tune_clean_gate(oof, params, seg_cfg.inference.gate_max_lost_pairs)
@@ -396,7 +401,7 @@ def search_thresholds(
         "folds": oof["folds"],
         "gated": oof["cls"] is not None,
         "gate": oof["gate"],
-        "top_threshold_searched": top is not None,
+        "top_threshold_searched": bool(seg_cfg.inference.search_top_threshold) and oof["top"] is not None,
         "mean": report["mean"],
         "classes": {str(c): {k: v for k, v in r.items()} for c, r in report["classes"].items()},
     }

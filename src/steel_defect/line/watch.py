@@ -243,7 +243,7 @@ class Watcher:
     def _record(
         self, name: str, item: Pending, status: str, reason: str | None = None, classes=()
     ) -> FrameRecord:
-        path = self._archive_target(name, item) if status != "missing" else self.folder / name
+        path = self._archive_target(name, item.mtime_ns) if status != "missing" else self.folder / name
         return FrameRecord(
             source=self.source,
             line=self.line,
@@ -314,7 +314,7 @@ class Watcher:
                 records.append(self._record(name, item, "judged", classes=classes))
         return records
 
-    def _archive_target(self, name: str, item: Pending) -> Path:
+    def _archive_target(self, name: str, mtime_ns: int) -> Path:
         """Where a judged frame will lie: the archive under its own name, or, when a camera reused
         the name and an older frame holds it there, under the name and its mtime."""
         if self.archive is None:
@@ -322,7 +322,7 @@ class Watcher:
         target = self.archive / name
         if os.path.lexists(target):
             stem, dot, suffix = name.rpartition(".")
-            target = self.archive / (f"{stem}~{item.mtime_ns}.{suffix}" if dot else f"{name}~{item.mtime_ns}")
+            target = self.archive / (f"{stem}~{mtime_ns}.{suffix}" if dot else f"{name}~{mtime_ns}")
         return target
 
     def _archive(self, name: str, target: str | Path | None = None) -> None:
@@ -339,7 +339,7 @@ class Watcher:
                 stat = source.stat()
             except FileNotFoundError:
                 return
-            target = self._archive_target(name, Pending(stat.st_size, stat.st_mtime_ns, 0.0, 0.0, 0.0))
+            target = self._archive_target(name, stat.st_mtime_ns)
         try:
             _move_without_replacing(source, target)
             self.stats.archived += 1

@@ -32,9 +32,9 @@ from steel_defect.pause import pause_point
 class LogWrites:
     """Every write of the log (each one transaction)."""
 
-    def forget(self, source: str, identities: Iterable[tuple[str, int, int]] | None = None) -> int:
+    def forget(self, source: str, identities: Iterable[tuple[str, int, int]]) -> int:
         """Drop these pruned ``identities`` of ``source`` (their files left its folder); how many went."""
-        gone = sorted(set(identities or ()))
+        gone = sorted(set(identities))
         if not gone:
             return 0
         removed = 0
