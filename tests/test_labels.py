@@ -134,13 +134,76 @@ def test_the_queue_orders_next_and_skips_what_is_done(db):
     assert db.next_in_queue("c.jpg") is None
 
 
+def test_a_version_1_database_is_migrated_with_every_label_and_its_references(tmp_path):
+    """Schema 2 rebuilds the frames table (a new status in its CHECK): the masks, history and
+    queue that refer to it keep their rows, and the new status, versions and trainings work."""
+    from steel_defect.labels.store.schema import APPLICATION_ID, MIGRATIONS, statements
+
+    path = tmp_path / "old.sqlite"
+    raw = sqlite3.connect(path, isolation_level=None)
+    for statement in statements(MIGRATIONS[1]):
+        raw.execute(statement)
+    raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    raw.execute("PRAGMA user_version = 1")
+    stamp = "2026-01-01T00:00:00.000+00:00"
+    raw.execute("INSERT INTO meta VALUES ('created_at', ?)", (stamp,))
+    for name in ("a.jpg", "b.jpg"):
+        raw.execute(
+            "INSERT INTO frames VALUES (?, 1600, 256, 'unlabelled', 0, NULL, ?, ?)", (name, stamp, stamp)
+        )
+    raw.execute("UPDATE frames SET status = 'confirmed', version = 1 WHERE name = 'a.jpg'")
+    for c in range(1, 5):
+        raw.execute(
+            "INSERT INTO masks VALUES ('a.jpg', ?, ?, 'drawn', NULL, ?)", (c, "1 5" if c == 3 else "", stamp)
+        )
+    raw.execute(
+        "INSERT INTO history (frame, version, status, masks, origins, model_version, source, saved_at) "
+        "VALUES ('a.jpg', 1, 'confirmed', '[]', '[]', NULL, 'page', ?)",
+        (stamp,),
+    )
+    raw.execute("INSERT INTO queue VALUES ('b.jpg', 0, 0.5, '{}', 'm:1', ?, 0)", (stamp,))
+    raw.close()
+
+    with LabelStore.open(path) as store:
+        assert store.get_meta("created_at") == stamp  # a migration is not a creation
+        assert (
+            store.frame("a.jpg").masks == ["", "", "1 5", ""] and store.frame("a.jpg").status == "confirmed"
+        )
+        assert len(store.history("a.jpg")) == 1 and store.next_in_queue() == "b.jpg"
+        saved = store.save_masks("b.jpg", EMPTY, version=0, status="defect-free")
+        assert saved.status == "defect-free" and store.next_in_queue() is None
+        assert dict(store.confirmed()) == {"a.jpg": ["", "", "1 5", ""], "b.jpg": EMPTY}
+        assert store.stats().by_status["defect-free"] == 1
+        with pytest.raises(InvalidMasks, match=r"b\.jpg: saved as defect-free with a mask drawn"):
+            store.save_masks("b.jpg", ["1 5", "", "", ""], version=1, status="defect-free")
+        tables = {r[0] for r in store._read("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"model_versions", "promotions", "trainings"} <= tables
+        assert store._read("PRAGMA foreign_key_check") == []
+        assert store._read("PRAGMA foreign_keys")[0][0] == 1
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+    raw.close()
+
+
+def test_an_import_records_a_frame_without_defects_as_defect_free(tmp_path):
+    store = LabelStore.open(tmp_path / "labels.sqlite")
+    counts = store.import_labels(
+        [("a.jpg", 1600, 256, EMPTY), ("b.jpg", 1600, 256, ["", "1 5", "", ""])], "t"
+    )
+    assert counts["saved"] == 2
+    assert [store.frame(n).status for n in ("a.jpg", "b.jpg")] == ["defect-free", "confirmed"]
+    again = store.import_labels([("a.jpg", 1600, 256, EMPTY)], "t")
+    assert again["unchanged"] == 1 and store.frame("a.jpg").version == 1
+
+
 def test_a_newer_schema_another_programs_database_and_a_corrupt_file_are_refused(tmp_path):
     newer = tmp_path / "newer.sqlite"
     LabelStore.open(newer).close()
     raw = sqlite3.connect(newer)
     raw.execute(f"PRAGMA user_version = {store_module.SCHEMA_VERSION + 1}")
     raw.close()
-    with pytest.raises(LabelStoreError, match=rf"{newer}.*schema version 2.*upgrade"):
+    newest = store_module.SCHEMA_VERSION + 1
+    with pytest.raises(LabelStoreError, match=rf"{newer}.*schema version {newest}.*upgrade"):
         LabelStore.open(newer)
     other = tmp_path / "other.sqlite"
     raw = sqlite3.connect(other)
@@ -235,7 +298,7 @@ def test_import_of_the_long_layout_refuses_conflicts_unless_replace(tmp_path):
     with LabelStore.open(tmp_path / "labels.sqlite") as store:
         counts = import_csv(store, long_csv, folder)
         assert counts["frames"] == 3 and counts["saved"] == 3  # the third one is defect-free
-        assert store.frame(names[2]).status == "confirmed" and store.frame(names[2]).masks == EMPTY
+        assert store.frame(names[2]).status == "defect-free" and store.frame(names[2]).masks == EMPTY
         state = store.frame(names[0])
         store.save_masks(names[0], ["", "", "1 7", ""], version=state.version, status="confirmed")
         with pytest.raises(ImportConflict, match=f"first: {names[0]}"):
@@ -550,3 +613,44 @@ def test_the_worst_case_save_fits_the_request_limit(tmp_path):
     checkerboard = (np.indices((256, 1600)).sum(axis=0) % 2).astype(np.uint8)
     body = len(json.dumps({"version": 0, "status": "confirmed", "masks": [mask_to_rle(checkerboard)] * 4}))
     assert body < MAX_SAVE_BYTES  # the limit `steel-defect label` serves with
+
+
+def test_versions_are_recorded_promoted_and_rolled_back_and_one_training_runs_at_a_time(tmp_path):
+    from steel_defect.labels.store import TrainingRunning, UnknownVersion
+
+    store = LabelStore.open(tmp_path / "labels.sqlite")
+    store.import_labels([("a.jpg", 1600, 256, EMPTY), ("b.jpg", 1600, 256, ["", "", "1 5", ""])], "t")
+    assert store.labelled_counts() == {
+        "frames": 2,
+        "defect_free": 1,
+        "per_class": {"1": 0, "2": 0, "3": 1, "4": 0},
+    }
+    digest = store.labels_digest()
+    assert store.promoted() is None
+    oof = {"mean_dice": 0.8, "per_class": {}, "empty": 0.75}
+    first = store.record_version("synthetic", digest, store.labelled_counts(), oof, "a/post.yml", 3.0)
+    second = store.record_version("synthetic", digest, store.labelled_counts(), oof, "b/post.yml", 4.0)
+    assert (first, second) == ("v1", "v2")
+    store.promote(first, "first version")
+    store.promote(second, "better out of fold")
+    assert store.promoted()["spec"] == "b/post.yml"
+    store.promote(first, "rollback")  # a rollback is one more promotion
+    assert store.promoted()["name"] == "v1" and store.promoted()["promotion_reason"] == "rollback"
+    assert [v["promoted"] for v in store.versions()] == [True, False]
+    assert [p["version"] for p in store.promotions()] == ["v1", "v2", "v1"]
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store._db.execute("DELETE FROM promotions")
+    with pytest.raises(UnknownVersion, match=r"no model version 'v9'.*versions: v1, v2"):
+        store.promote("v9", "by hand")
+    store.save_masks("a.jpg", ["1 5", "", "", ""], version=1, status="confirmed")
+    assert store.labels_digest() != digest  # a new label is a new snapshot
+
+    training = store.start_training(pid=123, host="here", log="train.log")
+    with pytest.raises(TrainingRunning, match=f"training {training} is running"):
+        store.start_training(pid=124, host="here", log=None)
+    store.training_progress(training, {"stage": "train", "fold": 0, "fraction": 0.25})
+    assert store.training()["progress"]["fraction"] == 0.25
+    store.finish_training(training, "done", version="v3")
+    store.finish_training(training, "failed", error="late")  # the first ending stays
+    assert store.training(training)["state"] == "done" and store.training()["version"] == "v3"
+    assert store.start_training(pid=125, host="here", log=None) == training + 1

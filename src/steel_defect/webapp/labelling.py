@@ -63,7 +63,7 @@ MAX_SAVE_BYTES = 32 * 2**20
 class Save(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=0, description="the version this edit started from (the GET's)")
-    status: Literal["pre-labelled", "confirmed", "skipped"] = "pre-labelled"
+    status: Literal["pre-labelled", "confirmed", "defect-free", "skipped"] = "pre-labelled"
     masks: list[str] = Field(
         min_length=4, max_length=4, description="RLE of classes 1..4 (Severstal encoding)"
     )

@@ -1,10 +1,11 @@
 """The labels database: every query of it, behind functions named after what they answer.
 
 One SQLite file (WAL mode) holds, per frame, its four masks in the Severstal RLE, its status
-(``unlabelled``, ``pre-labelled``, ``confirmed``, ``skipped``), a version counter, the model's
-proposal and where each saved mask came from (``accepted`` as the model proposed it, ``edited``
-from a proposal, ``drawn`` from nothing, or ``imported``), plus an append-only history of saves
-and the active-learning queue:
+(``unlabelled``, ``pre-labelled``, ``confirmed``, ``defect-free``, ``skipped``), a version
+counter, the model's proposal and where each saved mask came from (``accepted`` as the model
+proposed it, ``edited`` from a proposal, ``drawn`` from nothing, or ``imported``), plus an
+append-only history of saves, the active-learning queue, and the model versions trained on the
+labels with their promotions and trainings:
 
     store = LabelStore.open("labels.sqlite")
     store.add_frames([("a.jpg", 1600, 256)])
@@ -23,7 +24,8 @@ earlier save. The schema version lives in the file (``PRAGMA user_version``); an
 migrated forward at open, a newer one refused.
 
 The package: :mod:`.schema` (tables, statuses, errors, a frame's state), :mod:`.reads` and
-:mod:`.writes` (every query, the two halves of :class:`LabelStore`), and this module, which
+:mod:`.writes` (every query of the frames, two thirds of :class:`LabelStore`), :mod:`.versions`
+(model versions, promotions, trainings: the third), and this module, which
 opens, checks and migrates the file, and is the one face the rest of the code imports.
 """
 
@@ -40,6 +42,7 @@ from steel_defect.labels.store.schema import (
     APPLICATION_ID,
     BUSY_TIMEOUT_MS,
     DONE,
+    LABELLED,
     MIGRATIONS,
     ORIGINS,
     SCHEMA_VERSION,
@@ -58,14 +61,22 @@ from steel_defect.labels.store.schema import (
     origin_of,
     statements,
 )
+from steel_defect.labels.store.versions import (
+    TRAINING_STATES,
+    LabelVersions,
+    TrainingRunning,
+    UnknownVersion,
+)
 from steel_defect.labels.store.writes import LabelWrites
 from steel_defect.pause import pause_point
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "DONE",
+    "LABELLED",
     "ORIGINS",
     "STATUSES",
+    "TRAINING_STATES",
     "DatabaseLocked",
     "FrameState",
     "ImportConflict",
@@ -74,14 +85,16 @@ __all__ = [
     "LabelStoreError",
     "StaleSave",
     "Stats",
+    "TrainingRunning",
     "UnknownFrame",
+    "UnknownVersion",
     "check_masks",
     "now",
     "origin_of",
 ]
 
 
-class LabelStore(LabelReads, LabelWrites):
+class LabelStore(LabelReads, LabelWrites, LabelVersions):
     """One labels database. Thread-safe: the web app's request threads share one connection."""
 
     def __init__(
@@ -181,19 +194,29 @@ class LabelStore(LabelReads, LabelWrites):
         if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
             raise LabelStoreError(f"{self.path}: cannot switch it to WAL mode (a network file system?)")
         db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
-        db.execute("PRAGMA foreign_keys = ON")
         if version < SCHEMA_VERSION:
             pause_point("open:migrate")  # the race test: another process may migrate meanwhile
+            # foreign keys can only be switched outside a transaction; a rebuilt table is
+            # dropped and replaced, which they would refuse while other tables refer to it
+            db.execute("PRAGMA foreign_keys = OFF")
             with self._write():
                 # read again under the write lock: a process opening the same new file at the same
                 # time may have migrated it since the read above ("table meta already exists")
-                version = self._schema_version()
-                for step in range(version + 1, SCHEMA_VERSION + 1):
+                start = self._schema_version()
+                for step in range(start + 1, SCHEMA_VERSION + 1):
                     for statement in statements(MIGRATIONS[step]):
                         db.execute(statement)
+                broken = db.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise LabelStoreError(
+                        f"{self.path}: migrating it broke {len(broken)} references ({broken[:3]}); "
+                        "nothing was changed"
+                    )
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('created_at', ?)", (now(),))
+                if start == 0:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('created_at', ?)", (now(),))
+        db.execute("PRAGMA foreign_keys = ON")
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from steel_defect.constants import CLASS_IDS, NUM_CLASSES
 from steel_defect.labels.store.schema import (
+    LABELLED,
     ORIGINS,
     STATUSES,
     FrameState,
@@ -105,10 +106,10 @@ class LabelReads:
         ]
 
     def confirmed(self) -> Iterator[tuple[str, list[str]]]:
-        """``(name, four RLEs)`` of every confirmed frame, by name."""
+        """``(name, four RLEs)`` of every labelled frame (confirmed or defect-free), by name."""
         rows = self._read(
             "SELECT f.name, m.class_id, m.rle FROM frames f JOIN masks m ON m.frame = f.name "
-            "WHERE f.status = 'confirmed' ORDER BY f.name, m.class_id"
+            f"WHERE f.status IN {LABELLED} ORDER BY f.name, m.class_id"
         )
         current, masks = None, None
         for name, class_id, rle in rows:
@@ -174,14 +175,14 @@ class LabelReads:
             dict(
                 self._read(
                     "SELECT m.class_id, count(*) FROM masks m JOIN frames f ON f.name = m.frame "
-                    "WHERE f.status = 'confirmed' AND m.rle != '' GROUP BY m.class_id"
+                    f"WHERE f.status IN {LABELLED} AND m.rle != '' GROUP BY m.class_id"
                 )
             )
         )
         origins = {c: dict.fromkeys(ORIGINS, 0) for c in CLASS_IDS}
         for class_id, origin, count in self._read(
             "SELECT m.class_id, m.origin, count(*) FROM masks m JOIN frames f ON f.name = m.frame "
-            "WHERE f.status = 'confirmed' GROUP BY m.class_id, m.origin"
+            f"WHERE f.status IN {LABELLED} GROUP BY m.class_id, m.origin"
         ):
             origins[class_id][origin] = count
         size = self._read("SELECT count(*) FROM queue")[0][0]

@@ -13,11 +13,12 @@ from steel_defect.constants import CLASS_IDS, NUM_CLASSES
 from steel_defect.data.rle import RLEError, parse_rle
 from steel_defect.errors import UserError
 
-STATUSES = ("unlabelled", "pre-labelled", "confirmed", "skipped")
-DONE = ("confirmed", "skipped")  # statuses the queue passes over
+STATUSES = ("unlabelled", "pre-labelled", "confirmed", "defect-free", "skipped")
+LABELLED = ("confirmed", "defect-free")  # frames whose masks are ground truth (export, training)
+DONE = ("confirmed", "defect-free", "skipped")  # statuses the queue passes over
 ORIGINS = ("accepted", "edited", "drawn", "imported")
 APPLICATION_ID = 0x53544C44  # "STLD": tells our file from any other SQLite database
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000  # wait this long for another process's write before "locked"
 
 _SCHEMA_V1 = """
@@ -78,8 +79,64 @@ CREATE TABLE queue (
 );
 CREATE INDEX queue_to_do ON queue (done, rank);
 """
+# 2: ``defect-free`` as its own status (SQLite cannot alter a CHECK: the frames table is rebuilt,
+# with foreign keys off, as https://www.sqlite.org/lang_altertable.html prescribes); the model
+# versions trained on the labels, their promotions (append-only: a rollback is a new promotion)
+# and the trainings started from the page or the command line.
+_SCHEMA_V2 = """
+CREATE TABLE frames_v2 (
+    name TEXT PRIMARY KEY,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'unlabelled'
+        CHECK (status IN ('unlabelled', 'pre-labelled', 'confirmed', 'defect-free', 'skipped')),
+    version INTEGER NOT NULL DEFAULT 0,
+    model_version TEXT,
+    added_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+INSERT INTO frames_v2
+    SELECT name, width, height, status, version, model_version, added_at, updated_at FROM frames;
+DROP TABLE frames;
+ALTER TABLE frames_v2 RENAME TO frames;
+CREATE INDEX frames_by_status ON frames (status, name);
+CREATE TABLE model_versions (
+    name TEXT PRIMARY KEY,              -- v1, v2, ... in the order trained
+    created_at TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    labels_digest TEXT NOT NULL,        -- sha256 of the labels snapshot it learnt (names and masks)
+    counts TEXT NOT NULL,               -- JSON: frames, per class, defect-free
+    out_of_fold TEXT NOT NULL,          -- JSON: mean_dice, per_class, empty, unlearnt (with why)
+    spec TEXT NOT NULL,                 -- the tuned pipeline's YAML
+    line_spec TEXT,                     -- the distilled line pipeline's, where the recipe distils one
+    seconds REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'   -- JSON: work folder, options, frame names
+);
+CREATE TABLE promotions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT NOT NULL REFERENCES model_versions (name),
+    promoted_at TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TRIGGER promotions_no_update BEFORE UPDATE ON promotions
+    BEGIN SELECT RAISE(ABORT, 'promotions are append-only: promote again to roll back'); END;
+CREATE TRIGGER promotions_no_delete BEFORE DELETE ON promotions
+    BEGIN SELECT RAISE(ABORT, 'promotions are append-only: promote again to roll back'); END;
+CREATE TABLE trainings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'cancelled')),
+    pid INTEGER,
+    host TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    progress TEXT NOT NULL DEFAULT '{}',  -- JSON: stage, fold, epoch, fraction, eta_s
+    version TEXT,                         -- the model version it recorded
+    log TEXT,                             -- its log file
+    error TEXT
+);
+"""
 # schema version reached -> the statements that reach it from the one before
-MIGRATIONS = {1: _SCHEMA_V1}
+MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 class LabelStoreError(RuntimeError):

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from steel_defect.constants import CLASS_IDS, NUM_CLASSES
 from steel_defect.labels.store.schema import (
     DONE,
+    LABELLED,
     STATUSES,
     FrameState,
     ImportConflict,
@@ -80,6 +81,10 @@ class LabelWrites:
             if version != state.version:
                 raise StaleSave(name, version, state)
             masks = check_masks(masks, state.width, state.height, name)
+            if status == "defect-free" and any(masks):
+                raise InvalidMasks(
+                    f"{name}: saved as defect-free with a mask drawn; clear the masks or confirm them"
+                )
             proposal = state.proposal
             if origins is None:
                 origins = [origin_of(rle, proposal[i] if proposal else None) for i, rle in enumerate(masks)]
@@ -132,33 +137,35 @@ class LabelWrites:
                     counts["added"] += 1
                 state = self._frame(db, name)
                 same = [canonical(a) for a in state.masks] == [canonical(b) for b in masks]
-                if state.version > 0 and same and state.status == "confirmed":
+                status = "confirmed" if any(masks) else "defect-free"
+                if state.version > 0 and same and state.status in LABELLED:
                     counts["unchanged"] += 1
                     continue
                 if state.version > 0 and not same:
                     conflicts.append(name)
-                plan.append((state, masks))
+                plan.append((state, masks, status))
             if conflicts and not replace:
                 raise ImportConflict(conflicts)
             counts["replaced"] = len(conflicts)
-            for state, masks in plan:
+            for state, masks, status in plan:
                 db.executemany(
                     "INSERT OR REPLACE INTO masks VALUES (?, ?, ?, 'imported', NULL, ?)",
                     ((state.name, c, rle, stamp) for c, rle in zip(CLASS_IDS, masks, strict=True)),
                 )
                 db.execute(
-                    "UPDATE frames SET status = 'confirmed', version = version + 1, model_version = NULL, "
+                    "UPDATE frames SET status = ?, version = version + 1, model_version = NULL, "
                     "updated_at = ? WHERE name = ?",
-                    (stamp, state.name),
+                    (status, stamp, state.name),
                 )
                 db.execute("UPDATE queue SET done = 1 WHERE frame = ?", (state.name,))
                 db.execute(
                     "INSERT INTO history "
                     "(frame, version, status, masks, origins, model_version, source, saved_at) "
-                    "VALUES (?, ?, 'confirmed', ?, ?, NULL, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
                     (
                         state.name,
                         state.version + 1,
+                        status,
                         json.dumps(masks),
                         json.dumps(["imported"] * NUM_CLASSES),
                         source,
@@ -189,8 +196,7 @@ class LabelWrites:
         with self._write() as db:
             db.execute("DELETE FROM queue")
             db.executemany(
-                "INSERT INTO queue SELECT ?, ?, ?, ?, ?, ?, status IN ('confirmed', 'skipped') "
-                "FROM frames WHERE name = ?",
+                f"INSERT INTO queue SELECT ?, ?, ?, ?, ?, ?, status IN {DONE} FROM frames WHERE name = ?",
                 (
                     (name, rank, float(score), json.dumps(detail), model_version, stamp, name)
                     for rank, (name, score, detail) in enumerate(ranked)

@@ -475,7 +475,7 @@ function onKey(event) {
   else if (key === "f" || key === "F") setZoom(fitZoom());
   else if (key === "Escape") { state.polygon = []; drawCursor(); }
   else if (key === "Enter") { if (state.polygon.length) closePolygon(); else finish("confirmed"); }
-  else if (key === "0") finish("confirmed", true);
+  else if (key === "0") finish("defect-free", true);
   else if (key === "s" || key === "S") finish("skipped");
   else if (key === "ArrowRight") goNext();
   else if (key === "ArrowLeft") goPrevious();
@@ -488,7 +488,8 @@ async function loadStats() {
     const info = await (await api("/api/label/info")).json();
     const s = info.stats.by_status;
     const queue = info.stats.queue;
-    $("stats-line").textContent = `${info.frames} frames · ${s.confirmed} confirmed · ${s["pre-labelled"]} pre-labelled · ` +
+    $("stats-line").textContent = `${info.frames} frames · ${s.confirmed} confirmed · ${s["defect-free"]} defect-free · ` +
+      `${s["pre-labelled"]} pre-labelled · ` +
       `${s.unlabelled} unlabelled · ${s.skipped} skipped` +
       (queue.size ? ` · ${queue.left} of ${queue.size} left in the queue` : " · no queue yet");
     return info;
@@ -543,7 +544,7 @@ function wire() {
   $("prev").addEventListener("click", goPrevious);
   $("next").addEventListener("click", goNext);
   $("confirm").addEventListener("click", () => finish("confirmed"));
-  $("defect-free").addEventListener("click", () => finish("confirmed", true));
+  $("defect-free").addEventListener("click", () => finish("defect-free", true));
   $("skip").addEventListener("click", () => finish("skipped"));
   $("conflict-load").addEventListener("click", () => openFrame(state.frame.name, false));
   $("conflict-keep").addEventListener("click", () => {
