@@ -341,3 +341,33 @@ def test_the_distill_command_writes_the_line_pipeline(taught, tmp_path, capsys):
     assert summary["teacher"]["computed"] == 0  # the maps of the first distillation, from the cache
     _, spec = read_tuned(tmp_path / "line" / "postprocessing.yml")
     assert len(spec.models) == 1 and spec.models[0].fold is None
+
+
+def test_the_shipped_students_int8_twin_is_checked_on_the_out_of_fold_students(taught, tmp_path):
+    """The shipped student learnt every labelled frame, so its int8 twin is judged by its
+    out-of-fold students' int8 twins, each on the fold it never saw (`export --int8`)."""
+    from steel_defect.inference.export import export_all
+
+    summary = taught["summary"]
+    [entry] = export_all(
+        [summary["student"]],
+        tmp_path / "export",
+        taught["cfg"],
+        postprocessing=summary["postprocessing"],
+        int8=True,
+        openvino=True,
+    )
+    int8 = entry["int8"]
+    assert int8["checked_on"].startswith("the out-of-fold students")
+    assert int8["holdout_frames"] == summary["frames"]["labelled"]  # every fold's frames, once
+    assert math.isclose(int8["dice_change"], int8["dice_int8"] - int8["dice_fp32"])
+    for report, key in ((int8, "onnx"), (int8["openvino"], "xml")):
+        assert ("refused" in report) != Path(report.get(key, tmp_path / "none")).is_file()
+    # the fp32 pipeline's thresholds, with the twin in place of the student, still predict
+    if "refused" not in int8:
+        frames = [read_image(p) for p in sorted((taught["root"] / "data/test_images").iterdir())[:1]]
+        assert build_predictor(summary["postprocessing"], [int8["onnx"]]).predict(frames)[0].masks.shape == (
+            4,
+            256,
+            1600,
+        )

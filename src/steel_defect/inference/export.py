@@ -11,6 +11,7 @@ OpenVINO's int8, :mod:`.openvino_export`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import tempfile
 from pathlib import Path
 
@@ -145,6 +146,86 @@ def _int8_twin(fp32: Path, name: str, backend: str, calib, check: dict, scoring,
     return report
 
 
+def _quantise(fp32: Path, out: Path, backend: str, calib) -> Path:
+    if backend == "onnx":
+        return quantize_int8(fp32, out.with_suffix(".onnx"), calib)
+    return quantize_openvino_int8(fp32, out.with_suffix(".xml"), calib)
+
+
+def _distilled_int8(
+    checkpoint: Path, fp32: Path, name: str, cfg, spec, backends, force: bool, n_holdout: int
+):
+    """The int8 check of a shipped distilled student, which learnt every labelled frame, so no
+    frame is left to score it on: the out-of-fold students of its distillation (the same
+    network and recipe, ``distill.json``) are quantised as it will be, each scored on the fold
+    it never saw inside the student's tuned post-processing, and their pooled Dice change
+    decides whether the shipped student's int8 twin is written."""
+    record = checkpoint.parents[2] / "distill.json"
+    if not record.is_file():
+        raise UserError(
+            f"{checkpoint} is a distilled student that learnt every labelled frame and {record} is "
+            "missing: the int8 check scores its out-of-fold students, which that file lists"
+        )
+    folds = json.loads(record.read_text())["folds"]
+    post, tta = (spec.post, spec.tta) if spec is not None else (PostProcessing(), ())
+    pooled = {b: {"frames": 0, "fp32": 0.0, "int8": 0.0} for b in backends}
+    from steel_defect.data.annotations import read_annotations
+
+    labelled = set(read_annotations(cfg.paths.train_csv).image_ids)
+    with tempfile.TemporaryDirectory(dir=fp32.parent) as tmp:
+        for k, fold in sorted(folds.items()):
+            scored = [i for i in fold["scored"] if i in labelled][:n_holdout]
+            calib_ids = [i for i in fold["learnt_from"] if i in labelled][:16]
+            if not scored or not calib_ids:
+                raise UserError(f"{record}: fold {k}'s frames are not in {cfg.paths.train_csv}")
+            holdout, truth = read_frames(cfg, scored)
+            calib, _ = read_frames(cfg, calib_ids)
+            oof = export_onnx(fold["student"], Path(tmp) / f"fold{k}.onnx")
+            dice_fp32 = mean_dice([oof], holdout, truth, post, tta)
+            for backend in backends:
+                int8 = _quantise(oof, Path(tmp) / f"fold{k}_{backend}.int8", backend, calib)
+                total = pooled[backend]
+                total["frames"] += len(holdout)
+                total["fp32"] += dice_fp32 * len(holdout)
+                total["int8"] += mean_dice([int8], holdout, truth, post, tta) * len(holdout)
+        # the shipped student is calibrated on labelled frames, which it learnt from like any
+        # other: calibration only sets the activations' ranges
+        calib, _ = read_frames(cfg, sorted(labelled)[:16])
+        out = {}
+        for backend in backends:
+            total = pooled[backend]
+            report = {
+                "checked_on": "the out-of-fold students, each on the fold it never saw",
+                "holdout_frames": total["frames"],
+                "dice_fp32": total["fp32"] / total["frames"],
+                "dice_int8": total["int8"] / total["frames"],
+            }
+            report["dice_change"] = report["dice_int8"] - report["dice_fp32"]
+            if report["dice_change"] < -INT8_MAX_DICE_LOSS and not force:
+                report["refused"] = (
+                    f"{backend} int8 loses {-report['dice_change']:.4f} mean Dice on {total['frames']} "
+                    f"frames scored by the out-of-fold students (> {INT8_MAX_DICE_LOSS}); pass --force "
+                    "to write it anyway"
+                )
+            elif backend == "onnx":
+                candidate = _quantise(fp32, Path(tmp) / "shipped.int8", backend, calib)
+                set_int8_report(candidate, report)
+                target = fp32.with_name(f"{name}.int8.onnx")
+                candidate.replace(target)
+                report["onnx"] = str(target)
+            else:
+                candidate = _quantise(fp32, Path(tmp) / "shipped.int8", backend, calib)
+                target = fp32.with_name(f"{name}.int8.xml")
+                report["xml"] = str(set_openvino_int8_report(candidate, report, out=target))
+            out[backend] = report
+    entry = out["onnx"]
+    if "openvino" in out:
+        entry["openvino"] = out["openvino"]
+        if "refused" in out["openvino"] and "refused" not in entry:
+            entry["refused"] = f"openvino: {out['openvino']['refused']}"
+    return entry
+
+
 def export_all(
     checkpoints,
     out_dir,
@@ -187,6 +268,18 @@ def export_all(
         summary.append(entry)
         if not int8:
             continue
+        if openvino is None:
+            openvino = all(importlib.util.find_spec(p) is not None for p in ("openvino", "nncf"))
+        trained_on = meta.get("trained_on") or {}
+        if trained_on.get("distilled_from") and not (trained_on.get("split") or {}).get("valid_ids"):
+            backends = ("onnx", "openvino") if openvino else ("onnx",)
+            try:
+                entry["int8"] = _distilled_int8(
+                    checkpoint, fp32, name, cfg, None if untuned else spec, backends, force, n_holdout
+                )
+            except UserError as err:
+                entry["int8"] = {"refused": str(err)}
+            continue
         try:
             calib_ids, holdout_ids = int8_frame_ids(
                 cfg, meta.get("trained_on"), str(checkpoint), n_calib, n_holdout
@@ -206,8 +299,6 @@ def export_all(
         entry["int8"] = _int8_twin(
             fp32, name, "onnx", calib, check, (others, holdout, truth, post, tta), force
         )
-        if openvino is None:
-            openvino = all(importlib.util.find_spec(p) is not None for p in ("openvino", "nncf"))
         if openvino:
             ov = _int8_twin(fp32, name, "openvino", calib, check, (others, holdout, truth, post, tta), force)
             entry["int8"]["openvino"] = ov
