@@ -11,6 +11,8 @@ a pause point costs one environment lookup. Points:
                        temporary file holds the first chunk, the final name is untouched (atomic.py)
     open:migrate       a labels database's schema version read, its migration not yet begun
                        (labels/store/)
+    batch:queue        after a batch of the active-learning queue is scored, its progress
+                       reported (labels/queue.py): the page shows a build in progress
     export:swap        a labels export swapping its new folder in, between the exchange and
                        the old folder's removal, or between the fallback's two renames
                        (labels/transfer.py)

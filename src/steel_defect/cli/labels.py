@@ -79,7 +79,16 @@ def _cmd_label(args) -> int:
     store.set_meta(IMAGES_META, str(folder.directory.resolve()))
     cfg = load_config(args.config, args.opts)
     predictor = label_predictor(cfg, args)
-    service = LabelService(store, folder, predictor)
+    promoted = store.promoted() if predictor is None else None
+    if promoted is not None:  # no model named: the version promoted in the database pre-labels
+        from pathlib import Path
+
+        from steel_defect.cli.common import cli_predictor
+
+        log.info("pre-labels from the promoted version %s (%s)", promoted["name"], promoted["spec"])
+        predictor = cli_predictor(cfg, args, args.checkpoints, Path(promoted["spec"]), device=args.device)
+    # with a model and no stored queue, the page scores it in the background once it is up
+    service = LabelService(store, folder, predictor, build_queue=True)
     log.info(
         "%d frames to label in %s (%d files skipped), labels in %s",
         len(folder.paths),
@@ -171,8 +180,32 @@ def _queue(store, args) -> int:
     if predictor is None:
         raise UserError("labels queue needs the model: --postprocessing WORK/postprocessing.yml")
     folder = FrameFolder(images_dir(store, args.images))
-    print(json.dumps(score_queue(store, folder, predictor, cfg.inference.batch_size), indent=2))
+    summary = score_queue(store, folder, predictor, cfg.inference.batch_size, progress=ProgressPrinter())
+    print(json.dumps(summary, indent=2))
     return 0
+
+
+class ProgressPrinter:
+    """``progress(done, total)`` for :func:`score_queue`: a line on stderr every ``every_s`` seconds
+    or so (and at the end), ``37/102 frames, 2.3 s/frame, about 2 min left``, so a run of minutes is
+    not silent; stdout keeps only the summary's JSON."""
+
+    def __init__(self, every_s: float = 5.0, stream=None):
+        self.every_s = every_s
+        self.stream = stream or sys.stderr
+        self.started = self.printed = None
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        from steel_defect.labels.queue import progress_line
+
+        clock = time.monotonic()
+        if self.started is None:
+            self.started = clock
+        if self.printed is None or done in (0, total) or clock - self.printed >= self.every_s:
+            print(progress_line(done, total, clock - self.started), file=self.stream, flush=True)
+            self.printed = clock
 
 
 LABEL_ACTIONS = {

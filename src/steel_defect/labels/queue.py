@@ -23,6 +23,7 @@ so a run of consecutive frames of one coil does not fill the labeller's day.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 import cv2
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 from steel_defect.constants import CLASS_IDS
 from steel_defect.inference.predictor import TTA_DIMS, Predictor, network_input
 from steel_defect.inference.verdict import model_version
+from steel_defect.pause import pause_point
 
 log = logging.getLogger(__name__)
 SCORE_SHAPE = (64, 400)  # maps are scored at a quarter of the frame: the doubt is the same, 16x cheaper
@@ -77,11 +79,22 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 
 
 def frame_score(
-    members: np.ndarray, gate: np.ndarray | None = None, top_fraction: float = TOP_FRACTION
+    members: np.ndarray,
+    gate: np.ndarray | None = None,
+    top_fraction: float = TOP_FRACTION,
+    thresholds: np.ndarray | None = None,
+    peaks: np.ndarray | None = None,
 ) -> tuple[float, dict]:
     """Score one frame from its members' maps ``(M, 4, h, w)`` (NaN: not predicted) and the
-    gate's probabilities ``(4,)`` (None without one). Returns ``(score, per-class detail)``."""
+    gate's probabilities ``(4,)`` (None without one). Returns ``(score, per-class detail)``.
+
+    The detail also holds ``doubt``, what the page says of the frame: the most doubtful class,
+    its peak probability (``peaks``, the pipeline's own full-size maps, else the mean map's) beside
+    its ``thresholds`` entry, and where it is: ``at``, the most doubtful pixel, and ``box``, the
+    bounding box of the class's most doubtful pixels, both as fractions of the frame's width and
+    height (the score runs on reduced maps)."""
     detail = {}
+    where = {}
     for index, class_id in enumerate(CLASS_IDS):
         maps = members[:, index]
         maps = maps[~np.isnan(maps).all(axis=(1, 2))]
@@ -100,9 +113,27 @@ def frame_score(
         }
         terms["score"] = float(np.mean(list(terms.values())))
         detail[str(class_id)] = {k: round(v, 4) for k, v in terms.items()}
+        height, width = maps.shape[1:]
+        rows, cols = np.unravel_index(top, (height, width))
+        best = int(top[np.argmax((entropy + 2 * spread)[top])])
+        peak = float(peaks[index]) if peaks is not None else float(mean.max())
+        where[str(class_id)] = {
+            "class_id": class_id,
+            "peak": round(peak, 4),
+            "threshold": None if thresholds is None else round(float(thresholds[index]), 4),
+            "at": [round((best % width + 0.5) / width, 4), round((best // width + 0.5) / height, 4)],
+            "box": [
+                round(cols.min() / width, 4),
+                round(rows.min() / height, 4),
+                round((cols.max() + 1) / width, 4),
+                round((rows.max() + 1) / height, 4),
+            ],
+        }
     if not detail:
         return 0.0, detail
-    return max(d["score"] for d in detail.values()), detail
+    score = max(d["score"] for d in detail.values())
+    doubtful = max(detail, key=lambda c: detail[c]["score"])
+    return score, {**detail, "doubt": where[doubtful]}
 
 
 def thumbnails(images: list[np.ndarray]) -> np.ndarray:
@@ -136,21 +167,63 @@ def diverse_order(
     return kept + duplicates, duplicates
 
 
+def progress_line(done: int, total: int, seconds: float) -> str:
+    """``"37/102 frames, 2.3 s/frame, about 2 min left"``: what ``labels queue`` prints as it scores."""
+    if not done:
+        return f"0/{total} frames, scoring the first batch"
+    rate = seconds / done
+    return f"{done}/{total} frames, {rate:.1f} s/frame, {eta_text(rate * (total - done))}"
+
+
+def eta_text(seconds: float) -> str:
+    """``"about 2 min left"``, ``"about 40 s left"``, ``"done"``."""
+    if seconds <= 0:
+        return "done"
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s left"
+    return f"about {round(seconds / 60)} min left"
+
+
+def _peaks(prediction) -> np.ndarray | None:
+    """(4,) the highest pixel probability of each class on the pipeline's full-size maps."""
+    if prediction.levels is not None:
+        return prediction.levels.reshape(len(CLASS_IDS), -1).max(1) / 255.0
+    if prediction.probs is not None:
+        return prediction.probs.reshape(len(CLASS_IDS), -1).max(1)
+    return None
+
+
 def score_batch(
     predictor: Predictor, frames: list[np.ndarray]
 ) -> tuple[list, list[float], list[dict], np.ndarray]:
     """One batch of frames: (the pipeline's predictions, scores, per-class details, thumbnails)."""
     predictions = predictor.predict(frames, skip_gated=False)
     members = member_maps(predictor, frames)
-    scored = [frame_score(members[:, i], p.cls_probs) for i, p in enumerate(predictions)]
+    thresholds = np.array([p.threshold for p in predictor.post.classes])
+    scored = [
+        frame_score(members[:, i], p.cls_probs, thresholds=thresholds, peaks=_peaks(p))
+        for i, p in enumerate(predictions)
+    ]
     return predictions, [s for s, _ in scored], [d for _, d in scored], thumbnails(frames)
 
 
-def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propose: bool = True) -> dict:
+def score_queue(
+    store,
+    folder,
+    predictor: Predictor,
+    batch_size: int = 4,
+    propose: bool = True,
+    progress=None,
+    network_lock=None,
+) -> dict:
     """Score every unlabelled and pre-labelled frame of ``store`` found in ``folder``, rank them
     and store the queue; with ``propose`` also store each frame's pre-label (the tuned pipeline's
     masks). Frames that cannot be decoded, or whose file has gone since ``folder`` was listed, are
-    left out and reported (``unreadable``, ``missing``). Returns a summary."""
+    left out and reported (``unreadable``, ``missing``). Returns a summary.
+
+    ``progress(done, total)`` is called after each batch (and once with 0 before the first), so a
+    command or a page can say how far it is; ``network_lock`` is held around each batch's network
+    runs when the predictor is shared (the labelling page opens frames with it meanwhile)."""
     from steel_defect.data.images import ImageReadError
     from steel_defect.data.rle import masks_to_rles
     from steel_defect.labels.folder import FrameRemoved
@@ -158,6 +231,8 @@ def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propos
     version = model_version(predictor)
     todo = [n for n in store.names("unlabelled") + store.names("pre-labelled") if n in folder]
     names, scores, details, thumbs, unreadable, missing = [], [], [], [], [], []
+    if progress is not None:
+        progress(0, len(todo))
     for start in range(0, len(todo), batch_size):
         chunk, frames = [], []
         for name in todo[start : start + batch_size]:
@@ -170,8 +245,11 @@ def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propos
                 log.warning("%s is no longer in %s; left out of the queue", name, folder.directory)
                 missing.append(name)
         if not frames:
+            if progress is not None:
+                progress(min(start + batch_size, len(todo)), len(todo))
             continue
-        predictions, chunk_scores, chunk_details, chunk_thumbs = score_batch(predictor, frames)
+        with network_lock or nullcontext():
+            predictions, chunk_scores, chunk_details, chunk_thumbs = score_batch(predictor, frames)
         for name, prediction in zip(chunk, predictions, strict=True):
             if propose and store.frame(name).version == 0:
                 store.set_proposal(name, masks_to_rles(prediction.masks), version)
@@ -179,6 +257,9 @@ def score_queue(store, folder, predictor: Predictor, batch_size: int = 4, propos
         scores += chunk_scores
         details += chunk_details
         thumbs.append(chunk_thumbs)
+        if progress is not None:
+            progress(min(start + batch_size, len(todo)), len(todo))
+        pause_point("batch:queue")
     order, duplicates = diverse_order(np.array(scores), np.concatenate(thumbs)) if names else ([], [])
     moved = set(duplicates)
     ranked = [(names[i], scores[i], {**details[i], "near_duplicate": i in moved}) for i in order]

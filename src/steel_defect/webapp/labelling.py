@@ -9,7 +9,10 @@ Routes (OpenAPI docs at ``/docs``):
     GET  /api/health                          liveness
     GET  /api/label/info                      classes, model, counts, skipped files
     GET  /api/label/next?after=NAME           the next frame of the active-learning queue
-    GET  /api/label/frames?status=S           names, statuses and queue ranks
+    GET  /api/label/frames?status=S           the frame list: status, classes, queue rank and score, doubt
+    GET  /api/label/queue                     the queue's build in the background: state, done, total, eta_s
+    POST /api/label/queue                     build (score) the queue again with the page's model
+    GET  /api/label/frames/{name}/doubt.png?class_id=C   the class's probability under its threshold
     GET  /api/label/frames/{name}             masks (saved, else the model's proposal), status, version
     GET  /api/label/frames/{name}/image       the frame
     PUT  /api/label/frames/{name}             save the four masks on top of ``version``
@@ -44,6 +47,7 @@ from steel_defect.data.rle import masks_to_rles
 from steel_defect.inference.verdict import model_version
 from steel_defect.labels.folder import FrameFolder, FrameRemoved
 from steel_defect.labels.store import (
+    STATUSES,
     DatabaseLocked,
     InvalidMasks,
     LabelStore,
@@ -52,7 +56,9 @@ from steel_defect.labels.store import (
     UnknownFrame,
 )
 from steel_defect.webapp.base import MEDIA_TYPES, STATIC, Limits, new_app
+from steel_defect.webapp.label_queue import NO_MODEL_HINT, DoubtMaps, QueueBuild
 from steel_defect.webapp.provenance import ensemble_summary
+from steel_defect.webapp.training import TrainingSettings, add_training_routes
 
 log = logging.getLogger(__name__)
 BROWSER_FORMATS = ("JPEG", "PNG", "BMP")  # sent as they are; TIFF is re-encoded, browsers do not all show it
@@ -78,13 +84,33 @@ class Restore(BaseModel):
 class LabelService:
     """The database, the folder and the optional model, shared by the request threads."""
 
-    def __init__(self, store: LabelStore, folder: FrameFolder, predictor=None):
+    def __init__(self, store: LabelStore, folder: FrameFolder, predictor=None, build_queue: bool = False):
+        """``build_queue``: score the queue in the background once the server is up, when there is
+        a model and the database holds no queue (``label``'s first run on a folder)."""
         self.store = store
         self.folder = folder
         self.predictor = predictor
         self.model_version = model_version(predictor) if predictor is not None else None
         self._network = threading.Lock()
+        self.queue_build = self.doubt = None
+        if predictor is not None:
+            self.queue_build = QueueBuild(store, folder, predictor, self._network)
+            self.doubt = DoubtMaps(predictor, self._network)
+        self.build_queue = build_queue and predictor is not None
         store.add_frames(folder.listing())
+
+    def start_queue_build(self) -> bool:
+        """Start scoring the queue unless it is stored already (``force``: again); whether it started."""
+        if not self.build_queue or self.store.stats().queue["size"]:
+            return False
+        return self.queue_build.start()
+
+    def queue_status(self) -> dict:
+        """The queue's build (``state``: none without a model, then idle, running, done, failed)
+        and, without a model, the command that makes one (``hint``)."""
+        if self.queue_build is None:
+            return {"state": "none", "hint": NO_MODEL_HINT.format(db=self.store.path.name)}
+        return self.queue_build.status()
 
     def open_frame(self, name: str) -> dict:
         """The frame's state; with a model and no save yet, its proposal is made first.
@@ -137,6 +163,7 @@ class LabelService:
             "frames": len(self.folder.paths),
             "skipped_files": [{"name": n, "reason": r} for n, r in self.folder.skipped],
             "stats": asdict(stats),
+            "queue_build": self.queue_status(),
         }
 
 
@@ -147,7 +174,10 @@ def _not_found(name: str, err: UnknownFrame | None = None) -> HTTPException:
 
 
 def create_label_app(
-    service: LabelService, limits: Limits | None = None, token: str | None = None
+    service: LabelService,
+    limits: Limits | None = None,
+    token: str | None = None,
+    training: TrainingSettings | None = None,
 ) -> FastAPI:
     app = new_app(
         "Label steel-sheet frames in the Severstal encoding.", limits or Limits(), token, queued_paths=()
@@ -188,8 +218,38 @@ def create_label_app(
 
     @app.get("/api/label/frames")
     def frames(status: str | None = None) -> list[dict]:
-        names = service.store.names(status)
-        return [{"name": n} for n in names if n in service.folder]
+        """The frames of the folder (of ``status``), in queue order: what the page's list shows."""
+        if status is not None and status not in STATUSES:
+            raise HTTPException(422, f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        return [f for f in service.store.frame_list(status) if f["name"] in service.folder]
+
+    @app.get("/api/label/queue")
+    def queue_build() -> dict:
+        return service.queue_status()
+
+    @app.post("/api/label/queue", status_code=202)
+    def rebuild_queue() -> dict:
+        if service.queue_build is None:
+            raise HTTPException(409, service.queue_status()["hint"])
+        if not service.queue_build.start():
+            raise HTTPException(409, "the queue is being built already: GET /api/label/queue says how far")
+        return service.queue_status()
+
+    @app.get("/api/label/frames/{name}/doubt.png", response_class=Response)
+    def doubt_png(name: str, class_id: int) -> Response:
+        """The class's probability on the frame, under its threshold, as a faint RGBA PNG at half size."""
+        if service.doubt is None:
+            raise HTTPException(409, "no model: no probability to show (start with --postprocessing)")
+        if class_id not in CLASS_IDS:
+            raise HTTPException(422, f"unknown class_id {class_id}; valid: {list(CLASS_IDS)}")
+        try:
+            frame = service.folder.decode(name)
+        except UnknownFrame as err:
+            raise _not_found(name, err) from None
+        except ImageReadError as err:
+            raise HTTPException(422, f"{name}: {err}") from None
+        data = service.doubt.png(name, frame, class_id)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/label/frames/{name}")
     def frame(name: str) -> dict:
@@ -247,6 +307,9 @@ def create_label_app(
             raise HTTPException(422, str(err)) from None
         return service.describe(state)
 
+    # after the server is up, so the page opens at once and shows the build's progress
+    app.router.on_startup.append(service.start_queue_build)
+    add_training_routes(app, service, training)  # POST/GET/DELETE /api/label/train, versions, rescore
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

@@ -152,6 +152,39 @@ class LabelReads:
                 return rows[0][0]
         return None
 
+    def frame_list(self, status: str | None = None) -> list[dict]:
+        """Every frame (or those of ``status``) in queue order, the unscored after by name: its
+        status, save version, the classes it holds (saved masks once saved, else the proposal's),
+        and its queue rank, score and class in doubt (None when not queued). One query: the page's
+        frame list."""
+        where, params = ("WHERE f.status = ?", (status,)) if status else ("", ())
+        rows = self._read(
+            "SELECT f.name, f.status, f.version, q.rank, q.score, q.detail, "
+            "(SELECT group_concat(class_id) FROM masks m WHERE m.frame = f.name AND m.rle != ''), "
+            "(SELECT group_concat(class_id) FROM proposals p WHERE p.frame = f.name AND p.rle != ''), "
+            "EXISTS (SELECT 1 FROM proposals p WHERE p.frame = f.name) "
+            f"FROM frames f LEFT JOIN queue q ON q.frame = f.name {where} "
+            "ORDER BY q.rank IS NULL, q.rank, f.name",
+            params,
+        )
+        out = []
+        for name, state, version, rank, score, detail, saved, proposed, has_proposal in rows:
+            classes = saved if version > 0 else proposed
+            doubt = (json.loads(detail).get("doubt") or {}) if detail else {}
+            out.append(
+                {
+                    "name": name,
+                    "status": state,
+                    "version": version,
+                    "classes": sorted(int(c) for c in classes.split(",")) if classes else [],
+                    "proposed": bool(has_proposal),
+                    "rank": rank,
+                    "score": score,
+                    "doubt_class": doubt.get("class_id"),
+                }
+            )
+        return out
+
     def queue_entry(self, name: str) -> dict | None:
         rows = self._read(
             "SELECT rank, score, detail, model_version, scored_at FROM queue WHERE frame = ?", (name,)
