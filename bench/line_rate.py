@@ -23,7 +23,9 @@ Pipelines (``--pipeline``, repeatable; default: ``ensemble``):
 * ``ensemble``: the real recipe's tuned pipeline shape, untrained (speed does not depend on the
   weights): Unet over EfficientNet-Lite0 at 128x800, four folds, hflip TTA;
 * ``NAME=WORK/postprocessing.yml``: a tuned pipeline, e.g. the distilled student's
-  ``line_postprocessing``; ``NAME=a.pth,b.pth`` runs checkpoints untuned, without TTA;
+  ``line_postprocessing``; ``NAME=SPEC.yml+export/student_last.onnx`` the same pipeline on exports
+  of its models (``:int8`` then runs their ``export --int8`` twins); ``NAME=a.pth,b.pth`` runs
+  checkpoints untuned, without TTA;
 * ``:BACKEND[:PRECISION]`` after the source picks ``inference.backend`` and ``inference.precision``
   (default ``onnx``, ``fp32``).
 
@@ -158,6 +160,9 @@ def build(spec: str, work: Path, threads: int, gate: bool = True):
         options["precision"] = precision  # backends that know precisions take it
     if source == "ensemble":
         predictor = build_predictor(None, ensemble_checkpoints(work), untuned=True, tta=("hflip",), **options)
+    elif "+" in source:  # a tuned spec with exports of its models in their place (int8 twins beside)
+        spec, models = source.split("+", 1)
+        predictor = build_predictor(Path(spec), models.split(","), **options)
     elif source.endswith((".yml", ".yaml")):
         predictor = build_predictor(Path(source), None, **options)
     else:
