@@ -215,6 +215,7 @@ def score_queue(
     propose: bool = True,
     progress=None,
     network_lock=None,
+    version: str | None = None,
 ) -> dict:
     """Score every unlabelled and pre-labelled frame of ``store`` found in ``folder``, rank them
     and store the queue; with ``propose`` also store each frame's pre-label (the tuned pipeline's
@@ -223,12 +224,14 @@ def score_queue(
 
     ``progress(done, total)`` is called after each batch (and once with 0 before the first), so a
     command or a page can say how far it is; ``network_lock`` is held around each batch's network
-    runs when the predictor is shared (the labelling page opens frames with it meanwhile)."""
+    runs when the predictor is shared (the labelling page opens frames with it meanwhile).
+    ``version``: the name the proposals and the queue carry (a promoted model version's, ``v3``,
+    so the page says which version proposed a frame); default :func:`model_version`'s digest."""
     from steel_defect.data.images import ImageReadError
     from steel_defect.data.rle import masks_to_rles
     from steel_defect.labels.folder import FrameRemoved
 
-    version = model_version(predictor)
+    version = version or model_version(predictor)
     todo = [n for n in store.names("unlabelled") + store.names("pre-labelled") if n in folder]
     names, scores, details, thumbs, unreadable, missing = [], [], [], [], [], []
     if progress is not None:
