@@ -27,6 +27,13 @@ def register(sub) -> None:
     add_config_args(p, required=False)
     p.add_argument("--checkpoints", nargs="+", help="default: the tuned pipeline's")
     add_pipeline_args(p)
+    p.add_argument(
+        "--labels-db",
+        metavar="DB",
+        help="judge with the promoted model version of this labels database (its line pipeline where "
+        "it has one) and swap to a newly promoted one between two batches; instead of "
+        "--postprocessing, --checkpoints and --untuned",
+    )
     add_backend_args(p)
     p.add_argument("--device", help="cpu, cuda or auto (default inference.device)")
     p.add_argument("--line", help="the line's name in the log and on the page (default: the folder's name)")
@@ -70,6 +77,8 @@ def _cmd_watch(args) -> int:
     from steel_defect.webapp.server import limit_malloc_arenas
 
     folder = Path(args.folder)
+    if args.labels_db:
+        _refuse_other_models(args)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder to watch (create it, or mount the share first)")
     rules = dict(parse_rule(rule) for rule in args.alarm or [])
@@ -79,9 +88,18 @@ def _cmd_watch(args) -> int:
     limit_malloc_arenas()
     inspection_log = InspectionLog.open(args.db)  # before the model loads: a bad --db fails in a second
     cfg = load_config(args.config, args.opts)
-    predictor = cli_predictor(
-        cfg, args, args.checkpoints, tuned_path(cfg, args.postprocessing), device=args.device
-    )
+    follow = predictor = None
+    if args.labels_db:
+        from steel_defect.line.follow import PromotedModel
+
+        follow = PromotedModel(
+            args.labels_db, build=lambda spec: cli_predictor(cfg, args, None, spec, device=args.device)
+        )
+        follow.load()
+    else:
+        predictor = cli_predictor(
+            cfg, args, args.checkpoints, tuned_path(cfg, args.postprocessing), device=args.device
+        )
     alarms = AlarmMonitor(rules, args.alarm_window, args.alarm_min_frames, args.alarm_url) if rules else None
     watcher = Watcher(
         folder,
@@ -97,6 +115,7 @@ def _cmd_watch(args) -> int:
         keep_rows=args.keep_rows,
         alarms=alarms,
         overlap_writes=True,
+        follow=follow,
     )
     log.info("watching %s as line %r; log in %s", watcher.folder, watcher.line, inspection_log.name)
 
@@ -114,5 +133,23 @@ def _cmd_watch(args) -> int:
         log.info("dashboard at %s/ (API docs at /docs)", url)
         return lambda: setattr(server, "should_exit", True)
 
-    run_until_stopped(watcher, idle_exit_s=args.exit_when_idle, page=None if args.no_page else start_page)
+    try:
+        run_until_stopped(watcher, idle_exit_s=args.exit_when_idle, page=None if args.no_page else start_page)
+    finally:
+        if follow is not None:
+            follow.close()
     return 0
+
+
+def _refuse_other_models(args) -> None:
+    """--labels-db names the model (the promoted version's pipeline): another one is a conflict."""
+    for option, given in (
+        ("--postprocessing", args.postprocessing),
+        ("--checkpoints", args.checkpoints),
+        ("--untuned", args.untuned),
+    ):
+        if given:
+            raise UserError(
+                f"{option} and --labels-db both name the model: --labels-db {args.labels_db} judges with "
+                f"its promoted version's pipeline and follows its promotions; give one of them"
+            )

@@ -50,6 +50,7 @@ from steel_defect.constants import IMAGE_SHAPE
 from steel_defect.data.images import IMAGE_SUFFIXES, ImageReadError, TruncatedImage, decode_image
 from steel_defect.inference.verdict import class_report, model_version
 from steel_defect.line.alarms import AlarmMonitor
+from steel_defect.line.follow import PromotedModel
 from steel_defect.line.log import FrameRecord, InspectionLog
 from steel_defect.pause import pause_point
 
@@ -114,6 +115,7 @@ class Watcher:
         monotonic: Callable[[], float] | None = None,
         decode_workers: int = 2,
         overlap_writes: bool = False,
+        follow: PromotedModel | None = None,
     ):
         """``clock`` gives the wall-clock times written to the log; ``monotonic`` measures the
         intervals (settling, heartbeats, retention). A test's own ``clock`` drives both unless
@@ -126,9 +128,18 @@ class Watcher:
         reads the log at once leaves it off, or calls :meth:`flush`). One batch at most is being
         written at a time, and its frames count as done from the moment they are handed over; a
         write that fails stops the loop at the next batch with its error, and the frames it held
-        are judged again at the next start."""
+        are judged again at the next start.
+
+        ``follow``: the labels database's promoted version, loaded (``watch --labels-db``); the
+        predictor is then its own (pass None), and a newly promoted version takes over between
+        two batches once it is built (:mod:`steel_defect.line.follow`)."""
         self.folder = Path(folder).resolve()
         self.source = str(self.folder)
+        self.follow = follow
+        if follow is not None:
+            if predictor is not None or follow.current is None:
+                raise ValueError("with follow, pass predictor=None and load() the promoted version first")
+            predictor = follow.current.predictor
         self.log, self.predictor = inspection_log, predictor
         self.line = line or self.folder.name
         self.archive = Path(archive).resolve() if archive else None
@@ -137,7 +148,7 @@ class Watcher:
         self.alarms = alarms
         self.clock = clock
         self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
-        self.model = model_version(predictor)
+        self.model = follow.current.model if follow is not None else model_version(predictor)
         self.pending: dict[str, Pending] = {}
         self.done: set[tuple[str, int, int]] = set()  # identities in the folder that have a row
         self.stats = WatchStats()
@@ -361,6 +372,7 @@ class Watcher:
             self._start_events()
             log.info("%s: watching (%s)", self.folder, "events and polling" if self._observer else "polling")
         self.state, self.message, self.backoff = "running", None, 0.0
+        self._follow_promotions()
         batch = self.complete()[: self.batch_size]
         records = missing + (self.judge(batch) if batch else [])
         if records:
@@ -377,6 +389,15 @@ class Watcher:
                 self._commit(records)
         self._maintain()
         return len(records)
+
+    def _follow_promotions(self) -> None:
+        """Judge the next batch with a newly promoted version, once it is built. Between two
+        batches, on the loop's thread: the rows of the batch being written name the model that
+        judged them already."""
+        loaded = self.follow.poll() if self.follow is not None else None
+        if loaded is not None:
+            self.predictor, self.model = loaded.predictor, loaded.model
+            self._last_beat = None  # the page names the new version at once
 
     def _commit(self, records: list[FrameRecord]) -> None:
         """Write a batch's rows in one transaction, then move its frames and check the alarms."""

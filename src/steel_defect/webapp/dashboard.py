@@ -7,7 +7,8 @@ no SQL here.
 
 Routes (OpenAPI docs at ``/docs``):
 
-    GET /api/log/status                  lines, watchers (state, backlog, lag, behind), open and recent alarms
+    GET /api/log/status                  lines, watchers (state, backlog, lag, behind, model version),
+                                         open and recent alarms
     GET /api/log/frames                  search: classes, start, end, min_area, min_probability,
                                          line, source, status, limit, before (paging), newest first
     GET /api/log/frames/{id}             one frame's record, its four classes with RLE and boxes
@@ -43,6 +44,7 @@ from steel_defect.config.defaults import SCHEMA
 from steel_defect.constants import CLASS_COLORS, CLASS_IDS, CLASS_NAMES
 from steel_defect.data.images import ImageReadError, encode_jpeg, read_image
 from steel_defect.data.rle import rle_to_mask
+from steel_defect.line.follow import version_of
 from steel_defect.line.log import STATUSES, InspectionLog, LogError, Search
 from steel_defect.webapp.base import MEDIA_TYPES, STATIC, Limits, new_app
 
@@ -182,7 +184,9 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
     @app.get("/api/log/status")
     def status() -> dict:
         """The lines, each watcher's state, backlog and lag (``behind``: past the page's limit), open
-        alarms and the latest ones."""
+        alarms and the latest ones. A watcher following a labels database's promoted model
+        (``watch --labels-db``) has its ``version``; the one in this process also says why a
+        newer promotion is not judging (``model_problem``)."""
 
         def read():
             watchers = inspection_log.watchers()
@@ -194,9 +198,13 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
                         message=watcher.message,
                         backlog=watcher.backlog(),
                         lag_s=watcher.lag_s(),
+                        model=watcher.model,
                     )
+                    follow = getattr(watcher, "follow", None)
+                    row["model_problem"] = follow.problem if follow is not None else None
                     batch = watcher.batch_size
                 row["behind"] = behind(row, batch)
+                row["version"] = version_of(row["model"])  # watch --labels-db: the version judging
             return {
                 "now": time.time(),
                 "log": inspection_log.name,
