@@ -265,3 +265,38 @@ def test_watch_with_labels_db_and_nothing_promoted_says_what_to_run(tmp_path, ca
     assert code == 2
     error = capsys.readouterr().err
     assert "no model version is promoted yet" in error and "steel-defect labels train --db" in error
+
+
+@pytest.mark.e2e
+def test_the_dashboard_names_the_version_judging_and_why_a_promotion_did_not_load(tmp_path, models, browser):
+    from steel_defect.webapp.server import serve_in_thread
+    from tests.test_line_e2e import wait_until
+
+    labels = _labels(tmp_path, models)
+    _drop(tmp_path / "in", models["sources"], 3)
+    follow, inspection, watcher = _watcher(tmp_path, labels, batch_size=1)
+    _promote(labels, "v3")  # its spec is gone
+    watcher.step()
+    assert follow.settle(timeout=120)
+    watcher.step()
+    watcher.flush()
+    server, url = serve_in_thread(create_dashboard_app(inspection, watcher=watcher))
+    context = browser.new_context(viewport={"width": 1400, "height": 700})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        page.goto(url + "/")
+        wait_until(page, "() => window.dashboard && window.dashboard.refreshed >= 1")
+        assert errors == []
+        shown = page.locator("#watchers .watcher")
+        assert re.fullmatch(r"in: running · backlog 1 · \d judged · model v1", shown.inner_text())
+        assert shown.get_attribute("title").endswith(f"\nmodel: v1 ({models['expected']['a']['model']})")
+        banner = page.locator("#alarms .banner.model-problem")
+        assert banner.inner_text() == f"in:{follow.problem}"  # the line, then why v3 is not judging
+        assert follow.problem.startswith("model version v3 does not load from ")
+        page.screenshot(path=str(tmp_path / "dashboard_version.png"), full_page=True)
+    finally:
+        context.close()
+        server.should_exit = True
+        follow.close()

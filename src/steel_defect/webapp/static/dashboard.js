@@ -74,9 +74,12 @@ function renderStatus(status) {
     const backlog = behind
       ? `backlog ${w.backlog} frame${w.backlog === 1 ? "" : "s"}${lag === null ? "" : `, ${lag.toFixed(1)} s behind`}`
       : `backlog ${w.backlog}`;
-    const text = `${w.line}: ${stale ? `no heartbeat for ${Math.round(age)} s` : w.state} · ${backlog} · ${w.judged} judged`;
+    // watch --labels-db: the version judging now (its full model string in the tooltip)
+    const version = w.version ? ` · model ${w.version}` : "";
+    const text = `${w.line}: ${stale ? `no heartbeat for ${Math.round(age)} s` : w.state} · ${backlog} · ${w.judged} judged${version}`;
     const kind = stale || w.state !== "running" ? "down" : behind ? "behind" : "";
-    return el("span", { class: `watcher ${kind}`, title: w.message || w.source }, text);
+    const title = `${w.message || w.source}${w.model ? `\nmodel: ${w.model}` : ""}`;
+    return el("span", { class: `watcher ${kind}`, title }, text);
   }) : [el("span", {}, "no watcher has written to this log yet")]));
   document.querySelector("header.bar").classList.toggle("behind", late);
   const select = $("line");
@@ -90,6 +93,9 @@ function renderStatus(status) {
     (a.notified ? ` · notified: ${a.notified}` : "")));
   for (const w of status.watchers.filter((w) => w.state === "source missing")) {
     banners.push(el("div", { class: "banner", "data-level": "caution" }, el("strong", {}, `${w.line}:`), w.message || "its folder is gone"));
+  }
+  for (const w of status.watchers.filter((w) => w.model_problem)) {  // a promoted version that did not load
+    banners.push(el("div", { class: "banner model-problem", "data-level": "caution" }, el("strong", {}, `${w.line}:`), w.model_problem));
   }
   $("alarms").replaceChildren(...banners);
 }
