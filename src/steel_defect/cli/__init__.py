@@ -17,6 +17,7 @@
     steel-defect label --images DIR --db labels.sqlite [--postprocessing P.yml]   # labelling page
     steel-defect labels import|export|stats|queue|history|restore --db labels.sqlite ...
     steel-defect watch DIR --db inspection.sqlite [--postprocessing P.yml] [--archive DIR]  # line
+    steel-defect watch DIR --db inspection.sqlite --labels-db labels.sqlite   # the promoted version
     steel-defect distill --config SEG_CFG --out DIR [--unlabelled DIR]   # the line's one network
 
 ``split_folds.py``, ``train.py`` and ``inference.py`` at the repository root call
