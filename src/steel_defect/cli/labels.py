@@ -88,7 +88,7 @@ def _cmd_label(args) -> int:
         log.info("pre-labels from the promoted version %s (%s)", promoted["name"], promoted["spec"])
         predictor = cli_predictor(cfg, args, args.checkpoints, Path(promoted["spec"]), device=args.device)
     # with a model and no stored queue, the page scores it in the background once it is up
-    service = LabelService(store, folder, predictor, build_queue=True)
+    service = LabelService(store, folder, predictor, build_queue=True, batch_size=cfg.inference.batch_size)
     log.info(
         "%d frames to label in %s (%d files skipped), labels in %s",
         len(folder.paths),

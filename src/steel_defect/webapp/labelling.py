@@ -84,9 +84,17 @@ class Restore(BaseModel):
 class LabelService:
     """The database, the folder and the optional model, shared by the request threads."""
 
-    def __init__(self, store: LabelStore, folder: FrameFolder, predictor=None, build_queue: bool = False):
+    def __init__(
+        self,
+        store: LabelStore,
+        folder: FrameFolder,
+        predictor=None,
+        build_queue: bool = False,
+        batch_size: int = 4,
+    ):
         """``build_queue``: score the queue in the background once the server is up, when there is
-        a model and the database holds no queue (``label``'s first run on a folder)."""
+        a model and the database holds no queue (``label``'s first run on a folder), ``batch_size``
+        frames at a time."""
         self.store = store
         self.folder = folder
         self.predictor = predictor
@@ -94,7 +102,7 @@ class LabelService:
         self._network = threading.Lock()
         self.queue_build = self.doubt = None
         if predictor is not None:
-            self.queue_build = QueueBuild(store, folder, predictor, self._network)
+            self.queue_build = QueueBuild(store, folder, predictor, self._network, batch_size)
             self.doubt = DoubtMaps(predictor, self._network)
         self.build_queue = build_queue and predictor is not None
         store.add_frames(folder.listing())

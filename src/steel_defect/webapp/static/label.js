@@ -11,6 +11,7 @@
 import { ApiError, api, jsonBody } from "./api.js";
 import { $, el } from "./dom.js";
 import { MaskEditor } from "./editor.js";
+import { initFrameList, markCurrent, refreshFrameList, statusLabel, toggleFrameList } from "./frames.js";
 import { composite } from "./overlay.js";
 import { decodeRle, encodeRle } from "./rle.js";
 
@@ -37,6 +38,7 @@ const state = {
   pointer: null, // last pointer position, image coordinates
   panning: null,
   spaceHeld: false,
+  heat: false, // the heat map of the class in doubt is on (H)
   eventTimes: [], // ms spent handling each pointer event of a stroke (bench/label_page.py reads it)
   saveTimes: [], // ms of each save's round trip
 };
@@ -108,6 +110,18 @@ function drawCursor() {
   pen.clearRect(0, 0, canvas.width, canvas.height);
   const line = 1.5 / state.zoom; // about 1.5 screen pixels at any zoom
   pen.lineWidth = line;
+  const doubt = frameDoubt();
+  if (state.heat && doubt) { // where the doubt is: a ring at its most doubtful pixel, and the box
+    const { width, height } = state.frame; // of the class's most doubtful pixels when it is narrow
+    const [x0, y0, x1, y1] = doubt.box;
+    pen.strokeStyle = "#ffffff";
+    pen.setLineDash([6 / state.zoom, 4 / state.zoom]);
+    if ((x1 - x0) * (y1 - y0) < 0.25) pen.strokeRect(x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height);
+    pen.setLineDash([]);
+    pen.beginPath();
+    pen.arc(doubt.at[0] * width, doubt.at[1] * height, 14 / state.zoom, 0, 2 * Math.PI);
+    pen.stroke();
+  }
   if (state.polygon.length) {
     pen.strokeStyle = "#ffffff";
     pen.setLineDash([4 / state.zoom, 3 / state.zoom]);
@@ -167,6 +181,9 @@ async function openFrame(name, remember = true) {
   }
   showError(null);
   state.frame = frame;
+  // the address names the open frame: a reload or a shared link opens it again (?frame=NAME)
+  history.replaceState(null, "", `?frame=${encodeURIComponent(name)}`);
+  markCurrent(name);
   state.edits = 0;
   state.savedEdits = 0;
   state.conflict = null;
@@ -207,22 +224,62 @@ async function prefetchNext(name) {
   } catch (_) { /* only a head start: the real open reports any error */ }
 }
 
+// The queue's word on the open frame: the class in doubt, its peak and threshold, where (or null).
+function frameDoubt() {
+  const queue = state.frame && state.frame.queue;
+  return (queue && queue.detail && queue.detail.doubt) || null;
+}
+
+function renderDoubt() {
+  const frame = state.frame;
+  const doubt = frameDoubt();
+  $("doubt-line").hidden = !doubt;
+  const layer = $("doubt-layer");
+  if (!doubt) {
+    layer.hidden = true;
+    return;
+  }
+  const c = state.classes.find((k) => k.class_id === doubt.class_id);
+  const peak = doubt.peak.toFixed(2);
+  const side = doubt.threshold === null ? `peak ${peak}`
+    : `peak ${peak} ${doubt.peak >= doubt.threshold ? "over" : "under"} threshold ${doubt.threshold.toFixed(2)}`;
+  const [x, y] = [Math.round(doubt.at[0] * frame.width), Math.round(doubt.at[1] * frame.height)];
+  const size = state.info ? state.info.stats.queue.size : 0;
+  $("doubt-text").textContent = `in doubt: class ${doubt.class_id}${c ? ` · ${c.name}` : ""} (${side}), ` +
+    `most doubtful at x ${x}, y ${y} · queue #${frame.queue.rank + 1}${size ? ` of ${size}` : ""}`;
+  const toggle = $("doubt-heat");
+  const model = Boolean(state.info && state.info.model);
+  toggle.disabled = !model;
+  $("doubt-heat-label").title = model ? "a faint map of the class's probability, up to its threshold (H)"
+    : "the heat map needs the model: start the page with --postprocessing (or promote a version)";
+  toggle.checked = state.heat && model;
+  const source = `/api/label/frames/${encodeURIComponent(frame.name)}/doubt.png?class_id=${doubt.class_id}`;
+  if (toggle.checked && layer.getAttribute("src") !== source) layer.setAttribute("src", source);
+  layer.hidden = !toggle.checked;
+}
+
+function setHeat(on) {
+  state.heat = on;
+  renderDoubt();
+  drawCursor();
+}
+
 function renderFrame() {
   const frame = state.frame;
   $("frame-name").textContent = frame.name;
   const chip = $("frame-status");
   // The model ran but found no defect (most frames of a line): "pre-labelled" would promise masks
-  // that are not there.
+  // that are not there; "pre-labelled" saved by a labeller is masks not yet confirmed: in progress.
   const proposedNothing = Boolean(frame.proposal) && frame.proposal.every((rle) => !rle);
-  const nothing = proposedNothing && frame.version === 0;
-  // "pre-labelled" in the database: masks not yet confirmed, the model's or a labeller's unfinished ones
-  chip.textContent = nothing ? "model proposes nothing"
-    : frame.status === "pre-labelled" && frame.version > 0 ? "in progress" : frame.status;
-  chip.dataset.status = nothing ? "nothing-proposed" : frame.status;
+  const [text, kind] = statusLabel({ status: frame.status, version: frame.version,
+    proposed: Boolean(frame.proposal), classes: proposedNothing ? [] : [0] });
+  chip.textContent = text;
+  chip.dataset.status = kind;
   const parts = [`${frame.width}×${frame.height}`, `version ${frame.version}`];
   if (frame.proposal_model) parts.push(`${proposedNothing ? "checked" : "pre-labelled"} by ${frame.proposal_model}`);
-  if (frame.queue) parts.push(`queue #${frame.queue.rank + 1} · score ${frame.queue.score.toFixed(3)}`);
+  if (frame.queue) parts.push(`queue score ${frame.queue.score.toFixed(2)}`);
   $("frame-meta").textContent = parts.join(" · ");
+  renderDoubt();
   for (const [i, c] of state.classes.entries()) {
     const origin = frame.origins[i];
     const node = $("class-bar").querySelector(`[data-class="${c.class_id}"] .origin`);
@@ -333,6 +390,15 @@ async function goNext() {
   }
   await openFrame(name);
   loadStats();
+}
+
+// Open any frame (the frame list's click): the open one's strokes are saved first, as for Next.
+async function jumpTo(name) {
+  if (state.frame && name === state.frame.name) return;
+  if (state.frame && !(await readyToLeave())) return;
+  await openFrame(name);
+  loadStats();
+  refreshFrameList();
 }
 
 async function goPrevious() {
@@ -453,6 +519,7 @@ function buildClassBar() {
 function onKey(event) {
   const target = event.target;
   if (target instanceof HTMLInputElement && target.type !== "checkbox" && target.type !== "range") return;
+  if (target instanceof HTMLSelectElement) return; // the frame list's filter takes its own arrows
   const key = event.key;
   const ctrl = event.ctrlKey || event.metaKey;
   if (ctrl && key.toLowerCase() === "z") {
@@ -479,6 +546,8 @@ function onKey(event) {
   else if (key === "s" || key === "S") finish("skipped");
   else if (key === "ArrowRight") goNext();
   else if (key === "ArrowLeft") goPrevious();
+  else if (key === "l" || key === "L") toggleFrameList();
+  else if ((key === "h" || key === "H") && !$("doubt-line").hidden && !$("doubt-heat").disabled) setHeat(!state.heat);
   else return;
   event.preventDefault();
 }
@@ -491,12 +560,54 @@ async function loadStats() {
     $("stats-line").textContent = `${info.frames} frames · ${s.confirmed} confirmed · ${s["defect-free"]} defect-free · ` +
       `${s["pre-labelled"]} pre-labelled · ` +
       `${s.unlabelled} unlabelled · ${s.skipped} skipped` +
-      (queue.size ? ` · ${queue.left} of ${queue.size} left in the queue` : " · no queue yet");
+      (queue.size ? ` · ${queue.left} of ${queue.size} left in the queue` : ` · ${queueWord(info.queue_build)}`);
+    $("stats-line").dataset.queue = info.queue_build.state;
+    if (state.info) state.info = { ...state.info, stats: info.stats };
+    followBuild(info.queue_build);
     return info;
   } catch (error) {
     $("stats-line").textContent = `counts unavailable: ${error.message}`;
+    if (state.building) buildPoll = setTimeout(loadStats, 3000); // a build's progress: try again
     return null;
   }
+}
+
+// The queue while there is none stored: being built (with how far), failed, or no model to build it.
+function queueWord(build) {
+  if (build.state === "running") {
+    const eta = build.eta_s === null ? "" : build.eta_s < 90 ? `, about ${Math.max(1, Math.round(build.eta_s))} s left`
+      : `, about ${Math.round(build.eta_s / 60)} min left`;
+    return build.total === null ? "building the queue…" : `building the queue: ${build.done}/${build.total} frames scored${eta}`;
+  }
+  if (build.state === "failed") return `the queue could not be built: ${build.error}`;
+  if (build.state === "none") return "no queue: no model yet";
+  return "no queue yet";
+}
+
+// While the queue is built, poll its progress; when it is done, the open frame gets its queue
+// entry (the class in doubt) and the list its ranks.
+let buildPoll = null;
+function followBuild(build) {
+  clearTimeout(buildPoll);
+  if (build.state === "running") {
+    buildPoll = setTimeout(loadStats, 1000);
+    state.building = true;
+  } else if (state.building) {
+    state.building = false;
+    refreshFrameList();
+    refreshQueueEntry();
+  }
+}
+
+async function refreshQueueEntry() {
+  if (!state.frame) return;
+  try {
+    const fresh = await (await api(`/api/label/frames/${encodeURIComponent(state.frame.name)}`)).json();
+    if (state.frame && fresh.name === state.frame.name && fresh.version === state.frame.version) {
+      state.frame = { ...state.frame, queue: fresh.queue, proposal: fresh.proposal, proposal_model: fresh.proposal_model };
+      renderFrame();
+    }
+  } catch (_) { /* the next open shows it */ }
 }
 
 function wire() {
@@ -546,6 +657,7 @@ function wire() {
   $("confirm").addEventListener("click", () => finish("confirmed"));
   $("defect-free").addEventListener("click", () => finish("defect-free", true));
   $("skip").addEventListener("click", () => finish("skipped"));
+  $("doubt-heat").addEventListener("change", (event) => setHeat(event.target.checked));
   $("conflict-load").addEventListener("click", () => openFrame(state.frame.name, false));
   $("conflict-keep").addEventListener("click", () => {
     state.frame = { ...state.frame, version: state.conflict.version };
@@ -565,13 +677,14 @@ async function start() {
   const line = $("model-line");
   line.textContent = model
     ? `pre-labels from ${model.summary.segmenters}${model.summary.classifiers ? ` + ${model.summary.classifiers}` : ""} · ${model.version}`
-    : "no model: frames open empty (start with --postprocessing to pre-label them)";
+    : `frames open empty: ${info.queue_build.hint || "no model"}`;
   line.dataset.state = "ready";
   if (info.skipped_files.length) {
     $("skipped-files").hidden = false;
     $("skipped-list").replaceChildren(...info.skipped_files.map((s) => el("li", {}, `${s.name}: ${s.reason}`)));
   }
   buildClassBar();
+  initFrameList(state.classes, jumpTo);
   state.editor = new MaskEditor(1600, 256, state.classes.length, repaint);
   setTool("brush");
   setClass(0);
