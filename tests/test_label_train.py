@@ -8,27 +8,34 @@ child on tiny settings. The child is held at a known point with the pause hook
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.labels.folder import FrameFolder
+from steel_defect.labels.jobs import ENDED, process_alive
 from steel_defect.labels.store import LabelStore
 from steel_defect.labels.transfer import import_csv
 from steel_defect.pause import ENV, FILE_ENV
 from steel_defect.webapp.labelling import LabelService, create_label_app
 from steel_defect.webapp.training import TrainingSettings
-from tests.conftest import SMALL_OPTS
+from tests.test_labels import running_label_server
 
-# one training in well under a minute: two folds of one batch each, no TTA search to speak of
+# one training in about a minute on two CPU cores (with --epochs 1): two folds of one batch each
+HALF = "{name: Normalize, params: {mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}}"  # lite0's weights
 TINY = [
-    *SMALL_OPTS,
+    f"transforms.train=[{{name: Resize, params: {{height: 64, width: 384}}}}, {HALF}]",
+    f"transforms.valid=[{{name: Resize, params: {{height: 64, width: 384}}}}, {HALF}]",
+    "data.batch_size=4",
+    "data.num_workers=0",
     "folds.n_splits=2",
-    "train.epochs=1",
     "train.max_train_batches=1",
     "train.max_valid_batches=1",
     "inference.backend=torch",
@@ -69,7 +76,7 @@ def _torch(spec: str):
 def _client(db: Path, frames: Path) -> tuple[TestClient, LabelStore]:
     store = LabelStore.open(db)
     service = LabelService(store, FrameFolder(frames))
-    settings = TrainingSettings("synthetic", tuple(TINY), load_predictor=_torch)
+    settings = TrainingSettings("synthetic", tuple(TINY), epochs=1, load_predictor=_torch)
     return TestClient(create_label_app(service, training=settings)), store
 
 
@@ -107,3 +114,130 @@ def test_without_a_training_the_api_says_none_and_cancel_is_a_409(labelled_db, t
         assert client.get("/api/label/rescore").json()["state"] == "idle"
         missing = client.post("/api/label/promote", json={"version": "v7"})
         assert missing.status_code == 404 and "no model version 'v7'" in missing.json()["detail"]
+
+
+def _ended(client: TestClient) -> dict:
+    view = client.get("/api/label/train").json()
+    return view if view["state"] != "running" else None
+
+
+def _log_tail(view: dict) -> str:
+    return Path(view["log"]).read_text()[-3000:] if view.get("log") else ""
+
+
+def test_train_reports_progress_refuses_a_second_and_ends_with_a_promoted_version_the_queue_follows(
+    labelled_db, tmp_path, monkeypatch
+):
+    db, frames = _copy(labelled_db, tmp_path)
+    marker = tmp_path / "paused"
+    monkeypatch.setenv(ENV, "batch:train@2")  # the second fold's first batch: the first fold reported
+    monkeypatch.setenv(FILE_ENV, str(marker))
+    client, store = _client(db, frames)
+    with client, store:
+        started = client.post("/api/label/train", json={})
+        assert started.status_code == 202, started.text
+        first = started.json()
+        assert first["state"] == "running" and first["pid"] > 0
+        _until(marker.exists, what="the training child at its second training batch")
+        second = client.post("/api/label/train", json={"recipe": "synthetic"})
+        assert second.status_code == 409
+        assert second.json()["training"]["id"] == first["id"]
+        assert f"training {first['id']} is running" in second.json()["detail"]
+        view = client.get("/api/label/train").json()
+        assert view["state"] == "running", _log_tail(view)
+        assert (view["stage"], view["fold"], view["epoch"]) == ("train", 0, 1)
+        assert 0 < view["fraction"] < 0.5 and view["eta_s"] > 0
+        assert Path(view["log"]).parent == db.parent and "labels train" in Path(view["log"]).read_text()
+        marker.unlink()  # go on
+        done = _until(lambda: _ended(client), what="the training's end")
+        assert done["state"] == "done", f"{done['error']}\n{_log_tail(done)}"
+        assert done["version"] == "v1" and done["fraction"] == 1.0
+        result = done["result"]
+        assert result["promoted"] and result["promotion_reason"] == "first version"
+        assert set(result["out_of_fold"]["per_class"]) == {"1", "2", "3", "4"}
+        assert result["counts"]["frames"] == 12
+        # reaped by the server: no zombie left behind
+        _until(lambda: not Path(f"/proc/{first['pid']}").exists(), 30, "the child to be reaped")
+        # the promotion re-scores the pre-labels and the queue with v1, and says so
+        rescore = _until(
+            lambda: (r := client.get("/api/label/rescore").json())["state"] in ("done", "failed") and r,
+            what="the re-scoring",
+        )
+        assert rescore["state"] == "done", rescore
+        assert rescore["version"] == "v1" and rescore["done"] == rescore["total"] == UNLABELLED
+        proposed = store.names("pre-labelled")
+        assert len(proposed) == UNLABELLED
+        assert {store.frame(n).proposal_model for n in proposed} == {"v1"}
+        assert store.stats().queue["model_version"] == "v1"
+        opened = client.get(f"/api/label/frames/{proposed[0]}").json()
+        assert opened["proposal_model"] == "v1"  # the page's model is v1 now: no second proposal
+        versions = client.get("/api/label/versions").json()
+        assert versions["promoted"] == "v1" and [v["name"] for v in versions["versions"]] == ["v1"]
+
+
+def test_cancel_stops_the_training_and_frees_the_slot(labelled_db, tmp_path, monkeypatch):
+    db, frames = _copy(labelled_db, tmp_path)
+    marker = _paused(monkeypatch, tmp_path)
+    client, store = _client(db, frames)
+    with client, store:
+        first = client.post("/api/label/train", json={}).json()
+        _until(marker.exists, what="the training child at its first batch")
+        cancelled = client.delete("/api/label/train")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["state"] == "cancelled" and cancelled.json()["version"] is None
+        assert not process_alive(first["pid"], first["id"])
+        _until(lambda: not Path(f"/proc/{first['pid']}").exists(), 30, "the child to be reaped")
+        assert store.training(first["id"])["state"] == "cancelled" and store.versions() == []
+        marker.unlink()
+        again = client.post("/api/label/train", json={})  # one at a time: the slot is free again
+        assert again.status_code == 202 and again.json()["id"] == first["id"] + 1
+        _until(marker.exists, what="the second training at its first batch")
+        assert client.delete("/api/label/train").json()["state"] == "cancelled"
+
+
+def _server_args() -> list[str]:
+    return ["--train-recipe", "synthetic", "--train-epochs", "1", "--backend", "torch", "--train-opts", *TINY]
+
+
+def _orphan(db: Path, frames: Path, marker: Path) -> dict:
+    """Start a training from a real `steel-defect label`, hold it at its first batch, and kill
+    the server with SIGKILL (the child, its own process group, trains on); the training's row."""
+    env = {**os.environ, ENV: "batch:train", FILE_ENV: str(marker)}
+    with running_label_server(frames, db, *_server_args(), env=env) as (url, server):
+        started = httpx.post(f"{url}/api/label/train", json={}, timeout=60)
+        assert started.status_code == 202, started.text
+        _until(marker.exists, what="the training child at its first batch")
+        server.kill()
+        server.wait()
+    return started.json()
+
+
+def test_a_restarted_server_finds_the_live_training_running_and_can_cancel_it(labelled_db, tmp_path):
+    db, frames = _copy(labelled_db, tmp_path)
+    row = _orphan(db, frames, tmp_path / "paused")
+    assert process_alive(row["pid"], row["id"])
+    client, store = _client(db, frames)  # the restarted server: a new app on the same database
+    with client, store:
+        view = client.get("/api/label/train").json()
+        assert view["state"] == "running" and view["pid"] == row["pid"] and view["id"] == row["id"]
+        assert client.post("/api/label/train", json={}).status_code == 409
+        cancelled = client.delete("/api/label/train").json()
+        assert cancelled["state"] == "cancelled"
+        assert not process_alive(row["pid"], row["id"])
+        assert store.training(row["id"])["state"] == "cancelled"
+
+
+def test_a_restarted_server_records_a_training_whose_process_is_gone_as_failed(labelled_db, tmp_path):
+    db, frames = _copy(labelled_db, tmp_path)
+    row = _orphan(db, frames, tmp_path / "paused")
+    os.killpg(row["pid"], signal.SIGKILL)  # the child dies too, before it could end its row
+    _until(lambda: not process_alive(row["pid"], row["id"]), 30, "the child's death")
+    with LabelStore.open(db) as store:
+        assert store.training(row["id"])["state"] == "running"  # what the dead process left
+    client, store = _client(db, frames)
+    with client, store:
+        view = client.get("/api/label/train").json()
+        assert view["state"] == "failed"
+        assert view["error"].startswith(ENDED) and f"pid {row['pid']} is gone" in view["error"]
+        assert view["log"] in view["error"]  # where to look
+        assert store.training(row["id"])["state"] == "failed"  # recorded, not only reported

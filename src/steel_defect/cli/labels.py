@@ -29,6 +29,13 @@ def register(sub) -> None:
     p.add_argument("--device", help="cpu, cuda or auto (default inference.device)")
     add_backend_args(p)
     p.add_argument("--max-file-mb", type=float, default=10.0, help="largest frame file offered")
+    p.add_argument(
+        "--train-recipe", choices=("real", "synthetic"), help="the page's Train (default: labels train's)"
+    )
+    p.add_argument(
+        "--train-opts", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides of the Train"
+    )
+    p.add_argument("--train-epochs", type=int, help="epochs of every network the Train trains")
     p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser("labels", help="the labels database: import, export, stats, queue, history, restore")
@@ -97,8 +104,24 @@ def _cmd_label(args) -> int:
         store.path,
     )
     limits = Limits(max_file_bytes=max_file_bytes, max_request_bytes=MAX_SAVE_BYTES, timeout_s=args.timeout)
-    serve(create_label_app(service, limits, token=token), args.host, args.port)
+    app = create_label_app(service, limits, token=token, training=_training_settings(cfg, args))
+    serve(app, args.host, args.port)
     return 0
+
+
+def _training_settings(cfg, args):
+    """What the page's Train runs, and how a promoted version's predictor is built to re-score."""
+    from pathlib import Path
+
+    from steel_defect.cli.common import cli_predictor
+    from steel_defect.webapp.training import TrainingSettings
+
+    def load(spec: str):
+        return cli_predictor(cfg, args, None, Path(spec), device=args.device)
+
+    return TrainingSettings(
+        args.train_recipe, tuple(args.train_opts), args.train_epochs, load, cfg.inference.batch_size
+    )
 
 
 def print_stats(stats) -> None:

@@ -95,7 +95,8 @@ def process_alive(pid: int, training_id: int) -> bool:
 class TrainingJobs:
     """Start, watch and cancel ``steel-defect labels train`` for one labels database.
 
-    ``recipe`` and ``opts`` are the server's defaults (``label --train-recipe``, ``--train-opts``);
+    ``recipe``, ``opts`` and ``epochs`` are the server's (``label --train-recipe``, ``--train-opts``,
+    ``--train-epochs``; the page may name another recipe and opts);
     ``on_end(row)`` is called (in a reaper thread) when a training this server started ends."""
 
     def __init__(
@@ -104,6 +105,7 @@ class TrainingJobs:
         images: str | Path,
         recipe: str | None = None,
         opts: tuple[str, ...] | list[str] = (),
+        epochs: int | None = None,
         on_end: Callable[[dict], None] | None = None,
         python: str = sys.executable,
         grace_s: float = 60.0,
@@ -112,6 +114,7 @@ class TrainingJobs:
         self.images = Path(images).resolve()
         self.recipe = recipe
         self.opts = tuple(opts)
+        self.epochs = epochs
         self.on_end = on_end
         self.python = python
         self.grace_s = grace_s
@@ -126,6 +129,8 @@ class TrainingJobs:
         argv += ["--images", str(self.images), "--training-id", str(training_id)]
         if recipe:
             argv += ["--recipe", recipe]
+        if self.epochs:
+            argv += ["--epochs", str(self.epochs)]
         if opts:
             argv += ["--opts", *opts]
         return argv

@@ -39,12 +39,13 @@ PROGRESS_KEYS = ("stage", "fold", "epoch", "fraction", "eta_s")
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What the page's Train button runs: the recipe and config overrides (``label
-    --train-recipe``, ``--train-opts``; None: the command's default), and how a promoted
+    """What the page's Train button runs: the recipe, config overrides and epochs of every network
+    (``label --train-recipe``, ``--train-opts``, ``--train-epochs``; None: the command's), and how a promoted
     version's predictor is built for the re-scoring (``load_predictor(spec_path)``)."""
 
     recipe: str | None = None
     opts: tuple[str, ...] = ()
+    epochs: int | None = None
     load_predictor: Callable[[str], object] | None = None
     batch_size: int = 4
 
@@ -127,6 +128,7 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
         service.folder.directory,
         settings.recipe,
         settings.opts,
+        settings.epochs,
         on_end=lambda row: rescorer.follow(),
     )
     app.state.training_jobs, app.state.rescorer = jobs, rescorer
