@@ -28,10 +28,32 @@ from steel_defect.line.follow import PromotedModel
 from steel_defect.line.log import InspectionLog, Search
 from steel_defect.line.watch import Watcher
 from steel_defect.webapp.dashboard import create_dashboard_app
-from tests.conftest import random_checkpoints
+from tests.conftest import REPO, SMALL_OPTS
 from tests.test_labels import _frames as frames_in
 
 SOURCES = 4  # distinct frames; the watched folder holds copies of them under other names
+
+
+# Smaller than conftest's random_checkpoints (a 3-level Unet on 32x192 inputs), so that 200
+# full-size frames are judged in a few seconds.
+TINY = [
+    "model.params={encoder_depth: 3, decoder_channels: [16, 8, 4]}",
+    "transforms.valid=[{name: Resize, params: {height: 32, width: 192}}, {name: Normalize}]",
+]
+
+
+def _tiny_segmenter(path: Path, prior: float) -> Path:
+    """An untrained segmenter whose maps lie around ``prior``, saved as a checkpoint."""
+    import torch
+
+    from steel_defect.config import load_config
+    from steel_defect.models import build_model
+    from steel_defect.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    opts = [*SMALL_OPTS, *TINY, f"model.output_prior={prior}"]
+    cfg = load_config(REPO / "configs/demo/synth_seg.yml", opts)
+    return save_checkpoint(path, build_model(cfg), cfg, epoch=0, metrics={})
 
 
 def _build(spec: Path):
@@ -40,14 +62,16 @@ def _build(spec: Path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Two tuned pipelines of random segmenters that paint differently (maps around 0.3 and 0.6,
-    threshold 0.5), the frames they judge, and each one's RLEs of those frames."""
+    """Two tuned pipelines of random segmenters that paint differently (maps around 0.5, masks
+    that vary from frame to frame, and 0.2, none; threshold 0.5), the frames they judge, and
+    each one's RLEs of those frames."""
     root = tmp_path_factory.mktemp("versions")
     sources = root / "sources"
     names = frames_in(sources, SOURCES, seed=2)
     specs, expected = {}, {}
-    for key, prior in (("a", 0.3), ("b", 0.6)):
-        checkpoint = random_checkpoints(root / key, seg_prior=prior)["seg"]
+    for key, prior in (("a", 0.5), ("b", 0.2)):
+        (root / key).mkdir()
+        checkpoint = _tiny_segmenter(root / key / "seg.pth", prior)
         untuned = build_predictor(None, [checkpoint], untuned=True, backend="torch", threads=1)
         specs[key] = save_spec(
             root / key / "postprocessing.yml",
@@ -62,7 +86,9 @@ def models(tmp_path_factory):
         predictor = _build(specs[key])
         rows, _ = predict_rows(predictor, sources, names, progress=False)
         expected[key] = {"model": model_version(predictor), "rles": [rows[n] for n in names]}
-    assert expected["a"]["rles"] != expected["b"]["rles"]  # the log can tell who judged
+    # the log can tell who judged, and a's masks differ between frames
+    assert all(ra != rb for ra, rb in zip(expected["a"]["rles"], expected["b"]["rles"], strict=True))
+    assert len({tuple(r) for r in expected["a"]["rles"]}) == SOURCES
     broken = root / "broken.yml"
     broken.write_text("pipeline: [this is not a mapping]\n")
     return {"root": root, "sources": sources, "specs": specs, "expected": expected, "broken": broken}
