@@ -266,3 +266,47 @@ def postprocess(probs: np.ndarray, params: PostProcessing, cls_probs: np.ndarray
         if mask.sum() >= max(p.min_area, 1):
             out[i] = mask
     return out
+
+
+def removals(
+    probs: np.ndarray, params: PostProcessing, cls_probs: np.ndarray | None = None
+) -> list[dict | None]:
+    """Per class, why :func:`postprocess` left the mask empty although pixels reached the threshold,
+    so the page can say so instead of showing "0 px" under a peak above the threshold; None when
+    the mask is kept or no pixel reached the threshold.
+
+    probs, cls_probs: as :func:`postprocess`. Each entry: ``by`` (the step that emptied the mask,
+    in the order they run: ``off`` the class is switched off, ``cls_threshold``, ``top_threshold``,
+    ``min_component``, ``min_area``), ``pixels`` (over the threshold, or left after ``min_component``
+    for ``min_area``), ``limit`` (the parameter), ``threshold`` and ``peak`` (the highest pixel
+    probability, in [0, 1]); ``largest`` (the largest region, pixels) for ``min_component`` and
+    ``value`` (the classifier's probability) for ``cls_threshold``.
+    """
+    probs = np.asarray(probs)
+    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    out: list[dict | None] = []
+    for i, p in enumerate(params.classes):
+        over = binarize(probs[i], p.threshold)
+        pixels = int(over.sum())
+        if not pixels:
+            out.append(None)
+            continue
+        base = {"pixels": pixels, "threshold": p.threshold, "peak": round(float(probs[i].max()) / scale, 4)}
+        if p.disabled:
+            out.append({**base, "by": "off", "limit": p.min_area})
+        elif cls_probs is not None and p.cls_threshold is not None and cls_probs[i] < p.cls_threshold:
+            gate = {"limit": p.cls_threshold, "value": float(cls_probs[i])}
+            out.append({**base, "by": "cls_threshold", **gate})
+        elif p.top_threshold is not None and not binarize(probs[i].max(), p.top_threshold):
+            out.append({**base, "by": "top_threshold", "limit": p.top_threshold})
+        else:
+            kept = int(remove_small_components(over, p.min_component).sum())
+            if not kept:
+                _, _, stats, _ = cv2.connectedComponentsWithStats(over.astype(np.uint8), connectivity=8)
+                largest = int(stats[1:, cv2.CC_STAT_AREA].max())
+                out.append({**base, "by": "min_component", "limit": p.min_component, "largest": largest})
+            elif kept < max(p.min_area, 1):
+                out.append({**base, "by": "min_area", "limit": p.min_area, "pixels": kept})
+            else:
+                out.append(None)
+    return out

@@ -277,3 +277,65 @@ def ensemble_summary(predictor) -> dict:
         "trained_frames": ensemble_frames([i for _, i in segs]),
         "per_model_frames": None if first is None else int(first),
     }
+
+
+# What the model panel says of each network: the words, in the order shown; other metrics are left out
+METRIC_WORDS = {
+    "iou": "IoU",
+    "dice": "Dice",
+    "f1": "F1",
+    "accuracy": "accuracy",
+    "head_acc": "gate accuracy",
+    "loss": "loss",
+}
+TASK_WORDS = {"seg": "segmenter", "cls": "classifier"}
+
+
+def network_title(task: str, name: str, config: Any) -> str:
+    """``"fold 0 of 4 · segmenter unet · resnet18"``; ``"segmenter unet · resnet18"`` when the
+    checkpoint's config names no fold split (a model trained on every frame)."""
+    model, _, encoder = name.partition("-")
+    words = f"{TASK_WORDS.get(task, task)} {model}" + (f" · {encoder}" if encoder else "")
+    fold = _fold(config)
+    splits = _dict(_dict(config).get("folds")).get("n_splits")
+    if fold is None:
+        return words
+    of = f" of {splits}" if isinstance(splits, int) and not isinstance(splits, bool) else ""
+    return f"fold {fold}{of} · {words}"
+
+
+def validation_text(metrics: Any, epoch: Any) -> str:
+    """What the network scored on the frames it never trained on (its fold's validation frames):
+    ``"scored IoU 0.612, Dice 0.801 on its held-out fold (epoch 12)"``."""
+    scores = [
+        f"{word} {value:.3f}"
+        for key, word in METRIC_WORDS.items()
+        if (value := _number(_dict(metrics).get(key))) is not None
+    ]
+    at = f" (epoch {epoch})" if isinstance(epoch, int) and not isinstance(epoch, bool) else ""
+    if not scores:
+        return f"no validation score recorded{at}"
+    return f"scored {', '.join(scores)} on its held-out fold{at}"
+
+
+def out_of_fold_text(out_of_fold: dict | None) -> str | None:
+    """The ensemble's out-of-fold score in words, or None when not recorded: ``"out of fold, after
+    the threshold search: Dice 0.812 vs 0.796 for empty masks on 54 frames (class 1 0.950 vs
+    0.950, ...)"``."""
+    scores = _oof_scores(out_of_fold)
+    if scores is None:
+        return None
+    oof = _dict(out_of_fold)
+    images = _number(oof.get("images"))
+    on = f" on {int(images)} frames" if images is not None else ""
+    text = (
+        f"out of fold, after the threshold search: Dice {scores[0]:.3f} vs {scores[1]:.3f} "
+        f"for empty masks{on}"
+    )
+    per_class, empty = _dict(oof.get("per_class")), _dict(oof.get("empty_per_class"))
+    parts = [
+        f"class {c} {per_class[c]:.3f} vs {empty[c]:.3f}"
+        for c in sorted(per_class)
+        if _number(per_class[c]) is not None and _number(empty.get(c)) is not None
+    ]
+    return text + (f" ({', '.join(parts)})" if parts else "")

@@ -30,13 +30,16 @@ from steel_defect.data.annotations import write_rows
 from steel_defect.data.images import encode_jpeg
 from steel_defect.data.rle import masks_to_rles
 from steel_defect.errors import UserError
-from steel_defect.inference.postprocess import PostProcessing, postprocess
+from steel_defect.inference.postprocess import PostProcessing, postprocess, removals
 from steel_defect.inference.predictor import Predictor
 from steel_defect.webapp.provenance import (
     ensemble_summary,
+    network_title,
+    out_of_fold_text,
     provenance_line,
     server_warning,
     training_warning,
+    validation_text,
 )
 from steel_defect.webapp.reports import CLASS_COLORS, class_report, mask_png
 
@@ -137,6 +140,9 @@ class InferenceService:
                     "summary": provenance_line(
                         trained_on, out_of_fold, weights_source, config=m.info["config"]
                     ),
+                    # the model panel's words: which fold, and what it scored on the frames it never saw
+                    "title": network_title(m.task, m.name, m.info["config"]),
+                    "validation": validation_text(m.info["metrics"], m.info["epoch"]),
                     "warning": training_warning(trained_on, out_of_fold),
                 }
             )
@@ -158,6 +164,7 @@ class InferenceService:
                     config=first.get("config"),
                 ),
                 "warning": server_warning(checkpoints, self.predictor.pipeline is not None),
+                "out_of_fold": out_of_fold_text(first.get("out_of_fold")),
             },
             "postprocessing": self.post.to_dict(),
             # a class the threshold search switched off (min_area above a frame): the page says "off"
@@ -249,7 +256,15 @@ class InferenceService:
             "width": width,
             "height": height,
             "seconds": round(result.seconds, 4),
-            "classes": class_report(self.masks(result, post), result.probs, result.cls_probs),
+            "classes": [
+                # a mask the post-processing emptied says which step did it and with what numbers
+                {**entry, "removed": why}
+                for entry, why in zip(
+                    class_report(self.masks(result, post), result.probs, result.cls_probs),
+                    removals(result.probs, post or self.post, result.cls_probs),
+                    strict=True,
+                )
+            ],
         }
 
     def mask_png(self, result: StoredResult, post: PostProcessing | None = None) -> bytes:

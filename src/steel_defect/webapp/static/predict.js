@@ -81,17 +81,20 @@ function renderProvenance(provenance) {
     el("span", { class: "files" }, `checkpoints: ${warning.checkpoints.join(", ")}`));
 }
 
+// One line per network in words (which fold, what it scored on the frames it never trained on),
+// the ensemble's out-of-fold score, and each network's file and config for whoever needs them.
 function renderModelDetails(model) {
-  const rows = model.checkpoints.map((c) =>
-    el("tr", {}, el("td", {}, c.file), el("td", {}, c.task), el("td", {}, c.name),
-      el("td", {}, String(c.epoch)), el("td", {}, JSON.stringify(c.metrics)), el("td", {}, c.summary)));
-  const headers = ["checkpoint", "task", "model", "epoch", "validation", "trained on"];
-  const table = el("table", {},
-    el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", {}, h)))),
-    el("tbody", {}, ...rows));
+  const items = model.checkpoints.map((c) =>
+    el("li", { class: "network" }, el("strong", {}, c.title), ` — ${c.validation}`,
+      el("div", { class: "muted small" }, c.summary),
+      el("div", { class: "muted small path", title: c.path }, c.path)));
+  const oof = model.provenance.out_of_fold;
+  const words = oof || "no out-of-fold score recorded (a threshold search records it in the checkpoints)";
+  const together = el("p", { class: "oof" },
+    model.checkpoints.length > 1 ? `Together, ${words}` : words[0].toUpperCase() + words.slice(1));
   const configs = model.checkpoints.map((c) =>
-    el("details", {}, el("summary", {}, `config of ${c.file}`), el("pre", {}, JSON.stringify(c.config, null, 2))));
-  $("model-body").replaceChildren(table, ...configs);
+    el("details", {}, el("summary", {}, `config of ${c.title}`), el("pre", {}, JSON.stringify(c.config, null, 2))));
+  $("model-body").replaceChildren(el("ul", { class: "networks" }, ...items), together, ...configs);
 }
 
 // ---------- class table and post-processing controls ----------
@@ -119,7 +122,8 @@ function buildClassRows() {
       el("td", { class: "num area" }),
       el("td", { class: "num share" }),
       el("td", { class: "num regions" }),
-      el("td", {}, el("div", { class: "threshold" }, slider, el("span", { class: "num tvalue" })))));
+      el("td", {}, el("div", { class: "threshold" }, slider, el("span", { class: "num tvalue" })),
+        el("div", { class: "why-off", hidden: "" }))));
 
     const number = (field, step, allowEmpty) => {
       const input = el("input", { type: "number", min: "0", step, "data-class": id, "data-field": field });
@@ -154,7 +158,8 @@ function updateControls() {
     const off = row.querySelector(".off");
     // the served thresholds switch it off, and no min_area override of this page turns it back on
     const overridden = state.overrides[c.class_id] && "min_area" in state.overrides[c.class_id];
-    off.hidden = !(state.model.switched_off[c.class_id] && !overridden);
+    const isOff = Boolean(state.model.switched_off[c.class_id] && !overridden);
+    off.hidden = !isOff;
     const unlearnt = (state.model.unlearnt || {})[c.class_id];
     off.textContent = unlearnt ? "off · not learnt yet" : "off";
     off.title = unlearnt
@@ -163,6 +168,16 @@ function updateControls() {
         "It needs more labelled frames of this class (the Label page)."
       : "min area is larger than a frame: the threshold search found no gain for this class. " +
         "Lower it under 'Post-processing per class' to see its masks.";
+    // An off class's threshold changes nothing: its slider is disabled, and says why.
+    const slider = row.querySelector('input[type="range"]');
+    slider.disabled = isOff;
+    slider.title = isOff ? off.title : "";
+    row.querySelector(".threshold").title = slider.title; // a disabled input shows no tooltip of its own
+    const why = row.querySelector(".why-off");
+    why.hidden = !isOff;
+    why.textContent = !isOff ? "" : unlearnt ? "not learnt yet: needs more labelled frames of this class"
+      : "switched off by the threshold search: lower its min area to see it";
+    why.title = off.title;
   }
 }
 
@@ -371,9 +386,29 @@ function fillTable(result) {
       el("div", { class: "pbar", title: entry.probability_source === "classifier" ? "classifier" : "highest pixel probability" },
         el("span", { style: `width:${(100 * entry.probability).toFixed(1)}%` })),
       el("span", { class: "num" }, entry.probability.toFixed(3))) : "");
-    row.querySelector(".area").textContent = entry ? formatArea(entry.area) : "";
+    row.querySelector(".area").replaceChildren(entry ? formatArea(entry.area) : "",
+      ...(entry && entry.removed ? [el("div", { class: "removed" }, removedText(entry.removed))] : []));
     row.querySelector(".share").textContent = entry ? `${entry.area_percent.toFixed(2)} %` : "";
     row.querySelector(".regions").textContent = entry ? String(entry.components) : "";
+  }
+}
+
+// Why a mask is empty although its peak passed the threshold, with the numbers.
+function removedText(why) {
+  const over = `peak ${why.peak.toFixed(2)} over ${why.threshold.toFixed(2)}, but`;
+  const px = (n) => n.toLocaleString("en-US");
+  switch (why.by) {
+    case "min_area":
+      return `${over} its ${px(why.pixels)} px are under min area ${px(why.limit)}: removed`;
+    case "min_component":
+      return `${over} its ${px(why.pixels)} px lie in regions under min region ${px(why.limit)} px ` +
+        `(the largest ${px(why.largest)} px): removed`;
+    case "cls_threshold":
+      return `${over} the classifier's ${why.value.toFixed(2)} is under its gate ${why.limit.toFixed(2)}: removed`;
+    case "top_threshold":
+      return `${over} under the top gate ${why.limit.toFixed(2)}: removed`;
+    default:
+      return `${over} the class is off: no mask`;
   }
 }
 
