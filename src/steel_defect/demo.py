@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from steel_defect.atomic import atomic_write
@@ -35,35 +35,12 @@ from steel_defect.distill import distill
 from steel_defect.errors import UserError
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import write_report
-from steel_defect.inference.oof import search_thresholds
 from steel_defect.inference.pipeline import build_predictor
 from steel_defect.inference.pseudo import extra_opt, pseudo_label
 from steel_defect.inference.run import list_images, predict_folder, summary_text
-from steel_defect.training.checks import check_components
-from steel_defect.training.runner import train
+from steel_defect.recipes import CONFIGS, RECIPES, DemoData, load_configs, train_round
 
 log = logging.getLogger(__name__)
-# The shipped configs are package data (configs/ at the top of a checkout links here), so a
-# plain `pip install .` finds them as well as an editable install.
-CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The configs of one demo recipe and which folds it trains."""
-
-    seg: str  # relative to configs/
-    cls: str | None  # None: no classifier (the threshold search gates on the segmenter alone)
-    all_folds: bool  # False: fold 0 only
-    # end by distilling the tuned ensemble into one network (the seg config's distill section);
-    # not for `make demo`: its K + 1 students would double its training
-    distill: bool = False
-
-
-RECIPES = {
-    "synthetic": Recipe("demo/synth_seg_lite0.yml", "demo/synth_cls.yml", all_folds=False),
-    "real": Recipe("real/unet_effnet_lite0.yml", None, all_folds=True, distill=True),
-}
 
 
 def _holdout_real(data_dir: Path, work: Path, seed: int, part: int = 0) -> tuple[Path, Path, list[str]]:
@@ -79,29 +56,6 @@ def _holdout_real(data_dir: Path, work: Path, seed: int, part: int = 0) -> tuple
     write_annotations(work / "train.csv", train_ids, [annotations.rles(i) for i in train_ids])
     write_annotations(work / "test_truth.csv", test_ids, [annotations.rles(i) for i in test_ids])
     return work / "train.csv", data_dir / "train_images", test_ids
-
-
-def _train_round(
-    seg_cfg, cls_cfg, folds, work: Path, timings: dict, train_cls: bool = True
-) -> tuple[list[Path], dict]:
-    """Train every fold (of the classifier too unless ``train_cls`` is False: a second round
-    reuses the first round's), search thresholds out of fold; (checkpoints, search)."""
-    for name, cfg in (("classifier", cls_cfg if train_cls else None), ("segmenter", seg_cfg)):
-        if cfg is None:
-            continue
-        t0 = time.perf_counter()
-        for fold in folds:
-            train(cfg, fold=fold)
-        timings[f"train_{name}_s"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    search = search_thresholds(seg_cfg, cls_cfg, layout.postprocessing(work))
-    timings["threshold_search_s"] = round(time.perf_counter() - t0, 1)
-    checkpoints = layout.best_checkpoints(seg_cfg.paths.work_dir, folds, seg_cfg.inference.search_checkpoint)
-    if cls_cfg is not None:
-        checkpoints += layout.best_checkpoints(
-            cls_cfg.paths.work_dir, folds, cls_cfg.inference.search_checkpoint
-        )
-    return checkpoints, search
 
 
 def _predict_and_score(predictor, test_images, sample, work: Path, timings: dict) -> dict:
@@ -120,16 +74,6 @@ def _round_result(score: dict, search: dict) -> dict:
         "per_class": score["per_class"],
         "out_of_fold": search["out_of_fold"],
     }
-
-
-@dataclass(frozen=True)
-class DemoData:
-    """Where a demo run's frames are: the labelled training set and the test frames to score."""
-
-    train_csv: Path
-    train_images: Path
-    test_images: Path
-    sample: Path  # the sample submission: which test frames to predict, in order
 
 
 def prepare_data(
@@ -153,27 +97,6 @@ def prepare_data(
     return DemoData(train_csv, train_images, train_images, sample)
 
 
-def load_configs(steps: Recipe, data: DemoData, work: Path, seed: int, epochs, opts) -> tuple:
-    """(segmenter config, classifier config or None, the segmenter's opts for a second round);
-    their component names are checked here, before folds or checkpoints are written."""
-    paths = [
-        f"paths.train_csv={data.train_csv}",
-        f"paths.train_images={data.train_images}",
-        f"paths.folds_csv={work / 'folds.csv'}",
-        f"seed={seed}",
-    ]
-    extra = [f"train.epochs={epochs}"] if epochs else []
-    seg_opts = [*paths, f"paths.work_dir={work / 'seg'}", *extra, *(opts or [])]
-    seg_cfg = load_config(CONFIGS / steps.seg, seg_opts)
-    cls_cfg = None
-    if steps.cls is not None:
-        cls_cfg = load_config(CONFIGS / steps.cls, [*paths, f"paths.work_dir={work / 'cls'}", *extra])
-    for cfg in (seg_cfg, cls_cfg):
-        if cfg is not None:
-            check_components(cfg)
-    return seg_cfg, cls_cfg, seg_opts
-
-
 def pseudo_round(steps, seg_opts, cls_cfg, folds, predictor, data, work, settings, timings) -> tuple:
     """Pseudo-label ``settings["images"]`` with the first round's ensemble, train again with them
     under ``work/round2``; (its work folder, checkpoints, search, score, pseudo summary)."""
@@ -184,7 +107,7 @@ def pseudo_round(steps, seg_opts, cls_cfg, folds, predictor, data, work, setting
     extra = [f"paths.work_dir={work / 'seg'}", extra_opt(pseudo, settings["weight"]), *settings["opts"]]
     seg_cfg = load_config(CONFIGS / steps.seg, [*seg_opts, *extra])
     second: dict = {}
-    checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, second, train_cls=False)
+    checkpoints, search = train_round(seg_cfg, cls_cfg, folds, work, second, train_cls=False)
     (work / "test_truth.csv").write_bytes((work.parent / "test_truth.csv").read_bytes())
     predictor = build_predictor(layout.postprocessing(work), checkpoints, backend=seg_cfg.inference.backend)
     score = _predict_and_score(predictor, data.test_images, data.sample, work, second)
@@ -319,7 +242,7 @@ def run_demo(
     split_folds(seg_cfg)
     folds = range(seg_cfg.folds.n_splits) if steps.all_folds else (0,)
     timings: dict = {}
-    checkpoints, search = _train_round(seg_cfg, cls_cfg, folds, work, timings)
+    checkpoints, search = train_round(seg_cfg, cls_cfg, folds, work, timings)
     # the tuned pipeline as `steel-defect predict` and `serve` rebuild it: the same checks
     predictor = build_predictor(layout.postprocessing(work), checkpoints, backend=seg_cfg.inference.backend)
     score = _predict_and_score(predictor, data.test_images, data.sample, work, timings)

@@ -144,10 +144,30 @@ def cli_predictor(cfg, args, checkpoints, post_path, device: str | None = None):
     )
 
 
-def label_predictor(cfg, args):
-    """The model that pre-labels and scores the queue: only when --postprocessing or --checkpoints
-    name one (a labelling session never picks up a work folder's model by surprise)."""
-    if not args.postprocessing and not args.checkpoints:
+def promoted_spec(store) -> Path | None:
+    """The tuned pipeline of the version promoted in a labels database (``labels train``,
+    ``labels promote``); None before any promotion."""
+    promoted = store.promoted()
+    if promoted is None:
         return None
+    spec = Path(promoted["spec"])
+    if not spec.is_file():
+        from steel_defect.errors import UserError
+
+        raise UserError(
+            f"{store.path}: the promoted version {promoted['name']} names {spec}, which is gone; "
+            "promote another (steel-defect labels versions, labels promote) or pass --postprocessing"
+        )
+    log.info("the promoted version %s of %s: %s", promoted["name"], store.path, spec)
+    return spec
+
+
+def label_predictor(cfg, args, store=None):
+    """The model that pre-labels and scores the queue: --postprocessing or --checkpoints when
+    given, else the version promoted in ``store`` (the labels database), else None (a labelling
+    session never picks up a work folder's model by surprise)."""
+    if not args.postprocessing and not args.checkpoints:
+        spec = None if store is None else promoted_spec(store)
+        return None if spec is None else cli_predictor(cfg, args, None, spec, device=args.device)
     post = Path(args.postprocessing) if args.postprocessing else None
     return cli_predictor(cfg, args, args.checkpoints, post, device=args.device)

@@ -67,6 +67,7 @@ def register(sub) -> None:
     q.add_argument("--db", required=True)
     q.add_argument("--frame", required=True)
     q.add_argument("--to", type=int, required=True, help="the history id to restore")
+    _register_training(actions)
     p.set_defaults(func=_cmd_labels)
 
 
@@ -145,7 +146,7 @@ def _cmd_labels(args) -> int:
     from steel_defect.labels.store import LabelStore
 
     action = args.labels_command
-    readonly = action in ("stats", "export", "history")
+    readonly = action in ("stats", "export", "history", "versions")
     with LabelStore.open(args.db, readonly=readonly, create=action == "import") as store:
         return LABEL_ACTIONS[action](store, args)
 
@@ -199,9 +200,12 @@ def _queue(store, args) -> int:
     from steel_defect.labels.transfer import images_dir
 
     cfg = load_config(args.config, args.opts)
-    predictor = label_predictor(cfg, args)
+    predictor = label_predictor(cfg, args, store)
     if predictor is None:
-        raise UserError("labels queue needs the model: --postprocessing WORK/postprocessing.yml")
+        raise UserError(
+            "labels queue needs the model: train one (steel-defect labels train --db DB) or pass "
+            "--postprocessing WORK/postprocessing.yml"
+        )
     folder = FrameFolder(images_dir(store, args.images))
     summary = score_queue(store, folder, predictor, cfg.inference.batch_size, progress=ProgressPrinter())
     print(json.dumps(summary, indent=2))
@@ -231,6 +235,85 @@ class ProgressPrinter:
             self.printed = clock
 
 
+def _register_training(actions) -> None:
+    """``labels train``, ``labels versions`` and ``labels promote``."""
+    q = actions.add_parser(
+        "train", help="train and tune on the labelled frames; record (and promote) a model version"
+    )
+    q.add_argument("--db", required=True)
+    q.add_argument("--images", help="the frames' folder (default: the one the database records)")
+    q.add_argument("--recipe", choices=("real", "synthetic"), default="real", help="the configs")
+    q.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="segmenter config overrides")
+    q.add_argument("--epochs", type=int, help="epochs of every network (default the recipe's)")
+    q.add_argument("--unlabelled", help="frames the line's distilled network also learns the ensemble on")
+    q.add_argument("--work-dir", help="where the training writes (default <db stem>.models/<time>-<digest>/)")
+    q.add_argument(
+        "--training-id", type=int, help="the trainings row to report progress to (the page's Train button)"
+    )
+    q = actions.add_parser("versions", help="the model versions trained on the labels; the promoted one")
+    q.add_argument("--db", required=True)
+    q.add_argument("--json", action="store_true")
+    q = actions.add_parser(
+        "promote",
+        help="use VERSION for label, labels queue and serve --labels-db; an older one is a rollback",
+        description="Make VERSION the promoted model version: pre-labels, the queue and `serve "
+        "--labels-db` use its tuned pipeline. Promoting an earlier version rolls back to it; "
+        "every promotion stays in the record.",
+    )
+    q.add_argument("--db", required=True)
+    q.add_argument("version", help="a version name of `labels versions`, e.g. v1")
+    q.add_argument("--reason", default="promoted by hand", help="recorded with the promotion")
+
+
+def _train(store, args) -> int:
+    import signal
+
+    from steel_defect.labels.train import TrainingCancelled, claim_training, result_text, train_on_labels
+
+    training_id = claim_training(store, args.training_id)
+
+    def cancel(signum, _frame):
+        raise TrainingCancelled(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        result = train_on_labels(
+            store,
+            args.images,
+            args.recipe,
+            args.opts,
+            args.unlabelled,
+            args.work_dir,
+            training_id,
+            epochs=args.epochs,
+            echo=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except KeyboardInterrupt:
+        print(f"training {training_id} cancelled: no version recorded", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(result_text(result))
+    return 0
+
+
+def _versions(store, args) -> int:
+    from steel_defect.labels.train import versions_table
+
+    versions = store.versions()
+    if args.json:
+        print(json.dumps({"versions": versions, "promotions": store.promotions()}, indent=2))
+    else:
+        print(versions_table(versions) if versions else "no versions yet: steel-defect labels train --db DB")
+    return 0
+
+
+def _promote(store, args) -> int:
+    version = store.promote(args.version, args.reason)
+    print(f"{version['name']} promoted: label, labels queue and serve --labels-db now use {version['spec']}")
+    return 0
+
+
 LABEL_ACTIONS = {
     "import": _import,
     "export": _export,
@@ -238,4 +321,7 @@ LABEL_ACTIONS = {
     "queue": _queue,
     "history": _history,
     "restore": _restore,
+    "train": _train,
+    "versions": _versions,
+    "promote": _promote,
 }

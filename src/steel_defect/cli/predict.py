@@ -73,6 +73,12 @@ def register(sub) -> None:
         "examples instead of the synthetic ones; other files are skipped with a warning",
     )
     p.add_argument("--log", metavar="DB", help="an inspection log (`watch --db`): its dashboard at /line")
+    p.add_argument(
+        "--labels-db",
+        metavar="DB",
+        help="serve the model version promoted in this labels database (`labels train`, `labels "
+        "promote`) when no --postprocessing or --checkpoints is given",
+    )
     p.add_argument("--access-log", action="store_true", help="log each request (default: warnings only)")
     p.set_defaults(func=_cmd_serve)
 
@@ -139,7 +145,7 @@ def _cmd_serve(args) -> int:
     max_file_bytes = int(args.max_file_mb * 2**20)
     # Read before the model loads, so a wrong folder fails in a second.
     examples = folder_examples(args.examples, max_file_bytes) if args.examples else None
-    checkpoints, post_path = args.checkpoints, tuned_path(cfg, args.postprocessing)
+    checkpoints, post_path = served_model(cfg, args)
     if not checkpoints and post_path is None:
         checkpoints, post_path = demo_model(args.demo_dir)
         log.info("serving the demo model: %s", " ".join(checkpoints))
@@ -167,6 +173,23 @@ def _cmd_serve(args) -> int:
         access_log=args.access_log,
     )
     return 0
+
+
+def served_model(cfg, args) -> tuple:
+    """(checkpoints, tuned pipeline) that ``serve`` names: --checkpoints and --postprocessing,
+    else the version promoted in --labels-db, else the config's tuned pipeline (or nothing: the
+    demo's model)."""
+    checkpoints, override = args.checkpoints, args.postprocessing
+    if not checkpoints and not override and args.labels_db:
+        from steel_defect.cli.common import promoted_spec
+        from steel_defect.labels.store import LabelStore
+
+        with LabelStore.open(args.labels_db, readonly=True) as store:
+            spec = promoted_spec(store)
+        if spec is not None:
+            return None, spec
+        log.warning("%s has no promoted model version yet (steel-defect labels train)", args.labels_db)
+    return checkpoints, tuned_path(cfg, override)
 
 
 def _cmd_export(args) -> int:

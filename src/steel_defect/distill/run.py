@@ -156,18 +156,33 @@ def tune(oof_cfg, shipped: Path, out: Path) -> dict:
     extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
     with atomic_write(layout.search_report(out)) as handle:
         json.dump({**summary, **extra}, handle, indent=2, default=str)
-    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof, gate))
+    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof, gate, params))
     update_checkpoint(shipped, out_of_fold=summary["out_of_fold"])
     return summary
 
 
-def distill(cfg, teacher_spec: str | Path, out_dir: str | Path, unlabelled: str | Path | None = None) -> dict:
+def _student_progress(progress, student: int, students: int):
+    """The runner's ``(epoch, epochs)`` report of one student as ``progress``'s, or None."""
+    if progress is None:
+        return None
+    return lambda epoch, epochs: progress(student, students, epoch, epochs)
+
+
+def distill(
+    cfg,
+    teacher_spec: str | Path,
+    out_dir: str | Path,
+    unlabelled: str | Path | None = None,
+    progress=None,
+) -> dict:
     """Distil the tuned pipeline ``teacher_spec`` into one student (``cfg``'s ``distill:``
     section and paths) under ``out_dir``; returns the summary (also in ``distill.json``).
 
     ``unlabelled``: a folder of unlabelled frames (default ``distill.unlabelled``). The labelled
     frames are those of the teacher's fold split, in ``paths.train_images`` with the labels of
-    ``paths.train_csv``. Every name is checked before anything is written.
+    ``paths.train_csv``. Every name is checked before anything is written. ``progress``: called
+    as ``progress(student, students, epoch, epochs)`` after each student's epoch (the out-of-fold
+    students are 0..K-1, the shipped one is K).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -228,6 +243,7 @@ def distill(cfg, teacher_spec: str | Path, out_dir: str | Path, unlabelled: str 
             valid,
             RunPaths.of(student.paths.work_dir, k).run_dir,
             trained_on,
+            _student_progress(progress, len(record["folds"]), len(by_fold) + 1),
         )
         record["folds"][str(k)] = {
             "student": str(path),
@@ -258,6 +274,7 @@ def distill(cfg, teacher_spec: str | Path, out_dir: str | Path, unlabelled: str 
         valid,
         out_dir / "student",
         trained_on,
+        _student_progress(progress, len(by_fold), len(by_fold) + 1),
     )
     timings["student_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()

@@ -193,8 +193,8 @@ def student_loaders(cfg, parts: list[Dataset], valid: Dataset) -> dict[str, Data
 class DistillRunner(SteelRunner):
     """The project's runner with the student's loaders, loss and record of what it learnt from."""
 
-    def __init__(self, cfg, fold, loaders: dict, run_dir: Path, trained_on: dict):
-        super().__init__(cfg, -1 if fold is None else fold, cfg.train.engine)
+    def __init__(self, cfg, fold, loaders: dict, run_dir: Path, trained_on: dict, progress=None):
+        super().__init__(cfg, -1 if fold is None else fold, cfg.train.engine, progress=progress)
         self.fold, self.run_dir = fold, Path(run_dir)
         self.given_loaders, self.recorded = loaders, trained_on
 
@@ -214,13 +214,17 @@ class DistillRunner(SteelRunner):
         return self.recorded
 
 
-def train_student(cfg, fold, parts: list[Dataset], valid: Dataset, run_dir: Path, trained_on: dict) -> Path:
-    """Train one student for ``cfg.train.epochs`` into ``run_dir``; its ``last.pth``.
+def train_student(
+    cfg, fold, parts: list[Dataset], valid: Dataset, run_dir: Path, trained_on: dict, progress=None
+) -> Path:
+    """Train one student for ``cfg.train.epochs`` into ``run_dir``; its ``last.pth``
+    (``progress(epoch, epochs)`` after each epoch).
 
     The last epoch is what ships (the shipped student has no held-out frames to pick an epoch
     on, so the out-of-fold ones that stand in for it do not pick either)."""
     paths = RunPaths(Path(run_dir))
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, paths.config)
-    DistillRunner(cfg, fold, student_loaders(cfg, parts, valid), paths.run_dir, trained_on).run()
+    loaders = student_loaders(cfg, parts, valid)
+    DistillRunner(cfg, fold, loaders, paths.run_dir, trained_on, progress).run()
     return paths.last

@@ -305,15 +305,22 @@ def full_resolution_score(seg_cfg, models, post, device: str = "cpu") -> dict:
     return {"mean_dice": float(dice.mean()), "per_class": per_class, "images": len(dice)}
 
 
-def write_oof_scores(path: Path, oof: dict, gate: TunedGate | None = None) -> Path:
+def write_oof_scores(
+    path: Path, oof: dict, gate: TunedGate | None = None, post: PostProcessing | None = None
+) -> Path:
     """Per image: its fold, the segmenter's peak probability per class and the classifier's (or
     the head's) probability per class, empty without one. ``data.sampler: hard_negatives`` ranks
     defect-free images by it. With a tuned clean-frame ``gate``: each class's coarse peak
     (``gate_<c>``, the level / 255 the gate compares), whether the pipeline earns Dice on the pair
-    (``marked_<c>``: skipping the frame would lose it) and whether the gate skips the frame."""
+    (``marked_<c>``: skipping the frame would lose it) and whether the gate skips the frame. With
+    the searched ``post``: the Dice it earns on each pair (``dice_<c>``, :func:`pair_dice`; their
+    mean is the out-of-fold Dice), so two trainings can be compared on the frames both scored."""
     columns = ["ImageId", *(f"peak_{c}" for c in CLASS_IDS), *(f"cls_{c}" for c in CLASS_IDS)]
     if gate is not None:
         columns += [*(f"gate_{c}" for c in CLASS_IDS), *(f"marked_{c}" for c in CLASS_IDS), "gate_skips"]
+    dice = None if post is None else pair_dice(oof, post)[0]
+    if dice is not None:
+        columns += [f"dice_{c}" for c in CLASS_IDS]
     with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns)
@@ -323,6 +330,8 @@ def write_oof_scores(path: Path, oof: dict, gate: TunedGate | None = None) -> Pa
             if gate is not None:  # levels exactly: 19 / 255 prints as 0.0745098 and reads back as 19
                 row += [repr(int(v) / 255.0) for v in oof["gate_levels"][k]]
                 row += [int(v) for v in gate.marked[k]] + [int(gate.skip[k])]
+            if dice is not None:
+                row += [repr(float(v)) for v in dice[k]]
             writer.writerow(row)
     return path
 
@@ -426,7 +435,7 @@ def search_thresholds(
     extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
     with atomic_write(layout.search_report(out)) as handle:
         json.dump({**summary, **extra}, handle, indent=2, default=str)
-    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof, gate))
+    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof, gate, params))
     # the models carry the score their thresholds earned, for the web page and for whoever
     # finds the checkpoint later without its report (their weights, which the spec names, stay)
     for path in oof["checkpoints"] if record else []:

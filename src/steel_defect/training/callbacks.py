@@ -276,6 +276,18 @@ class ClsHeadCallback(Callback):
                 runner.loader_metrics[f"head_acc_{class_id}"] = float(value)
 
 
+class EpochProgress(Callback):
+    """Report each finished epoch as ``report(epoch, epochs)``: a caller that shows progress (the
+    labels training's row, which the page polls) learns it without parsing the console."""
+
+    def __init__(self, report):
+        super().__init__(order=CallbackOrder.External)
+        self.report = report
+
+    def on_epoch_end(self, runner) -> None:
+        self.report(int(runner.epoch_step), int(runner.num_epochs))
+
+
 class EpochCallback(Callback):
     """Tell the loss (:mod:`steel_defect.losses.combo`), the mixing sampler and the augmentation
     pipelines which epoch starts.

@@ -32,6 +32,7 @@ from steel_defect.training.callbacks import (
     ClassificationMetricsCallback,
     ClsHeadCallback,
     EpochCallback,
+    EpochProgress,
     MixCallback,
     ResumableEarlyStopping,
     SchedulerCallback,
@@ -93,10 +94,20 @@ def run_dir(cfg, fold: int) -> Path:
 
 
 class SteelRunner(IRunner):
-    """Catalyst runner built from a resolved config; ``resume_state`` is a loaded ``last.pth``."""
+    """Catalyst runner built from a resolved config; ``resume_state`` is a loaded ``last.pth``;
+    ``progress``: called as ``progress(epoch, epochs)`` after each epoch (:class:`EpochProgress`)."""
 
-    def __init__(self, cfg, fold: int, engine: str, nproc: int = 1, resume_state: dict | None = None):
+    def __init__(
+        self,
+        cfg,
+        fold: int,
+        engine: str,
+        nproc: int = 1,
+        resume_state: dict | None = None,
+        progress=None,
+    ):
         super().__init__()
+        self.progress = progress
         self.cfg, self.fold, self.engine_name, self.nproc = cfg, fold, engine, nproc
         self.resume_state = resume_state
         self.target_key, self.metrics_callback, self.monitor, self.minimize = TASKS[cfg.task]
@@ -203,6 +214,8 @@ class SteelRunner(IRunner):
                 cycle_ends(self.cfg) if train.snapshots else [],
                 trained_on=self.trained_on(),
             )
+        if self.progress is not None:
+            callbacks["epoch_progress"] = EpochProgress(self.progress)
         if train.early_stopping:
             callbacks["early_stopping"] = ResumableEarlyStopping(
                 (self.resume_state or {}).get("history", []),
@@ -262,12 +275,13 @@ class SteelRunner(IRunner):
             pause_point("batch:train")  # test-only: a kill mid-epoch (tests/test_faults.py)
 
 
-def train(cfg, fold: int | None = None, resume: bool = False, nproc: int = 1) -> dict:
+def train(cfg, fold: int | None = None, resume: bool = False, nproc: int = 1, progress=None) -> dict:
     """Train ``cfg.task`` on one fold; returns ``{"run_dir", "best", "epochs"}``.
 
     ``resume`` continues from ``<run_dir>/checkpoints/last.pth`` without repeating finished
     epochs. ``cfg.train.engine`` picks the engine; ddp spawns ``nproc`` workers. Every
-    component name of ``cfg`` is checked first, before anything is written.
+    component name of ``cfg`` is checked first, before anything is written. ``progress``: called
+    as ``progress(epoch, epochs)`` after each epoch.
     """
     check_components(cfg)
     fold = cfg.folds.valid_fold if fold is None else fold
@@ -286,7 +300,7 @@ def train(cfg, fold: int | None = None, resume: bool = False, nproc: int = 1) ->
         log.info("resuming %s after epoch %d of %d", last, resume_state["epoch"], cfg.train.epochs)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(cfg, RunPaths(directory).config)
-    runner = SteelRunner(cfg, fold, engine, nproc, resume_state)
+    runner = SteelRunner(cfg, fold, engine, nproc, resume_state, progress)
     runner.run()
     state = load_checkpoint(RunPaths(directory).last)
     return {

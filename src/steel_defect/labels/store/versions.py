@@ -82,6 +82,30 @@ _VERSION_COLUMNS = (
 _TRAINING_COLUMNS = "id, state, pid, host, started_at, finished_at, progress, version, log, error"
 
 
+def labels_digest_of(labelled) -> str:
+    """sha256 of ``(name, four RLEs)`` pairs in name order (:meth:`LabelVersions.labels_digest`)."""
+    digest = hashlib.sha256()
+    for name, masks in labelled:
+        digest.update(json.dumps([name, masks]).encode())
+    return digest.hexdigest()
+
+
+def counts_of(labelled) -> dict:
+    """``frames``, ``defect_free`` and ``per_class`` of ``(name, four RLEs)`` pairs."""
+    per_class = dict.fromkeys(range(1, 5), 0)
+    frames = defect_free = 0
+    for _, masks in labelled:
+        frames += 1
+        defect_free += not any(masks)
+        for c, rle in enumerate(masks, start=1):
+            per_class[c] += bool(rle)
+    return {
+        "frames": frames,
+        "defect_free": defect_free,
+        "per_class": {str(c): n for c, n in per_class.items()},
+    }
+
+
 class LabelVersions:
     """Model versions, promotions and trainings, each write one transaction."""
 
@@ -90,10 +114,7 @@ class LabelVersions:
     def labels_digest(self) -> str:
         """sha256 of the labelled frames (confirmed or defect-free) and their masks: two
         trainings on the same digest learnt the same labels."""
-        digest = hashlib.sha256()
-        for name, masks in self.confirmed():
-            digest.update(json.dumps([name, masks]).encode())
-        return digest.hexdigest()
+        return labels_digest_of(self.confirmed())
 
     # ---------- versions ----------
 
@@ -107,8 +128,14 @@ class LabelVersions:
         seconds: float,
         line_spec: str | None = None,
         detail: dict | None = None,
+        promote_reason: str | None = None,
+        training_id: int | None = None,
     ) -> str:
-        """Record a trained version; its name (``v1``, ``v2``, ... in the order recorded)."""
+        """Record a trained version; its name (``v1``, ``v2``, ... in the order recorded).
+
+        With ``promote_reason`` it is promoted, and with ``training_id`` that training ends as
+        ``done`` with it, in the same transaction: a training cancelled at any point leaves
+        either no version or a finished one, never a version its training does not name."""
         with self._write() as db:
             number = db.execute("SELECT count(*) FROM model_versions").fetchone()[0] + 1
             name = f"v{number}"
@@ -127,6 +154,17 @@ class LabelVersions:
                     json.dumps(detail or {}),
                 ),
             )
+            if promote_reason is not None:
+                db.execute(
+                    "INSERT INTO promotions (version, promoted_at, reason) VALUES (?, ?, ?)",
+                    (name, now(), promote_reason),
+                )
+            if training_id is not None:
+                db.execute(
+                    "UPDATE trainings SET state = 'done', version = ?, finished_at = ? "
+                    "WHERE id = ? AND state = 'running'",
+                    (name, now(), training_id),
+                )
         return name
 
     def versions(self) -> list[dict]:
@@ -170,18 +208,7 @@ class LabelVersions:
 
     def labelled_counts(self) -> dict:
         """Frames a training would learn now: ``frames``, ``defect_free`` and ``per_class``."""
-        per_class = dict.fromkeys(range(1, 5), 0)
-        frames = defect_free = 0
-        for _, masks in self.confirmed():
-            frames += 1
-            defect_free += not any(masks)
-            for c, rle in enumerate(masks, start=1):
-                per_class[c] += bool(rle)
-        return {
-            "frames": frames,
-            "defect_free": defect_free,
-            "per_class": {str(c): n for c, n in per_class.items()},
-        }
+        return counts_of(self.confirmed())
 
     # ---------- trainings ----------
 
