@@ -241,3 +241,51 @@ def test_a_restarted_server_records_a_training_whose_process_is_gone_as_failed(l
         assert view["error"].startswith(ENDED) and f"pid {row['pid']} is gone" in view["error"]
         assert view["log"] in view["error"]  # where to look
         assert store.training(row["id"])["state"] == "failed"  # recorded, not only reported
+
+
+@pytest.mark.e2e
+def test_the_page_trains_shows_progress_and_ends_with_a_new_version_in_the_list(
+    labelled_db, tmp_path, browser
+):
+    from tests.test_label_e2e import _screenshot
+    from tests.test_webapp_e2e import SCREENSHOT_DIR
+
+    db, frames = _copy(labelled_db, tmp_path)
+    marker = tmp_path / "paused"
+    env = {**os.environ, ENV: "batch:train@2", FILE_ENV: str(marker)}  # held once the first fold reported
+    with running_label_server(frames, db, *_server_args(), env=env) as (url, _):
+        page = browser.new_page(viewport={"width": 1800, "height": 1100})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(url)
+        page.wait_for_selector('#train-panel[data-ready="1"]')
+        assert page.text_content("#train-state") == "not trained yet"
+        assert page.is_hidden("#versions")
+        page.click("#train-start")
+        _until(marker.exists, what="the training child at its second training batch")
+        page.wait_for_selector('#train-progress-text:has-text("fold 1/2, epoch 1/1")')
+        text = page.text_content("#train-progress-text")
+        assert text.startswith("training the classifier fold 1/2, epoch 1/1 · 1") and "left" in text
+        assert page.text_content("#train-state") == "training…"
+        assert page.is_visible("#train-cancel") and page.is_disabled("#train-start")
+        fill = page.locator("#train-bar-fill").bounding_box()["width"]
+        bar = page.locator("#train-bar").bounding_box()["width"]
+        assert 0.05 < fill / bar < 0.5
+        if SCREENSHOT_DIR:
+            _screenshot(page, "label_train_progress.png")
+        marker.unlink()  # go on
+        row = '#versions tr[data-version="v1"][data-promoted="true"]'
+        page.wait_for_selector(row, timeout=300_000)
+        page.wait_for_selector('#train-state:text-is("trained v1")')
+        assert page.is_hidden("#train-progress") and page.is_hidden("#train-cancel")
+        assert "Promoted: first version." in page.text_content("#train-result")
+        assert "12 frames" in page.text_content(f"{row} >> nth=0")
+        page.wait_for_selector('#rescore[data-state="done"]', timeout=120_000)
+        assert page.text_content("#rescore").startswith("Pre-labels and queue from v1")
+        # the open frame was untouched: the page reloads it with v1's proposal, and says so
+        page.wait_for_selector('#frame-meta:has-text("by v1")')
+        assert page.text_content("#model-line") == "pre-labels and queue from v1, the promoted version"
+        if SCREENSHOT_DIR:
+            _screenshot(page, "label_train_done.png")
+        assert errors == []
+        page.close()

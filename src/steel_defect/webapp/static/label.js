@@ -625,6 +625,8 @@ function wire() {
     stepZoom(event.deltaY < 0 ? 1 : -1, [event.clientX, event.clientY]);
   }, { passive: false });
   document.addEventListener("keydown", onKey);
+  // a promoted version re-scored the frames (train.js): new counts, ranks and, if untouched, pre-labels
+  document.addEventListener("label:model-changed", () => { loadStats(); refreshFrameList(); if (state.frame && !state.frame.version && !unsaved()) openFrame(state.frame.name, false); });
   window.addEventListener("beforeunload", (event) => {
     if (!unsaved()) return;
     event.preventDefault(); // the browser asks whether to leave; its own words, ours are ignored
