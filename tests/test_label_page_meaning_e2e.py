@@ -87,9 +87,12 @@ def test_the_queue_builds_while_the_page_is_up_then_names_the_doubt_and_the_list
         # the promoted version pre-labels (no --postprocessing given) and the build is held after 1 frame
         _wait(marker.is_file, "the queue build never reached its pause")
         _wait_for_text(page, "#stats-line", "building the queue: 1/3 frames scored")
+        if SCREENSHOT_DIR:
+            _screenshot(page, "label_queue_building.png")
         assert page.is_hidden("#doubt-line")
         marker.unlink()  # the build goes on
         page.wait_for_selector('#stats-line:has-text("3 of 3 left in the queue")')
+        assert page.is_hidden("#queue-hint")
         page.wait_for_selector("#doubt-line:not([hidden])")
         shown = page.text_content("#frame-name")
         with LabelStore.open(db, readonly=True) as store:
@@ -155,8 +158,15 @@ def test_a_first_run_without_a_model_names_the_command_instead_of_no_queue(tmp_p
         page.goto(f"{url}/?frame={names[1]}")  # ?frame= opens that frame
         page.wait_for_selector('#label-stage[data-ready="1"]')
         assert page.text_content("#frame-name") == names[1]
-        line = page.text_content("#model-line")
-        assert "steel-defect labels train --db labels.sqlite" in line and "--postprocessing" in line
+        assert page.text_content("#model-line") == "no model yet: frames open empty"
+        hint = page.locator("#queue-hint")
+        assert hint.is_visible() and "no pre-labels and no queue" in hint.text_content()
+        assert hint.locator("code").all_text_contents() == [
+            "steel-defect labels train --db labels.sqlite",
+            "--postprocessing WORK/postprocessing.yml",
+        ]
         assert re.search(r"no queue: no model yet$", page.text_content("#stats-line"))
         assert page.is_hidden("#doubt-line")
+        if SCREENSHOT_DIR:
+            _screenshot(page, "label_no_model.png")
         page.close()

@@ -30,9 +30,9 @@ HEAT_SCALE = 2  # the heat map is sent at half the frame's size: a faint guide, 
 HEAT_ALPHA = 200  # opacity (of 255) of a pixel at the threshold; the page dims the layer further
 CACHED_FRAMES = 16  # probability maps kept, 1.6 MB each: the frames a labeller goes back and forth on
 NO_MODEL_HINT = (
-    "no model yet, so no queue: train a version on the labels with "
-    "`steel-defect labels train --db {db}` (or the page's Train), or start with "
-    "--postprocessing WORK/postprocessing.yml to pre-label and rank the frames"
+    "No model yet, so no pre-labels and no queue: train a version on the labels (Train on the "
+    "labels, below, or `steel-defect labels train --db {db}`), or start the page with "
+    "`--postprocessing WORK/postprocessing.yml`. The queue is then built in the background."
 )
 
 

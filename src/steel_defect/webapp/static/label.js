@@ -572,6 +572,13 @@ async function loadStats() {
   }
 }
 
+// What to run when there is no model: the server's sentence, its `commands` set as code.
+function showHint(text) {
+  const box = $("queue-hint");
+  box.hidden = !text;
+  if (text) box.replaceChildren(...text.split("`").map((part, i) => (i % 2 ? el("code", {}, part) : part)));
+}
+
 // The queue while there is none stored: being built (with how far), failed, or no model to build it.
 function queueWord(build) {
   if (build.state === "running") {
@@ -679,7 +686,8 @@ async function start() {
   const line = $("model-line");
   line.textContent = model
     ? `pre-labels from ${model.summary.segmenters}${model.summary.classifiers ? ` + ${model.summary.classifiers}` : ""} · ${model.version}`
-    : `frames open empty: ${info.queue_build.hint || "no model"}`;
+    : "no model yet: frames open empty";
+  showHint(info.queue_build.hint);
   line.dataset.state = "ready";
   if (info.skipped_files.length) {
     $("skipped-files").hidden = false;
