@@ -86,15 +86,7 @@ def _cmd_label(args) -> int:
     store = LabelStore.open(args.db)
     store.set_meta(IMAGES_META, str(folder.directory.resolve()))
     cfg = load_config(args.config, args.opts)
-    predictor = label_predictor(cfg, args)
-    promoted = store.promoted() if predictor is None else None
-    if promoted is not None:  # no model named: the version promoted in the database pre-labels
-        from pathlib import Path
-
-        from steel_defect.cli.common import cli_predictor
-
-        log.info("pre-labels from the promoted version %s (%s)", promoted["name"], promoted["spec"])
-        predictor = cli_predictor(cfg, args, args.checkpoints, Path(promoted["spec"]), device=args.device)
+    predictor = label_predictor(cfg, args, store)  # the one named, else the promoted version's
     # with a model and no stored queue, the page scores it in the background once it is up
     service = LabelService(store, folder, predictor, build_queue=True, batch_size=cfg.inference.batch_size)
     log.info(
