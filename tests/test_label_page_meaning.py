@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -183,3 +184,37 @@ def test_the_doubt_heat_map_is_the_class_probability_under_its_threshold_compute
         assert wrong_class.status_code == 422
         unknown = client.get("/api/label/frames/nothere.jpg/doubt.png", params={"class_id": 1})
         assert unknown.status_code == 404
+
+
+def test_a_promotion_not_followed_yet_is_scored_once_by_its_rescoring_not_twice(tmp_path, monkeypatch):
+    from steel_defect import pause
+    from steel_defect.inference.pipeline import build_predictor
+    from tests.test_label_page_meaning_e2e import promote_untrained_model
+
+    folder = tmp_path / "frames"
+    names = _frames(folder, 2, seed=7)
+    db = tmp_path / "labels.sqlite"
+    spec = promote_untrained_model(tmp_path / "model", db)  # as `labels train` leaves it
+    marker = tmp_path / "paused"
+    monkeypatch.setattr(pause, "_arrivals", {})
+    monkeypatch.setenv(pause.ENV, "batch:queue@1")  # the re-scoring holds after its first batch
+    monkeypatch.setenv(pause.FILE_ENV, str(marker))
+    with LabelStore.open(db) as store:
+        predictor = build_predictor(spec, backend="torch")
+        service = LabelService(store, FrameFolder(folder), predictor, build_queue=True, batch_size=1)
+        app = create_label_app(service)
+        rescoring = app.state.rescorer._thread  # the promotion's re-scoring, started with the app
+        assert rescoring is not None
+        with TestClient(app) as client:  # the startup leaves the first queue to the re-scoring
+            deadline = time.monotonic() + 120
+            while not marker.is_file():
+                assert time.monotonic() < deadline and rescoring.is_alive(), "the re-scoring never paused"
+                time.sleep(0.02)
+            status = client.get("/api/label/queue").json()  # the page sees the re-scoring's progress
+            assert status["state"] == "running" and status["version"] == "v1"
+            assert service.queue_build.status()["state"] == "idle"  # not a second scoring beside it
+            marker.unlink()
+            rescoring.join(timeout=120)
+            assert service.queue_build.status()["state"] == "idle"
+            assert store.stats().queue["size"] == 2 and store.stats().queue["model_version"] == "v1"
+            assert client.get("/api/label/next").json()["name"] in names

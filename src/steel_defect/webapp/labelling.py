@@ -105,11 +105,15 @@ class LabelService:
             self.queue_build = QueueBuild(store, folder, predictor, self._network, batch_size)
             self.doubt = DoubtMaps(predictor, self._network)
         self.build_queue = build_queue and predictor is not None
+        self.rescorer = None  # the promoted version's re-scoring (webapp/training.py), when served
         store.add_frames(folder.listing())
 
     def start_queue_build(self) -> bool:
-        """Start scoring the queue unless it is stored already (``force``: again); whether it started."""
+        """Start scoring the queue unless it is stored already, or a re-scoring for a promotion not
+        followed yet stores it (one scoring of the frames, not two side by side); whether it started."""
         if not self.build_queue or self.store.stats().queue["size"]:
+            return False
+        if self.rescorer is not None and self.rescorer.busy():
             return False
         return self.queue_build.start()
 
@@ -118,6 +122,9 @@ class LabelService:
         and, without a model, the command that makes one (``hint``)."""
         if self.queue_build is None:
             return {"state": "none", "hint": NO_MODEL_HINT.format(db=self.store.path.name)}
+        if self.rescorer is not None and self.rescorer.busy():  # it builds the queue meanwhile
+            rescore = self.rescorer.status()
+            return {"state": "running", **{k: rescore.get(k) for k in ("done", "total", "eta_s", "version")}}
         return self.queue_build.status()
 
     def open_frame(self, name: str) -> dict:
@@ -315,9 +322,10 @@ def create_label_app(
             raise HTTPException(422, str(err)) from None
         return service.describe(state)
 
+    add_training_routes(app, service, training)  # POST/GET/DELETE /api/label/train, versions, rescore
+    service.rescorer = app.state.rescorer
     # after the server is up, so the page opens at once and shows the build's progress
     app.router.on_startup.append(service.start_queue_build)
-    add_training_routes(app, service, training)  # POST/GET/DELETE /api/label/train, versions, rescore
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
