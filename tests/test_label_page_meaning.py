@@ -48,6 +48,9 @@ def test_the_queue_names_the_class_in_doubt_its_peak_beside_its_threshold_and_wh
     assert doubt["box"] == [0.5, round(30 / 64, 4), 0.6, round(34 / 64, 4)]
     x, y = doubt["at"]
     assert 0.5 <= x <= 0.6 and 30 / 64 <= y <= 34 / 64
+    # a class switched off (NaN) has no threshold to compare with: the page says it is off
+    off = frame_score(members, thresholds=np.array([np.nan, 0.6, 0.55, 0.7]))[1]["doubt"]
+    assert off["off"] is True and off["threshold"] is None and doubt["off"] is False
     # without the pipeline's peaks the mean map's is used: two of four members at 0.9
     assert frame_score(members)[1]["doubt"]["peak"] == pytest.approx((0.9 * 2 + 0.02 * 2) / 4, abs=1e-4)
 

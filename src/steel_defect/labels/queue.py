@@ -90,9 +90,9 @@ def frame_score(
 
     The detail also holds ``doubt``, what the page says of the frame: the most doubtful class,
     its peak probability (``peaks``, the pipeline's own full-size maps, else the mean map's) beside
-    its ``thresholds`` entry, and where it is: ``at``, the most doubtful pixel, and ``box``, the
-    bounding box of the class's most doubtful pixels, both as fractions of the frame's width and
-    height (the score runs on reduced maps)."""
+    its ``thresholds`` entry (NaN: the class is switched off, ``off``), and where it is: ``at``,
+    the most doubtful pixel, and ``box``, the bounding box of the class's most doubtful pixels,
+    both as fractions of the frame's width and height (the score runs on reduced maps)."""
     detail = {}
     where = {}
     for index, class_id in enumerate(CLASS_IDS):
@@ -117,10 +117,13 @@ def frame_score(
         rows, cols = np.unravel_index(top, (height, width))
         best = int(top[np.argmax((entropy + 2 * spread)[top])])
         peak = float(peaks[index]) if peaks is not None else float(mean.max())
+        # NaN: the class is switched off (no threshold gives it a mask), which the page says
+        off = thresholds is not None and bool(np.isnan(thresholds[index]))
         where[str(class_id)] = {
             "class_id": class_id,
             "peak": round(peak, 4),
-            "threshold": None if thresholds is None else round(float(thresholds[index]), 4),
+            "threshold": None if thresholds is None or off else round(float(thresholds[index]), 4),
+            "off": off,
             "at": [round((best % width + 0.5) / width, 4), round((best // width + 0.5) / height, 4)],
             "box": [
                 round(cols.min() / width, 4),
@@ -199,7 +202,7 @@ def score_batch(
     """One batch of frames: (the pipeline's predictions, scores, per-class details, thumbnails)."""
     predictions = predictor.predict(frames, skip_gated=False)
     members = member_maps(predictor, frames)
-    thresholds = np.array([p.threshold for p in predictor.post.classes])
+    thresholds = np.array([np.nan if p.disabled else p.threshold for p in predictor.post.classes])
     scored = [
         frame_score(members[:, i], p.cls_probs, thresholds=thresholds, peaks=_peaks(p))
         for i, p in enumerate(predictions)

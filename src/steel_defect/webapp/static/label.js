@@ -241,8 +241,9 @@ function renderDoubt() {
   }
   const c = state.classes.find((k) => k.class_id === doubt.class_id);
   const peak = doubt.peak.toFixed(2);
-  const side = doubt.threshold === null ? `peak ${peak}`
-    : `peak ${peak} ${doubt.peak >= doubt.threshold ? "over" : "under"} threshold ${doubt.threshold.toFixed(2)}`;
+  const side = doubt.off ? `peak ${peak}; the model has this class off: no mask at any peak`
+    : doubt.threshold === null ? `peak ${peak}`
+      : `peak ${peak} ${doubt.peak >= doubt.threshold ? "over" : "under"} threshold ${doubt.threshold.toFixed(2)}`;
   const [x, y] = [Math.round(doubt.at[0] * frame.width), Math.round(doubt.at[1] * frame.height)];
   const size = state.info ? state.info.stats.queue.size : 0;
   $("doubt-text").textContent = `in doubt: class ${doubt.class_id}${c ? ` · ${c.name}` : ""} (${side}), ` +
