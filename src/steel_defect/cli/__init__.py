@@ -16,6 +16,8 @@
     steel-defect config --docs                            # every key with default and meaning
     steel-defect label --images DIR --db labels.sqlite [--postprocessing P.yml]   # labelling page
     steel-defect labels import|export|stats|queue|history|restore --db labels.sqlite ...
+    steel-defect labels train --db labels.sqlite [--recipe real]   # a model version, promoted if not worse
+    steel-defect labels versions|promote --db labels.sqlite [VERSION]   # the versions; roll back
     steel-defect watch DIR --db inspection.sqlite [--postprocessing P.yml] [--archive DIR]  # line
     steel-defect watch DIR --db inspection.sqlite --labels-db labels.sqlite   # the promoted version
     steel-defect distill --config SEG_CFG --out DIR [--unlabelled DIR]   # the line's one network
