@@ -12,6 +12,7 @@ import { ApiError, api, jsonBody } from "./api.js";
 import { $, el } from "./dom.js";
 import { MaskEditor } from "./editor.js";
 import { initFrameList, markCurrent, refreshFrameList, statusLabel, toggleFrameList } from "./frames.js";
+import { doubtText, hintNodes, queueWord } from "./queue.js";
 import { composite } from "./overlay.js";
 import { decodeRle, encodeRle } from "./rle.js";
 
@@ -239,15 +240,7 @@ function renderDoubt() {
     layer.hidden = true;
     return;
   }
-  const c = state.classes.find((k) => k.class_id === doubt.class_id);
-  const peak = doubt.peak.toFixed(2);
-  const side = doubt.off ? `peak ${peak}; the model has this class off: no mask at any peak`
-    : doubt.threshold === null ? `peak ${peak}`
-      : `peak ${peak} ${doubt.peak >= doubt.threshold ? "over" : "under"} threshold ${doubt.threshold.toFixed(2)}`;
-  const [x, y] = [Math.round(doubt.at[0] * frame.width), Math.round(doubt.at[1] * frame.height)];
-  const size = state.info ? state.info.stats.queue.size : 0;
-  $("doubt-text").textContent = `in doubt: class ${doubt.class_id}${c ? ` · ${c.name}` : ""} (${side}), ` +
-    `most doubtful at x ${x}, y ${y} · queue #${frame.queue.rank + 1}${size ? ` of ${size}` : ""}`;
+  $("doubt-text").textContent = doubtText(frame, state.classes, state.info ? state.info.stats.queue.size : 0);
   const toggle = $("doubt-heat");
   const model = Boolean(state.info && state.info.model);
   toggle.disabled = !model;
@@ -573,25 +566,6 @@ async function loadStats() {
   }
 }
 
-// What to run when there is no model: the server's sentence, its `commands` set as code.
-function showHint(text) {
-  const box = $("queue-hint");
-  box.hidden = !text;
-  if (text) box.replaceChildren(...text.split("`").map((part, i) => (i % 2 ? el("code", {}, part) : part)));
-}
-
-// The queue while there is none stored: being built (with how far), failed, or no model to build it.
-function queueWord(build) {
-  if (build.state === "running") {
-    const eta = build.eta_s === null ? "" : build.eta_s < 90 ? `, about ${Math.max(1, Math.round(build.eta_s))} s left`
-      : `, about ${Math.round(build.eta_s / 60)} min left`;
-    return build.total === null ? "building the queue…" : `building the queue: ${build.done}/${build.total} frames scored${eta}`;
-  }
-  if (build.state === "failed") return `the queue could not be built: ${build.error}`;
-  if (build.state === "none") return "no queue: no model yet";
-  return "no queue yet";
-}
-
 // While the queue is built, poll its progress; when it is done, the open frame gets its queue
 // entry (the class in doubt) and the list its ranks.
 let buildPoll = null;
@@ -688,7 +662,9 @@ async function start() {
   line.textContent = model
     ? `pre-labels from ${model.summary.segmenters}${model.summary.classifiers ? ` + ${model.summary.classifiers}` : ""} · ${model.version}`
     : "no model yet: frames open empty";
-  showHint(info.queue_build.hint);
+  const hint = $("queue-hint");
+  hint.hidden = !info.queue_build.hint;
+  if (info.queue_build.hint) hint.replaceChildren(...hintNodes(info.queue_build.hint));
   line.dataset.state = "ready";
   if (info.skipped_files.length) {
     $("skipped-files").hidden = false;
