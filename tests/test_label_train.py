@@ -173,6 +173,19 @@ def test_train_reports_progress_refuses_a_second_and_ends_with_a_promoted_versio
         assert opened["proposal_model"] == "v1"  # the page's model is v1 now: no second proposal
         versions = client.get("/api/label/versions").json()
         assert versions["promoted"] == "v1" and [v["name"] for v in versions["versions"]] == ["v1"]
+        # a promotion from the page (a rollback is the same call) re-scores once more
+        again = client.post("/api/label/promote", json={"version": "v1", "reason": "again"})
+        assert again.status_code == 200 and again.json()["promoted"] == "v1"
+        second = _until(
+            lambda: (
+                (r := client.get("/api/label/rescore").json())["promotion"] != rescore["promotion"]
+                and r["state"] == "done"
+                and r
+            ),
+            what="the second re-scoring",
+        )
+        assert second["version"] == "v1" and second["total"] == UNLABELLED
+        assert [p["reason"] for p in store.promotions()] == ["first version", "again"]
 
 
 def test_cancel_stops_the_training_and_frees_the_slot(labelled_db, tmp_path, monkeypatch):
@@ -287,5 +300,17 @@ def test_the_page_trains_shows_progress_and_ends_with_a_new_version_in_the_list(
         assert page.text_content("#model-line") == "pre-labels and queue from v1, the promoted version"
         if SCREENSHOT_DIR:
             _screenshot(page, "label_train_done.png")
+        with LabelStore.open(db) as store:  # a second version, v1's model under another name
+            v1 = store.version("v1")
+            made = {k: v1[k] for k in ("recipe", "labels_digest", "counts", "out_of_fold", "spec")}
+            store.record_version(**made, seconds=2.0)
+        page.click('#versions button[data-promote="v2"]', timeout=30_000)  # listed at the next poll
+        page.wait_for_selector('#versions tr[data-version="v2"][data-promoted="true"]')
+        assert page.is_visible('#versions tr[data-version="v1"] button[data-promote="v1"]')
+        page.wait_for_selector('#rescore[data-state="done"]:has-text("from v2")', timeout=120_000)
+        page.wait_for_selector('#frame-meta:has-text("by v2")')
+        assert page.text_content("#train-result").endswith("Promoted (first version); v2 is in use since.")
+        if SCREENSHOT_DIR:
+            _screenshot(page, "label_train_promoted.png")
         assert errors == []
         page.close()

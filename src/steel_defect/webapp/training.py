@@ -91,9 +91,12 @@ def training_view(row: dict | None, store) -> dict:
     view["result"] = None
     if row["version"]:
         try:
-            view["result"] = version_view(store.version(row["version"]), store.promotions())
+            result = version_view(store.version(row["version"]), store.promotions())
             promoted = store.promoted()
-            view["result"]["promoted"] = promoted is not None and promoted["name"] == row["version"]
+            result["in_use"] = None if promoted is None else promoted["name"]
+            result["promoted"] = result["in_use"] == row["version"]
+            result["was_promoted"] = bool(result["promotions"])  # by the training or later, by hand
+            view["result"] = result
         except UnknownVersion:
             pass
     return view

@@ -70,6 +70,12 @@ function framesText(counts) {
   return `${counts.frames} frames (${counts.defect_free} defect-free; ${per})`;
 }
 
+function decisionText(v, decision) {
+  if (v.promoted) return `Promoted: ${decision}.`;
+  if (v.was_promoted) return `Promoted (${decision}); ${v.in_use} is in use since.`;
+  return `Not promoted: ${decision}.`;
+}
+
 function renderTraining(t) {
   const running = t.state === "running";
   const chip = $("train-state");
@@ -92,7 +98,7 @@ function renderTraining(t) {
     const decision = (v.detail || {}).decision || v.promotion_reason || "";
     result.append(
       el("div", {}, el("strong", {}, v.name), ` out-of-fold Dice ${fixed(v.out_of_fold?.mean_dice)} beside empty masks ${fixed(v.out_of_fold?.empty)}, learnt from ${framesText(v.counts)} in ${Math.round(v.seconds)} s`),
-      el("div", { class: v.promoted ? "decision promoted" : "decision kept" }, v.promoted ? `Promoted: ${decision}.` : `Not promoted: ${decision}.`),
+      el("div", { class: v.promoted ? "decision promoted" : "decision kept" }, decisionText(v, decision)),
     );
   } else if (t.state === "failed") {
     result.append(el("div", { class: "decision failed" }, t.error || "failed"));
