@@ -3,7 +3,7 @@ that `labels queue`, `label` and `serve --labels-db` then use; `labels versions`
 
 Real SQLite files, real training (the synthetic recipe, every fold, one epoch of one batch at an
 eighth of the frame), real threshold searches; the cancel test pauses a real `labels train`
-process at its third training batch (steel_defect/pause.py) and sends it SIGTERM as the page does.
+process in its second fold (steel_defect/pause.py) and sends it SIGTERM as the page does.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ TINY = [
     "train.max_valid_batches=1",
     "inference.tta=[]",
     "inference.backend=torch",
+    "inference.gate_scale=null",
 ]
 TRAIN = ["--recipe", "synthetic", "--epochs", "1", "--opts", *TINY]
 
@@ -235,7 +236,7 @@ def test_sigterm_cancels_the_training_mid_fold_with_its_progress_and_no_version(
     marker = tmp_path / "paused"
     env = {
         **os.environ,
-        "STEEL_DEFECT_TEST_PAUSE_AT": "batch:train@3",  # classifier folds 1 and 2, then segmenter fold 1
+        "STEEL_DEFECT_TEST_PAUSE_AT": "batch:train@2",  # the classifier's fold 1 done, in its fold 2
         "STEEL_DEFECT_TEST_PAUSE_FILE": str(marker),
         "NO_ALBUMENTATIONS_UPDATE": "1",
     }
@@ -256,8 +257,9 @@ def test_sigterm_cancels_the_training_mid_fold_with_its_progress_and_no_version(
         time.sleep(0.05)
     with LabelStore.open(db) as store:
         progress = store.training(training_id)["progress"]
-    # both classifier folds are done, the segmenter's first not yet
-    assert progress["stage"] == "train" and progress["network"] == "classifier" and progress["fold"] == 1
+    # the row says the classifier's first fold is done (epoch 1 of 1), the rest to come
+    assert progress["stage"] == "train" and progress["network"] == "classifier"
+    assert (progress["fold"], progress["folds"], progress["epoch"], progress["epochs"]) == (0, 2, 1, 1)
     assert 0 < progress["fraction"] < 1 and progress["eta_s"] > 0
     os.killpg(process.pid, signal.SIGTERM)  # the page's Cancel
     _, err = process.communicate(timeout=120)
