@@ -298,6 +298,7 @@ def test_the_page_trains_shows_progress_and_ends_with_a_new_version_in_the_list(
         # the open frame was untouched: the page reloads it with v1's proposal, and says so
         page.wait_for_selector('#frame-meta:has-text("by v1")')
         assert page.text_content("#model-line") == "pre-labels and queue from v1, the promoted version"
+        assert page.is_hidden("#queue-hint")  # no "no model yet" banner once there is one
         if SCREENSHOT_DIR:
             _screenshot(page, "label_train_done.png")
         with LabelStore.open(db) as store:  # a second version, v1's model under another name

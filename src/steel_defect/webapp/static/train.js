@@ -115,6 +115,8 @@ function announce(r) {
   if (rescoring !== null && rescoring !== key && r.state === "done") {
     const line = $("model-line");
     if (line) line.textContent = `pre-labels and queue from ${r.version}, the promoted version`;
+    const hint = $("queue-hint"); // "no model yet: train one": there is one now
+    if (hint) hint.hidden = true;
     document.dispatchEvent(new CustomEvent("label:model-changed", { detail: { version: r.version } }));
   }
   rescoring = key;
