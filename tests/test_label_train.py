@@ -8,6 +8,7 @@ child on tiny settings. The child is held at a known point with the pause hook
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -315,3 +316,28 @@ def test_the_page_trains_shows_progress_and_ends_with_a_new_version_in_the_list(
             _screenshot(page, "label_train_promoted.png")
         assert errors == []
         page.close()
+
+
+def test_a_rescoring_cut_off_by_a_restart_is_taken_up_and_a_version_that_does_not_load_says_why(
+    labelled_db, tmp_path
+):
+    db, frames = _copy(labelled_db, tmp_path)
+    gone = tmp_path / "gone" / "postprocessing.yml"
+    with LabelStore.open(db) as store:
+        name = store.record_version("synthetic", store.labels_digest(), {}, {}, str(gone), 1.0)
+        store.promote(name, "by hand")
+        promotion = store.promotions()[-1]["id"]
+        # what a server killed in the middle of re-scoring leaves behind
+        record = {"promotion": promotion, "version": name, "state": "running", "done": 4, "total": 8}
+        store.set_meta("rescore", json.dumps(record))
+    client, store = _client(db, frames)  # the restarted server takes it up at once
+    with client, store:
+        ended = ("done", "failed")
+        status = _until(
+            lambda: (r := client.get("/api/label/rescore").json())["state"] in ended and r, 30, "its end"
+        )
+        assert status["state"] == "failed" and status["version"] == name and status["promotion"] == promotion
+        assert status["error"].startswith(f"re-scoring with {name} failed:") and str(gone) in status["error"]
+        assert store.stats().queue["size"] == 0  # nothing half-written
+        # a failed re-scoring is not retried on every poll: only a new promotion starts another
+        assert client.get("/api/label/rescore").json()["finished_at"] == status["finished_at"]
