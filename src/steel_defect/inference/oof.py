@@ -316,22 +316,22 @@ def write_oof_scores(
     the searched ``post``: the Dice it earns on each pair (``dice_<c>``, :func:`pair_dice`; their
     mean is the out-of-fold Dice), so two trainings can be compared on the frames both scored."""
     columns = ["ImageId", *(f"peak_{c}" for c in CLASS_IDS), *(f"cls_{c}" for c in CLASS_IDS)]
-    if gate is not None:
-        columns += [*(f"gate_{c}" for c in CLASS_IDS), *(f"marked_{c}" for c in CLASS_IDS), "gate_skips"]
     dice = None if post is None else pair_dice(oof, post)[0]
     if dice is not None:
         columns += [f"dice_{c}" for c in CLASS_IDS]
+    if gate is not None:
+        columns += [*(f"gate_{c}" for c in CLASS_IDS), *(f"marked_{c}" for c in CLASS_IDS), "gate_skips"]
     with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns)
         for k, image_id in enumerate(oof["ids"]):
             cls = [f"{p:.5f}" for p in oof["cls"][k]] if oof["cls"] is not None else [""] * len(CLASS_IDS)
             row = [image_id, *(f"{p:.5f}" for p in oof["top"][k]), *cls]
+            if dice is not None:
+                row += [repr(float(v)) for v in dice[k]]
             if gate is not None:  # levels exactly: 19 / 255 prints as 0.0745098 and reads back as 19
                 row += [repr(int(v) / 255.0) for v in oof["gate_levels"][k]]
                 row += [int(v) for v in gate.marked[k]] + [int(gate.skip[k])]
-            if dice is not None:
-                row += [repr(float(v)) for v in dice[k]]
             writer.writerow(row)
     return path
 
