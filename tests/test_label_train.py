@@ -341,3 +341,33 @@ def test_a_rescoring_cut_off_by_a_restart_is_taken_up_and_a_version_that_does_no
         assert store.stats().queue["size"] == 0  # nothing half-written
         # a failed re-scoring is not retried on every poll: only a new promotion starts another
         assert client.get("/api/label/rescore").json()["finished_at"] == status["finished_at"]
+
+
+def test_a_page_started_after_a_promotion_keeps_its_model_until_one_is_made_while_it_runs(
+    labelled_db, tmp_path
+):
+    db, frames = _copy(labelled_db, tmp_path)
+    gone = tmp_path / "gone" / "postprocessing.yml"
+    with LabelStore.open(db) as store:  # a version a command-line training made and promoted earlier
+        training = store.start_training(None, "elsewhere", None)
+        name = store.record_version(
+            "synthetic",
+            store.labels_digest(),
+            {},
+            {},
+            str(gone),
+            1.0,
+            promote_reason="first",
+            training_id=training,
+        )
+    client, store = _client(db, frames)  # a page on no model (or `label --postprocessing` another one)
+    with client, store:
+        assert client.get("/api/label/train").json()["state"] == "done"
+        assert client.get("/api/label/rescore").json()["state"] == "idle"  # nothing swapped behind its back
+        assert store.get_meta("rescore") is None
+        assert client.post("/api/label/promote", json={"version": name}).status_code == 200
+        ended = ("done", "failed")
+        status = _until(
+            lambda: (r := client.get("/api/label/rescore").json())["state"] in ended and r, 30, "its end"
+        )
+        assert status["version"] == name and str(gone) in status["error"]  # followed, and says why it failed

@@ -7,6 +7,7 @@
 
     rescorer = Rescorer(store, folder, load_predictor)
     rescorer.follow()      # a promotion not re-scored yet: pre-labels and queue from that version
+    rescorer.resume(name)  # at start: an interrupted re-scoring taken up
     rescorer.status()      # {state, done, total, eta_s, version}
 
 A training is a process with a row (the ``trainings`` table of the labels database): the command
@@ -309,15 +310,32 @@ class Rescorer:
             record = self.record()
             if record and record.get("promotion") == latest["id"] and record["state"] != "running":
                 return False
-            if self.store.get_meta("queue_model") == latest["version"] and not record:
-                # the queue already comes from this version (scored by `labels queue` or `label`)
-                self._write({"promotion": latest["id"], "version": latest["version"], "state": "done"})
-                return False
             self._thread = threading.Thread(
                 target=self._run, args=(latest,), name=f"rescore-{latest['version']}", daemon=True
             )
             self._thread.start()
             return True
+
+    def resume(self, current: str | None) -> bool:
+        """At a server's start: take up a re-scoring that a restart cut off; and when the page
+        already runs the promoted version (``current``, its name) record the promotion as followed
+        instead of scoring twice, unless the stored queue is an older version's. A page started
+        on another model (``label --postprocessing``) keeps it until a promotion made while it
+        runs. True when a re-scoring runs after the call."""
+        record = self.record()
+        if record and record["state"] == "running":
+            return self.follow()
+        promotions = self.store.promotions()
+        if current is None or not promotions or promotions[-1]["version"] != current:
+            return False
+        latest = promotions[-1]
+        if record and record.get("promotion") == latest["id"]:
+            return False
+        if self.store.get_meta("queue_model") not in (None, current):
+            return self.follow()  # the queue ranks frames by an older version
+        # no queue yet (the page builds it) or this version's
+        self._write({"promotion": latest["id"], "version": current, "state": "done", "loaded_at_start": True})
+        return False
 
     def _run(self, promotion: dict) -> None:
         from steel_defect.labels.queue import score_queue

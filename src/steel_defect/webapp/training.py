@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from steel_defect.labels.jobs import NoTraining, Rescorer, TrainingJobs
-from steel_defect.labels.store import TrainingRunning, UnknownVersion
+from steel_defect.labels.store import TrainingRunning, UnknownVersion, now
 from steel_defect.webapp.label_queue import DoubtMaps, QueueBuild
 
 PROGRESS_KEYS = ("stage", "fold", "epoch", "fraction", "eta_s")
@@ -116,8 +116,9 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
             service.doubt = DoubtMaps(predictor, service._network)
 
     promoted = store.promoted()
+    current = None
     if promoted is not None and _same_file(getattr(service.predictor, "pipeline", None), promoted["spec"]):
-        service.model_version = promoted["name"]  # `label` loaded the promoted version: say which
+        current = service.model_version = promoted["name"]  # `label` loaded the promoted version
 
     rescorer = Rescorer(
         store,
@@ -135,7 +136,8 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
         on_end=lambda row: rescorer.follow(),
     )
     app.state.training_jobs, app.state.rescorer = jobs, rescorer
-    rescorer.follow()  # a promotion not followed yet, or a re-scoring a restart cut off
+    rescorer.resume(current)  # a re-scoring a restart cut off; else what the page loaded counts
+    started = now()
 
     @app.post("/api/label/train", status_code=202)
     def start_training(body: TrainBody | None = None):
@@ -151,8 +153,15 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
     @app.get("/api/label/train")
     def training() -> dict:
         row = jobs.status()
-        if row is not None and row["state"] != "running":
-            rescorer.follow()  # a training another server started may have promoted meanwhile
+        latest = store.promotions()[-1:]
+        if (
+            row is not None
+            and row["state"] == "done"
+            and (row["finished_at"] or "") > started
+            and latest
+            and latest[0]["version"] == row["version"]
+        ):
+            rescorer.follow()  # a training another server started promoted while this one runs
         return training_view(row, store)
 
     @app.delete("/api/label/train")
@@ -180,7 +189,6 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
 
     @app.get("/api/label/rescore")
     def rescore() -> dict:
-        rescorer.follow()
         return rescorer.status()
 
     return jobs
