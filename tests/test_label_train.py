@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -192,6 +193,8 @@ def test_train_reports_progress_refuses_a_second_and_ends_with_a_promoted_versio
 def test_cancel_stops_the_training_and_frees_the_slot(labelled_db, tmp_path, monkeypatch):
     db, frames = _copy(labelled_db, tmp_path)
     marker = _paused(monkeypatch, tmp_path)
+    with LabelStore.open(db) as store:  # promoted before this page started, which runs no model
+        store.promote(store.record_version("synthetic", "d", {}, {}, str(tmp_path / "gone.yml"), 1.0), "old")
     client, store = _client(db, frames)
     with client, store:
         first = client.post("/api/label/train", json={}).json()
@@ -201,7 +204,11 @@ def test_cancel_stops_the_training_and_frees_the_slot(labelled_db, tmp_path, mon
         assert cancelled.json()["state"] == "cancelled" and cancelled.json()["version"] is None
         assert not process_alive(first["pid"], first["id"])
         _until(lambda: not Path(f"/proc/{first['pid']}").exists(), 30, "the child to be reaped")
-        assert store.training(first["id"])["state"] == "cancelled" and store.versions() == []
+        assert store.training(first["id"])["state"] == "cancelled" and len(store.versions()) == 1
+        for thread in threading.enumerate():  # the reaper, done with what follows a training's end
+            if thread.name == f"training-{first['id']}":
+                thread.join(30)
+        assert client.get("/api/label/rescore").json()["state"] == "idle"  # a cancel promotes nothing
         marker.unlink()
         again = client.post("/api/label/train", json={})  # one at a time: the slot is free again
         assert again.status_code == 202 and again.json()["id"] == first["id"] + 1

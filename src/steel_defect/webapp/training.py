@@ -120,6 +120,12 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
     if promoted is not None and _same_file(getattr(service.predictor, "pipeline", None), promoted["spec"]):
         current = service.model_version = promoted["name"]  # `label` loaded the promoted version
 
+    def promoted_by(row: dict | None) -> bool:
+        """Whether ``row`` is a finished training whose version is the latest promotion's."""
+        latest = store.promotions()[-1:]
+        done = row is not None and row["state"] == "done"
+        return done and bool(latest) and latest[0]["version"] == row["version"]
+
     rescorer = Rescorer(
         store,
         service.folder,
@@ -133,7 +139,7 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
         settings.recipe,
         settings.opts,
         settings.epochs,
-        on_end=lambda row: rescorer.follow(),
+        on_end=lambda row: promoted_by(row) and rescorer.follow(),
     )
     app.state.training_jobs, app.state.rescorer = jobs, rescorer
     rescorer.resume(current)  # a re-scoring a restart cut off; else what the page loaded counts
@@ -153,14 +159,7 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
     @app.get("/api/label/train")
     def training() -> dict:
         row = jobs.status()
-        latest = store.promotions()[-1:]
-        if (
-            row is not None
-            and row["state"] == "done"
-            and (row["finished_at"] or "") > started
-            and latest
-            and latest[0]["version"] == row["version"]
-        ):
+        if promoted_by(row) and row["finished_at"] > started:
             rescorer.follow()  # a training another server started promoted while this one runs
         return training_view(row, store)
 
