@@ -378,3 +378,29 @@ def test_a_page_started_after_a_promotion_keeps_its_model_until_one_is_made_whil
             lambda: (r := client.get("/api/label/rescore").json())["state"] in ended and r, 30, "its end"
         )
         assert status["version"] == name and str(gone) in status["error"]  # followed, and says why it failed
+
+
+@pytest.mark.e2e
+def test_cancel_in_the_page_stops_the_training_and_says_so(labelled_db, tmp_path, browser):
+    db, frames = _copy(labelled_db, tmp_path)
+    marker = tmp_path / "paused"
+    env = {**os.environ, ENV: "batch:train", FILE_ENV: str(marker)}
+    with running_label_server(frames, db, *_server_args(), env=env) as (url, _):
+        page = browser.new_page(viewport={"width": 1800, "height": 1100})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(url)
+        page.wait_for_selector('#train-panel[data-ready="1"]')
+        page.click("#train-start")
+        _until(marker.exists, what="the training child at its first batch")
+        page.wait_for_selector("#train-cancel:visible")
+        page.click("#train-cancel")
+        page.wait_for_selector('#train-state:text-is("training cancelled")')
+        assert "no version recorded" in page.text_content("#train-result")
+        assert page.is_enabled("#train-start") and page.is_hidden("#train-cancel")
+        with LabelStore.open(db, readonly=True) as store:
+            row = store.training()
+            assert row["state"] == "cancelled" and store.versions() == []
+        assert not process_alive(row["pid"], row["id"])
+        assert errors == []
+        page.close()
