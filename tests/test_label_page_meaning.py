@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -112,6 +111,12 @@ def test_the_page_builds_the_queue_in_the_background_when_a_model_is_there_and_n
             assert again.status_code == 202
             service.queue_build.thread.join(timeout=120)
             assert client.get("/api/label/queue").json()["state"] == "done"
+            # a model taken up later (a promoted version) names the queue and the pre-labels it rebuilds
+            service.use_model(predictor, "v7")
+            assert client.post("/api/label/queue").status_code == 202
+            service.queue_build.thread.join(timeout=120)
+            assert store.stats().queue["model_version"] == "v7"
+            assert {store.frame(n).proposal_model for n in names} == {"v7"}
 
 
 def test_a_first_run_without_a_model_names_the_command_that_makes_one(tmp_path):
@@ -189,8 +194,10 @@ def test_the_doubt_heat_map_is_the_class_probability_under_its_threshold_compute
         assert unknown.status_code == 404
 
 
-def test_a_promotion_not_followed_yet_is_scored_once_by_its_rescoring_not_twice(tmp_path, monkeypatch):
-    from steel_defect import pause
+def test_a_page_started_on_the_promoted_version_scores_the_frames_once_in_its_name(tmp_path, monkeypatch):
+    """`label` loaded the promoted version and no queue is stored: the page's own build scores the
+    frames, once, and names the queue and the pre-labels after the version, not a digest; no
+    re-scoring runs beside it."""
     from steel_defect.inference.pipeline import build_predictor
     from tests.test_label_page_meaning_e2e import promote_untrained_model
 
@@ -198,26 +205,15 @@ def test_a_promotion_not_followed_yet_is_scored_once_by_its_rescoring_not_twice(
     names = _frames(folder, 2, seed=7)
     db = tmp_path / "labels.sqlite"
     spec = promote_untrained_model(tmp_path / "model", db)  # as `labels train` leaves it
-    marker = tmp_path / "paused"
-    monkeypatch.setattr(pause, "_arrivals", {})
-    monkeypatch.setenv(pause.ENV, "batch:queue@1")  # the re-scoring holds after its first batch
-    monkeypatch.setenv(pause.FILE_ENV, str(marker))
     with LabelStore.open(db) as store:
         predictor = build_predictor(spec, backend="torch")
         service = LabelService(store, FrameFolder(folder), predictor, build_queue=True, batch_size=1)
         app = create_label_app(service)
-        rescoring = app.state.rescorer._thread  # the promotion's re-scoring, started with the app
-        assert rescoring is not None
-        with TestClient(app) as client:  # the startup leaves the first queue to the re-scoring
-            deadline = time.monotonic() + 120
-            while not marker.is_file():
-                assert time.monotonic() < deadline and rescoring.is_alive(), "the re-scoring never paused"
-                time.sleep(0.02)
-            status = client.get("/api/label/queue").json()  # the page sees the re-scoring's progress
-            assert status["state"] == "running" and status["version"] == "v1"
-            assert service.queue_build.status()["state"] == "idle"  # not a second scoring beside it
-            marker.unlink()
-            rescoring.join(timeout=120)
-            assert service.queue_build.status()["state"] == "idle"
+        assert app.state.rescorer._thread is None  # the page runs the promoted version already
+        with TestClient(app) as client:  # the startup starts the page's one build
+            service.queue_build.thread.join(timeout=120)
+            assert client.get("/api/label/queue").json()["state"] == "done"
+            assert not app.state.rescorer.busy()
             assert store.stats().queue["size"] == 2 and store.stats().queue["model_version"] == "v1"
+            assert {store.frame(n).proposal_model for n in names} == {"v1"}
             assert client.get("/api/label/next").json()["name"] in names

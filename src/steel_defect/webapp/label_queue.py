@@ -39,9 +39,12 @@ NO_MODEL_HINT = (
 class QueueBuild:
     """Score the queue in a background thread of the page, with its progress for the page to poll."""
 
-    def __init__(self, store, folder, predictor, network_lock: threading.Lock, batch_size: int = 4):
+    def __init__(
+        self, store, folder, predictor, network_lock: threading.Lock, batch_size: int = 4, version=None
+    ):
+        """``version``: the name its proposals and queue take (default: the weights' digest)."""
         self.store, self.folder, self.predictor = store, folder, predictor
-        self.network_lock, self.batch_size = network_lock, batch_size
+        self.network_lock, self.batch_size, self.version = network_lock, batch_size, version
         self.thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._state = {"state": "idle", "done": 0, "total": None, "started": None, "error": None}
@@ -76,6 +79,7 @@ class QueueBuild:
                 self.batch_size,
                 progress=self._progress,
                 network_lock=self.network_lock,
+                version=self.version,
             )
         except Exception as err:  # the page must say the build failed, not poll a "running" for ever
             log.exception("building the queue failed")

@@ -97,16 +97,25 @@ class LabelService:
         frames at a time."""
         self.store = store
         self.folder = folder
-        self.predictor = predictor
-        self.model_version = model_version(predictor) if predictor is not None else None
+        self.batch_size = batch_size
         self._network = threading.Lock()
-        self.queue_build = self.doubt = None
+        self.predictor = self.model_version = self.queue_build = self.doubt = None
         if predictor is not None:
-            self.queue_build = QueueBuild(store, folder, predictor, self._network, batch_size)
-            self.doubt = DoubtMaps(predictor, self._network)
+            self.use_model(predictor, model_version(predictor))
         self.build_queue = build_queue and predictor is not None
         self.rescorer = None  # the promoted version's re-scoring (webapp/training.py), when served
         store.add_frames(folder.listing())
+
+    def use_model(self, predictor, name: str) -> None:
+        """Propose, build the queue and draw heat maps with ``predictor`` from now on, naming its
+        proposals and queue ``name`` (a model version's name, or the weights' digest); a request
+        predicting meanwhile finishes with the model it started with."""
+        with self._network:
+            self.predictor, self.model_version = predictor, name
+            self.queue_build = QueueBuild(
+                self.store, self.folder, predictor, self._network, self.batch_size, version=name
+            )
+            self.doubt = DoubtMaps(predictor, self._network)
 
     def start_queue_build(self) -> bool:
         """Start scoring the queue unless it is stored already, or a re-scoring for a promotion not

@@ -32,7 +32,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from steel_defect.labels.jobs import NoTraining, Rescorer, TrainingJobs
 from steel_defect.labels.store import TrainingRunning, UnknownVersion, now
-from steel_defect.webapp.label_queue import DoubtMaps, QueueBuild
 
 PROGRESS_KEYS = ("stage", "fold", "epoch", "fraction", "eta_s")
 
@@ -107,18 +106,11 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
     settings = settings or TrainingSettings()
     store = service.store
 
-    def swap(predictor, name: str) -> None:
-        # the page's own proposals, queue builds and heat maps come from the promoted version
-        # from now on, named after it
-        with service._network:
-            service.predictor, service.model_version = predictor, name
-            service.queue_build = QueueBuild(store, service.folder, predictor, service._network)
-            service.doubt = DoubtMaps(predictor, service._network)
-
     promoted = store.promoted()
     current = None
     if promoted is not None and _same_file(getattr(service.predictor, "pipeline", None), promoted["spec"]):
-        current = service.model_version = promoted["name"]  # `label` loaded the promoted version
+        current = promoted["name"]  # `label` loaded the promoted version: its proposals bear its name
+        service.use_model(service.predictor, current)
 
     def promoted_by(row: dict | None) -> bool:
         """Whether ``row`` is a finished training whose version is the latest promotion's."""
@@ -131,7 +123,7 @@ def add_training_routes(app: FastAPI, service, settings: TrainingSettings | None
         service.folder,
         settings.load_predictor or _default_predictor,
         settings.batch_size,
-        on_done=swap,
+        on_done=service.use_model,
     )
     jobs = TrainingJobs(
         store,
