@@ -87,12 +87,20 @@ demo: install
 # The real-steel recipe on the real frames beside the checkout (README, "Real steel").
 # UNLABELLED=DIR adds FixMatch on those unlabelled frames (+0.006 pooled over two seeds, 1.6-2x
 # the training; docs/real-steel.md).
+# LINE_UNLABELLED=DIR (default: the unlabelled real frames beside the checkout, when there) is what
+# the line's distilled student also learns the ensemble's maps on, 8 epochs over them and the
+# labelled frames (docs/inference.md: it closed the student's gap to the ensemble on a real
+# quarter); LINE_UNLABELLED= distils on the labelled frames alone, train.epochs long.
 REAL_DATA ?= ../shared/data/severstal_sample
 UNLABELLED ?=
+LINE_UNLABELLED ?= $(wildcard ../shared/data/severstal_unlabeled/test_images)
 comma := ,
-SEMI_OPTS = $(if $(UNLABELLED),--opts "train.semi={name: fixmatch$(comma) unlabelled: $(UNLABELLED)}")
+SEMI_OPT = $(if $(UNLABELLED),"train.semi={name: fixmatch$(comma) unlabelled: $(UNLABELLED)}")
+LINE_OPTS = $(if $(LINE_UNLABELLED),distill.unlabelled=$(LINE_UNLABELLED) distill.epochs=8)
+DEMO_REAL_OPTS = $(strip $(SEMI_OPT) $(LINE_OPTS))
 demo-real: install
-	$(VENV)/bin/steel-defect demo --recipe real --data-dir $(REAL_DATA) --work-dir work/demo-real $(SEMI_OPTS)
+	$(VENV)/bin/steel-defect demo --recipe real --data-dir $(REAL_DATA) --work-dir work/demo-real \
+		$(if $(DEMO_REAL_OPTS),--opts $(DEMO_REAL_OPTS))
 
 # The web GUI on http://127.0.0.1:8000 with the model `make demo` trained.
 serve: install
