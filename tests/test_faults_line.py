@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -236,6 +237,11 @@ def test_the_status_read_from_another_thread_never_meets_the_loop_half_way(tmp_p
                 errors.append(repr(err))
 
     reader = threading.Thread(target=read, daemon=True)
+    # The reader never blocks, so at the default 5 ms switch interval each of the loop's file
+    # calls waited for the reader's whole slice (a GIL convoy: 6 to 7 minutes for the test); a
+    # short interval interleaves the two threads more often, which is what the test is after.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
     reader.start()
     try:
         for round_ in range(150):  # frames come and go while the loop scans
@@ -249,6 +255,7 @@ def test_the_status_read_from_another_thread_never_meets_the_loop_half_way(tmp_p
     finally:
         stop.set()
         reader.join(timeout=10)
+        sys.setswitchinterval(interval)
     assert errors == []
     assert watcher.backlog() == 0 and watcher.lag_s() is None  # nothing settles within an hour
 
