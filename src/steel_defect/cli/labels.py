@@ -230,9 +230,15 @@ class ProgressPrinter:
 def _register_training(actions) -> None:
     """``labels train``, ``labels versions`` and ``labels promote``."""
     q = actions.add_parser(
-        "train", help="train and tune on the labelled frames; record (and promote) a model version"
+        "train",
+        help="train and tune on the labelled frames; record (and promote) a model version",
+        description="Train the recipe on every confirmed and defect-free frame of the database (a "
+        "fold split, every fold, the out-of-fold threshold search, the distilled line network for "
+        "the real recipe) and record a model version. It is promoted when its out-of-fold Dice is "
+        "at least the promoted version's on the frames both scored; otherwise the comparison is "
+        "printed and `labels promote` decides.",
     )
-    q.add_argument("--db", required=True)
+    q.add_argument("--db", required=True, help="the labels database (labels.sqlite)")
     q.add_argument("--images", help="the frames' folder (default: the one the database records)")
     q.add_argument("--recipe", choices=("real", "synthetic"), default="real", help="the configs")
     q.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="segmenter config overrides")
@@ -243,8 +249,8 @@ def _register_training(actions) -> None:
         "--training-id", type=int, help="the trainings row to report progress to (the page's Train button)"
     )
     q = actions.add_parser("versions", help="the model versions trained on the labels; the promoted one")
-    q.add_argument("--db", required=True)
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--db", required=True, help="the labels database (labels.sqlite)")
+    q.add_argument("--json", action="store_true", help="every version and promotion as JSON")
     q = actions.add_parser(
         "promote",
         help="use VERSION for label, labels queue and serve --labels-db; an older one is a rollback",
