@@ -382,6 +382,45 @@ def test_a_frame_renamed_into_the_folder_is_judged_without_waiting_to_settle(tmp
     assert [r["status"] for r in log.search(Search())] == ["judged"]
 
 
+def test_a_rename_whose_event_lands_while_the_folder_is_listed_is_not_lost(tmp_path, predictor):
+    """The race bench/line_rate.py found: a frame renamed in just after the scan listed the folder,
+    its event taken by that same scan. Before the fix the scan spent the event on a listing that
+    did not hold the frame yet, and the frame then waited the whole settle time (60 s there; 1 s
+    by default) like one still being written."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames_in(tmp_path / "staging", 1)
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+
+    class RenameDuringTheListing(Watcher):
+        raced = False
+
+        def _listing(self):
+            found = super()._listing()
+            if self._observer is not None and not self.raced:  # the second scan: events are on
+                self.raced = True
+                partial = folder / ".frame_000.jpg.part"
+                partial.write_bytes((tmp_path / "staging" / "frame_000.jpg").read_bytes())
+                os.rename(partial, folder / "frame_000.jpg")
+                deadline = time.monotonic() + 10
+                while "frame_000.jpg" not in self._renamed:  # watchdog's real inotify event
+                    assert time.monotonic() < deadline, "no rename event from watchdog"
+                    time.sleep(0.01)
+            return found
+
+    watcher = RenameDuringTheListing(folder, log, predictor, settle_s=3600.0, events=True)
+    try:
+        watcher.step()  # starts the events
+        watcher.step()  # the frame arrives while this scan lists the folder
+        assert watcher.raced and log.count() == 0
+        watcher.step()
+        assert [(r["name"], r["status"]) for r in log.search(Search())] == [("frame_000.jpg", "judged")]
+    finally:
+        watcher._stop_events()
+        watcher.flush()
+        log.close()
+
+
 def test_judged_frames_move_to_the_archive_and_a_vanished_folder_is_reported(tmp_path, predictor):
     folder, archive = tmp_path / "in", tmp_path / "archive"
     names = frames_in(folder, 3)

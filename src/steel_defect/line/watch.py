@@ -202,9 +202,12 @@ class Watcher:
         """Update the pending frames from a listing; the ``missing`` records of pending frames that
         vanished. Raises OSError when the folder cannot be listed."""
         now, tick = self.clock(), self.monotonic()
-        listing = self._listing()
+        # The renames first, then the listing: every rename taken here happened before the listing
+        # began, so the listing holds its file. The other order loses a frame renamed in while the
+        # folder is listed: its event is taken, its file is not listed yet, and it waits to settle.
         with self._lock:
             renamed, self._renamed = self._renamed, set()
+        listing = self._listing()
         new = set()
         for name, (size, mtime_ns, _) in listing.items():
             known = self.pending.get(name)
