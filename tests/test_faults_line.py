@@ -13,9 +13,11 @@ import csv
 import io
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
+from concurrent.futures import wait
 
 import pytest
 from fastapi.testclient import TestClient
@@ -153,6 +155,34 @@ def test_the_end_of_a_jpeg_is_found_after_its_scan_wherever_it_lies(tmp_path):
     assert jpeg_complete(with_exif) and not jpeg_complete(with_exif[: len(app1) + 600])
     with pytest.raises(TruncatedImage, match="truncated JPEG"):
         decode_image(whole[: len(whole) - 100])
+
+
+def test_a_failed_write_stops_the_loop_at_its_next_pass_not_at_its_next_batch(tmp_path, predictor):
+    """With the writer thread, the error of a batch's write was raised only when a later batch was
+    handed over: on a line that then went quiet the loop ran on as "running", and the batch's
+    frames, counted as done, got no row until a restart."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = tmp_path / "inspection.sqlite"
+    log = InspectionLog.open(path, busy_timeout_s=0.2)
+    clock = FakeClock()  # frozen: after the first pass no heartbeat is due, so only the batch writes
+    watcher = Watcher(folder, log, predictor, settle_s=0.0, events=False, overlap_writes=True, clock=clock)
+    watcher.step()
+    (name,) = frames_in(folder, 1)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        assert watcher.step() == 1  # handed to the writer, which finds the log locked
+        wait([watcher._writing])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with pytest.raises(LogError, match=r"inspection.sqlite: cannot write.*locked"):
+        watcher.step()  # nothing new arrived: the failed write itself stops the loop
+    assert log.count() == 0 and (folder / name).exists()
+    again = Watcher(folder, log, predictor, settle_s=0.0, events=False)
+    assert again.run(idle_exit_s=0.0).judged == 1 and log.count() == 1
+    log.close()
 
 
 # -- clocks -----------------------------------------------------------------------------------

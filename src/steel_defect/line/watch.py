@@ -127,7 +127,7 @@ class Watcher:
         batch is judged (``steel-defect watch`` turns it on; a test that calls :meth:`step` and
         reads the log at once leaves it off, or calls :meth:`flush`). One batch at most is being
         written at a time, and its frames count as done from the moment they are handed over; a
-        write that fails stops the loop at the next batch with its error, and the frames it held
+        write that fails stops the loop at its next pass with its error, and the frames it held
         are judged again at the next start.
 
         ``follow``: the labels database's promoted version, loaded (``watch --labels-db``); the
@@ -366,6 +366,10 @@ class Watcher:
 
     def step(self) -> int:
         """One pass: scan, judge a batch, record it, archive it, check alarms; frames recorded."""
+        if self._writing is not None and self._writing.done():
+            # A failed write stops the loop now, not when the next batch comes: on a quiet line
+            # that may be hours, with its frames counted as done and no row for them.
+            self.flush()
         try:
             missing = self.scan()
         except OSError as err:
