@@ -87,6 +87,42 @@ def test_a_kill_between_the_archive_link_and_the_unlink_keeps_one_frame(tmp_path
     assert len(_rows(inspection)[name]) == 1
 
 
+def test_a_frame_put_under_a_judged_frames_name_before_its_move_stays_and_is_judged(
+    tmp_path, inspection, predictor
+):
+    """A camera that reuses a name may put the next frame there while the last one's batch is
+    being written. The move took whatever lay under the name: the new frame went to the archive
+    under the old frame's row and was never judged."""
+    folder, archive = tmp_path / "in", tmp_path / "archive"
+    frames_in(tmp_path / "camera", 2)
+    first, second = ((tmp_path / "camera" / f"frame_00{i}.jpg").read_bytes() for i in (0, 1))
+    assert len(first) != len(second)  # the rows tell the two apart by size
+    folder.mkdir()
+    (folder / "x.jpg").write_bytes(first)
+
+    class ReplacedBeforeItsMove(Watcher):
+        replaced = False
+
+        def _archive(self, name, *args, **kwargs):
+            if not self.replaced:  # the camera renames its next frame in, over the judged one
+                self.replaced = True
+                (folder / ".x.jpg.part").write_bytes(second)
+                os.rename(folder / ".x.jpg.part", folder / "x.jpg")
+            super()._archive(name, *args, **kwargs)
+
+    watcher = ReplacedBeforeItsMove(
+        folder, inspection, predictor, archive=archive, settle_s=0.0, events=False
+    )
+    watcher.run(idle_exit_s=0.0)
+    assert watcher.replaced
+    rows = _rows(inspection)["x.jpg"]
+    assert sorted((r["status"], r["size"]) for r in rows) == sorted(
+        [("judged", len(first)), ("judged", len(second))]
+    )
+    (newest,) = [r for r in rows if r["size"] == len(second)]
+    assert open(newest["path"], "rb").read() == second and not list(folder.iterdir())
+
+
 def test_frames_pruned_from_the_log_are_not_judged_again_after_a_restart(tmp_path, inspection, predictor):
     folder = tmp_path / "in"
     names = frames_in(folder, 3)

@@ -220,7 +220,7 @@ class Watcher:
             for identity, path in logged.items():
                 self.done.add(identity)
                 self.pending.pop(identity[0], None)
-                self._archive(identity[0], path)  # a kill after the commit left it here
+                self._archive(identity[0], path, identity[1:])  # a kill after the commit left it here
             for name, size, mtime_ns in new - logged.keys():
                 old = self.pending.get(name)
                 # A file's time ahead of ours is another machine's clock (a network share): the
@@ -339,20 +339,25 @@ class Watcher:
             target = self.archive / (f"{stem}~{mtime_ns}.{suffix}" if dot else f"{name}~{mtime_ns}")
         return target
 
-    def _archive(self, name: str, target: str | Path | None = None) -> None:
-        """Move a judged frame to ``target`` in the archive, the path its row gives (chosen afresh
-        when its row has none there). A file already in the archive is never replaced: the
-        move is a hard link then an unlink (a copy, then a link, across filesystems), so a kill
-        at any point leaves the frame whole under one name or the other, or both."""
+    def _archive(self, name: str, target: str | Path | None, identity: tuple[int, int]) -> None:
+        """Move a judged frame, of ``identity`` (size, mtime_ns), to ``target`` in the archive, the
+        path its row gives (chosen afresh when its row has none there). A file already in the
+        archive is never replaced: the move is a hard link then an unlink (a copy, then a link,
+        across filesystems), so a kill at any point leaves the frame whole under one name or the
+        other, or both."""
         if self.archive is None:
             return
         source = self.folder / name
+        try:
+            stat = source.stat()
+        except FileNotFoundError:
+            return
+        if (stat.st_size, stat.st_mtime_ns) != identity:
+            # A camera that reuses the name put its next frame there while this one's batch was
+            # written: that frame is judged in its turn, not moved away under this one's row.
+            return
         target = Path(target) if target is not None else None
         if target is None or target.parent != self.archive:
-            try:
-                stat = source.stat()
-            except FileNotFoundError:
-                return
             target = self._archive_target(name, stat.st_mtime_ns)
         try:
             _move_without_replacing(source, target)
@@ -412,7 +417,7 @@ class Watcher:
         pause_point("batch:watch")  # test-only: a kill between batches, everything committed
         for record in records:
             if record.status != "missing":
-                self._archive(record.name, record.path)
+                self._archive(record.name, record.path, (record.size, record.mtime_ns))
             _log_verdict(record)
         if self.alarms is not None:
             self.alarms.check(self.log, self.line, self.clock())
