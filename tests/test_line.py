@@ -421,6 +421,28 @@ def test_a_rename_whose_event_lands_while_the_folder_is_listed_is_not_lost(tmp_p
         log.close()
 
 
+def test_a_frame_renamed_in_from_another_folder_is_judged_without_waiting_to_settle(tmp_path, predictor):
+    """A camera that writes each frame in a folder of its own, then renames it into the watched
+    one. inotify tells that rename from a write, but watchdog reports a rename from a folder it
+    does not watch as a new file unless asked for its full events: the frame waited to settle."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames_in(tmp_path / "staging", 1)
+    log = InspectionLog.open(tmp_path / "inspection.sqlite")
+    watcher = Watcher(folder, log, predictor, settle_s=3600.0, events=True)
+    try:
+        watcher.step()  # starts the events
+        watcher.wake.clear()
+        os.rename(tmp_path / "staging" / "frame_000.jpg", folder / "frame_000.jpg")
+        assert watcher.wake.wait(10), "no event from watchdog"
+        watcher.step()
+        assert [(r["name"], r["status"]) for r in log.search(Search())] == [("frame_000.jpg", "judged")]
+    finally:
+        watcher._stop_events()
+        watcher.flush()
+        log.close()
+
+
 def test_judged_frames_move_to_the_archive_and_a_vanished_folder_is_reported(tmp_path, predictor):
     folder, archive = tmp_path / "in", tmp_path / "archive"
     names = frames_in(folder, 3)

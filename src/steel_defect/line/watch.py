@@ -501,8 +501,12 @@ class Watcher:
                         watcher._renamed.add(Path(event.dest_path).name)
                 watcher.wake.set()
 
+        # inotify tells a frame renamed in from a folder it does not watch (a camera's own
+        # staging folder) from a write, but watchdog says so only in its full events; otherwise
+        # it is a new file, which waits to settle.
+        full = {"generate_full_events": True} if Observer.__name__ == "InotifyObserver" else {}
         try:
-            observer = Observer()
+            observer = Observer(**full)
             observer.schedule(Wake(), str(self.folder), recursive=False)
             observer.start()
         except OSError as err:  # inotify watch limit, a filesystem without it
