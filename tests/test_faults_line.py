@@ -326,6 +326,47 @@ def test_the_status_read_from_another_thread_never_meets_the_loop_half_way(tmp_p
     assert watcher.backlog() == 0 and watcher.lag_s() is None  # nothing settles within an hour
 
 
+# -- following the promoted version -----------------------------------------------------------
+
+
+def test_a_version_promoted_away_while_it_was_building_never_judges(tmp_path, predictor):
+    """A rollback (v1 promoted again) while v2 was still being built: v2 took over once built all
+    the same, and judged until the next look at the promotions had v1 built again."""
+    from steel_defect.labels.store import LabelStore
+    from steel_defect.line.follow import PromotedModel
+
+    labels = tmp_path / "labels.sqlite"
+    common = {"recipe": "synthetic", "labels_digest": "0" * 64, "counts": {}, "out_of_fold": {}}
+    with LabelStore.open(labels) as store:
+        for name in ("v1", "v2"):
+            store.record_version(spec=str(tmp_path / f"{name}.yml"), seconds=1.0, **common)
+        store.promote("v1", "the first")
+    release, built = threading.Event(), []
+
+    def build(spec):
+        built.append(spec.stem)
+        if spec.stem == "v2":
+            assert release.wait(60)  # v2's build holds until the test has rolled back
+        return predictor
+
+    follow = PromotedModel(labels, build, check_s=0.0)  # a look at every batch
+    try:
+        assert follow.load().version == "v1"
+        with LabelStore.open(labels) as store:
+            store.promote("v2", "a new model")
+        assert follow.poll() is None  # v2 is being built beside the loop
+        with LabelStore.open(labels) as store:
+            store.promote("v1", "rollback: v2 misses class 3")
+        release.set()
+        assert follow.settle(timeout=60)
+        assert [follow.poll() for _ in range(3)] == [None, None, None]  # no batch for v2
+        assert follow.current.version == "v1" and follow.problem is None
+        assert built == ["v1", "v2"]  # v1 judged throughout: not built again
+    finally:
+        release.set()
+        follow.close()
+
+
 # -- the log and the dashboard ----------------------------------------------------------------
 
 

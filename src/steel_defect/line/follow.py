@@ -174,6 +174,13 @@ class PromotedModel:
             self.problem = f"{_cannot_build(self._building_version, err)}; {judging} judges on"
             log.error("%s: %s", self.labels_db, self.problem)
             return None
+        latest = self._promoted()  # None when unreadable now: the build stands
+        if latest is not None and (latest["name"], latest["promoted_at"]) != self._seen:
+            # Promoted away while it was built (a rollback, a newer version): it must not judge
+            # a batch; the next look acts on the promotion that replaced it.
+            log.info("model version %s built, but %s is promoted now", loaded.version, latest["name"])
+            self._last_check = None
+            return None
         self.current, self.problem = loaded, None
         log.info("model version %s judges from the next batch on (%s)", loaded.version, loaded.spec)
         return loaded
