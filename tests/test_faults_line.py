@@ -326,6 +326,38 @@ def test_the_status_read_from_another_thread_never_meets_the_loop_half_way(tmp_p
     assert watcher.backlog() == 0 and watcher.lag_s() is None  # nothing settles within an hour
 
 
+def test_the_page_shows_the_backlog_and_the_lag_of_one_pass(tmp_path, inspection, predictor):
+    """The status endpoint read the backlog and the lag in two calls: a pass of the loop
+    published between them gave a pair no pass saw (a backlog with no lag, or the reverse)."""
+    folder = tmp_path / "in"
+    frames_in(folder, 2)
+
+    class PublishesBetweenReads(Watcher):
+        armed = False
+
+        @property
+        def published(self):
+            snapshot = self._published
+            if self.armed:  # the loop's next pass lands right after the page's first read
+                self.armed = False
+                self.step()
+            return snapshot
+
+        @published.setter
+        def published(self, value):
+            self._published = value
+
+    watcher = PublishesBetweenReads(folder, inspection, predictor, settle_s=0.0, batch_size=1, events=False)
+    watcher.step()  # one frame judged, the other waiting
+    before = watcher._published
+    assert before["backlog"] == 1 and before["lag_s"] is not None
+    watcher.armed = True
+    client = TestClient(create_dashboard_app(inspection, watcher=watcher))
+    [row] = client.get("/api/log/status").json()["watchers"]
+    assert watcher._published == {"backlog": 0, "lag_s": None}  # the pass ran during the request
+    assert (row["backlog"], row["lag_s"]) == (before["backlog"], before["lag_s"])
+
+
 # -- following the promoted version -----------------------------------------------------------
 
 

@@ -193,11 +193,13 @@ def add_log_routes(app: FastAPI, inspection_log: InspectionLog, watcher=None) ->
             for row in watchers:
                 batch = DEFAULT_BATCH
                 if watcher is not None and row["source"] == watcher.source:
+                    # One read: backlog() then lag_s() could straddle a pass of the loop.
+                    published = watcher.published
                     row.update(
                         state=watcher.state,
                         message=watcher.message,
-                        backlog=watcher.backlog(),
-                        lag_s=watcher.lag_s(),
+                        backlog=published["backlog"],
+                        lag_s=published["lag_s"],
                         model=watcher.model,
                     )
                     follow = getattr(watcher, "follow", None)
