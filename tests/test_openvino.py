@@ -89,6 +89,20 @@ def test_a_checkpoint_on_openvino_runs_through_the_cached_export(tmp_path, check
     assert (_masks(again, frames, 2) == _masks(reference, frames, 2)).mean() > 0.999
 
 
+def test_one_request_runs_on_every_thread_given(exported):
+    """watch judges with one request at a time: it must get all --threads threads, one stream
+    (the LATENCY hint), not one thread of two streams, which ran the line's student 1.7x slower on
+    an otherwise idle 2-core CPU (openvino_backend.PERFORMANCE_HINT)."""
+    from pathlib import Path
+
+    from steel_defect.inference.openvino_backend import compile_model, read_model
+
+    model, _ = read_model(Path(exported["seg"]))
+    compiled = compile_model(model, 2, "fp32")
+    assert int(compiled.get_property("NUM_STREAMS")) == 1
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+
+
 @pytest.mark.skipif(has_bf16(), reason=NO_BF16)
 def test_bf16_is_refused_on_a_cpu_without_it(tmp_path, checkpoints, exported):
     name, caps = cpu_capabilities()

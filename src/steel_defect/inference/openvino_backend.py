@@ -26,12 +26,12 @@ from steel_defect.inference.networks import Network, check_precision, default_th
 from steel_defect.inference.onnx_backend import FORMAT, METADATA_KEY, VERSION, ExportError
 
 # OpenVINO's CPU plugin for a sync request of 1-4 frames on 2 threads: LATENCY (one stream using
-# both threads) or THROUGHPUT (two streams of one thread; one request runs on one of them, and a
-# second thread's request, the web app's, on the other). bench/backends.py timed them side by side
-# on the shared 2-core AVX2 EPYC (load average ~4 from other work): THROUGHPUT 1.12x faster at
-# batch 1 and 1.12x at batch 4 in fp32, 1.06x and 1.11x in int8 (docs/inference.md). One thread
-# loses less to a core taken by decoding or another process than two that wait for each other.
-PERFORMANCE_HINT = "THROUGHPUT"
+# both threads) or THROUGHPUT (two streams of one thread: one request runs on one thread). On the
+# 2-core AVX2 EPYC with nothing else running, the line's student took 52 ms a frame with LATENCY
+# against 88 with THROUGHPUT (1.7x; ONNX Runtime 63), batch 1 and 4 alike; with the machine shared
+# (load average ~4) THROUGHPUT had been 1.12x faster (bench/backends.py, docs/inference.md). A line
+# machine runs `watch` and little else, and a loss of 1.12x under load costs less than 1.7x idle.
+PERFORMANCE_HINT = "LATENCY"
 # inference.precision -> OpenVINO's INFERENCE_PRECISION_HINT. fp32 is asked for explicitly:
 # on an AMX CPU OpenVINO would otherwise run bf16 by default.
 RUNTIME_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
