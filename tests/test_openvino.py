@@ -22,7 +22,12 @@ from steel_defect.inference import networks
 from steel_defect.inference.backend_choice import choice_file, cpu_name, read_choices
 from steel_defect.inference.onnx_backend import ExportError, cache_path
 from steel_defect.inference.onnx_export import export_onnx
-from steel_defect.inference.openvino_backend import cpu_capabilities, has_bf16, load_openvino
+from steel_defect.inference.openvino_backend import (
+    PERFORMANCE_HINT,
+    cpu_capabilities,
+    has_bf16,
+    load_openvino,
+)
 from steel_defect.inference.predictor import Predictor, load_network
 from tests.conftest import REPO, random_checkpoints
 from tests.test_onnx import POST, _opts, _split, _trained_on_fold
@@ -192,7 +197,7 @@ def test_auto_measures_the_cpu_backends_once_and_records_the_choice(exported, ca
     choices = read_choices()
     assert len(choices) == 1
     key, entry = next(iter(choices.items()))
-    assert key.endswith(f"|fp32|1 threads|{cpu_name()}")
+    assert key.endswith(f"|openvino {PERFORMANCE_HINT}|fp32|1 threads|{cpu_name()}")
     assert set(entry["seconds"]) == {"onnx", "openvino"} and entry["runs"] >= 1
     assert entry["backend"] == min(entry["seconds"], key=entry["seconds"].get) == net.backend
     assert f"backend auto for seg.onnx: {net.backend}, measured on this CPU" in caplog.text

@@ -8,10 +8,11 @@ under ``auto`` the fastest CPU backend measured for this network on this CPU.
 load of a network opens it on both, runs one frame through each a few times, interleaved, and
 keeps the faster; the other is dropped. The choice and both timings are stored in
 ``$XDG_CACHE_HOME/steel-defect/backend-choice.json`` (default ``~/.cache``), keyed on the model
-file's SHA-256, the precision, the thread count and the CPU's model name, so later loads open the
-winner alone and pick the same backend every time. A retrained checkpoint, another machine or
-another ``--threads`` is measured again. The measurement takes about a second (it is capped by
-:data:`BUDGET_S` once the first run says how long one frame takes) and is logged once.
+file's SHA-256, OpenVINO's performance hint, the precision, the thread count and the CPU's model
+name, so later loads open the winner alone and pick the same backend every time. A retrained
+checkpoint, another machine or another ``--threads`` is measured again. The measurement takes
+about a second (it is capped by :data:`BUDGET_S` once the first run says how long one frame
+takes) and is logged once.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from steel_defect.inference.networks import (
 )
 from steel_defect.inference.onnx_backend import ExportError, file_sha256
 from steel_defect.inference.onnx_export import input_shape
+from steel_defect.inference.openvino_backend import PERFORMANCE_HINT, load_openvino
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,6 @@ def open_network(path, backend: str, device: str = "cpu", threads: int | None = 
         from steel_defect.inference.onnx_export import load_exported
 
         return load_exported(path, threads, backend="openvino", precision=precision)
-    from steel_defect.inference.openvino_backend import load_openvino
 
     return load_openvino(path, threads, "fp32" if precision == "int8" else precision)
 
@@ -222,7 +223,9 @@ def load_fastest(path, threads: int | None = None, precision: str = "fp32") -> N
         return open_network(path, candidates[0] if candidates else "torch", "cpu", threads, precision)
     if not path.is_file():
         raise ExportError(f"model {path} does not exist")
-    key = f"{file_sha256(path)}|{precision}|{threads} threads|{cpu_name()}"
+    # OpenVINO's hint is in the key: a choice measured under another hint (THROUGHPUT, before
+    # LATENCY ran a request on every thread) timed another runtime and is measured again.
+    key = f"{file_sha256(path)}|openvino {PERFORMANCE_HINT}|{precision}|{threads} threads|{cpu_name()}"
     known = read_choices().get(key, {})
     if known.get("backend") in candidates:
         network = open_network(path, known["backend"], "cpu", threads, precision)
