@@ -1,4 +1,5 @@
-"""Labelling: ``label`` (the page) and ``labels`` (import, export, stats, queue, history, restore)."""
+"""Labelling: ``label`` (the page) and ``labels`` (import, export, stats, queue, history, restore;
+train, versions, promote)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def register(sub) -> None:
     p.add_argument("--train-epochs", type=int, help="epochs of every network the Train trains")
     p.set_defaults(func=_cmd_label)
 
-    p = sub.add_parser("labels", help="the labels database: import, export, stats, queue, history, restore")
+    p = sub.add_parser(
+        "labels",
+        help="the labels database: import, export, stats, queue, history, restore; train, versions, promote",
+    )
     actions = p.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
     q = actions.add_parser("import", help="train.csv (either layout) -> confirmed labels")
     q.add_argument("--db", required=True)
