@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,38 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "severstal_sample"
+
+# Disk: a training test leaves ~0.6 GB of checkpoints and the default suite once left 24 GB,
+# which filled CI's disk before the slow suite ended. pyproject's tmp_path_retention_policy
+# "failed" removes a passed test's tmp_path; this removes a module fixture's tmp_path_factory
+# directories when the module ends, kept (like tmp_path's) when a test failed meanwhile.
+_CLAIMED: set[Path] = set()
+_MADE: dict[int, tuple[set[Path], int]] = {}  # id(fixturedef) -> (its directories, failures then)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    factory = request.config._tmp_path_factory
+    if fixturedef.scope != "module" or factory._retention_policy != "failed":
+        return (yield)
+    base = factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    try:
+        return (yield)
+    finally:
+        made = set(base.iterdir()) - before - _CLAIMED  # a nested fixture claims its own first
+        _CLAIMED.update(made)
+        if made:
+            _MADE[id(fixturedef)] = (made, failed)
+
+
+def pytest_fixture_post_finalizer(fixturedef, request):
+    """After the fixture's own teardown (a server it started has stopped)."""
+    made, failed = _MADE.pop(id(fixturedef), (set(), 0))
+    if made and request.session.testsfailed == failed:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+
 
 # Config overrides for quick runs: quarter-resolution frames keep a CPU step well under a second.
 SMALL_OPTS = [
