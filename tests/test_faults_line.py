@@ -123,6 +123,41 @@ def test_a_frame_put_under_a_judged_frames_name_before_its_move_stays_and_is_jud
     assert open(newest["path"], "rb").read() == second and not list(folder.iterdir())
 
 
+def test_a_frame_overwritten_before_its_move_does_not_show_the_next_frame(tmp_path, inspection, predictor):
+    """The row of a frame the camera overwrote before its move named ``archive/x.jpg``, where
+    the next frame of that name was then archived: the old row showed the new frame's image."""
+    folder, archive = tmp_path / "in", tmp_path / "archive"
+    frames_in(tmp_path / "camera", 2)
+    first, second = ((tmp_path / "camera" / f"frame_00{i}.jpg").read_bytes() for i in (0, 1))
+    folder.mkdir()
+    (folder / "x.jpg").write_bytes(first)
+
+    class OverwrittenBeforeItsMove(Watcher):
+        replaced = False
+
+        def _archive(self, name, *args, **kwargs):
+            if not self.replaced:
+                self.replaced = True
+                (folder / ".x.jpg.part").write_bytes(second)
+                os.rename(folder / ".x.jpg.part", folder / "x.jpg")
+            super()._archive(name, *args, **kwargs)
+
+    watcher = OverwrittenBeforeItsMove(
+        folder, inspection, predictor, archive=archive, settle_s=0.0, events=False
+    )
+    watcher.run(idle_exit_s=0.0)
+    rows = {r["size"]: r for r in _rows(inspection)["x.jpg"]}
+    lost, newest = rows[len(first)], rows[len(second)]
+    assert open(newest["path"], "rb").read() == second and newest["reason"] is None
+    assert lost["path"] != newest["path"] and not os.path.exists(lost["path"])
+    assert "overwritten" in lost["reason"], lost["reason"]
+    # a restart keeps it so: the name's next frame does not take the lost frame's path either
+    (folder / "x.jpg").write_bytes(first + b"\0")
+    Watcher(folder, inspection, predictor, archive=archive, settle_s=0.0, events=False).run(idle_exit_s=0.0)
+    paths = [r["path"] for r in _rows(inspection)["x.jpg"]]
+    assert len(paths) == 3 and len(set(paths)) == 3, paths
+
+
 def test_frames_pruned_from_the_log_are_not_judged_again_after_a_restart(tmp_path, inspection, predictor):
     folder = tmp_path / "in"
     names = frames_in(folder, 3)

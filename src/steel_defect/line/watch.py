@@ -335,8 +335,7 @@ class Watcher:
             return self.folder / name
         target = self.archive / name
         if os.path.lexists(target):
-            stem, dot, suffix = name.rpartition(".")
-            target = self.archive / (f"{stem}~{mtime_ns}.{suffix}" if dot else f"{name}~{mtime_ns}")
+            target = self.archive / _stamped(name, mtime_ns)
         return target
 
     def _archive(self, name: str, target: str | Path | None, identity: tuple[int, int]) -> None:
@@ -354,7 +353,15 @@ class Watcher:
             return
         if (stat.st_size, stat.st_mtime_ns) != identity:
             # A camera that reuses the name put its next frame there while this one's batch was
-            # written: that frame is judged in its turn, not moved away under this one's row.
+            # written: that frame is judged in its turn, not moved away under this one's row. This
+            # one's image is gone; its row gives up the archive path it was to have, which the
+            # name's next frame takes, for one no frame will (the name and its mtime).
+            self.log.repath(
+                self.source,
+                (name, *identity),
+                str(self.archive / _stamped(name, identity[1])),
+                "overwritten by the next frame of its name before it was archived",
+            )
             return
         target = Path(target) if target is not None else None
         if target is None or target.parent != self.archive:
@@ -569,6 +576,12 @@ def _log_verdict(record: FrameRecord) -> None:
     else:
         verdict = f"{record.status}: {record.reason}"
     log.info("%s: %s, %.0f ms after it arrived", record.name, verdict, record.latency_ms)
+
+
+def _stamped(name: str, mtime_ns: int) -> str:
+    """``name`` with its mtime before the extension: ``x~1700000000000000000.jpg``."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}~{mtime_ns}.{suffix}" if dot else f"{name}~{mtime_ns}"
 
 
 def _move_without_replacing(source: Path, target: Path) -> None:

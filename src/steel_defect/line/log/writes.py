@@ -63,6 +63,24 @@ class LogWrites:
             absent = {tuple(row) for row in rows} - present
         return self.forget(source, absent)
 
+    def repath(self, source: str, identity: tuple[str, int, int], path: str, reason: str) -> None:
+        """Set where the logged frame of ``identity`` (name, size, mtime_ns) lies, and why."""
+        name, size, mtime_ns = identity
+        try:
+            with self._writing() as connection:
+                connection.execute(
+                    frames.update()
+                    .where(
+                        frames.c.source == source,
+                        frames.c.name == name,
+                        frames.c.size == size,
+                        frames.c.mtime_ns == mtime_ns,
+                    )
+                    .values(path=path, reason=reason)
+                )
+        except SQLAlchemyError as err:
+            raise LogError(f"{self.name}: cannot write the inspection log ({explain_error(err)})") from err
+
     def record(self, records: Sequence[FrameRecord]) -> list[int]:
         """Write ``records`` in one transaction; the new rows' ids. A record whose identity is
         already logged is left as it is (its id is not returned): never two rows for one frame."""
