@@ -87,12 +87,9 @@ def test_a_kill_between_the_archive_link_and_the_unlink_keeps_one_frame(tmp_path
     assert len(_rows(inspection)[name]) == 1
 
 
-def test_a_frame_put_under_a_judged_frames_name_before_its_move_stays_and_is_judged(
-    tmp_path, inspection, predictor
-):
-    """A camera that reuses a name may put the next frame there while the last one's batch is
-    being written. The move took whatever lay under the name: the new frame went to the archive
-    under the old frame's row and was never judged."""
+def _overwritten_before_its_move(tmp_path, inspection, predictor):
+    """``in/x.jpg`` judged, then replaced by the camera's next frame (renamed in over it) just
+    before its archive move; one watcher run. The watcher, the two frames' bytes and the folder."""
     folder, archive = tmp_path / "in", tmp_path / "archive"
     frames_in(tmp_path / "camera", 2)
     first, second = ((tmp_path / "camera" / f"frame_00{i}.jpg").read_bytes() for i in (0, 1))
@@ -115,6 +112,16 @@ def test_a_frame_put_under_a_judged_frames_name_before_its_move_stays_and_is_jud
     )
     watcher.run(idle_exit_s=0.0)
     assert watcher.replaced
+    return watcher, first, second, folder
+
+
+def test_a_frame_put_under_a_judged_frames_name_before_its_move_stays_and_is_judged(
+    tmp_path, inspection, predictor
+):
+    """A camera that reuses a name may put the next frame there while the last one's batch is
+    being written. The move took whatever lay under the name: the new frame went to the archive
+    under the old frame's row and was never judged."""
+    _, first, second, folder = _overwritten_before_its_move(tmp_path, inspection, predictor)
     rows = _rows(inspection)["x.jpg"]
     assert sorted((r["status"], r["size"]) for r in rows) == sorted(
         [("judged", len(first)), ("judged", len(second))]
@@ -126,26 +133,8 @@ def test_a_frame_put_under_a_judged_frames_name_before_its_move_stays_and_is_jud
 def test_a_frame_overwritten_before_its_move_does_not_show_the_next_frame(tmp_path, inspection, predictor):
     """The row of a frame the camera overwrote before its move named ``archive/x.jpg``, where
     the next frame of that name was then archived: the old row showed the new frame's image."""
-    folder, archive = tmp_path / "in", tmp_path / "archive"
-    frames_in(tmp_path / "camera", 2)
-    first, second = ((tmp_path / "camera" / f"frame_00{i}.jpg").read_bytes() for i in (0, 1))
-    folder.mkdir()
-    (folder / "x.jpg").write_bytes(first)
-
-    class OverwrittenBeforeItsMove(Watcher):
-        replaced = False
-
-        def _archive(self, name, *args, **kwargs):
-            if not self.replaced:
-                self.replaced = True
-                (folder / ".x.jpg.part").write_bytes(second)
-                os.rename(folder / ".x.jpg.part", folder / "x.jpg")
-            super()._archive(name, *args, **kwargs)
-
-    watcher = OverwrittenBeforeItsMove(
-        folder, inspection, predictor, archive=archive, settle_s=0.0, events=False
-    )
-    watcher.run(idle_exit_s=0.0)
+    watcher, first, second, folder = _overwritten_before_its_move(tmp_path, inspection, predictor)
+    archive = watcher.archive
     rows = {r["size"]: r for r in _rows(inspection)["x.jpg"]}
     lost, newest = rows[len(first)], rows[len(second)]
     assert open(newest["path"], "rb").read() == second and newest["reason"] is None
