@@ -22,6 +22,7 @@ from steel_defect.data.folds import read_folds, split_digest, split_folds
 from steel_defect.data.images import read_image
 from steel_defect.data.synth import write_synthetic_dataset
 from steel_defect.distill import distill
+from steel_defect.distill.fit import LOOSE, fit_report
 from steel_defect.distill.student import DistillFrames, DistillLoss, student_config, student_shape
 from steel_defect.distill.teacher import frame, read_levels, teachers
 from steel_defect.inference.onnx_export import export_onnx
@@ -125,6 +126,29 @@ def test_the_teacher_maps_are_what_the_tuned_pipeline_averages(taught):
     assert summary["teacher"]["passes"] == 12 * 2 * 2  # two networks, plain + hflip
     for teacher in (ensemble, *by_fold.values()):
         assert len(list(teacher.folder(cache).glob("*.png"))) == 12
+
+
+def test_the_fit_report_measures_the_student_against_its_teachers_maps(taught):
+    """distill.json's ``fit`` compares the shipped student's maps with the ensemble's cached ones on
+    every frame it learnt from. A network measured against its own maps scores a gap of at most
+    half a level (the maps are the same pixels at the same resolution), a different one does not."""
+    summary, cache = taught["summary"], taught["root"] / "cache"
+    fit = summary["fit"]
+    assert fit["frames"] == 12 and fit["loose_above"] == LOOSE
+    assert set(fit["classes"]) == {"1", "2", "3", "4"} and len(fit["worst"]) == 8
+    gaps = [w["gap"] for w in fit["worst"]]
+    assert gaps == sorted(gaps, reverse=True) and gaps[0] == max(c["max"] for c in fit["classes"].values())
+    # the student trained one batch: it is not its untrained teacher (maps around 0.3)
+    assert gaps[0] > 0.01
+    _, spec = read_tuned(taught["spec"])
+    _, by_fold = teachers(spec, tuple(summary["shape"]))
+    items = [frame(taught["root"] / "data/train_images" / i, True) for i in summary["folds"]["1"]["scored"]]
+    teacher = by_fold[1]
+    own = fit_report(teacher.models[0].path, teacher, items, cache, teacher.tta)
+    assert own["frames"] == len(items) and max(c["max"] for c in own["classes"].values()) <= 0.5 / 255
+    assert own["loose"] == 0
+    other = fit_report(by_fold[0].models[0].path, teacher, items, cache, teacher.tta)
+    assert max(c["max"] for c in other["classes"].values()) > 1 / 255
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ Writes, under ``out_dir``::
     oof/fold<K>/checkpoints/last.pth  out-of-fold student K
     student/checkpoints/last.pth    the shipped student
     postprocessing.yml              its tuned pipeline (+ .report.json, .oof.csv)
-    distill.json                    the scheme as it ran: folds, frames, teachers, students
+    distill.json                    the scheme as it ran: folds, frames, teachers, students, and
+                                    how closely the shipped student follows its teacher (:mod:`.fit`)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from steel_defect.data.folds import read_folds, split_digest
 from steel_defect.data.images import IMAGE_SUFFIXES
 from steel_defect.data.synth import images_source
 from steel_defect.data.transforms import build_transforms
+from steel_defect.distill.fit import fit_report
 from steel_defect.distill.student import DistillFrames, student_config, student_shape, train_student
 from steel_defect.distill.teacher import Teacher, compute_maps, frame, teachers
 from steel_defect.errors import UserError
@@ -278,6 +280,10 @@ def distill(
     )
     timings["student_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
+    tta = tuple(cfg.distill.tta or ())
+    fit = fit_report(shipped, ensemble, labelled + extra, cache, tta, "torch", threads, batch, device)
+    timings["fit_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
     search = tune(student, shipped, layout.postprocessing(out_dir))
     timings["search_s"] = round(time.perf_counter() - t0, 1)
     # the one-pipeline checks every command runs, on the spec just written
@@ -297,6 +303,7 @@ def distill(
         "split": digest,
         "out_of_fold": search["out_of_fold"],
         "clean_gate": search["clean_gate"],
+        "fit": fit,
         "model": predictor.describe(),
         "timings": timings,
         **record,

@@ -1,0 +1,105 @@
+"""How closely the shipped student follows its teacher on the frames it learnt from.
+
+A student that has not learnt its training frames is no stand-in for its teacher anywhere else,
+and its out-of-fold Dice need not show it: a handful of frames of an unusual texture (rough or
+patterned steel) can be painted whole while every other frame scores. So after training, the
+shipped student runs once over every frame it learnt from, at the teacher maps' resolution and
+quantisation, with its own TTA, and :func:`fit_report` compares the two maps per frame and class:
+
+    gap = mean over the frame's pixels of |student - teacher|, in probability (levels / 255)
+
+``distill.json`` keeps the gaps' median, 95th percentile and maximum per class and the worst
+pairs; a pair whose gap exceeds :data:`LOOSE` is logged as a warning, naming the frame. On the
+real sample a student of 8 epochs left 7 of 143 frames' class 3 above it (a clean rough frame at
+0.43 against its teacher's 0.03): the same student painted clean patterned frames whole when
+they were held out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from steel_defect.constants import CLASS_IDS, IMAGE_SHAPE
+from steel_defect.data.images import read_image
+from steel_defect.distill.teacher import Frame, Teacher, read_levels
+from steel_defect.inference.postprocess import quantise
+from steel_defect.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+LOOSE = 0.1  # a (frame, class) whose mean gap exceeds this is one the student has not learnt
+WORST = 8  # the pairs distill.json names
+
+
+def fit_report(
+    checkpoint: str | Path,
+    teacher: Teacher,
+    frames: list[Frame],
+    cache_dir: str | Path,
+    tta: tuple[str, ...] = (),
+    backend: str = "torch",
+    threads: int | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+) -> dict:
+    """The student ``checkpoint``'s gaps to ``teacher``'s cached maps on ``frames`` (see the module)."""
+    predictor = Predictor([checkpoint], None, tuple(tta), device=device, backend=backend, threads=threads)
+    gaps = np.zeros((len(frames), len(CLASS_IDS)), np.float32)
+    means = np.zeros((2, len(frames), len(CLASS_IDS)), np.float32)  # student, teacher
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start : start + batch_size]
+        images = [read_image(f.path, channels=3, expected_shape=IMAGE_SHAPE) for f in chunk]
+        student = quantise(predictor.segment(images, teacher.shape)).astype(np.float32)
+        for i, item in enumerate(chunk):
+            target = read_levels(teacher.map_path(Path(cache_dir), item)).astype(np.float32)
+            gaps[start + i] = np.abs(student[i] - target).mean(axis=(1, 2)) / 255
+            means[:, start + i] = student[i].mean(axis=(1, 2)) / 255, target.mean(axis=(1, 2)) / 255
+    order = np.argsort(gaps, axis=None)[::-1][:WORST]
+    worst = []
+    for flat in order:
+        row, col = np.unravel_index(flat, gaps.shape)
+        worst.append(
+            {
+                "frame": frames[row].image_id,
+                "labelled": frames[row].labelled,
+                "class": CLASS_IDS[col],
+                "gap": round(float(gaps[row, col]), 4),
+                "student_mean": round(float(means[0, row, col]), 4),
+                "teacher_mean": round(float(means[1, row, col]), 4),
+            }
+        )
+    report = {
+        "frames": len(frames),
+        "loose_above": LOOSE,
+        "loose": int((gaps > LOOSE).sum()),
+        "classes": {
+            str(c): {
+                "median": round(float(np.median(gaps[:, i])), 4),
+                "p95": round(float(np.percentile(gaps[:, i], 95)), 4),
+                "max": round(float(gaps[:, i].max()), 4),
+                "loose": int((gaps[:, i] > LOOSE).sum()),
+            }
+            for i, c in enumerate(CLASS_IDS)
+        }
+        if len(frames)
+        else {},
+        "worst": worst,
+    }
+    if report["loose"]:
+        top = worst[0]
+        log.warning(
+            "distill: the student departs from its teacher by more than %.2f (mean over the frame) on "
+            "%d (frame, class) pair(s) of the %d frames it learnt from; worst %s class %d, %.2f against "
+            "%.2f. It has not learnt them: more distill.epochs or a wider student (distill.json 'fit')",
+            LOOSE,
+            report["loose"],
+            len(frames),
+            top["frame"],
+            top["class"],
+            top["student_mean"],
+            top["teacher_mean"],
+        )
+    return report
