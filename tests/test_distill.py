@@ -349,6 +349,14 @@ def test_the_demo_scores_and_times_the_line_pipeline_beside_the_ensemble(again):
         in text
     )
     assert "line pipeline:   " + str(work / "line/postprocessing.yml") in text
+    # a student that has not learnt its frames says so, naming the worst; one that has, nothing
+    fit = line["fit"]
+    assert fit["frames"] == 12 and len(fit["worst"]) == 1
+    loose = {**fit, "loose": 2, "worst": [{**fit["worst"][0], "frame": "rough.jpg", "class": 3}]}
+    text = format_summary({**summary, "line": {**line, "fit": loose}})
+    assert "the student has not learnt 2 (frame, class) pair(s) of the 12 frames" in text
+    assert "worst rough.jpg class 3" in text
+    assert "has not learnt" not in format_summary({**summary, "line": {**line, "fit": {**fit, "loose": 0}}})
 
 
 def test_the_distill_command_writes_the_line_pipeline(taught, tmp_path, capsys):

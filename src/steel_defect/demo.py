@@ -160,6 +160,8 @@ def line_round(seg_cfg, ensemble, data: DemoData, work: Path, timings: dict) -> 
             "line_frames_per_s": round(rates["line"], 3),
         },
         "teacher_maps": distilled["teacher"],
+        "fit": {key: distilled["fit"][key] for key in ("frames", "loose_above", "loose")}
+        | {"worst": distilled["fit"]["worst"][:1]},
     }
 
 
@@ -352,6 +354,16 @@ def format_summary(summary: dict) -> str:
             f"ensemble {speed['ensemble_frames_per_s']:.2f} ({speed['backend']['ensemble']}), line "
             f"{speed['line_frames_per_s']:.2f} ({speed['backend']['line']})"
         )
+        fit = line.get("fit") or {}
+        if fit.get("loose"):
+            worst = fit["worst"][0]
+            lines.append(
+                f"the student has not learnt {fit['loose']} (frame, class) pair(s) of the {fit['frames']} "
+                f"frames it learnt from (more than {fit['loose_above']:.2f} from its teacher; worst "
+                f"{worst['frame']} class {worst['class']}, {worst['student_mean']:.2f} against "
+                f"{worst['teacher_mean']:.2f}): more distill.epochs or a wider student "
+                "(line/distill.json 'fit')"
+            )
     full = summary.get("full_resolution")
     if full:
         lines.append(
