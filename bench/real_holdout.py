@@ -80,11 +80,17 @@ def line_table(summaries: list[dict]) -> str:
         *((f"class {c}", line[c], ensemble[c], empty[c], moves[c]) for c in line),
     ]:
         lines.append(f"{name:10}{a:>8.4f}{b:>10.4f}{e:>8.4f}{a - b:>+17.4f}{f'+{g:.2f} -{lo:.2f}':>14}")
-    lines.append("frames/s side by side (quarter: ensemble, line, threads):")
+    lines.append(
+        "frames/s side by side (quarter: ensemble, line, threads), and the student's fit: its "
+        "(frame, class) pairs off its teacher on the frames it learnt from (distill.json 'fit'):"
+    )
     for s in summaries:
-        speed = s["line"]["speed"]
+        speed, fit = s["line"]["speed"], s["line"].get("fit")
         rates = f"{speed['ensemble_frames_per_s']:.2f} {speed['line_frames_per_s']:.2f}"
-        lines.append(f"  holdout {s['holdout']}: {rates} {speed['threads']}")
+        unlearnt = ""
+        if fit:
+            unlearnt = f"  fit: {fit['loose']} pairs > {fit['loose_above']} on {fit['frames']} frames"
+        lines.append(f"  holdout {s['holdout']}: {rates} {speed['threads']}{unlearnt}")
     return "\n".join(lines)
 
 

@@ -77,7 +77,11 @@ def test_the_line_table_counts_the_frames_behind_a_difference(tmp_path, holdout)
     assert moves["3"] == pytest.approx((0.0, 2.0))
     assert moves["1"] == pytest.approx((2 * 50 / 150, 0.0))  # Dice 2*50/(50+100) on one frame
     assert moves["2"] == moves["4"] == (0.0, 0.0)
+    q0["line"]["fit"] = {"frames": 143, "loose_above": 0.1, "loose": 16, "worst": []}
     table = holdout.line_table([q0, q1])
+    # the student's fit where its summary has one (quarters run before it was measured have none)
+    assert "  holdout 0: 1.00 10.00 2  fit: 16 pairs > 0.1 on 143 frames" in table.splitlines()
+    assert [line for line in table.splitlines() if line.startswith("  holdout 1:")][0].endswith(" 2")
     rows = {
         line.split()[0] + (line.split()[1] if line.startswith("class") else ""): line.split()
         for line in table.splitlines()[2:7]
