@@ -32,6 +32,7 @@ from steel_defect.data.images import read_image
 from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
 from steel_defect.distill import distill
+from steel_defect.distill.fit import unlearnt_message
 from steel_defect.errors import UserError
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import write_report
@@ -354,16 +355,9 @@ def format_summary(summary: dict) -> str:
             f"ensemble {speed['ensemble_frames_per_s']:.2f} ({speed['backend']['ensemble']}), line "
             f"{speed['line_frames_per_s']:.2f} ({speed['backend']['line']})"
         )
-        fit = line.get("fit") or {}
-        if fit.get("loose"):
-            worst = fit["worst"][0]
-            lines.append(
-                f"the student has not learnt {fit['loose']} (frame, class) pair(s) of the {fit['frames']} "
-                f"frames it learnt from (more than {fit['loose_above']:.2f} from its teacher; worst "
-                f"{worst['frame']} class {worst['class']}, {worst['student_mean']:.2f} against "
-                f"{worst['teacher_mean']:.2f}): more distill.epochs or a wider student "
-                "(line/distill.json 'fit')"
-            )
+        message = unlearnt_message(line.get("fit") or {})
+        if message:
+            lines.append(message)
     full = summary.get("full_resolution")
     if full:
         lines.append(

@@ -83,23 +83,24 @@ def fit_report(
                 "loose": int((gaps[:, i] > LOOSE).sum()),
             }
             for i, c in enumerate(CLASS_IDS)
-        }
-        if len(frames)
-        else {},
+        },
         "worst": worst,
     }
-    if report["loose"]:
-        top = worst[0]
-        log.warning(
-            "distill: the student departs from its teacher by more than %.2f (mean over the frame) on "
-            "%d (frame, class) pair(s) of the %d frames it learnt from; worst %s class %d, %.2f against "
-            "%.2f. It has not learnt them: more distill.epochs or a wider student (distill.json 'fit')",
-            LOOSE,
-            report["loose"],
-            len(frames),
-            top["frame"],
-            top["class"],
-            top["student_mean"],
-            top["teacher_mean"],
-        )
+    message = unlearnt_message(report)
+    if message:
+        log.warning("distill: %s", message)
     return report
+
+
+def unlearnt_message(fit: dict) -> str | None:
+    """What a :func:`fit_report` (or its summary: ``frames``, ``loose_above``, ``loose`` and the
+    first of ``worst``) says when the student has not learnt some of its frames; None when it has."""
+    if not fit.get("loose"):
+        return None
+    worst = fit["worst"][0]
+    return (
+        f"the student has not learnt {fit['loose']} (frame, class) pair(s) of the {fit['frames']} "
+        f"frames it learnt from (more than {fit['loose_above']:.2f} from its teacher; worst "
+        f"{worst['frame']} class {worst['class']}, {worst['student_mean']:.2f} against "
+        f"{worst['teacher_mean']:.2f}): more distill.epochs or a wider student (distill.json 'fit')"
+    )
