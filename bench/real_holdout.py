@@ -26,6 +26,7 @@ from pathlib import Path
 
 from steel_defect.config import layout
 from steel_defect.demo import HOLDOUT_PARTS, run_demo
+from steel_defect.distill.run import THRESHOLDS
 
 
 def pooled(summaries: list[dict], key: str) -> dict:
@@ -41,7 +42,13 @@ def pooled(summaries: list[dict], key: str) -> dict:
     return {c: sum(get(s)[c] * s["test_images"] for s in summaries) / total for c in get(summaries[0])}
 
 
-def paired(summaries: list[dict]) -> dict[str, tuple[float, float]]:
+def line_entry(summary: dict, scheme: str | None = None) -> dict:
+    """The quarter's line pipeline as shipped (``scheme`` None), or under the other thresholds the
+    distillation wrote beside it (``line.alternatives.<scheme>``)."""
+    return summary["line"] if scheme is None else summary["line"]["alternatives"][scheme]
+
+
+def paired(summaries: list[dict], scheme: str | None = None) -> dict[str, tuple[float, float]]:
     """Per class, the Dice the line pipeline gains and loses against the ensemble, frame by frame,
     in frames: ``(gained, lost)`` sums the positive and negative per-frame differences, so 1.0 is
     one frame the one gets right and the other wholly wrong."""
@@ -50,7 +57,7 @@ def paired(summaries: list[dict]) -> dict[str, tuple[float, float]]:
 
     moves = {str(c): [0.0, 0.0] for c in CLASS_IDS}
     for s in summaries:
-        line, _, _ = score_images(s["line"]["submission"], s["test_truth"])
+        line, _, _ = score_images(line_entry(s, scheme)["submission"], s["test_truth"])
         ensemble, _, _ = score_images(s["submission"], s["test_truth"])
         rows = {image: row for row, image in enumerate(ensemble.ids)}
         for row, image in enumerate(line.ids):
@@ -60,15 +67,17 @@ def paired(summaries: list[dict]) -> dict[str, tuple[float, float]]:
     return {c: (gained, lost) for c, (gained, lost) in moves.items()}
 
 
-def line_table(summaries: list[dict]) -> str:
+def line_table(summaries: list[dict], scheme: str | None = None) -> str:
     """The distilled pipeline against the ensemble, pooled over the same frames beside empty masks
     (the issue's bar: within 0.005 per class and in the mean), the frames behind the difference,
     and each quarter's frames/s of both. One frame of one class moves that class by 1/frames and
-    the mean by a quarter of that: finer differences than that are partial masks."""
-    line, ensemble = pooled(summaries, "line.per_class"), pooled(summaries, "per_class")
+    the mean by a quarter of that: finer differences than that are partial masks. ``scheme``: the
+    other thresholds' pipeline of the same student (no speeds: the network is the same)."""
+    key = "line.per_class" if scheme is None else f"line.alternatives.{scheme}.per_class"
+    line, ensemble = pooled(summaries, key), pooled(summaries, "per_class")
     empty = pooled(summaries, "empty_per_class")
     frames = sum(s["test_images"] for s in summaries)
-    moves = paired(summaries)
+    moves = paired(summaries, scheme)
     lines = [
         f"one frame of one class moves it by {1 / frames:.4f}, the mean by {1 / (4 * frames):.4f}",
         f"{'line':>18}{'ensemble':>10}{'empty':>8}{'line - ensemble':>17}{'frames +/-':>14}",
@@ -80,6 +89,8 @@ def line_table(summaries: list[dict]) -> str:
         *((f"class {c}", line[c], ensemble[c], empty[c], moves[c]) for c in line),
     ]:
         lines.append(f"{name:10}{a:>8.4f}{b:>10.4f}{e:>8.4f}{a - b:>+17.4f}{f'+{g:.2f} -{lo:.2f}':>14}")
+    if scheme is not None:
+        return "\n".join(lines)
     lines.append(
         "frames/s side by side (quarter: ensemble, line, threads), and the student's fit: its "
         "(frame, class) pairs off its teacher on the frames it learnt from (distill.json 'fit'):"
@@ -147,7 +158,14 @@ def main(argv=None) -> int:
         summaries.append(json.loads(done.read_text()))
     summary = table(summaries)
     if all("line" in s for s in summaries):
-        summary += "\nthe line pipeline (one distilled network) on the same frames:\n" + line_table(summaries)
+        shipped = {s["line"].get("thresholds", "students") for s in summaries}
+        named = f", {THRESHOLDS[shipped.pop()]}" if len(shipped) == 1 else ""
+        summary += f"\nthe line pipeline (one distilled network{named}) on the same frames:\n"
+        summary += line_table(summaries)
+        others = [set(s["line"].get("alternatives") or {}) for s in summaries]
+        for scheme in sorted(set.intersection(*others)):
+            summary += f"\nthe same students with {THRESHOLDS[scheme]} (distill.thresholds: {scheme}):\n"
+            summary += line_table(summaries, scheme)
     print(summary)
     (Path(args.work_dir) / "pooled.txt").write_text(summary + "\n")
     return 0

@@ -7,12 +7,14 @@ them, tuned into a spec as `thresholds` writes it; the students train one batch 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -154,8 +156,9 @@ def test_the_fit_report_measures_the_student_against_its_teachers_maps(taught):
 @pytest.fixture(scope="module")
 def again(taught, tmp_path_factory):
     """A second distillation of the same teacher, as the demo's last round runs it: from a copy
-    of the teacher's folder (moved whole, spec and split with it), into a new folder, then the
-    line pipeline scored on the test frames and timed beside the ensemble."""
+    of the teacher's folder (moved whole, spec and split with it), into a new folder, with the
+    teacher's thresholds, then the line pipeline scored on the test frames (under both schemes)
+    and timed beside the ensemble."""
     from steel_defect.demo import DemoData, line_round
 
     root, work = taught["root"], tmp_path_factory.mktemp("again")
@@ -172,7 +175,9 @@ def again(taught, tmp_path_factory):
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.png")}
     ensemble = build_predictor(work / "postprocessing.yml", backend="torch", threads=1)
     timings: dict = {}
-    line = line_round(taught["cfg"], ensemble, data, work, timings)
+    cfg = copy.deepcopy(taught["cfg"])
+    cfg.distill.thresholds = "teacher"  # the other scheme ships; the first run's is written beside it
+    line = line_round(cfg, ensemble, data, work, timings)
     after = {p: p.stat().st_mtime_ns for p in cache.rglob("*.png")}
     return {"work": work, "line": line, "timings": timings, "before": before, "after": after}
 
@@ -236,6 +241,57 @@ def test_the_student_is_a_tuned_pipeline_that_predicts_masks(taught, tmp_path):
     onnx = build_predictor(summary["postprocessing"], [exported]).predict(frames)
     for a, b in zip(predictions, onnx, strict=True):
         assert np.mean(a.levels != b.levels) < 1e-3  # the graphs agree to ~1e-5 in probability
+
+
+def test_the_teachers_thresholds_are_written_beside_the_students(taught):
+    """By default the shipped student takes the thresholds searched on the out-of-fold students;
+    the same student with the teacher's own is written beside it, with its gate, and both are
+    scored out of fold on the same students' maps of their own folds."""
+    summary = taught["summary"]
+    assert summary["thresholds"] == "students"
+    other = summary["alternatives"]["teacher"]
+    assert other["postprocessing"] == str(taught["root"] / "line/postprocessing.teacher.yml")
+    teacher_post, _ = read_tuned(taught["spec"])
+    post, spec = read_tuned(other["postprocessing"])
+    _, shipped = read_tuned(summary["postprocessing"])
+    assert post == teacher_post and spec.models == shipped.models  # the teacher's classes, the same student
+    assert spec.clean_gate is not None and other["clean_gate"]["frames"] == summary["frames"]["labelled"]
+    build_predictor(other["postprocessing"], backend="torch")  # the one-pipeline checks pass
+    for entry in (summary, other):  # each score is the mean of the pairs its scores file lists
+        scores = pd.read_csv(Path(entry["postprocessing"]).with_suffix(".oof.csv"))
+        dice = scores[[f"dice_{c}" for c in "1234"]].to_numpy()
+        assert len(dice) == entry["out_of_fold"]["images"] == 9
+        assert entry["out_of_fold"]["mean_dice"] == pytest.approx(dice.mean())
+    report = json.loads(Path(summary["postprocessing"]).with_suffix(".report.json").read_text())
+    assert summary["out_of_fold"]["mean_dice"] == pytest.approx(report["mean"]["best_dice"])
+
+
+def test_the_teachers_thresholds_can_ship(taught, again):
+    """distill.thresholds: teacher ships the teacher's thresholds and writes the students' beside
+    them; a teacher gated on a classifier cannot lend its thresholds to a student, and says so."""
+    from steel_defect.distill.run import teacher_thresholds
+    from steel_defect.errors import UserError
+    from steel_defect.inference.postprocess import ClassParams
+
+    summary = json.loads((again["work"] / "line/distill.json").read_text())
+    assert summary["thresholds"] == again["line"]["thresholds"] == "teacher"
+    post, _ = read_tuned(summary["postprocessing"])
+    assert post == read_tuned(taught["spec"])[0]
+    assert set(summary["alternatives"]) == {"students"}
+    # the same students as the first run's (same maps, same seed): the schemes have swapped places
+    first = taught["summary"]
+    assert summary["out_of_fold"] == first["alternatives"]["teacher"]["out_of_fold"]
+    assert (
+        summary["alternatives"]["students"]["out_of_fold"]["mean_dice"] == first["out_of_fold"]["mean_dice"]
+    )
+    students = read_tuned(summary["alternatives"]["students"]["postprocessing"])[0]
+    assert students == read_tuned(first["postprocessing"])[0]
+    # the demo scores both on its test frames
+    scored = again["line"]["alternatives"]["students"]
+    assert Path(scored["submission"]).name == "submission.students.csv" and 0 <= scored["mean_dice"] <= 1
+    gated = PostProcessing(tuple(ClassParams(cls_threshold=0.5 if c == 2 else None) for c in range(4)))
+    with pytest.raises(UserError, match=r"teacher.yml gates class\(es\) \[3\] on a classifier"):
+        teacher_thresholds(gated, "teacher.yml")
 
 
 def test_the_students_frames_carry_the_stored_levels(taught):

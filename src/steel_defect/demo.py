@@ -33,6 +33,7 @@ from steel_defect.data.submission import write_submission
 from steel_defect.data.synth import mark_synthetic, write_synthetic_dataset
 from steel_defect.distill import distill
 from steel_defect.distill.fit import unlearnt_message
+from steel_defect.distill.run import THRESHOLDS
 from steel_defect.errors import UserError
 from steel_defect.evaluation.metric import evaluate_files
 from steel_defect.evaluation.report import write_report
@@ -147,12 +148,27 @@ def line_round(seg_cfg, ensemble, data: DemoData, work: Path, timings: dict) -> 
     ids = list_images(data.test_images, data.sample)
     frames = [read_image(Path(data.test_images) / i, channels=3) for i in ids]
     rates = frames_per_second({"ensemble": ensemble, "line": line}, frames)
+    alternatives = {}
+    for name, alternative in distilled["alternatives"].items():  # the other thresholds, scored alike
+        other = build_predictor(alternative["postprocessing"], backend=seg_cfg.inference.backend)
+        path = work / "line" / f"submission.{name}.csv"
+        predict_folder(other, data.test_images, path, data.sample, batch_size=4, progress=False)
+        alt_score = evaluate_files(path, work / "test_truth.csv")
+        alternatives[name] = {
+            "postprocessing": alternative["postprocessing"],
+            "mean_dice": alt_score["mean_dice"],
+            "per_class": alt_score["per_class"],
+            "out_of_fold": alternative["out_of_fold"],
+            "submission": str(path),
+        }
     return {
         "postprocessing": distilled["postprocessing"],
+        "thresholds": distilled["thresholds"],
         "mean_dice": score["mean_dice"],
         "per_class": score["per_class"],
         "out_of_fold": distilled["out_of_fold"],
         "submission": str(out),
+        "alternatives": alternatives,
         "speed": {
             "frames": len(frames),
             "threads": ensemble.threads,
@@ -346,10 +362,15 @@ def format_summary(summary: dict) -> str:
     if line:
         speed = line["speed"]
         lines.append(
-            f"line pipeline (one distilled network): test {line['mean_dice']:.4f}, out-of-fold "
-            f"{line['out_of_fold']['mean_dice']:.4f}; the ensemble: test {summary['mean_dice']:.4f}, "
-            f"out-of-fold {oof['mean_dice']:.4f}"
+            f"line pipeline (one distilled network, {THRESHOLDS[line.get('thresholds', 'students')]}): "
+            f"test {line['mean_dice']:.4f}, out-of-fold {line['out_of_fold']['mean_dice']:.4f}; the "
+            f"ensemble: test {summary['mean_dice']:.4f}, out-of-fold {oof['mean_dice']:.4f}"
         )
+        for name, other in (line.get("alternatives") or {}).items():
+            lines.append(
+                f"  with {THRESHOLDS[name]} ({Path(other['postprocessing']).name}): test "
+                f"{other['mean_dice']:.4f}, out-of-fold {other['out_of_fold']['mean_dice']:.4f}"
+            )
         lines.append(
             f"frames/s on the {speed['frames']} test frames, {speed['threads']} threads, side by side: "
             f"ensemble {speed['ensemble_frames_per_s']:.2f} ({speed['backend']['ensemble']}), line "

@@ -345,6 +345,14 @@ SCHEMA: dict[str, Any] = {
             "and the frame's bytes); null: <out_dir>/teacher_maps",
             nullable=True,
         ),
+        "thresholds": Opt(
+            "students",
+            str,
+            "the shipped student's thresholds: students (searched on the out-of-fold students' maps "
+            "of their own folds) or teacher (the teacher's own out-of-fold thresholds, which the "
+            "student's maps imitate); the other is written beside it, postprocessing.<name>.yml",
+            choices=("students", "teacher"),
+        ),
         "tta": Opt(
             [],
             list,

@@ -17,6 +17,15 @@ one), so no map it draws is out of fold for a student scored on those frames. He
   and ships its last one: the shipped student has no held-out frames to pick an epoch on, so
   the out-of-fold ones do not pick either.
 
+**Two sets of thresholds** (``distill.thresholds``). ``students``, above, tunes them on the
+out-of-fold students. ``teacher`` takes the teacher's own, which it tuned out of fold on its fold
+models: the shipped student learnt to draw the whole ensemble's maps, so the thresholds that suit
+those maps suit it, as they suit the ensemble that each fold model stood for. Neither saw a frame
+it is scored on. The out-of-fold students still train under ``teacher``: the clean-frame gate is
+tuned on their coarse peaks, and their out-of-fold Dice under the teacher's thresholds is the
+one reported. The other scheme's pipeline is written beside the chosen one
+(``postprocessing.<scheme>.yml``), and ``demo`` scores both on its test frames.
+
 What each student learnt from and which frames it scored is recorded (``distill.json``, and
 ``trained_on`` in every checkpoint); the threshold search checks each out-of-fold student
 against the split as it checks any fold model. ``K + 1`` students train in all.
@@ -27,6 +36,7 @@ Writes, under ``out_dir``::
     oof/fold<K>/checkpoints/last.pth  out-of-fold student K
     student/checkpoints/last.pth    the shipped student
     postprocessing.yml              its tuned pipeline (+ .report.json, .oof.csv)
+    postprocessing.<scheme>.yml     the same student with the other scheme's thresholds
     distill.json                    the scheme as it ran: folds, frames, teachers, students, and
                                     how closely the shipped student follows its teacher (:mod:`.fit`)
 """
@@ -54,13 +64,14 @@ from steel_defect.distill.teacher import Teacher, compute_maps, frame, teachers
 from steel_defect.errors import UserError
 from steel_defect.inference.oof import (
     collect_oof,
-    out_of_fold_score,
+    pair_dice,
     search_collected,
     tune_clean_gate,
     unlearnt_classes,
     write_oof_scores,
 )
 from steel_defect.inference.pipeline import PipelineError, build_predictor, read_tuned, save_spec
+from steel_defect.inference.postprocess import PostProcessing
 from steel_defect.inference.predictor import load_network
 from steel_defect.inference.search import DEFAULT_THRESHOLDS, class_signal
 from steel_defect.models.checkpoint import read_entry, update_checkpoint
@@ -131,36 +142,99 @@ def _parts(student_cfg, items, teacher, cache, annotations) -> list[DistillFrame
     ]
 
 
-def tune(oof_cfg, shipped: Path, out: Path) -> dict:
-    """Search the thresholds on the out-of-fold students' maps of their own folds; write the
-    shipped student's tuned pipeline with them; the search's summary."""
+# distill.thresholds: where the shipped student's thresholds come from, in words
+THRESHOLDS = {"students": "the out-of-fold students' thresholds", "teacher": "the teacher's thresholds"}
+
+
+def teacher_thresholds(post: PostProcessing, source) -> PostProcessing:
+    """The teacher's tuned post-processing, for its student (``distill.thresholds: teacher``); a
+    :class:`UserError` where a class is gated on a classifier, which a student has none of."""
+    gated = [c for c, p in zip(CLASS_IDS, post.classes, strict=True) if p.cls_threshold is not None]
+    if gated:
+        raise UserError(
+            f"{source} gates class(es) {gated} on a classifier (cls_threshold), which the student has "
+            "none of: distill with distill.thresholds: students"
+        )
+    return post
+
+
+def scheme_score(oof: dict, post: PostProcessing) -> dict:
+    """The out-of-fold Dice of ``post`` on the out-of-fold students' maps of their own folds,
+    beside empty masks (the shape of :func:`out_of_fold_score`)."""
+    dice, empty = pair_dice(oof, post)
+    per_class = {str(c): float(dice[:, i].mean()) for i, c in enumerate(CLASS_IDS)}
+    empty_per_class = {str(c): float(empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)}
+    return {
+        "mean_dice": float(dice.mean()),
+        "empty": float(empty.mean()),
+        "images": len(dice),
+        "per_class": per_class,
+        "empty_per_class": empty_per_class,
+    }
+
+
+def tune(oof_cfg, shipped: Path, out: Path, teacher_post: PostProcessing | None, scheme: str) -> dict:
+    """Write the shipped student's tuned pipeline ``out`` with the thresholds of ``scheme`` (and
+    the other scheme's beside it, ``postprocessing.<scheme>.yml``); the summary.
+
+    ``students``: searched on the out-of-fold students' maps of their own folds. ``teacher``: the
+    teacher's own out-of-fold thresholds (``teacher_post``; None: not available). Either way the
+    clean-frame gate is tuned on the out-of-fold students' coarse peaks under those thresholds,
+    and the out-of-fold Dice is theirs under them."""
     oof = collect_oof(oof_cfg, None, oof_cfg.inference.device, (), "last")
     params, report = search_collected(oof, oof_cfg)
-    # the gate is tuned as the thresholds are: on the out-of-fold students' coarse peaks
-    gate = tune_clean_gate(oof, params, oof_cfg.inference.gate_max_lost_pairs)
+    candidates = {"students": params}
+    if teacher_post is not None:
+        candidates["teacher"] = teacher_post
     network = load_network(shipped, "torch")
-    tta, folds_csv = oof_cfg.inference.tta, oof_cfg.paths.folds_csv
-    split, clean_gate = oof["split"], gate and gate.spec
-    save_spec(out, params, [network], tta, oof["gate"], oof["factor"], folds_csv, split, clean_gate)
-    summary = {
-        "postprocessing": str(out),
-        "images": len(oof["ids"]),
-        "folds": oof["folds"],
-        "mean": report["mean"],
-    }
-    summary["classes"] = {str(c): dict(r) for c, r in report["classes"].items()}
+    tta, folds_csv, split = oof_cfg.inference.tta, oof_cfg.paths.folds_csv, oof["split"]
+    classes = {str(c): dict(r) for c, r in report["classes"].items()}
     present = oof["tables"][2] > 0 if oof["tables"] is not None else oof["truth"].any(axis=(2, 3))
     for c, signal in class_signal(oof["top"], present, min(DEFAULT_THRESHOLDS)).items():
-        summary["classes"][str(c)]["signal"] = signal
-    summary["out_of_fold"] = out_of_fold_score(report, len(oof["ids"]))
-    summary["out_of_fold"]["unlearnt"] = unlearnt_classes(summary["classes"])
-    summary["clean_gate"] = gate and gate.report
-    extra = {"checkpoints": oof["checkpoints"], "curves": {str(c): v for c, v in report["curves"].items()}}
-    with atomic_write(layout.search_report(out)) as handle:
-        json.dump({**summary, **extra}, handle, indent=2, default=str)
-    summary["scores"] = str(write_oof_scores(layout.oof_scores(out), oof, gate, params))
-    update_checkpoint(shipped, out_of_fold=summary["out_of_fold"])
-    return summary
+        classes[str(c)]["signal"] = signal
+    summaries = {}
+    for name, post in candidates.items():
+        path = out if name == scheme else out.with_suffix(f".{name}.yml")
+        try:  # the gate is tuned as the thresholds are scored: on the out-of-fold students' coarse peaks
+            gate = tune_clean_gate(oof, post, oof_cfg.inference.gate_max_lost_pairs)
+            score = scheme_score(oof, post)
+        except ValueError as error:  # a hand-edited value off the search's grids
+            if name != scheme:
+                log.warning(
+                    "distill: the teacher's thresholds are off the search's grids (%s): not written", error
+                )
+                continue
+            raise UserError(
+                f"the teacher's thresholds are off the threshold search's grids ({error}): distill with "
+                "distill.thresholds: students, or tune the teacher with `steel-defect thresholds`"
+            ) from error
+        save_spec(
+            path, post, [network], tta, oof["gate"], oof["factor"], folds_csv, split, gate and gate.spec
+        )
+        summary = {
+            "postprocessing": str(path),
+            "thresholds": name,
+            "images": len(oof["ids"]),
+            "folds": oof["folds"],
+        }
+        summary["out_of_fold"] = score
+        if name == "students":
+            summary["mean"] = report["mean"]
+            summary["classes"] = classes
+            summary["out_of_fold"]["unlearnt"] = unlearnt_classes(classes)
+        summary["clean_gate"] = gate and gate.report
+        extra = {
+            "checkpoints": oof["checkpoints"],
+            "curves": {str(c): v for c, v in report["curves"].items()},
+        }
+        with atomic_write(layout.search_report(path)) as handle:
+            json.dump({**summary, **extra}, handle, indent=2, default=str)
+        summary["scores"] = str(write_oof_scores(layout.oof_scores(path), oof, gate, post))
+        summaries[name] = summary
+    chosen = summaries[scheme]
+    update_checkpoint(shipped, out_of_fold=chosen["out_of_fold"])
+    chosen["alternatives"] = {name: s for name, s in summaries.items() if name != scheme}
+    return chosen
 
 
 def _student_progress(progress, student: int, students: int):
@@ -188,11 +262,16 @@ def distill(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    _, spec = read_tuned(teacher_spec)
+    teacher_post, spec = read_tuned(teacher_spec)
     if spec is None:
         raise PipelineError(
             f"{teacher_spec} has no 'pipeline' entry: distil a pipeline that `steel-defect thresholds` tuned"
         )
+    scheme = cfg.distill.thresholds
+    if scheme == "teacher":
+        teacher_post = teacher_thresholds(teacher_post, spec.source)
+    elif any(p.cls_threshold is not None for p in teacher_post.classes):
+        teacher_post = None  # a classifier gates the teacher: its thresholds are not the student's
     student = student_config(cfg, out_dir / "oof")
     stale = sorted(set(trained_folds(out_dir / "oof", "last")) - {m.fold for m in spec.models})
     if stale:
@@ -284,7 +363,7 @@ def distill(
     fit = fit_report(shipped, ensemble, labelled + extra, cache, tta, "torch", threads, batch, device)
     timings["fit_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    search = tune(student, shipped, layout.postprocessing(out_dir))
+    search = tune(student, shipped, layout.postprocessing(out_dir), teacher_post, scheme)
     timings["search_s"] = round(time.perf_counter() - t0, 1)
     # the one-pipeline checks every command runs, on the spec just written
     predictor = build_predictor(search["postprocessing"], backend=backend, threads=threads, device=device)
@@ -301,8 +380,13 @@ def distill(
         "shape": list(shape),
         "frames": {"labelled": len(labelled), "unlabelled": len(extra)},
         "split": digest,
+        "thresholds": scheme,
         "out_of_fold": search["out_of_fold"],
         "clean_gate": search["clean_gate"],
+        "alternatives": {
+            name: {key: alt[key] for key in ("postprocessing", "out_of_fold", "clean_gate")}
+            for name, alt in search["alternatives"].items()
+        },
         "fit": fit,
         "model": predictor.describe(),
         "timings": timings,
