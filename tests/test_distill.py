@@ -352,6 +352,7 @@ def test_the_loss_mixes_the_teachers_map_and_the_labels():
         ("distill.unlabelled=/no/such/folder", "distill.unlabelled"),
         ("distill.epochs=0", "distill.epochs"),
         ("distill.lr=0.1", "distill.lr"),
+        ("distill.thresholds=teachers", "did you mean 'teacher'"),
     ],
 )
 def test_bad_distill_keys_fail_at_load_naming_them(tmp_path, opt, needle):
