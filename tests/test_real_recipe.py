@@ -16,6 +16,7 @@ side by side), not the student's Dice, which needs its 20 epochs and every frame
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,11 @@ def test_real_recipe_finds_real_defects_on_unseen_real_frames(real_sample, tmp_p
     assert maps["computed"] == 40 and maps["passes"] == 40 * 4 * 2
     assert line["out_of_fold"]["images"] == 40
     assert line["mean_dice"] >= summary["empty_baseline"] - ONE_PAIR - 1e-9, line
+    # the same student with the teacher's thresholds, written beside it and scored on the same frames
+    assert line["thresholds"] == "students" and set(line["alternatives"]) == {"teacher"}
+    teacher = line["alternatives"]["teacher"]
+    assert read_tuned(teacher["postprocessing"])[0] == read_tuned(summary["postprocessing"])[0]
+    assert Path(teacher["submission"]).is_file() and teacher["out_of_fold"]["images"] == 40
     # both pipelines were timed side by side (the ratio is a bench figure, never a test's: 22x on a
     # busy 2-core AMD EPYC, one pass of a narrower network against 4 folds x 2 views)
     assert line["speed"]["line_frames_per_s"] > 0 and line["speed"]["ensemble_frames_per_s"] > 0
