@@ -289,9 +289,16 @@ def test_the_page_trains_shows_progress_and_ends_with_a_new_version_in_the_list(
         assert text.startswith("training the classifier fold 1/2, epoch 1/1 · 1") and "left" in text
         assert page.text_content("#train-state") == "training…"
         assert page.is_visible("#train-cancel") and page.is_disabled("#train-start")
-        fill = page.locator("#train-bar-fill").bounding_box()["width"]
-        bar = page.locator("#train-bar").bounding_box()["width"]
-        assert 0.05 < fill / bar < 0.5
+        percent = int(page.get_attribute("#train-bar", "aria-valuenow"))
+        assert 5 < percent < 50
+        # the fill slides to its width (a 0.4 s transition): what it shows once it has arrived
+        page.wait_for_function(
+            """p => { const bar = document.getElementById("train-bar").getBoundingClientRect().width;
+                     const fill = document.getElementById("train-bar-fill").getBoundingClientRect().width;
+                     return Math.abs(fill / bar * 100 - p) < 1; }""",
+            arg=percent,
+            timeout=5_000,
+        )
         if SCREENSHOT_DIR:
             _screenshot(page, "label_train_progress.png")
         marker.unlink()  # go on
