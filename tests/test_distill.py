@@ -291,7 +291,8 @@ def test_the_teachers_thresholds_can_ship(taught, again):
     assert Path(scored["submission"]).name == "submission.students.csv" and 0 <= scored["mean_dice"] <= 1
     gated = PostProcessing(tuple(ClassParams(cls_threshold=0.5 if c == 2 else None) for c in range(4)))
     with pytest.raises(UserError, match=r"teacher.yml gates class\(es\) \[3\] on a classifier"):
-        teacher_thresholds(gated, "teacher.yml")
+        teacher_thresholds(gated, "teacher.yml", required=True)
+    assert teacher_thresholds(gated, "teacher.yml", required=False) is None  # the default: not written
 
 
 def test_the_students_frames_carry_the_stored_levels(taught):

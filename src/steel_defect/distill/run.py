@@ -146,16 +146,17 @@ def _parts(student_cfg, items, teacher, cache, annotations) -> list[DistillFrame
 THRESHOLDS = {"students": "the out-of-fold students' thresholds", "teacher": "the teacher's thresholds"}
 
 
-def teacher_thresholds(post: PostProcessing, source) -> PostProcessing:
-    """The teacher's tuned post-processing, for its student (``distill.thresholds: teacher``); a
-    :class:`UserError` where a class is gated on a classifier, which a student has none of."""
+def teacher_thresholds(post: PostProcessing, source, required: bool) -> PostProcessing | None:
+    """The teacher's tuned post-processing, for its student: None where a class is gated on a
+    classifier, which a student has none of (a :class:`UserError` when ``required``, i.e.
+    ``distill.thresholds: teacher``)."""
     gated = [c for c, p in zip(CLASS_IDS, post.classes, strict=True) if p.cls_threshold is not None]
-    if gated:
+    if gated and required:
         raise UserError(
             f"{source} gates class(es) {gated} on a classifier (cls_threshold), which the student has "
             "none of: distill with distill.thresholds: students"
         )
-    return post
+    return None if gated else post
 
 
 def scheme_score(oof: dict, post: PostProcessing) -> dict:
@@ -216,17 +217,14 @@ def tune(oof_cfg, shipped: Path, out: Path, teacher_post: PostProcessing | None,
             "thresholds": name,
             "images": len(oof["ids"]),
             "folds": oof["folds"],
+            "out_of_fold": score,
+            "clean_gate": gate and gate.report,
         }
-        summary["out_of_fold"] = score
-        if name == "students":
-            summary["mean"] = report["mean"]
-            summary["classes"] = classes
-            summary["out_of_fold"]["unlearnt"] = unlearnt_classes(classes)
-        summary["clean_gate"] = gate and gate.report
-        extra = {
-            "checkpoints": oof["checkpoints"],
-            "curves": {str(c): v for c, v in report["curves"].items()},
-        }
+        extra = {"checkpoints": oof["checkpoints"]}
+        if name == "students":  # the search's own record belongs to the thresholds it searched
+            summary.update(mean=report["mean"], classes=classes)
+            score["unlearnt"] = unlearnt_classes(classes)
+            extra["curves"] = {str(c): v for c, v in report["curves"].items()}
         with atomic_write(layout.search_report(path)) as handle:
             json.dump({**summary, **extra}, handle, indent=2, default=str)
         summary["scores"] = str(write_oof_scores(layout.oof_scores(path), oof, gate, post))
@@ -268,10 +266,7 @@ def distill(
             f"{teacher_spec} has no 'pipeline' entry: distil a pipeline that `steel-defect thresholds` tuned"
         )
     scheme = cfg.distill.thresholds
-    if scheme == "teacher":
-        teacher_post = teacher_thresholds(teacher_post, spec.source)
-    elif any(p.cls_threshold is not None for p in teacher_post.classes):
-        teacher_post = None  # a classifier gates the teacher: its thresholds are not the student's
+    teacher_post = teacher_thresholds(teacher_post, spec.source, required=scheme == "teacher")
     student = student_config(cfg, out_dir / "oof")
     stale = sorted(set(trained_folds(out_dir / "oof", "last")) - {m.fold for m in spec.models})
     if stale:
