@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -75,27 +77,52 @@ def each_config(paths: list[Path]):
     return pytest.mark.parametrize("path", paths, ids=ids)
 
 
-def random_checkpoints(out_dir: Path, seg_prior: float = 0.3) -> dict[str, Path]:
-    """An untrained segmenter and classifier saved as checkpoints (seconds, no training).
+_RANDOM_PAIRS: dict[float, Path] = {}  # seg_prior -> the folder its pair was made in, once a session
+
+
+def random_checkpoints(out_dir: Path, seg_prior: float = 0.3, exported: bool = False) -> dict[str, Path]:
+    """An untrained segmenter and classifier saved as checkpoints in ``out_dir`` (no training).
 
     The segmenter starts at ``model.output_prior=seg_prior``, so its maps vary around it
-    and moving a threshold visibly changes the masks.
+    and moving a threshold visibly changes the masks. The pair is seeded, so every call gives
+    the same bytes: it is made once a session per prior and copied. ``exported``: their ONNX
+    exports are copied beside them too, as a first prediction would have left them, so a
+    server or predictor over them starts without exporting (seconds each); leave it False where
+    a test watches the export being made.
     """
+    made = _RANDOM_PAIRS.get(seg_prior)
+    if made is None:
+        made = _RANDOM_PAIRS[seg_prior] = _make_random_pair(seg_prior)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for task in ("seg", "cls"):
+        paths[task] = Path(shutil.copyfile(made / f"{task}.pth", out_dir / f"{task}.pth"))
+        if exported:
+            if not (made / f"{task}.onnx").is_file():
+                from steel_defect.inference.onnx_export import load_exported
+
+                load_exported(made / f"{task}.pth")  # written beside it, keyed on its SHA-256
+            shutil.copyfile(made / f"{task}.onnx", out_dir / f"{task}.onnx")
+    return paths
+
+
+def _make_random_pair(seg_prior: float) -> Path:
     import torch
 
     from steel_defect.config import load_config
     from steel_defect.models import build_model
     from steel_defect.training.checkpoint import save_checkpoint
 
-    paths = {}
+    folder = Path(tempfile.mkdtemp(prefix="random-checkpoints-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     for task, config, extra in (
         ("seg", "synth_seg.yml", [f"model.output_prior={seg_prior}"]),
         ("cls", "synth_cls.yml", []),
     ):
         torch.manual_seed(0)
         cfg = load_config(REPO / "configs" / "demo" / config, [*SMALL_OPTS, *extra])
-        paths[task] = save_checkpoint(out_dir / f"{task}.pth", build_model(cfg), cfg, epoch=0, metrics={})
-    return paths
+        save_checkpoint(folder / f"{task}.pth", build_model(cfg), cfg, epoch=0, metrics={})
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return random_checkpoints(tmp_path_factory.mktemp("bomb-model"))["seg"]
+    return random_checkpoints(tmp_path_factory.mktemp("bomb-model"), exported=True)["seg"]
 
 
 @pytest.mark.parametrize("kind", list(SUFFIXES))

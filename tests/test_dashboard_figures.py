@@ -157,7 +157,7 @@ def _watch_output(tmp_path, checkpoint, *extra: str) -> str:
 
 
 def test_watch_logs_the_pages_requests_only_when_asked(tmp_path):
-    checkpoint = random_checkpoints(tmp_path / "model")["seg"]
+    checkpoint = random_checkpoints(tmp_path / "model", exported=True)["seg"]
     quiet = _watch_output(tmp_path / "quiet", checkpoint)
     assert "dashboard at http://127.0.0.1" in quiet  # its own INFO lines still come
     assert "GET /api/log/status" not in quiet

@@ -158,7 +158,7 @@ def test_labels_queue_skips_a_frame_deleted_while_it_scores_and_reports_it(tmp_p
     from steel_defect.inference.pipeline import build_predictor
     from steel_defect.labels.queue import score_queue
 
-    predictor = build_predictor(None, [random_checkpoints(tmp_path)["seg"]], untuned=True)
+    predictor = build_predictor(None, [random_checkpoints(tmp_path, exported=True)["seg"]], untuned=True)
     names = _frames(tmp_path / "frames", 3, seed=5)
     with LabelStore.open(tmp_path / "labels.sqlite") as store:
         store.add_frames([(n, 1600, 256) for n in names])
@@ -224,7 +224,7 @@ def test_a_model_given_twice_as_export_and_int8_export_is_refused_naming_it(tmp_
     from steel_defect.inference.pipeline import PipelineError, build_predictor, save_spec
     from steel_defect.inference.postprocess import PostProcessing
 
-    checkpoints = random_checkpoints(tmp_path)
+    checkpoints = random_checkpoints(tmp_path, exported=True)
     single = build_predictor(None, [checkpoints["seg"]], untuned=True)
     spec = save_spec(
         tmp_path / "postprocessing.yml",
@@ -350,7 +350,7 @@ def test_an_internal_value_error_in_a_request_answers_500_not_422(tmp_path):
     from steel_defect.webapp.examples import example_images
     from steel_defect.webapp.service import InferenceService
 
-    service = InferenceService(Predictor([random_checkpoints(tmp_path)["seg"]]), keep=4)
+    service = InferenceService(Predictor([random_checkpoints(tmp_path, exported=True)["seg"]]), keep=4)
     client = TestClient(create_app(service))
     frame = next(iter(example_images().values()))
     result = client.post("/api/predict", files=[("files", ("a.jpg", frame, "image/jpeg"))]).json()

@@ -37,7 +37,7 @@ from tests.test_line import T0, FakeClock
 def predictor(tmp_path_factory):
     from steel_defect.inference.pipeline import build_predictor
 
-    checkpoints = random_checkpoints(tmp_path_factory.mktemp("line-model"), seg_prior=0.6)
+    checkpoints = random_checkpoints(tmp_path_factory.mktemp("line-model"), seg_prior=0.6, exported=True)
     return build_predictor(None, [checkpoints["seg"]], untuned=True)
 
 

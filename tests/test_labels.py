@@ -396,7 +396,7 @@ def test_a_frame_whose_data_is_corrupt_is_answered_422_naming_it(tmp_path):
 def test_the_model_pre_labels_a_frame_when_it_opens(tmp_path):
     from steel_defect.inference.pipeline import build_predictor
 
-    checkpoints = random_checkpoints(tmp_path, seg_prior=0.6)
+    checkpoints = random_checkpoints(tmp_path, seg_prior=0.6, exported=True)
     predictor = build_predictor(None, [checkpoints["seg"]], untuned=True)
     folder = tmp_path / "frames"
     names = _frames(folder, 2)
@@ -538,7 +538,7 @@ def test_near_duplicate_frames_move_behind_the_rest():
 
 
 def test_labels_queue_scores_stores_pre_labels_and_next_follows_it(tmp_path):
-    checkpoints = random_checkpoints(tmp_path)
+    checkpoints = random_checkpoints(tmp_path, exported=True)
     folder = tmp_path / "frames"
     names = _frames(folder, 4, seed=5)
     db = tmp_path / "labels.sqlite"

@@ -82,7 +82,7 @@ def inspection(tmp_path) -> InspectionLog:
 def predictor(tmp_path_factory):
     from steel_defect.inference.pipeline import build_predictor
 
-    checkpoints = random_checkpoints(tmp_path_factory.mktemp("line-model"), seg_prior=0.6)
+    checkpoints = random_checkpoints(tmp_path_factory.mktemp("line-model"), seg_prior=0.6, exported=True)
     return build_predictor(None, [checkpoints["seg"]], untuned=True)
 
 
@@ -484,7 +484,7 @@ def test_a_log_that_cannot_be_written_stops_the_loop_and_leaves_the_frames(tmp_p
 def test_sigterm_stops_watch_after_its_batch_with_the_watcher_marked_stopped(tmp_path):
     folder, db = tmp_path / "in", tmp_path / "inspection.sqlite"
     folder.mkdir()
-    checkpoint = random_checkpoints(tmp_path / "model")["seg"]
+    checkpoint = random_checkpoints(tmp_path / "model", exported=True)["seg"]
     process = _watch(folder, db, checkpoint, dict(os.environ))
     try:
         deadline = time.monotonic() + 120
@@ -649,7 +649,7 @@ def test_watch_killed_between_frames_and_mid_write_judges_every_frame_once(tmp_p
 
     folder, db = tmp_path / "in", tmp_path / "inspection.sqlite"
     folder.mkdir()
-    checkpoint = random_checkpoints(tmp_path / "model", seg_prior=0.6)["seg"]
+    checkpoint = random_checkpoints(tmp_path / "model", seg_prior=0.6, exported=True)["seg"]
     total = 200
     writer = threading.Thread(target=_write_slowly, args=(folder, total), daemon=True)
     writer.start()  # the camera writes while the first watch runs

@@ -128,7 +128,7 @@ def test_the_watcher_writes_to_postgresql(inspection, tmp_path):
     from steel_defect.inference.run import predict_rows
     from steel_defect.line.watch import Watcher
 
-    checkpoint = test_line.random_checkpoints(tmp_path / "model", seg_prior=0.6)["seg"]
+    checkpoint = test_line.random_checkpoints(tmp_path / "model", seg_prior=0.6, exported=True)["seg"]
     predictor = build_predictor(None, [checkpoint], untuned=True)
     folder = tmp_path / "in"
     names = test_line.frames_in(folder, 5)

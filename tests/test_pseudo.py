@@ -110,7 +110,7 @@ def test_rules_keep_only_confident_verdicts():
 
 
 def test_pseudo_label_writes_the_kept_frames_labels(tiny_synth, tmp_path):
-    checkpoints = random_checkpoints(tmp_path, seg_prior=0.3)
+    checkpoints = random_checkpoints(tmp_path, seg_prior=0.3, exported=True)
     images = tiny_synth / "data/test_images"
     (tmp_path / "frames").mkdir()
     for path in images.glob("*.jpg"):
@@ -151,7 +151,7 @@ def test_demo_second_round_trains_on_pseudo_labels(tmp_path, capsys):
 
 def test_a_frame_the_gate_closed_is_still_judged_by_its_maps(tiny_synth, tmp_path):
     """A closed classifier gate is no evidence of a defect-free frame: the maps must agree."""
-    checkpoints = random_checkpoints(tmp_path, seg_prior=0.3)  # untrained maps sit around 0.3
+    checkpoints = random_checkpoints(tmp_path, seg_prior=0.3, exported=True)  # untrained maps sit around 0.3
     closed = PostProcessing(tuple(ClassParams(0.5, cls_threshold=1.0) for _ in range(4)))
     predictor = Predictor([checkpoints["seg"], checkpoints["cls"]], closed, tta=())
     images = tiny_synth / "data/test_images"

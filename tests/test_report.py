@@ -202,7 +202,7 @@ def test_report_draws_search_curves_and_the_worst_frames(case, tmp_path):
 
 
 def test_probs_from_shows_the_models_probabilities_on_the_drawn_frames(case, tmp_path, capsys):
-    checkpoints = random_checkpoints(tmp_path)
+    checkpoints = random_checkpoints(tmp_path, exported=True)
     out = tmp_path / "report.html"
     argv = ["report", "--pred", case / "pred.csv", "--truth", case / "data" / "test_truth.csv"]
     argv += ["--images", case / "data" / "test_images", "--out", out, "--worst", "2"]

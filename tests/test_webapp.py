@@ -52,7 +52,7 @@ POST = PostProcessing(
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    paths = random_checkpoints(tmp_path_factory.mktemp("web"))
+    paths = random_checkpoints(tmp_path_factory.mktemp("web"), exported=True)
     return Predictor([paths["seg"], paths["cls"]], POST, tta=("hflip",))
 
 
@@ -552,7 +552,7 @@ def _resave(source, target, **keys):
 
 
 def test_api_model_exposes_provenance_and_the_warning(tmp_path):
-    paths = random_checkpoints(tmp_path)
+    paths = random_checkpoints(tmp_path, exported=True)
     seg = _resave(
         paths["seg"],
         tmp_path / "seg_real.pth",

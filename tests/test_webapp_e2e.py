@@ -26,6 +26,7 @@ import torch
 from steel_defect.data.rle import rle_to_mask
 from steel_defect.data.submission import read_submission
 from steel_defect.data.synth import generate_frame
+from steel_defect.inference.onnx_export import load_exported
 from tests.conftest import random_checkpoints
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +109,7 @@ def _serve(root: Path, *args: str, env: dict | None = None):
 def server(tmp_path_factory):
     """`steel-defect serve` with an untrained model."""
     root = tmp_path_factory.mktemp("e2e")
-    paths = random_checkpoints(root)
+    paths = random_checkpoints(root, exported=True)
     with _serve(root, "--untuned", "--checkpoints", str(paths["seg"]), str(paths["cls"])) as url:
         yield url
 
@@ -247,7 +248,7 @@ TOKEN = "e2e-token-0123456789"
 def token_server(tmp_path_factory):
     """`steel-defect serve` that requires STEEL_DEFECT_TOKEN."""
     root = tmp_path_factory.mktemp("e2e_token")
-    paths = random_checkpoints(root)
+    paths = random_checkpoints(root, exported=True)
     with _serve(
         root, "--untuned", "--checkpoints", str(paths["seg"]), env={**os.environ, "STEEL_DEFECT_TOKEN": TOKEN}
     ) as url:
@@ -288,10 +289,13 @@ def real_frames_server(tmp_path_factory):
             f"real Severstal frames not found at {REAL_FRAMES} (only present beside the team's checkout)"
         )
     root = tmp_path_factory.mktemp("e2e_real")
-    paths = random_checkpoints(root)
+    paths = random_checkpoints(root, exported=True)
     state = torch.load(paths["seg"], map_location="cpu", weights_only=True)
     state["trained_on"] = {"source": "synthetic", "train_frames": 160, "valid_frames": 40, "fold": 0}
     torch.save(state, root / "seg_synth.pth")
+    load_exported(
+        root / "seg_synth.pth"
+    )  # here, where torch is imported already: the server starts without it
     args = ["--untuned", "--checkpoints", str(root / "seg_synth.pth"), str(paths["cls"])]
     args += ["--examples", str(REAL_FRAMES)]
     with _serve(root, *args) as url:

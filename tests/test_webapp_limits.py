@@ -21,7 +21,7 @@ from tests.conftest import random_checkpoints
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    return Predictor([random_checkpoints(tmp_path_factory.mktemp("lim"))["seg"]])
+    return Predictor([random_checkpoints(tmp_path_factory.mktemp("lim"), exported=True)["seg"]])
 
 
 def _upload(client, n=1):

@@ -22,7 +22,7 @@ TOKEN = "s3cret-token-for-tests"
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    paths = random_checkpoints(tmp_path_factory.mktemp("sec"))
+    paths = random_checkpoints(tmp_path_factory.mktemp("sec"), exported=True)
     return InferenceService(Predictor([paths["seg"]]), keep=4)
 
 
