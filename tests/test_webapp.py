@@ -552,7 +552,7 @@ def _resave(source, target, **keys):
 
 
 def test_api_model_exposes_provenance_and_the_warning(tmp_path):
-    paths = random_checkpoints(tmp_path, exported=True)
+    paths = random_checkpoints(tmp_path)
     seg = _resave(
         paths["seg"],
         tmp_path / "seg_real.pth",
