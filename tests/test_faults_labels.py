@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from steel_defect.cli import main
 from steel_defect.data.annotations import AnnotationError, read_annotations, resolve_image_ids
 from steel_defect.labels.folder import FrameFolder
 from steel_defect.labels.store import LabelStore
@@ -119,6 +120,15 @@ def test_a_locked_database_answers_503_json_naming_it(served):
     again = client.put(f"/api/label/frames/{names[0]}", json={"version": 0, "masks": EMPTY})
     assert again.status_code == 200 and again.json()["version"] == 1  # nothing was half-saved
 
+
+
+def test_label_refuses_a_busy_timeout_that_is_not_a_positive_number_of_seconds(tmp_path, capsys):
+    _frames(tmp_path / "frames", 1)
+    db = tmp_path / "labels.sqlite"
+    command = ["label", "--images", str(tmp_path / "frames"), "--db", str(db), "--busy-timeout", "0"]
+    assert main(command) == 2
+    assert "--busy-timeout must be a positive number of seconds, got 0" in capsys.readouterr().err
+    assert not db.exists()  # refused before the database was created
 
 def test_a_database_corrupted_under_the_server_answers_500_json_naming_it(served):
     client, names, store = served

@@ -286,7 +286,8 @@ def test_a_failed_save_keeps_the_page_on_the_frame_with_its_stroke_until_a_save_
 
     names = _frames(tmp_path / "frames", 2, seed=5)
     db_path = tmp_path / "labels.sqlite"
-    with running_label_server(tmp_path / "frames", db_path) as (url, _):
+    wait = ["--busy-timeout", "1"] if fault == "database locked" else []  # each save waits 1 s, not 5
+    with running_label_server(tmp_path / "frames", db_path, *wait) as (url, _):
         page, errors = _open(browser, url, names[0])
         page.click("#zoom-1")
         box = page.locator("#mask-layer").bounding_box()
@@ -328,6 +329,8 @@ def test_a_failed_save_keeps_the_page_on_the_frame_with_its_stroke_until_a_save_
         assert _db_masks(tmp_path, names[0]) == ["", "", severstal_rle(stroke_pixels(first)), ""]
         if fault == "network drop":
             assert len(dropped) == 2  # the stroke's save and the one → tried before staying
+        else:  # the server's detail, with the wait that --busy-timeout set
+            assert "is locked by another process (waited 1 s)" in page.text_content("#page-error")
 
         if SCREENSHOT_DIR:
             _screenshot(page, f"label_not_saved_{fault.replace(' ', '_')}.png")

@@ -31,6 +31,13 @@ def register(sub) -> None:
     add_backend_args(p)
     p.add_argument("--max-file-mb", type=float, default=10.0, help="largest frame file offered")
     p.add_argument(
+        "--busy-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a save waits for another process's write to the database before the page"
+        " says it is locked (default 5)",
+    )
+    p.add_argument(
         "--train-recipe", choices=("real", "synthetic"), help="the page's Train (default: labels train's)"
     )
     p.add_argument(
@@ -87,7 +94,10 @@ def _cmd_label(args) -> int:
     token = page_token(args, "edit the labels")
     max_file_bytes = int(args.max_file_mb * 2**20)
     folder = FrameFolder(args.images, max_file_bytes)
-    store = LabelStore.open(args.db)
+    if args.busy_timeout is not None and not args.busy_timeout > 0:
+        raise UserError(f"--busy-timeout must be a positive number of seconds, got {args.busy_timeout:g}")
+    wait = None if args.busy_timeout is None else round(args.busy_timeout * 1000)
+    store = LabelStore.open(args.db, busy_timeout_ms=wait)
     store.set_meta(IMAGES_META, str(folder.directory.resolve()))
     cfg = load_config(args.config, args.opts)
     predictor = label_predictor(cfg, args, store)  # the one named, else the promoted version's
