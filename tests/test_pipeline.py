@@ -51,6 +51,7 @@ def run(tmp_path_factory):
         f"paths.folds_csv={root / 'folds.csv'}",
         *SMALL_OPTS,
         *TINY_TRAIN,
+        "inference.backend=torch",  # what the spec checks is the same on every backend; no exports
     ]
     seg = load_config(REPO / "configs/demo/synth_seg.yml", [*common, f"paths.work_dir={root / 'seg'}"])
     cls = load_config(REPO / "configs/demo/synth_cls.yml", [*common, f"paths.work_dir={root / 'cls'}"])
@@ -153,26 +154,28 @@ def test_a_spec_refuses_models_it_was_not_tuned_with(run, tmp_path):
     _, spec = read_tuned(run["post"])
     # one fold's share only: the thresholds were tuned for the whole ensemble
     with pytest.raises(PipelineError, match=r"fold1/checkpoints/best.pth .* too, which is not among"):
-        build_predictor(run["post"], spec.checkpoints[:2])
+        build_predictor(run["post"], spec.checkpoints[:2], backend="torch")
     # a model the spec never saw
     stranger = random_checkpoints(tmp_path)["seg"]
     with pytest.raises(PipelineError, match=r"seg.pth .* is not a model .* was tuned with"):
-        build_predictor(run["post"], [stranger, *spec.checkpoints])
+        build_predictor(run["post"], [stranger, *spec.checkpoints], backend="torch")
     # retrained in place: the same path, other weights
     moved = tmp_path / "work"
     shutil.copytree(run["root"], moved, ignore=shutil.ignore_patterns("data"))
     shutil.copy(stranger, moved / "seg/fold1/checkpoints/best.pth")
     with pytest.raises(PipelineError, match=r"work/seg/fold1/checkpoints/best.pth .* is not a model"):
-        build_predictor(moved / "postprocessing.yml")
+        build_predictor(moved / "postprocessing.yml", backend="torch")
     shutil.copy(run["root"] / "seg/fold1/checkpoints/best.pth", moved / "seg/fold1/checkpoints/best.pth")
-    assert len(build_predictor(moved / "postprocessing.yml").segmenters) == 2  # moved whole, it works
+    assert (
+        len(build_predictor(moved / "postprocessing.yml", backend="torch").segmenters) == 2
+    )  # moved whole, it works
 
 
 def test_onnx_exports_stand_in_for_their_checkpoints(run, tmp_path):
     _, spec = read_tuned(run["post"])
     exports = [export_onnx(p, tmp_path / f"m{k}.onnx") for k, p in enumerate(spec.checkpoints)]
     frames = [decode_image(d, channels=3) for d in list(example_images().values())[:2]]
-    torch_masks = [p.masks for p in build_predictor(run["post"]).predict(frames)]
+    torch_masks = [p.masks for p in build_predictor(run["post"], backend="torch").predict(frames)]
     onnx_masks = [p.masks for p in build_predictor(run["post"], exports).predict(frames)]
     for a, b in zip(torch_masks, onnx_masks, strict=True):
         assert np.mean(a != b) < 1e-4  # exported graphs agree to ~1e-5 in probability
