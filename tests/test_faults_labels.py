@@ -121,7 +121,6 @@ def test_a_locked_database_answers_503_json_naming_it(served):
     assert again.status_code == 200 and again.json()["version"] == 1  # nothing was half-saved
 
 
-
 def test_label_refuses_a_busy_timeout_that_is_not_a_positive_number_of_seconds(tmp_path, capsys):
     _frames(tmp_path / "frames", 1)
     db = tmp_path / "labels.sqlite"
@@ -129,6 +128,7 @@ def test_label_refuses_a_busy_timeout_that_is_not_a_positive_number_of_seconds(t
     assert main(command) == 2
     assert "--busy-timeout must be a positive number of seconds, got 0" in capsys.readouterr().err
     assert not db.exists()  # refused before the database was created
+
 
 def test_a_database_corrupted_under_the_server_answers_500_json_naming_it(served):
     client, names, store = served
