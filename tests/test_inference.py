@@ -47,6 +47,7 @@ def trained(tmp_path_factory):
         *SMALL_OPTS,
         "train.epochs=1",
         "train.max_train_batches=2",
+        "inference.backend=torch",  # the search and collect_oof as Predictor runs them; predict's CLI: auto
     ]
     seg = load_config(REPO / "configs/demo/synth_seg.yml", [*common, f"paths.work_dir={root / 'seg'}"])
     cls = load_config(REPO / "configs/demo/synth_cls.yml", [*common, f"paths.work_dir={root / 'cls'}"])
