@@ -96,7 +96,7 @@ def _cmd_label(args) -> int:
     folder = FrameFolder(args.images, max_file_bytes)
     if args.busy_timeout is not None and not args.busy_timeout > 0:
         raise UserError(f"--busy-timeout must be a positive number of seconds, got {args.busy_timeout:g}")
-    wait = None if args.busy_timeout is None else round(args.busy_timeout * 1000)
+    wait = None if args.busy_timeout is None else max(1, round(args.busy_timeout * 1000))
     store = LabelStore.open(args.db, busy_timeout_ms=wait)
     store.set_meta(IMAGES_META, str(folder.directory.resolve()))
     cfg = load_config(args.config, args.opts)
