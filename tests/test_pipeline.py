@@ -166,9 +166,8 @@ def test_a_spec_refuses_models_it_was_not_tuned_with(run, tmp_path):
     with pytest.raises(PipelineError, match=r"work/seg/fold1/checkpoints/best.pth .* is not a model"):
         build_predictor(moved / "postprocessing.yml", backend="torch")
     shutil.copy(run["root"] / "seg/fold1/checkpoints/best.pth", moved / "seg/fold1/checkpoints/best.pth")
-    assert (
-        len(build_predictor(moved / "postprocessing.yml", backend="torch").segmenters) == 2
-    )  # moved whole, it works
+    moved_whole = build_predictor(moved / "postprocessing.yml", backend="torch")
+    assert len(moved_whole.segmenters) == 2  # moved whole, it works
 
 
 def test_onnx_exports_stand_in_for_their_checkpoints(run, tmp_path):
